@@ -1,0 +1,78 @@
+"""A bounded on-disk cache of verified chunks fetched from the lake, shared by every version.
+
+Restoring step-2000 after step-1000 downloads only the chunks that changed. Entries are files named by
+chunk id; eviction is least-recently-used under a byte limit, O(1) per eviction. A cached chunk is
+verified again when read, so a damaged cache file is dropped rather than served.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+
+from ckptfs.lake.codec import chunk_id
+
+log = logging.getLogger(__name__)
+
+
+class ChunkCache:
+    def __init__(self, directory: str, limit_bytes: int) -> None:
+        self.directory = directory
+        self.limit_bytes = limit_bytes
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self._entries: OrderedDict[bytes, int] = OrderedDict()
+        self.used_bytes = 0
+        found = []
+        for name in os.listdir(directory):
+            try:
+                identifier = bytes.fromhex(name)
+                found.append((os.stat(os.path.join(directory, name)).st_atime_ns, identifier,
+                              os.path.getsize(os.path.join(directory, name))))
+            except (ValueError, OSError):
+                continue
+        for _, identifier, size in sorted(found):
+            self._entries[identifier] = size
+            self.used_bytes += size
+
+    def _path(self, identifier: bytes) -> str:
+        return os.path.join(self.directory, identifier.hex())
+
+    def get(self, identifier: bytes) -> bytes | None:
+        if identifier not in self._entries:
+            return None
+        try:
+            with open(self._path(identifier), "rb") as file:
+                data = file.read()
+        except FileNotFoundError:
+            data = b""
+        if chunk_id(data) != identifier:
+            log.warning("cached chunk %s is damaged; dropping it", identifier.hex())
+            self.discard(identifier)
+            return None
+        self._entries.move_to_end(identifier)
+        return data
+
+    def put(self, identifier: bytes, data: bytes) -> None:
+        if identifier in self._entries or len(data) > self.limit_bytes:
+            return
+        temporary = self._path(identifier) + ".tmp"
+        with open(temporary, "wb") as file:
+            file.write(data)
+        os.replace(temporary, self._path(identifier))
+        self._entries[identifier] = len(data)
+        self.used_bytes += len(data)
+        self.shrink_to(self.limit_bytes)
+
+    def discard(self, identifier: bytes) -> None:
+        size = self._entries.pop(identifier, None)
+        if size is not None:
+            self.used_bytes -= size
+        try:
+            os.unlink(self._path(identifier))
+        except FileNotFoundError:
+            pass
+
+    def shrink_to(self, limit_bytes: int) -> None:
+        while self.used_bytes > limit_bytes and self._entries:
+            self.discard(next(iter(self._entries)))

@@ -1,0 +1,328 @@
+"""The local journal: one SQLite database (WAL) in the cache dir, the single source of truth of a mount.
+
+It holds the inode table, directory entries, file versions and their upload state, the path history
+shown under .versions, the outbox of namespace events waiting to be published in order, the set of
+chunk ids known to exist in the lake, and counters. The daemon touches it only from the trio thread.
+
+Commits are batched: callers change rows freely and `commit()` runs at the boundaries that matter
+(close, rename, fsync, and a periodic tick), so no write() pays for a commit of its own. `commit(durable=True)`
+fsyncs the WAL, for fsync() and for anything the lake already depends on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+SCHEMA_VERSION = 1
+ROOT_INODE = 1
+OPEN, SEALED, COMMITTED = 0, 1, 2
+STATE_NAMES = {OPEN: "dirty", SEALED: "uploading", COMMITTED: "committed"}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS inodes(
+    ino INTEGER PRIMARY KEY, mode INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0, atime_ns INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL, target BLOB, version INTEGER);
+CREATE TABLE IF NOT EXISTS dirents(
+    parent INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL, PRIMARY KEY(parent, name));
+CREATE INDEX IF NOT EXISTS dirents_by_ino ON dirents(ino);
+CREATE TABLE IF NOT EXISTS versions(
+    id INTEGER PRIMARY KEY, ino INTEGER, state INTEGER NOT NULL, staged INTEGER NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0, mode INTEGER NOT NULL DEFAULT 420, mtime_ns INTEGER NOT NULL DEFAULT 0,
+    path BLOB, sealed_ns INTEGER, manifest TEXT, stored_bytes INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS versions_by_state ON versions(state);
+CREATE TABLE IF NOT EXISTS history(
+    id INTEGER PRIMARY KEY, path BLOB NOT NULL, time_ns INTEGER NOT NULL, version INTEGER);
+CREATE INDEX IF NOT EXISTS history_by_path ON history(path, time_ns);
+CREATE TABLE IF NOT EXISTS outbox(seq INTEGER PRIMARY KEY, event TEXT NOT NULL, version INTEGER);
+CREATE TABLE IF NOT EXISTS known_chunks(id BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass
+class Inode:
+    ino: int
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    target: bytes | None = None
+    version: int | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_file(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+
+@dataclass
+class Version:
+    id: int
+    ino: int | None
+    state: int
+    staged: bool
+    size: int
+    mode: int
+    mtime_ns: int
+    path: bytes | None
+    sealed_ns: int | None
+    manifest: str | None
+    stored_bytes: int
+
+
+_INODE_COLUMNS = "ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, target, version"
+_VERSION_COLUMNS = "id, ino, state, staged, size, mode, mtime_ns, path, sealed_ns, manifest, stored_bytes"
+
+
+class Journal:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level="DEFERRED", check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+        self._inodes: dict[int, Inode] = {}
+        if self.get_meta("schema") is None:
+            self.set_meta("schema", str(SCHEMA_VERSION))
+            now = time.time_ns()
+            self.db.execute(f"INSERT INTO inodes({_INODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                            (ROOT_INODE, stat.S_IFDIR | 0o755, os.getuid(), os.getgid(), 0, now, now, now,
+                             None, None))
+            self.commit(durable=True)
+        elif self.get_meta("schema") != str(SCHEMA_VERSION):
+            raise RuntimeError(f"journal {path} has schema {self.get_meta('schema')}, expected {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.commit(durable=True)
+        self.db.close()
+
+    def commit(self, *, durable: bool = False) -> None:
+        self.db.commit()
+        if durable:
+            # In WAL mode with synchronous=NORMAL a commit reaches the WAL file but not the disk;
+            # an fsync of the WAL makes every commit so far survive a power loss.
+            try:
+                fd = os.open(self.path + "-wal", os.O_RDONLY)
+            except FileNotFoundError:
+                return
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    # -- meta and counters --------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def add_counter(self, name: str, amount: int) -> None:
+        self.db.execute("INSERT INTO counters(name, value) VALUES (?, ?) "
+                        "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (name, amount))
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT name, value FROM counters"))
+
+    # -- inodes -------------------------------------------------------------------------------
+    def inode(self, ino: int) -> Inode | None:
+        cached = self._inodes.get(ino)
+        if cached is not None:
+            return cached
+        row = self.db.execute(f"SELECT {_INODE_COLUMNS} FROM inodes WHERE ino=?", (ino,)).fetchone()
+        if row is None:
+            return None
+        inode = Inode(*row)
+        self._inodes[ino] = inode
+        return inode
+
+    def create_inode(self, mode: int, uid: int, gid: int, *, target: bytes | None = None,
+                     time_ns: int | None = None) -> Inode:
+        now = time_ns or time.time_ns()
+        cursor = self.db.execute(
+            "INSERT INTO inodes(mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, target) "
+            "VALUES (?,?,?,?,?,?,?,?)", (mode, uid, gid, len(target or b""), now, now, now, target))
+        return self.inode(cursor.lastrowid)  # type: ignore[return-value]
+
+    def save_inode(self, inode: Inode) -> None:
+        self.db.execute("UPDATE inodes SET mode=?, uid=?, gid=?, size=?, atime_ns=?, mtime_ns=?, ctime_ns=?, "
+                        "target=?, version=? WHERE ino=?",
+                        (inode.mode, inode.uid, inode.gid, inode.size, inode.atime_ns, inode.mtime_ns,
+                         inode.ctime_ns, inode.target, inode.version, inode.ino))
+
+    def delete_inode(self, ino: int) -> None:
+        self.db.execute("DELETE FROM inodes WHERE ino=?", (ino,))
+        self._inodes.pop(ino, None)
+
+    def orphan_inodes(self) -> list[int]:
+        """Inodes no directory entry names (unlinked while open before a crash)."""
+        return [row[0] for row in self.db.execute(
+            "SELECT ino FROM inodes WHERE ino != ? AND ino NOT IN (SELECT ino FROM dirents)", (ROOT_INODE,))]
+
+    # -- directory entries --------------------------------------------------------------------
+    def lookup(self, parent: int, name: bytes) -> int | None:
+        row = self.db.execute("SELECT ino FROM dirents WHERE parent=? AND name=?", (parent, name)).fetchone()
+        return row[0] if row else None
+
+    def children(self, parent: int, after: bytes | None = None, limit: int = -1) -> list[tuple[bytes, int]]:
+        if after is None:
+            rows = self.db.execute("SELECT name, ino FROM dirents WHERE parent=? ORDER BY name LIMIT ?",
+                                   (parent, limit))
+        else:
+            rows = self.db.execute("SELECT name, ino FROM dirents WHERE parent=? AND name>? ORDER BY name "
+                                   "LIMIT ?", (parent, after, limit))
+        return [(bytes(name), ino) for name, ino in rows]
+
+    def has_children(self, parent: int) -> bool:
+        return self.db.execute("SELECT 1 FROM dirents WHERE parent=? LIMIT 1", (parent,)).fetchone() is not None
+
+    def add_dirent(self, parent: int, name: bytes, ino: int) -> None:
+        self.db.execute("INSERT INTO dirents(parent, name, ino) VALUES (?,?,?)", (parent, name, ino))
+
+    def remove_dirent(self, parent: int, name: bytes) -> None:
+        self.db.execute("DELETE FROM dirents WHERE parent=? AND name=?", (parent, name))
+
+    def move_dirent(self, parent: int, name: bytes, new_parent: int, new_name: bytes) -> None:
+        self.db.execute("UPDATE dirents SET parent=?, name=? WHERE parent=? AND name=?",
+                        (new_parent, new_name, parent, name))
+
+    def parent_of(self, ino: int) -> tuple[int, bytes] | None:
+        row = self.db.execute("SELECT parent, name FROM dirents WHERE ino=? LIMIT 1", (ino,)).fetchone()
+        return (row[0], bytes(row[1])) if row else None
+
+    def path_of(self, ino: int) -> bytes | None:
+        """The path of an inode relative to the root, or None if it is unlinked."""
+        parts: list[bytes] = []
+        while ino != ROOT_INODE:
+            link = self.parent_of(ino)
+            if link is None:
+                return None
+            ino, name = link
+            parts.append(name)
+        return b"/".join(reversed(parts))
+
+    def walk_files(self, top: int) -> Iterator[tuple[bytes, int]]:
+        """(relative path, ino) of every non-directory under `top`, depth first."""
+        stack: list[tuple[bytes, int]] = [(b"", top)]
+        while stack:
+            prefix, directory = stack.pop()
+            for name, ino in self.children(directory):
+                path = prefix + name
+                inode = self.inode(ino)
+                if inode is not None and inode.is_dir:
+                    stack.append((path + b"/", ino))
+                else:
+                    yield path, ino
+
+    # -- versions -----------------------------------------------------------------------------
+    def new_version(self, ino: int | None, *, state: int = OPEN, staged: bool = True, size: int = 0,
+                    mode: int = 0o644, mtime_ns: int = 0, manifest: str | None = None,
+                    path: bytes | None = None, sealed_ns: int | None = None) -> int:
+        cursor = self.db.execute(
+            "INSERT INTO versions(ino, state, staged, size, mode, mtime_ns, manifest, path, sealed_ns) "
+            "VALUES (?,?,?,?,?,?,?,?,?)", (ino, state, int(staged), size, mode, mtime_ns, manifest, path, sealed_ns))
+        return cursor.lastrowid  # type: ignore[return-value]
+
+    def version(self, identifier: int) -> Version | None:
+        row = self.db.execute(f"SELECT {_VERSION_COLUMNS} FROM versions WHERE id=?", (identifier,)).fetchone()
+        if row is None:
+            return None
+        fields = list(row)
+        fields[3] = bool(fields[3])
+        fields[7] = bytes(fields[7]) if fields[7] is not None else None
+        return Version(*fields)
+
+    def update_version(self, identifier: int, **fields: Any) -> None:
+        assignments = ", ".join(f"{name}=?" for name in fields)
+        self.db.execute(f"UPDATE versions SET {assignments} WHERE id=?", (*fields.values(), identifier))
+
+    def versions_in_state(self, state: int) -> list[Version]:
+        return [v for (i,) in self.db.execute("SELECT id FROM versions WHERE state=? ORDER BY id", (state,))
+                if (v := self.version(i)) is not None]
+
+    def version_referenced(self, identifier: int) -> bool:
+        """Whether any inode or history entry still names this version."""
+        return (self.db.execute("SELECT 1 FROM inodes WHERE version=? LIMIT 1", (identifier,)).fetchone()
+                or self.db.execute("SELECT 1 FROM history WHERE version=? LIMIT 1", (identifier,)).fetchone()
+                ) is not None
+
+    def delete_version(self, identifier: int) -> None:
+        self.db.execute("DELETE FROM versions WHERE id=?", (identifier,))
+
+    def staged_versions(self) -> list[Version]:
+        return [v for (i,) in self.db.execute("SELECT id FROM versions WHERE staged=1 ORDER BY id")
+                if (v := self.version(i)) is not None]
+
+    # -- history ------------------------------------------------------------------------------
+    def add_history(self, path: bytes, time_ns: int, version: int | None) -> None:
+        self.db.execute("INSERT INTO history(path, time_ns, version) VALUES (?,?,?)", (path, time_ns, version))
+
+    def history(self, path: bytes) -> list[tuple[int, int | None]]:
+        return list(self.db.execute("SELECT time_ns, version FROM history WHERE path=? ORDER BY time_ns, id",
+                                    (path,)))
+
+    def history_children(self, prefix: bytes) -> list[bytes]:
+        """Names of the next path component under `prefix` among all paths with history."""
+        if prefix:
+            start, stop = prefix + b"/", prefix + b"0"  # b"0" is the byte after b"/"
+            rows = self.db.execute("SELECT DISTINCT path FROM history WHERE path>=? AND path<?", (start, stop))
+            cut = len(start)
+        else:
+            rows = self.db.execute("SELECT DISTINCT path FROM history")
+            cut = 0
+        return sorted({bytes(path)[cut:].split(b"/", 1)[0] for (path,) in rows})
+
+    def has_history_under(self, prefix: bytes) -> bool:
+        if self.db.execute("SELECT 1 FROM history WHERE path=? LIMIT 1", (prefix,)).fetchone():
+            return True
+        return bool(self.history_children(prefix)) if prefix else True
+
+    # -- outbox -------------------------------------------------------------------------------
+    def enqueue(self, record: dict[str, Any], version: int | None = None) -> int:
+        cursor = self.db.execute("INSERT INTO outbox(event, version) VALUES (?, ?)",
+                                 (json.dumps(record), version))
+        return cursor.lastrowid  # type: ignore[return-value]
+
+    def outbox(self, limit: int = 1000, upto: int | None = None) -> list[tuple[int, dict[str, Any], int | None]]:
+        if upto is None:
+            rows = self.db.execute("SELECT seq, event, version FROM outbox ORDER BY seq LIMIT ?", (limit,))
+        else:
+            rows = self.db.execute("SELECT seq, event, version FROM outbox WHERE seq<=? ORDER BY seq", (upto,))
+        return [(seq, json.loads(text), version) for seq, text, version in rows]
+
+    def outbox_tail(self) -> int:
+        row = self.db.execute("SELECT MAX(seq) FROM outbox").fetchone()
+        return row[0] or 0
+
+    def outbox_length(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+
+    def drop_outbox(self, upto: int) -> None:
+        self.db.execute("DELETE FROM outbox WHERE seq<=?", (upto,))
+
+    # -- chunks known to be in the lake -------------------------------------------------------
+    def chunk_known(self, identifier: bytes) -> bool:
+        return self.db.execute("SELECT 1 FROM known_chunks WHERE id=?", (identifier,)).fetchone() is not None
+
+    def add_known_chunks(self, identifiers: Iterable[bytes]) -> None:
+        self.db.executemany("INSERT OR IGNORE INTO known_chunks(id) VALUES (?)", ((i,) for i in identifiers))

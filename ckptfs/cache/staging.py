@@ -1,0 +1,96 @@
+"""Staging files: the written bytes of each local file version, one sparse file per version.
+
+Files are named by the version's hex id only (never by a user-supplied name). A staging file is written
+with pwrite while its version is open and never modified after the version is sealed, so the uploader
+and readers can use it without locks. Open descriptors are kept in a small LRU.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import OrderedDict
+
+
+class Staging:
+    def __init__(self, directory: str, max_open: int = 256) -> None:
+        self.directory = directory
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self._fds: OrderedDict[int, int] = OrderedDict()
+        self._max_open = max_open
+
+    def path(self, version: int) -> str:
+        return os.path.join(self.directory, f"{version:016x}")
+
+    def fd(self, version: int) -> int:
+        """A read-write descriptor for the version's staging file, created if missing."""
+        fd = self._fds.get(version)
+        if fd is not None:
+            self._fds.move_to_end(version)
+            return fd
+        fd = os.open(self.path(version), os.O_RDWR | os.O_CREAT, 0o600)
+        self._fds[version] = fd
+        while len(self._fds) > self._max_open:
+            _, oldest = self._fds.popitem(last=False)
+            os.close(oldest)
+        return fd
+
+    def create(self, version: int, copy_from: int | None = None) -> None:
+        """Create an empty staging file, or a copy of another version's (reflinked where the fs can)."""
+        if copy_from is None:
+            self.fd(version)
+            return
+        with open(self.path(copy_from), "rb") as source, open(self.path(version), "wb") as target:
+            size = os.fstat(source.fileno()).st_size
+            copied = 0
+            try:
+                while copied < size:
+                    done = os.copy_file_range(source.fileno(), target.fileno(), size - copied)
+                    if done == 0:
+                        break
+                    copied += done
+            except OSError:
+                source.seek(0)
+                target.seek(0)
+                shutil.copyfileobj(source, target, 1 << 20)
+            target.truncate(size)
+
+    def exists(self, version: int) -> bool:
+        return os.path.exists(self.path(version))
+
+    def size(self, version: int) -> int:
+        return os.fstat(self.fd(version)).st_size
+
+    def datasync(self, version: int) -> None:
+        os.fdatasync(self.fd(version))
+
+    def forget_fd(self, version: int) -> None:
+        fd = self._fds.pop(version, None)
+        if fd is not None:
+            os.close(fd)
+
+    def remove(self, version: int) -> None:
+        self.forget_fd(version)
+        try:
+            os.unlink(self.path(version))
+        except FileNotFoundError:
+            pass
+
+    def versions_on_disk(self) -> list[int]:
+        result = []
+        for name in os.listdir(self.directory):
+            try:
+                result.append(int(name, 16))
+            except ValueError:
+                continue
+        return result
+
+    def disk_usage(self, version: int) -> int:
+        try:
+            return os.stat(self.path(version)).st_blocks * 512
+        except FileNotFoundError:
+            return 0
+
+    def close(self) -> None:
+        while self._fds:
+            os.close(self._fds.popitem()[1])

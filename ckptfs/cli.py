@@ -1,0 +1,271 @@
+"""The `ckptfs` command: mount, unmount, status, sync.
+
+Talks to a running mount only through extended attributes on the mount (no socket, no extra port), so
+`status` and `sync` work for any path under a mount. Every error is one line on stderr and a non-zero
+exit; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+from ckptfs.errors import CkptfsError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    match = _SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 200G, 512M, 1T)")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    return int(number * 1024 ** "-kmgtp".index(unit or "-"))
+
+
+def human(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
+            return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
+        count /= 1024
+    return str(count)
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> int:
+    print(f"ckptfs: error: {message}", file=sys.stderr)
+    return code
+
+
+# -- talking to a mount -------------------------------------------------------------------------
+def mount_root(path: str) -> str:
+    path = os.path.realpath(path)
+    if not os.path.exists(path):
+        raise CkptfsError(f"{path} does not exist")
+    while not os.path.ismount(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def read_xattr(path: str, name: str) -> dict:
+    try:
+        return json.loads(os.getxattr(path, name))
+    except OSError as error:
+        raise CkptfsError(f"{path} is not on a running ckptfs mount ({error.strerror})") from None
+
+
+def status_of(root: str) -> dict:
+    return read_xattr(root, "user.ckptfs.status")
+
+
+# -- commands -----------------------------------------------------------------------------------
+def command_mount(args: argparse.Namespace) -> int:
+    from ckptfs import daemon
+
+    if args.mountpoint is None:
+        store_url, mountpoint = None, args.store_or_mountpoint
+    else:
+        store_url, mountpoint = args.store_or_mountpoint, args.mountpoint
+    config = daemon.MountConfig(mountpoint=mountpoint, store_url=store_url, cache_dir=args.cache_dir,
+                                cache_size=args.cache_size, endpoint_url=args.endpoint_url,
+                                durability=args.durability, allow_other=args.allow_other,
+                                drain=not args.no_drain)
+    config.resolve()
+    daemon.check_mountpoint(config.mountpoint)
+    daemon.check_cache_dir(config.cache_dir)
+    daemon.open_lake(config)  # fail here, on the terminal, for a bad URL, bucket or credentials
+    log_file = args.log_file or (None if args.foreground else os.path.join(config.cache_dir, "daemon.log"))
+    if args.foreground:
+        configure_logging(log_file, args.verbose)
+        daemon.serve(config)
+        return 0
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        configure_logging(None, args.verbose)
+        code = 0
+
+        def ready() -> None:
+            os.write(write_end, b"ok\n")
+
+        try:
+            daemon.serve(config, ready)
+        except CkptfsError as error:
+            os.write(write_end, f"error: {error}\n".encode())
+            code = EXIT_ERROR
+        except BaseException as error:  # noqa: BLE001 - the parent must hear about any failure
+            logging.exception("daemon failed")
+            os.write(write_end, f"error: daemon failed: {error}\n".encode())
+            code = EXIT_ERROR
+        os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end) as reader:
+        answer = reader.readline().strip()
+    if answer == "ok":
+        print(f"ckptfs: mounted {config.store_url} on {config.mountpoint} (pid {pid}, log {log_file})")
+        return 0
+    os.waitpid(pid, 0)
+    return fail(answer.removeprefix("error: ") or f"the daemon exited before mounting; see {log_file}")
+
+
+def configure_logging(log_file: str | None, verbose: bool) -> None:
+    handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def wait_for_sync(path: str, timeout: float | None, quiet: bool = False) -> int:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    root = mount_root(path)
+    barrier = read_xattr(path, "user.ckptfs.barrier")
+    if barrier["open_count"]:
+        print(f"ckptfs: note: {barrier['open_count']} file(s) under {path} are still open for writing; "
+              "they are covered once closed", file=sys.stderr)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    status = status_of(root)
+    total = max(1, status["uploading_bytes"])
+    with Progress(TextColumn("[bold]sync[/]"), BarColumn(), DownloadColumn(), TextColumn("{task.description}"),
+                  disable=quiet or not sys.stderr.isatty(), transient=True) as progress:
+        task = progress.add_task("", total=total)
+        while status["outbox_head"] <= barrier["upto"]:
+            if deadline is not None and time.monotonic() > deadline:
+                message = f"not committed after {timeout:.0f}s: {status['events_pending']} events pending"
+                if status.get("last_error"):
+                    message += f"; last error: {status['last_error']}"
+                return fail(message)
+            pending = status["uploading_bytes"]
+            total = max(total, pending)
+            progress.update(task, total=total, completed=total - pending,
+                            description=f"{status['uploading_files']} files, {status['events_pending']} events"
+                            + (f" [red]retrying: {status['last_error']}[/]" if status.get("last_error") else ""))
+            time.sleep(0.1)
+            status = status_of(root)
+    if not quiet:
+        print(f"ckptfs: {path} is committed in the lake")
+    return 0
+
+
+def command_sync(args: argparse.Namespace) -> int:
+    return wait_for_sync(args.path, args.timeout)
+
+
+def command_unmount(args: argparse.Namespace) -> int:
+    root = os.path.realpath(args.mountpoint)
+    if not os.path.ismount(root):
+        return fail(f"{root} is not a mount point")
+    pid = status_of(root)["pid"]
+    if args.no_drain:
+        os.setxattr(root, "user.ckptfs.no_drain", b"1")
+    else:
+        code = wait_for_sync(root, args.timeout)
+        if code:
+            return code
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    result = subprocess.run([tool, "-u", root] if tool else ["umount", root], capture_output=True, text=True)
+    if result.returncode != 0:
+        return fail(f"cannot unmount {root}: {result.stderr.strip() or result.stdout.strip()}")
+    while _alive(pid):
+        time.sleep(0.05)
+    print(f"ckptfs: unmounted {root}" + (" (uploads left queued for the next mount)" if args.no_drain else ""))
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            return stat_file.read().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def command_status(args: argparse.Namespace) -> int:
+    status = status_of(mount_root(args.path))
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"ckptfs {mount_root(args.path)}", show_header=False)
+    rows = [
+        ("dirty (open for writing)", f"{status['dirty_files']} files, {human(status['dirty_bytes'])}"),
+        ("uploading", f"{status['uploading_files']} files, {human(status['uploading_bytes'])}"),
+        ("oldest pending", f"{status['oldest_pending_age_s']} s"),
+        ("events to publish", str(status["events_pending"])),
+        ("committed", f"{status['committed_versions']} versions, {human(status['committed_bytes'])}"),
+        ("new chunk bytes", human(status["new_chunk_bytes"])),
+        ("stored bytes", human(status["stored_bytes"])),
+        ("dedup ratio", f"{status['dedup_ratio']}x" if status["dedup_ratio"] else "-"),
+        ("compression ratio", f"{status['compression_ratio']}x" if status["compression_ratio"] else "-"),
+        ("last error", status["last_error"] or "none"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    Console().print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ckptfs", description="Mount an S3 checkpoint lake as a directory.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    mount = commands.add_parser("mount", help="mount a lake (s3://bucket/prefix, file:///dir; default: embedded)")
+    mount.add_argument("store_or_mountpoint", metavar="[STORE_URL] MOUNTPOINT")
+    mount.add_argument("mountpoint", nargs="?", help=argparse.SUPPRESS)
+    mount.add_argument("--cache-dir", help="write-back cache directory (default under ~/.local/share/ckptfs)")
+    mount.add_argument("--cache-size", type=parse_size, default=parse_size("50G"), help="cache size, e.g. 200G")
+    mount.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"),
+                       help="S3-compatible endpoint (default: AWS_ENDPOINT_URL or AWS)")
+    mount.add_argument("--durability", choices=["local", "remote"], default="local",
+                       help="what fsync() waits for: the local cache disk (default) or the lake")
+    mount.add_argument("--allow-other", action="store_true", help="let other users in (implies default_permissions)")
+    mount.add_argument("--no-drain", action="store_true", help="on unmount, leave pending uploads for the next mount")
+    mount.add_argument("--foreground", action="store_true", help="stay attached; log to stderr")
+    mount.add_argument("--log-file", help="log here (default: daemon.log in the cache dir)")
+    mount.add_argument("-v", "--verbose", action="store_true")
+    mount.set_defaults(handler=command_mount)
+
+    unmount = commands.add_parser("unmount", help="wait for uploads (with progress), then unmount")
+    unmount.add_argument("mountpoint")
+    unmount.add_argument("--no-drain", action="store_true", help="unmount now; uploads resume at the next mount")
+    unmount.add_argument("--timeout", type=float, default=None)
+    unmount.set_defaults(handler=command_unmount)
+
+    status = commands.add_parser("status", help="dirty/uploading/committed figures of a mount")
+    status.add_argument("path")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=command_status)
+
+    sync = commands.add_parser("sync", help="block until everything under PATH is committed in the lake")
+    sync.add_argument("path")
+    sync.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    sync.set_defaults(handler=command_sync)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except CkptfsError as error:
+        return fail(str(error))
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)

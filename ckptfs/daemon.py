@@ -1,0 +1,301 @@
+"""The mount daemon: validate the configuration, open the cache dir, repair after a crash, rebuild from
+the lake when the cache is empty, run the FUSE loop with the engine tasks, and drain on unmount.
+
+Start-up repair (every crash state; docs/DESIGN.md has the reasoning):
+* OPEN versions left by a killed daemon belong to writers that are gone: sealed with the staging
+  file's size if a path still names them, dropped otherwise.
+* Inodes no entry names (unlinked while open) are dropped.
+* Staging files no version row names are removed; staged versions whose file is missing are
+  reported; committed ones simply become remote-only.
+* A namespace segment that was being written is re-sent with the same seq and the same events.
+* SEALED versions are queued for upload again (chunks and manifests are content-addressed, so
+  re-uploading is idempotent).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import signal
+import stat
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyfuse3
+import trio
+
+from ckptfs.cache.chunkcache import ChunkCache
+from ckptfs.cache.journal import COMMITTED, OPEN, ROOT_INODE, SEALED, Journal
+from ckptfs.cache.staging import Staging
+from ckptfs.engine.fetcher import Fetcher
+from ckptfs.engine.uploader import Uploader
+from ckptfs.errors import ConfigError
+from ckptfs.fs.operations import Operations
+from ckptfs.lake import Lake
+from ckptfs.store import ObjectStore, RetryingStore, open_store
+
+log = logging.getLogger(__name__)
+
+
+def ckptfs_home() -> str:
+    return os.environ.get("CKPTFS_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share", "ckptfs")
+
+
+@dataclass
+class MountConfig:
+    mountpoint: str
+    store_url: str | None = None
+    cache_dir: str | None = None
+    cache_size: int = 50 * 1024**3
+    endpoint_url: str | None = None
+    durability: str = "local"
+    allow_other: bool = False
+    drain: bool = True
+
+    def resolve(self) -> None:
+        self.mountpoint = os.path.abspath(self.mountpoint)
+        if self.store_url is None:
+            self.store_url = "file://" + os.path.join(ckptfs_home(), "lake")
+        if self.cache_dir is None:
+            digest = hashlib.sha256(f"{self.store_url}\0{self.mountpoint}".encode()).hexdigest()[:16]
+            self.cache_dir = os.path.join(ckptfs_home(), "cache", digest)
+        self.cache_dir = os.path.abspath(self.cache_dir)
+
+
+def check_mountpoint(path: str) -> None:
+    if not os.path.exists(path):
+        raise ConfigError(f"mount point {path} does not exist")
+    if not os.path.isdir(path):
+        raise ConfigError(f"mount point {path} is not a directory")
+    if os.path.ismount(path) and _is_fuse_mount(path):
+        raise ConfigError(f"{path} is already a mount point")
+    if os.listdir(path):
+        raise ConfigError(f"mount point {path} is not empty")
+
+
+def _is_fuse_mount(path: str) -> bool:
+    with open("/proc/mounts") as mounts:
+        return any(line.split()[1] == path and "fuse" in line.split()[2] for line in mounts)
+
+
+def check_cache_dir(path: str) -> None:
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"cannot create cache dir {path}: {error.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"cache dir {path} is not writable")
+    mode = os.stat(path).st_mode
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(f"cache dir {path} is writable by other users (mode {stat.S_IMODE(mode):o}); "
+                          "make it 0700")
+    os.chmod(path, 0o700)
+
+
+def open_lake(config: MountConfig) -> Lake:
+    """Check the store is reachable and holds a lake we can read; a clear ConfigError otherwise."""
+    store = open_store(config.store_url, endpoint_url=config.endpoint_url)
+    store.check_access()
+    lake = Lake(store)
+    lake.open(create=True)
+    return lake
+
+
+class CacheDir:
+    """The cache dir's contents, locked against a second daemon."""
+
+    def __init__(self, path: str, cache_size: int) -> None:
+        self.path = path
+        self._lock = open(os.path.join(path, "lock"), "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.seek(0)
+            holder = self._lock.read().strip() or "another process"
+            self._lock.close()
+            raise ConfigError(f"cache dir {path} is in use by pid {holder}") from None
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(str(os.getpid()))
+        self._lock.flush()
+        self.journal = Journal(os.path.join(path, "journal.sqlite"))
+        self.staging = Staging(os.path.join(path, "staging"))
+        self.chunks = ChunkCache(os.path.join(path, "chunks"), max(cache_size // 4, 64 * 1024 * 1024))
+
+    def close(self) -> None:
+        self.staging.close()
+        self.journal.close()
+        self._lock.close()
+
+
+def rebuild_from_lake(journal: Journal, lake: Lake) -> int:
+    """Fill an empty journal with the lake's tree and history. Returns the number of entries."""
+    tree = lake.read_namespace()
+    by_manifest: dict[str, int] = {}
+
+    def version_for(path: bytes, manifest: str, size: int, mode: int, mtime_ns: int, time_ns: int) -> int:
+        if manifest not in by_manifest:
+            by_manifest[manifest] = journal.new_version(None, state=COMMITTED, staged=False, size=size,
+                                                        mode=mode, mtime_ns=mtime_ns, manifest=manifest,
+                                                        path=path, sealed_ns=time_ns)
+        return by_manifest[manifest]
+
+    for path, states in tree.history.items():
+        for state in states:
+            version = None
+            if state.manifest is not None:
+                version = version_for(path, state.manifest, state.size, state.mode, state.time_ns, state.time_ns)
+            journal.add_history(path, state.time_ns, version)
+    inodes = {b"": ROOT_INODE}
+    uid, gid = os.getuid(), os.getgid()
+    for path in sorted(tree.entries, key=lambda p: (p.count(b"/"), p)):
+        if not path:
+            continue
+        entry = tree.entries[path]
+        parent_path, _, name = path.rpartition(b"/")
+        if entry.kind == "dir":
+            inode = journal.create_inode(stat.S_IFDIR | entry.mode, uid, gid, time_ns=entry.mtime_ns or None)
+        elif entry.kind == "symlink":
+            inode = journal.create_inode(stat.S_IFLNK | 0o777, uid, gid, target=entry.target)
+        else:
+            inode = journal.create_inode(stat.S_IFREG | entry.mode, uid, gid, time_ns=entry.mtime_ns or None)
+            inode.size = entry.size
+            inode.version = version_for(path, entry.manifest, entry.size, entry.mode, entry.mtime_ns,
+                                        entry.mtime_ns)
+            journal.save_inode(inode)
+        journal.add_dirent(inodes[parent_path], name, inode.ino)
+        inodes[path] = inode.ino
+    return len(tree.entries) - 1
+
+
+def prepare_journal(cache: CacheDir, lake: Lake) -> str:
+    """Return this cache dir's mount id, rebuilding from the lake or repairing after a crash."""
+    journal, staging = cache.journal, cache.staging
+    mount_id = journal.get_meta("mount_id")
+    if mount_id is None:
+        count = rebuild_from_lake(journal, lake)
+        mount_id = uuid.uuid4().hex[:16]
+        journal.set_meta("mount_id", mount_id)
+        journal.commit(durable=True)
+        log.info("new cache dir: %d entries rebuilt from %s; mount id %s", count, lake.store.url, mount_id)
+        return mount_id
+    known = set()
+    for version in journal.staged_versions():
+        known.add(version.id)
+        if not staging.exists(version.id):
+            if version.state == COMMITTED:
+                journal.update_version(version.id, staged=0)
+            else:
+                log.error("staging file of version %x (%s) is missing: its data is lost", version.id,
+                          version.path)
+    for identifier in staging.versions_on_disk():
+        if identifier not in known:
+            staging.remove(identifier)
+    for ino in journal.orphan_inodes():
+        inode = journal.inode(ino)
+        if inode and inode.version is not None and (v := journal.version(inode.version)) and v.state == OPEN:
+            staging.remove(v.id)
+            journal.delete_version(v.id)
+        journal.delete_inode(ino)
+    journal.commit(durable=True)
+    return mount_id
+
+
+def seal_abandoned_versions(ops: Operations) -> int:
+    """Versions left OPEN by a killed daemon: their writers are gone, so seal what they wrote."""
+    count = 0
+    for version in ops.journal.versions_in_state(OPEN):
+        inode = ops.journal.inode(version.ino) if version.ino is not None else None
+        if inode is None or inode.version != version.id or ops.seal(inode) is None:
+            ops.staging.remove(version.id)
+            ops.journal.delete_version(version.id)
+        else:
+            count += 1
+    ops.commit(durable=True)
+    return count
+
+
+async def drain(uploader: Uploader, journal: Journal) -> None:
+    """Wait until the outbox is empty, logging progress every few seconds."""
+    last_log = 0.0
+    while journal.outbox_length() > 0:
+        if time.monotonic() - last_log > 5:
+            log.info("draining: %d events, %d bytes waiting for upload", journal.outbox_length(),
+                     uploader.pending_bytes())
+            last_log = time.monotonic()
+        with trio.move_on_after(1):
+            await uploader.wait_for_progress()
+    log.info("upload queue drained")
+
+
+def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
+          store: ObjectStore | None = None) -> None:
+    """Mount and serve until unmounted. Raises ConfigError before mounting if anything is wrong."""
+    config.resolve()
+    check_mountpoint(config.mountpoint)
+    check_cache_dir(config.cache_dir)
+    lake = Lake(store) if store is not None else open_lake(config)
+    lake.store = RetryingStore(lake.store)
+    cache = CacheDir(config.cache_dir, config.cache_size)
+    try:
+        mount_id = prepare_journal(cache, lake)
+        uploader = Uploader(cache.journal, cache.staging, lake, mount_id)
+        fetcher = Fetcher(lake, cache.chunks)
+        ops = Operations(cache.journal, cache.staging, uploader, fetcher, mount_id=mount_id,
+                         durability=config.durability)
+        options = set(pyfuse3.default_options) | {"fsname=ckptfs", "subtype=ckptfs"}
+        if config.allow_other:
+            options |= {"allow_other", "default_permissions"}
+        pyfuse3.init(ops, config.mountpoint, options)
+        state = {"closed": False}
+        try:
+            trio.run(_main, config, ops, uploader, fetcher, on_ready, state)
+        finally:
+            if not state["closed"]:
+                pyfuse3.close(unmount=True)
+    finally:
+        cache.close()
+
+
+async def _main(config: MountConfig, ops: Operations, uploader: Uploader, fetcher: Fetcher,
+                on_ready: Callable[[], None], state: dict[str, bool]) -> None:
+    sealed = seal_abandoned_versions(ops)
+    if sealed:
+        log.info("sealed %d versions left open by a previous daemon", sealed)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fetcher.run)
+        await nursery.start(uploader.run)
+        nursery.start_soon(_commit_periodically, ops)
+        nursery.start_soon(_terminate_on_signal)
+        log.info("mounted %s on %s (cache %s)", config.store_url, config.mountpoint, config.cache_dir)
+        on_ready()
+        await pyfuse3.main()
+        # Release the mount point before draining, so `umount` returns and nothing blocks on us.
+        pyfuse3.close(unmount=True)
+        state["closed"] = True
+        log.info("unmounted %s", config.mountpoint)
+        ops.commit(durable=True)
+        if config.drain and not ops.no_drain:
+            await drain(uploader, ops.journal)
+        else:
+            log.info("not draining: %d events stay queued for the next mount on %s",
+                     ops.journal.outbox_length(), config.cache_dir)
+        nursery.cancel_scope.cancel()
+
+
+async def _commit_periodically(ops: Operations) -> None:
+    while True:
+        await trio.sleep(1)
+        ops.commit()
+
+
+async def _terminate_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("signal %d: unmounting", signum)
+            pyfuse3.terminate()
+            return

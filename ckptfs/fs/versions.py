@@ -1,0 +1,93 @@
+"""The read-only `.versions` tree: every path's history, one file per version, named by UTC time.
+
+`/ckpt/.versions/<path>/` lists the versions of <path> (oldest first when sorted by name) and, if the
+path is or was a directory, the names under it that have history. Deleted paths stay listed. Nodes get
+inode numbers from a range the journal never hands out; they live only in memory. Nothing here writes.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+from ckptfs.cache.journal import Journal
+
+NAME = b".versions"
+FIRST_VIRTUAL_INODE = 1 << 60
+ROOT_VIRTUAL_INODE = FIRST_VIRTUAL_INODE
+
+
+@dataclass(frozen=True)
+class Node:
+    path: bytes           # the live path this node mirrors (b"" for the .versions root)
+    version: int | None   # None for a directory node; the journal version id for a version file
+    time_ns: int = 0
+
+
+def version_name(time_ns: int) -> str:
+    moment = datetime.datetime.fromtimestamp(time_ns / 1e9, tz=datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H-%M-%S.") + f"{(time_ns // 1_000_000) % 1000:03d}Z"
+
+
+def is_virtual(ino: int) -> bool:
+    return ino >= FIRST_VIRTUAL_INODE
+
+
+class VersionsView:
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self._nodes: dict[int, Node] = {ROOT_VIRTUAL_INODE: Node(b"", None)}
+        self._inodes: dict[Node, int] = {Node(b"", None): ROOT_VIRTUAL_INODE}
+        self._next = ROOT_VIRTUAL_INODE + 1
+
+    def node(self, ino: int) -> Node | None:
+        return self._nodes.get(ino)
+
+    def _inode_for(self, node: Node) -> int:
+        ino = self._inodes.get(node)
+        if ino is None:
+            ino = self._inodes[node] = self._next
+            self._nodes[ino] = node
+            self._next += 1
+        return ino
+
+    def versions_of(self, path: bytes) -> list[tuple[bytes, int, int]]:
+        """(file name, version id, time) of every version of `path` that has content, oldest first."""
+        result: list[tuple[bytes, int, int]] = []
+        seen: dict[bytes, int] = {}
+        for time_ns, version in self.journal.history(path):
+            if version is None:
+                continue
+            name = version_name(time_ns).encode()
+            count = seen.get(name, 0) + 1
+            seen[name] = count
+            result.append((name if count == 1 else name + b"~%d" % count, version, time_ns))
+        return result
+
+    def children(self, ino: int) -> list[tuple[bytes, int]]:
+        node = self._nodes[ino]
+        if node.version is not None:
+            return []
+        entries = [(name, self._inode_for(Node(self._join(node.path, name), None)))
+                   for name in self.journal.history_children(node.path)]
+        if node.path:
+            entries += [(name, self._inode_for(Node(node.path, version, time_ns)))
+                        for name, version, time_ns in self.versions_of(node.path)]
+        return sorted(entries)
+
+    def lookup(self, ino: int, name: bytes) -> int | None:
+        node = self._nodes.get(ino)
+        if node is None or node.version is not None:
+            return None
+        if node.path:
+            for version_file, version, time_ns in self.versions_of(node.path):
+                if version_file == name:
+                    return self._inode_for(Node(node.path, version, time_ns))
+        child = self._join(node.path, name)
+        if name in self.journal.history_children(node.path):
+            return self._inode_for(Node(child, None))
+        return None
+
+    @staticmethod
+    def _join(parent: bytes, name: bytes) -> bytes:
+        return parent + b"/" + name if parent else name

@@ -1,0 +1,87 @@
+"""Chunk ids and the self-describing chunk object: header + raw or lz4 payload, verified on decode.
+
+Layout (little endian, 32-byte header):
+    magic b"CKPC" | format u8 | codec u8 | reserved u16 | raw length u64 | chunk id (16 bytes)
+followed by the payload. The id is xxh3-128 of the raw bytes, so `decode` can prove that what came back
+from the store is what was put there. It must never return bytes it has not verified.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import lz4.block
+import xxhash
+
+from ckptfs.errors import CorruptObjectError
+
+MAGIC = b"CKPC"
+FORMAT = 1
+CODEC_RAW = 0
+CODEC_LZ4 = 1
+_HEADER = struct.Struct("<4sBBHQ16s")
+HEADER_SIZE = _HEADER.size
+_PROBE = 64 * 1024
+# Compress only where it pays: below this ratio the CPU spent on decompression is worth the bytes.
+_WORTH_IT = 0.90
+MAX_CHUNK = 64 * 1024 * 1024
+
+
+def chunk_id(data: bytes | memoryview) -> bytes:
+    """The 16-byte content id of raw chunk bytes."""
+    return xxhash.xxh3_128_digest(data)
+
+
+def chunk_key(identifier: bytes) -> str:
+    """Object key of a chunk; the leading hex digits spread keys over S3 partitions."""
+    text = identifier.hex()
+    return f"chunks/{text[:3]}/{text}"
+
+
+def should_compress(data: bytes | memoryview) -> bool:
+    """Probe a sample: dense fp32/bf16 weights barely compress, zeros and sparse state do."""
+    sample = bytes(data[:_PROBE]) if len(data) > _PROBE else bytes(data)
+    if not sample:
+        return False
+    return len(lz4.block.compress(sample, store_size=False)) < _WORTH_IT * len(sample)
+
+
+def encode(data: bytes | memoryview, identifier: bytes | None = None) -> tuple[bytes, bytes]:
+    """Return (id, object bytes) for raw chunk data, lz4-compressing only where it pays."""
+    identifier = identifier or chunk_id(data)
+    codec, payload = CODEC_RAW, data
+    if should_compress(data):
+        compressed = lz4.block.compress(data, store_size=False)
+        if len(compressed) < _WORTH_IT * len(data):
+            codec, payload = CODEC_LZ4, compressed
+    header = _HEADER.pack(MAGIC, FORMAT, codec, 0, len(data), identifier)
+    return identifier, header + bytes(payload)
+
+
+def decode(blob: bytes, expected_id: bytes) -> bytes:
+    """Return the verified raw bytes of a chunk object, or raise CorruptObjectError."""
+    name = expected_id.hex()
+    if len(blob) < HEADER_SIZE:
+        raise CorruptObjectError(f"chunk {name}: object truncated ({len(blob)} bytes)")
+    magic, version, codec, _, raw_length, stored_id = _HEADER.unpack_from(blob)
+    if magic != MAGIC:
+        raise CorruptObjectError(f"chunk {name}: bad magic")
+    if version != FORMAT:
+        raise CorruptObjectError(f"chunk {name}: unknown chunk format {version}")
+    if stored_id != expected_id:
+        raise CorruptObjectError(f"chunk {name}: header names another chunk {stored_id.hex()}")
+    if raw_length > MAX_CHUNK:
+        raise CorruptObjectError(f"chunk {name}: absurd length {raw_length}")
+    payload = memoryview(blob)[HEADER_SIZE:]
+    if codec == CODEC_RAW:
+        data = bytes(payload)
+    elif codec == CODEC_LZ4:
+        try:
+            data = lz4.block.decompress(payload, uncompressed_size=raw_length)
+        except Exception:  # noqa: BLE001 - lz4 raises a bare LZ4BlockError on corrupt input
+            raise CorruptObjectError(f"chunk {name}: lz4 payload does not decompress") from None
+    else:
+        raise CorruptObjectError(f"chunk {name}: unknown codec {codec}")
+    if len(data) != raw_length or chunk_id(data) != expected_id:
+        raise CorruptObjectError(f"chunk {name}: content does not match its id")
+    return data

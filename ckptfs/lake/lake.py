@@ -1,0 +1,126 @@
+"""The lake: the durable format on top of an object store. Synchronous; no FUSE, no trio.
+
+Keys (docs/FORMAT.md):
+    lake.json                        descriptor: format name and version, chunking profile
+    chunks/<3 hex>/<32 hex>          chunk objects (codec.py), keyed by xxh3-128 of the raw bytes
+    manifests/<3 hex>/<32 hex>       manifests (manifest.py), keyed by xxh3-128 of their bytes
+    log/<mount id>/<16 hex seq>      namespace log segments (namespace.py)
+No key is ever derived from a user-supplied name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from ckptfs.errors import CorruptObjectError
+from ckptfs.lake import chunker, codec, manifest, namespace
+from ckptfs.store import ObjectNotFound, ObjectStore, PreconditionFailed
+
+log = logging.getLogger(__name__)
+DESCRIPTOR_KEY = "lake.json"
+FORMAT_NAME = "ckptfs-lake"
+FORMAT_VERSION = 1
+
+
+class Lake:
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    # -- descriptor ---------------------------------------------------------------------------
+    def open(self, *, create: bool = True) -> dict[str, Any]:
+        """Check the lake's format version, creating the descriptor in an empty lake."""
+        try:
+            blob = self.store.get(DESCRIPTOR_KEY)
+        except ObjectNotFound:
+            if not create:
+                raise
+            descriptor = {"format": FORMAT_NAME, "version": FORMAT_VERSION,
+                          "chunking": {"profile": chunker.PROFILE, "min": chunker.MIN_SIZE,
+                                       "avg": chunker.AVG_SIZE, "max": chunker.MAX_SIZE},
+                          "created_ns": time.time_ns()}
+            try:
+                self.store.put(DESCRIPTOR_KEY, json.dumps(descriptor).encode(), if_absent=True)
+            except PreconditionFailed:
+                pass  # another mount created it first; read theirs
+            blob = self.store.get(DESCRIPTOR_KEY)
+        try:
+            descriptor = json.loads(blob)
+            name, version = descriptor["format"], descriptor["version"]
+        except (ValueError, KeyError, TypeError):
+            raise CorruptObjectError(f"{self.store.url}{DESCRIPTOR_KEY} is not a ckptfs lake descriptor") from None
+        if name != FORMAT_NAME or version != FORMAT_VERSION:
+            raise CorruptObjectError(f"{self.store.url} holds lake format {name!r} v{version}; "
+                                     f"this ckptfs reads {FORMAT_NAME} v{FORMAT_VERSION}")
+        return descriptor
+
+    # -- chunks -------------------------------------------------------------------------------
+    def has_chunk(self, identifier: bytes) -> bool:
+        return self.store.size(codec.chunk_key(identifier)) is not None
+
+    def put_chunk_object(self, identifier: bytes, blob: bytes) -> None:
+        self.store.put(codec.chunk_key(identifier), blob)
+
+    def get_chunk(self, identifier: bytes) -> bytes:
+        """Return the verified raw bytes of a chunk; CorruptObjectError if missing or damaged."""
+        key = codec.chunk_key(identifier)
+        try:
+            blob = self.store.get(key)
+        except ObjectNotFound:
+            raise CorruptObjectError(f"chunk {identifier.hex()} is missing from the lake ({key})") from None
+        return codec.decode(blob, identifier)
+
+    # -- manifests ----------------------------------------------------------------------------
+    def put_manifest(self, value: manifest.Manifest) -> str:
+        blob = manifest.encode(value)
+        identifier = manifest.manifest_id(blob)
+        self.store.put(manifest.manifest_key(identifier), blob)
+        return identifier
+
+    def get_manifest(self, identifier: str) -> manifest.Manifest:
+        key = manifest.manifest_key(identifier)
+        try:
+            blob = self.store.get(key)
+        except ObjectNotFound:
+            raise CorruptObjectError(f"manifest {identifier} is missing from the lake ({key})") from None
+        if manifest.manifest_id(blob) != identifier:
+            raise CorruptObjectError(f"manifest {identifier} does not match its id ({key})")
+        return manifest.decode(blob, f"manifest {identifier}")
+
+    # -- namespace log ------------------------------------------------------------------------
+    def append_log(self, mount: str, seq: int, events: list[dict[str, Any]]) -> None:
+        key = namespace.segment_key(mount, seq)
+        try:
+            self.store.put(key, namespace.encode_segment(mount, seq, events), if_absent=True)
+        except PreconditionFailed:
+            # A retried PUT whose first attempt landed: fine if it holds what we meant to write.
+            existing = namespace.decode_segment(self.store.get(key), key)
+            if existing != events:
+                raise CorruptObjectError(f"{key} already holds other events: is another daemon using "
+                                         "this mount id?") from None
+
+    def segments(self) -> Iterator[tuple[str, int, str]]:
+        for key in self.store.list("log/"):
+            parsed = namespace.parse_segment_key(key)
+            if parsed is None:
+                log.warning("ignoring unexpected key %s in the namespace log", key)
+                continue
+            yield parsed[0], parsed[1], key
+
+    def read_events(self) -> list[dict[str, Any]]:
+        """All published events of all mounts, in replay order."""
+        ordered = []
+        for mount, seq, key in self.segments():
+            for position, record in enumerate(namespace.decode_segment(self.store.get(key), key)):
+                ordered.append(((record["time_ns"], mount, seq, position), record))
+        ordered.sort(key=lambda item: item[0])
+        return [record for _, record in ordered]
+
+    def read_namespace(self) -> namespace.Namespace:
+        tree = namespace.Namespace()
+        for record in self.read_events():
+            tree.apply(record)
+        return tree

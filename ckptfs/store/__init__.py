@@ -1,0 +1,32 @@
+"""Object stores: the interface, the embedded local-directory store and the S3 store."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+from ckptfs.errors import ConfigError
+from ckptfs.store.base import (ObjectNotFound, ObjectStore, PermanentStoreError, PreconditionFailed,
+                               RetryingStore, StoreError, TemporaryStoreError)
+from ckptfs.store.localdir import LocalDirStore
+
+__all__ = ["ObjectNotFound", "ObjectStore", "PermanentStoreError", "PreconditionFailed", "RetryingStore",
+           "StoreError", "TemporaryStoreError", "LocalDirStore", "open_store"]
+
+
+def open_store(url: str, *, endpoint_url: str | None = None) -> ObjectStore:
+    """Build the store a URL names: `s3://bucket/prefix`, `file:///path` or a plain directory path."""
+    parsed = urlparse(url)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ConfigError(f"store URL {url!r} names no bucket (expected s3://bucket/prefix)")
+        from ckptfs.store.s3 import S3Store  # boto3 is slow to import; only pay for it when used
+
+        return S3Store(parsed.netloc, parsed.path, endpoint_url=endpoint_url)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ConfigError(f"store URL {url!r}: file URLs take a local path (file:///path)")
+        return LocalDirStore(parsed.path)
+    if parsed.scheme == "" and url:
+        return LocalDirStore(os.path.abspath(url))
+    raise ConfigError(f"unknown store URL {url!r}: use s3://bucket/prefix or file:///path")

@@ -1,0 +1,120 @@
+"""The object-store interface every backend implements, its error classes, and the retry policy.
+
+A store holds immutable byte objects under string keys. It knows nothing of chunks, manifests or
+files. Backends classify every failure as temporary (worth retrying) or permanent (report it);
+`RetryingStore` is the one place that retries, with exponential backoff, jitter and a give-up time.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from ckptfs.errors import CkptfsError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class StoreError(CkptfsError):
+    """A store operation failed."""
+
+
+class TemporaryStoreError(StoreError):
+    """The store may succeed if asked again later: throttling, 5xx, timeouts, resets."""
+
+
+class PermanentStoreError(StoreError):
+    """Asking again will not help: access denied, missing bucket, bad credentials, bad request."""
+
+
+class ObjectNotFound(StoreError):
+    """The key does not exist."""
+
+
+class PreconditionFailed(StoreError):
+    """A conditional write lost: the key already exists (If-None-Match: *)."""
+
+
+class ObjectStore(abc.ABC):
+    """Synchronous, thread-safe access to one prefix of an object store."""
+
+    url: str
+
+    @abc.abstractmethod
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+        """Store `data` under `key`. With `if_absent`, raise PreconditionFailed if the key exists."""
+
+    @abc.abstractmethod
+    def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        """Return the object's bytes, or bytes [start, end) of it. Raise ObjectNotFound."""
+
+    @abc.abstractmethod
+    def size(self, key: str) -> int | None:
+        """Return the object's size, or None if it does not exist."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
+        """Yield the keys that start with `prefix`, in lexicographic order, after `start_after`."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the key; removing a missing key is not an error."""
+
+    def check_access(self) -> None:
+        """Raise a StoreError with a clear message if the store cannot be used at all."""
+        next(iter(self.list("lake.json")), None)
+
+
+class RetryingStore(ObjectStore):
+    """Wraps a store and retries temporary failures with exponential backoff and full jitter."""
+
+    def __init__(self, inner: ObjectStore, *, give_up_after: float = 300.0, first_delay: float = 0.2,
+                 max_delay: float = 20.0, on_retry: Callable[[str, Exception], None] | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.give_up_after = give_up_after
+        self.first_delay = first_delay
+        self.max_delay = max_delay
+        self.on_retry = on_retry
+        self._sleep = sleep
+
+    def _retry(self, what: str, call: Callable[[], T]) -> T:
+        deadline = time.monotonic() + self.give_up_after
+        attempt = 0
+        while True:
+            try:
+                return call()
+            except TemporaryStoreError as error:
+                attempt += 1
+                delay = random.uniform(0, min(self.max_delay, self.first_delay * 2 ** attempt))
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("%s failed (%s); retry %d in %.1fs", what, error, attempt, delay)
+                if self.on_retry is not None:
+                    self.on_retry(what, error)
+                self._sleep(delay)
+
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+        self._retry(f"PUT {key}", lambda: self.inner.put(key, data, if_absent=if_absent))
+
+    def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        return self._retry(f"GET {key}", lambda: self.inner.get(key, start, end))
+
+    def size(self, key: str) -> int | None:
+        return self._retry(f"HEAD {key}", lambda: self.inner.size(key))
+
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
+        # Listing pages lazily would retry mid-iteration; listings here are small enough to collect.
+        return iter(self._retry(f"LIST {prefix}", lambda: list(self.inner.list(prefix, start_after))))
+
+    def delete(self, key: str) -> None:
+        self._retry(f"DELETE {key}", lambda: self.inner.delete(key))
+
+    def check_access(self) -> None:
+        self.inner.check_access()

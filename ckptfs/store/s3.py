@@ -1,0 +1,129 @@
+"""S3Store: any S3-compatible endpoint through boto3.
+
+Configuration is the standard AWS chain (environment, shared profile, instance role) plus an optional
+endpoint URL; no secret ever passes through our arguments. One boto3 client is created per store and
+shared by all threads (clients are thread-safe, sessions are not). boto3's own retries are turned off:
+`RetryingStore` owns the retry policy, so this class only classifies failures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from ckptfs.store.base import (ObjectNotFound, ObjectStore, PermanentStoreError, PreconditionFailed,
+                               StoreError, TemporaryStoreError)
+
+_TEMPORARY_CODES = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown",
+                    "RequestTimeout", "RequestTimeTooSkewed", "Throttling", "ThrottlingException",
+                    "OperationAborted"}
+_NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
+_PRECONDITION_CODES = {"412", "PreconditionFailed", "409", "ConditionalRequestConflict"}
+
+
+def classify(error: Exception, what: str) -> StoreError:
+    """Map a boto3/botocore exception to our error classes, with a one-line message."""
+    if isinstance(error, botocore.exceptions.ClientError):
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        status = str(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        message = error.response.get("Error", {}).get("Message") or code
+        if code in _NOT_FOUND_CODES and code != "NoSuchBucket":
+            return ObjectNotFound(f"{what}: not found")
+        if code in _PRECONDITION_CODES or status in ("412", "409"):
+            return PreconditionFailed(f"{what}: precondition failed ({code})")
+        if code in _TEMPORARY_CODES or status.startswith("5") or status == "429":
+            return TemporaryStoreError(f"{what}: {code} {message}".strip())
+        if code == "NoSuchBucket":
+            return PermanentStoreError(f"{what}: the bucket does not exist")
+        if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return PermanentStoreError(f"{what}: access denied ({code}); check the AWS credentials")
+        return PermanentStoreError(f"{what}: {code} {message}".strip())
+    if isinstance(error, botocore.exceptions.NoCredentialsError):
+        return PermanentStoreError(f"{what}: no AWS credentials found (environment, profile or role)")
+    if isinstance(error, (botocore.exceptions.EndpointConnectionError,
+                          botocore.exceptions.ConnectionClosedError,
+                          botocore.exceptions.ReadTimeoutError,
+                          botocore.exceptions.ConnectTimeoutError,
+                          botocore.exceptions.ResponseStreamingError)):
+        return TemporaryStoreError(f"{what}: {error}")
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return TemporaryStoreError(f"{what}: {error}")
+    if isinstance(error, botocore.exceptions.BotoCoreError):
+        return PermanentStoreError(f"{what}: {error}")
+    raise error
+
+
+class S3Store(ObjectStore):
+    def __init__(self, bucket: str, prefix: str, *, endpoint_url: str | None = None,
+                 max_connections: int = 32) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.url = f"s3://{bucket}/{self.prefix}"
+        config = botocore.config.Config(
+            max_pool_connections=max_connections,
+            retries={"max_attempts": 1, "mode": "standard"},
+            connect_timeout=10, read_timeout=60,
+        )
+        session = boto3.session.Session()
+        self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        self.max_connections = max_connections
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    def check_access(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except botocore.exceptions.ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise PermanentStoreError(f"bucket {self.bucket!r} does not exist") from None
+            raise classify(error, f"bucket {self.bucket!r}") from None
+        except Exception as error:  # noqa: BLE001 - classify re-raises what it does not know
+            raise classify(error, f"S3 endpoint {self.client.meta.endpoint_url}") from None
+
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+        extra = {"IfNoneMatch": "*"} if if_absent else {}
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
+        except Exception as error:  # noqa: BLE001
+            raise classify(error, f"PUT {key}") from None
+
+    def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        extra = {}
+        if start is not None or end is not None:
+            extra["Range"] = f"bytes={start or 0}-{'' if end is None else end - 1}"
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **extra)
+            return response["Body"].read()
+        except Exception as error:  # noqa: BLE001
+            raise classify(error, f"GET {key}") from None
+
+    def size(self, key: str) -> int | None:
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"]
+        except Exception as error:  # noqa: BLE001
+            classified = classify(error, f"HEAD {key}")
+            if isinstance(classified, ObjectNotFound):
+                return None
+            raise classified from None
+
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
+        arguments = {"Bucket": self.bucket, "Prefix": self._key(prefix)}
+        if start_after is not None:
+            arguments["StartAfter"] = self._key(start_after)
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(**arguments):
+                for item in page.get("Contents", []):
+                    yield item["Key"][len(self.prefix):]
+        except Exception as error:  # noqa: BLE001
+            raise classify(error, f"LIST {prefix}") from None
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except Exception as error:  # noqa: BLE001
+            raise classify(error, f"DELETE {key}") from None
