@@ -42,7 +42,7 @@ CREATE INDEX IF NOT EXISTS versions_by_state ON versions(state);
 CREATE TABLE IF NOT EXISTS history(
     id INTEGER PRIMARY KEY, path BLOB NOT NULL, time_ns INTEGER NOT NULL, version INTEGER);
 CREATE INDEX IF NOT EXISTS history_by_path ON history(path, time_ns);
-CREATE TABLE IF NOT EXISTS outbox(seq INTEGER PRIMARY KEY, event TEXT NOT NULL, version INTEGER);
+CREATE TABLE IF NOT EXISTS outbox(seq INTEGER PRIMARY KEY AUTOINCREMENT, event TEXT NOT NULL, version INTEGER);
 CREATE TABLE IF NOT EXISTS known_chunks(id BLOB PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
@@ -311,8 +311,9 @@ class Journal:
         return [(seq, json.loads(text), version) for seq, text, version in rows]
 
     def outbox_tail(self) -> int:
-        row = self.db.execute("SELECT MAX(seq) FROM outbox").fetchone()
-        return row[0] or 0
+        """The last seq ever queued (seqs are never reused, so a barrier taken now stays meaningful)."""
+        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
+        return row[0] if row else 0
 
     def outbox_length(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
