@@ -1,0 +1,59 @@
+"""Both stores through one interface, and the classification of S3 failures."""
+
+import pytest
+
+from ckptfs.store import (ObjectNotFound, PermanentStoreError, PreconditionFailed, RetryingStore,
+                          TemporaryStoreError, open_store)
+from ckptfs.errors import ConfigError
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return open_store(f"file://{tmp_path}/lake")
+    url, endpoint = request.getfixturevalue("s3_url")
+    return open_store(url, endpoint_url=endpoint)
+
+
+def test_store_contract(store):
+    store.check_access()
+    store.put("a/b/1", b"one")
+    store.put("a/b/2", b"two")
+    store.put("a/c", b"three")
+    assert store.get("a/b/1") == b"one"
+    assert store.get("a/c", 1, 3) == b"hr"
+    assert store.size("a/b/2") == 3 and store.size("missing") is None
+    assert list(store.list("a/b/")) == ["a/b/1", "a/b/2"]
+    assert list(store.list("a/", start_after="a/b/1")) == ["a/b/2", "a/c"]
+    with pytest.raises(PreconditionFailed):
+        store.put("a/c", b"again", if_absent=True)
+    assert store.get("a/c") == b"three"
+    store.delete("a/c")
+    store.delete("a/c")
+    with pytest.raises(ObjectNotFound):
+        store.get("a/c")
+
+
+def test_s3_missing_bucket_is_a_clear_permanent_error(moto_server):
+    store = open_store("s3://no-such-bucket-here/x", endpoint_url=moto_server.endpoint)
+    with pytest.raises(PermanentStoreError, match="does not exist"):
+        store.check_access()
+
+
+def test_s3_unreachable_endpoint_is_temporary_and_retries_give_up():
+    from tests.helpers import free_port
+
+    store = open_store("s3://bucket/x", endpoint_url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(TemporaryStoreError):
+        store.check_access()
+    retries = []
+    retrying = RetryingStore(store, give_up_after=0.5, first_delay=0.01, on_retry=lambda *a: retries.append(a))
+    with pytest.raises(TemporaryStoreError):
+        retrying.get("k")
+    assert retries
+
+
+def test_unknown_store_urls_are_rejected():
+    for url in ("ftp://x/y", "s3:///nobucket", "file://remotehost/x"):
+        with pytest.raises(ConfigError):
+            open_store(url)
