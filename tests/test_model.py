@@ -1,0 +1,98 @@
+"""Random operations on the real mount and on a plain dict model, compared after every step.
+
+Shrunk failures found by this test are kept below as named regression tests.
+"""
+
+import errno
+import os
+
+from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+import pytest
+
+NAMES = st.sampled_from(["a", "b", "c", "d/x", "d/y", "e/f/g"])
+DATA = st.binary(max_size=300_000).map(lambda b: b * (1 + len(b) % 3))
+
+
+class MountModel(RuleBasedStateMachine):
+    mount = None  # set by the test
+
+    @initialize()
+    def clear(self):
+        self.files: dict[str, bytes] = {}
+        for directory, dirnames, filenames in os.walk(self.mount.mountpoint, topdown=False):
+            for name in filenames:
+                os.unlink(os.path.join(directory, name))
+            for name in dirnames:
+                os.rmdir(os.path.join(directory, name))
+
+    def _path(self, name: str) -> str:
+        return self.mount.path(name)
+
+    @rule(name=NAMES, data=DATA)
+    def write_file(self, name, data):
+        os.makedirs(os.path.dirname(self._path(name)), exist_ok=True)
+        with open(self._path(name), "wb") as file:
+            file.write(data)
+        self.files[name] = data
+
+    @rule(name=NAMES, offset=st.integers(0, 400_000), data=st.binary(min_size=1, max_size=70_000))
+    def write_at(self, name, offset, data):
+        if name not in self.files:
+            return
+        with open(self._path(name), "r+b") as file:
+            file.seek(offset)
+            file.write(data)
+        old = self.files[name]
+        padded = old + bytes(max(0, offset - len(old)))
+        self.files[name] = padded[:offset] + data + padded[offset + len(data):]
+
+    @rule(name=NAMES, size=st.integers(0, 400_000))
+    def truncate(self, name, size):
+        if name not in self.files:
+            return
+        os.truncate(self._path(name), size)
+        old = self.files[name]
+        self.files[name] = old[:size] + bytes(max(0, size - len(old)))
+
+    @rule(name=NAMES)
+    def unlink(self, name):
+        if name in self.files:
+            os.unlink(self._path(name))
+            del self.files[name]
+        else:
+            with pytest.raises(OSError) as error:
+                os.unlink(self._path(name))
+            assert error.value.errno in (errno.ENOENT, errno.EISDIR)
+
+    @rule(source=NAMES, destination=NAMES)
+    def rename(self, source, destination):
+        if source not in self.files or source == destination:
+            return
+        os.makedirs(os.path.dirname(self._path(destination)), exist_ok=True)
+        os.rename(self._path(source), self._path(destination))
+        self.files[destination] = self.files.pop(source)
+
+    @invariant()
+    def same_contents(self):
+        if not hasattr(self, "files"):
+            return
+        seen = {}
+        for directory, _, filenames in os.walk(self.mount.mountpoint):
+            for name in filenames:
+                path = os.path.join(directory, name)
+                with open(path, "rb") as file:
+                    seen[os.path.relpath(path, self.mount.mountpoint)] = file.read()
+        assert seen.keys() == self.files.keys()
+        for name, data in self.files.items():
+            assert seen[name] == data, name
+
+
+def test_random_operations_match_the_model(mount):
+    MountModel.mount = mount
+    runner = MountModel.TestCase
+    runner.settings = settings(max_examples=40, stateful_step_count=25, deadline=None,
+                               suppress_health_check=list(HealthCheck))
+    runner().runTest()
+    mount.sync()
