@@ -29,8 +29,9 @@ import pyfuse3
 import trio
 
 from ckptfs.cache.chunkcache import ChunkCache
-from ckptfs.cache.journal import COMMITTED, OPEN, ROOT_INODE, SEALED, Journal
+from ckptfs.cache.journal import COMMITTED, OPEN, ROOT_INODE, Journal
 from ckptfs.cache.staging import Staging
+from ckptfs.engine.evictor import Evictor
 from ckptfs.engine.fetcher import Fetcher
 from ckptfs.engine.uploader import Uploader
 from ckptfs.errors import ConfigError
@@ -124,7 +125,11 @@ class CacheDir:
         self._lock.flush()
         self.journal = Journal(os.path.join(path, "journal.sqlite"))
         self.staging = Staging(os.path.join(path, "staging"))
-        self.chunks = ChunkCache(os.path.join(path, "chunks"), max(cache_size // 4, 64 * 1024 * 1024))
+        # A quarter of the budget caches fetched chunks; the rest holds staging files (dirty data is
+        # never evicted, so it may exceed this share until uploads catch up).
+        self.chunk_budget = max(cache_size // 4, 64 * 1024 * 1024)
+        self.staging_budget = max(cache_size - self.chunk_budget, 0)
+        self.chunks = ChunkCache(os.path.join(path, "chunks"), self.chunk_budget)
 
     def close(self) -> None:
         self.staging.close()
@@ -245,8 +250,9 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
         mount_id = prepare_journal(cache, lake)
         uploader = Uploader(cache.journal, cache.staging, lake, mount_id)
         fetcher = Fetcher(lake, cache.chunks)
+        evictor = Evictor(cache.journal, cache.staging, cache.staging_budget)
         ops = Operations(cache.journal, cache.staging, uploader, fetcher, mount_id=mount_id,
-                         durability=config.durability)
+                         durability=config.durability, evictor=evictor)
         options = set(pyfuse3.default_options) | {"fsname=ckptfs", "subtype=ckptfs"}
         if config.allow_other:
             options |= {"allow_other", "default_permissions"}
@@ -270,6 +276,8 @@ async def _main(config: MountConfig, ops: Operations, uploader: Uploader, fetche
         await nursery.start(fetcher.run)
         await nursery.start(uploader.run)
         nursery.start_soon(_commit_periodically, ops)
+        if ops.evictor is not None:
+            nursery.start_soon(ops.evictor.run)
         nursery.start_soon(_terminate_on_signal)
         log.info("mounted %s on %s (cache %s)", config.store_url, config.mountpoint, config.cache_dir)
         on_ready()

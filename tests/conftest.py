@@ -6,7 +6,7 @@ import uuid
 import boto3
 import pytest
 
-from tests.helpers import Mount, MotoServer
+from tests.helpers import MotoServer, Mount
 
 AWS_TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                 "AWS_DEFAULT_REGION": "us-east-1"}

@@ -45,7 +45,7 @@ class Mount:
         self.process: subprocess.Popen | None = None
         os.makedirs(mountpoint, exist_ok=True)
 
-    def start(self, timeout: float = 30) -> "Mount":
+    def start(self, timeout: float = 30) -> Mount:
         command = [sys.executable, "-m", "ckptfs", "mount"]
         command += [self.store_url] if self.store_url else []
         command += [self.mountpoint, "--foreground", "--cache-dir", self.cache_dir, "--log-file", self.log_file]

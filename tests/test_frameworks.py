@@ -36,7 +36,7 @@ def test_last_ckpt_overwritten_three_times_loads_every_version(mount):
         torch.save({"step": step, "w": torch.full((1000,), float(step))}, mount.path("last.ckpt"))
     names = sorted(os.listdir(mount.path(".versions", "last.ckpt")))
     assert len(names) == 3
-    for step, name in zip((1, 2, 3), names):
+    for step, name in zip((1, 2, 3), names, strict=True):
         loaded = torch.load(mount.path(".versions", "last.ckpt", name), weights_only=True)
         assert loaded["step"] == step and float(loaded["w"][0]) == step
     with pytest.raises(OSError) as error:

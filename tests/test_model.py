@@ -6,10 +6,10 @@ Shrunk failures found by this test are kept below as named regression tests.
 import errno
 import os
 
-from hypothesis import HealthCheck, settings, strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
-
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 NAMES = st.sampled_from(["a", "b", "c", "d/x", "d/y", "e/f/g"])
 DATA = st.binary(max_size=300_000).map(lambda b: b * (1 + len(b) % 3))

@@ -58,9 +58,14 @@ async def read_file(ops: Operations, ino: int) -> bytes:
         await ops.release(info.fh)
 
 
-def test_write_upload_and_read_back_from_a_fresh_journal(tmp_path):
-    lake = Lake(LocalDirStore(str(tmp_path / "lake")))
-    lake.open()
+@pytest.fixture
+def lake(tmp_path) -> Lake:
+    value = Lake(LocalDirStore(str(tmp_path / "lake")))
+    value.open()
+    return value
+
+
+def test_write_upload_and_read_back_from_a_fresh_journal(tmp_path, lake):
     payload = os.urandom(3_000_000)
 
     async def main():
@@ -97,9 +102,7 @@ def test_write_upload_and_read_back_from_a_fresh_journal(tmp_path):
     trio.run(main)
 
 
-def test_versions_tree_refuses_writes(tmp_path):
-    lake = Lake(LocalDirStore(str(tmp_path / "lake")))
-    lake.open()
+def test_versions_tree_refuses_writes(tmp_path, lake):
 
     async def main():
         ops = build(tmp_path, "only", lake)
@@ -115,9 +118,7 @@ def test_versions_tree_refuses_writes(tmp_path):
     trio.run(main)
 
 
-def test_bad_names_are_rejected(tmp_path):
-    lake = Lake(LocalDirStore(str(tmp_path / "lake")))
-    lake.open()
+def test_bad_names_are_rejected(tmp_path, lake):
 
     async def main():
         ops = build(tmp_path, "only", lake)

@@ -141,7 +141,7 @@ def test_names_long_non_utf8_and_deep(mount):
     odd = os.path.join(os.fsencode(mount.mountpoint), b"\xff\xfeodd")
     write(odd, b"odd")
     assert read(odd) == b"odd"
-    deep = os.path.join(mount.mountpoint, *["d%02d" % i for i in range(60)])
+    deep = os.path.join(mount.mountpoint, *[f"d{i:02d}" for i in range(60)])
     os.makedirs(deep)
     write(os.path.join(deep, "leaf"), b"deep")
     assert read(os.path.join(deep, "leaf")) == b"deep"

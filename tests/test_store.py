@@ -2,9 +2,15 @@
 
 import pytest
 
-from ckptfs.store import (ObjectNotFound, PermanentStoreError, PreconditionFailed, RetryingStore,
-                          TemporaryStoreError, open_store)
 from ckptfs.errors import ConfigError
+from ckptfs.store import (
+    ObjectNotFound,
+    PermanentStoreError,
+    PreconditionFailed,
+    RetryingStore,
+    TemporaryStoreError,
+    open_store,
+)
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -18,6 +18,7 @@ class Staging:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self._fds: OrderedDict[int, int] = OrderedDict()
         self._max_open = max_open
+        self.pinned: set[int] = set()  # versions whose staging file a copy is reading: not evictable
 
     def path(self, version: int) -> str:
         return os.path.join(self.directory, f"{version:016x}")

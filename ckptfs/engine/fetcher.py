@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 from collections import OrderedDict
 
 import trio
@@ -128,11 +129,9 @@ class Fetcher:
 
     async def read_all_into(self, manifest_id: str, fd: int) -> None:
         """Write a whole version into a local file (copy-on-write of a remote-only file)."""
-        import os
-
         manifest, offsets = await self.manifest(manifest_id)
         if manifest.inline is not None:
             os.pwrite(fd, manifest.inline, 0)
-        for (identifier, _), start in zip(manifest.chunks, offsets):
+        for (identifier, _), start in zip(manifest.chunks, offsets, strict=True):
             os.pwrite(fd, await self.chunk(identifier), start)
         os.ftruncate(fd, manifest.size)

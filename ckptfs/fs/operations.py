@@ -27,6 +27,7 @@ import trio
 
 from ckptfs.cache.journal import COMMITTED, OPEN, ROOT_INODE, SEALED, STATE_NAMES, Inode, Journal
 from ckptfs.cache.staging import Staging
+from ckptfs.engine.evictor import Evictor
 from ckptfs.engine.fetcher import Fetcher
 from ckptfs.engine.uploader import Uploader
 from ckptfs.errors import CkptfsError
@@ -82,7 +83,7 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
 
     def __init__(self, journal: Journal, staging: Staging, uploader: Uploader, fetcher: Fetcher, *,
-                 mount_id: str, durability: str = "local") -> None:
+                 mount_id: str, durability: str = "local", evictor: Evictor | None = None) -> None:
         super().__init__()
         self.journal = journal
         self.staging = staging
@@ -90,6 +91,7 @@ class Operations(pyfuse3.Operations):
         self.fetcher = fetcher
         self.mount_id = mount_id
         self.durability = durability
+        self.evictor = evictor
         self.view = versions.VersionsView(journal)
         self.handles: dict[int, Handle] = {}
         self._listings: dict[int, list[tuple[bytes, int]]] = {}
@@ -230,7 +232,11 @@ class Operations(pyfuse3.Operations):
         if current is None:
             self.staging.create(identifier)
         elif current.staged and self.staging.exists(current.id):
-            await trio.to_thread.run_sync(self.staging.create, identifier, current.id)
+            self.staging.pinned.add(current.id)
+            try:
+                await trio.to_thread.run_sync(self.staging.create, identifier, current.id)
+            finally:
+                self.staging.pinned.discard(current.id)
         else:
             self.staging.create(identifier)
             await self.fetcher.read_all_into(current.manifest, self.staging.fd(identifier))
@@ -267,6 +273,8 @@ class Operations(pyfuse3.Operations):
         if version is None:
             raise _fail(errno.ENOENT)
         if version.staged:
+            if self.evictor is not None:
+                self.evictor.touch(version_id)
             return os.pread(self.staging.fd(version_id), size, offset)
         if version.manifest is None:
             raise CkptfsError(f"version {version_id:x} has neither local data nor a manifest")
@@ -680,7 +688,7 @@ class Operations(pyfuse3.Operations):
         if version.state == COMMITTED:
             published = self.journal.db.execute(
                 "SELECT 1 FROM outbox WHERE version=? LIMIT 1", (version.id,)).fetchone() is None
-            return "committed pending_bytes=0" if published else f"uploading pending_bytes=0"
+            return "committed pending_bytes=0" if published else "uploading pending_bytes=0"
         if version.state == SEALED:
             return f"uploading pending_bytes={max(0, version.size - self.uploader.uploading.get(version.id, 0))}"
         return f"{STATE_NAMES[OPEN]} pending_bytes={node.size}"

@@ -25,7 +25,7 @@ class Node:
 
 
 def version_name(time_ns: int) -> str:
-    moment = datetime.datetime.fromtimestamp(time_ns / 1e9, tz=datetime.timezone.utc)
+    moment = datetime.datetime.fromtimestamp(time_ns / 1e9, tz=datetime.UTC)
     return moment.strftime("%Y-%m-%dT%H-%M-%S.") + f"{(time_ns // 1_000_000) % 1000:03d}Z"
 
 

@@ -6,8 +6,15 @@ import os
 from urllib.parse import urlparse
 
 from ckptfs.errors import ConfigError
-from ckptfs.store.base import (ObjectNotFound, ObjectStore, PermanentStoreError, PreconditionFailed,
-                               RetryingStore, StoreError, TemporaryStoreError)
+from ckptfs.store.base import (
+    ObjectNotFound,
+    ObjectStore,
+    PermanentStoreError,
+    PreconditionFailed,
+    RetryingStore,
+    StoreError,
+    TemporaryStoreError,
+)
 from ckptfs.store.localdir import LocalDirStore
 
 __all__ = ["ObjectNotFound", "ObjectStore", "PermanentStoreError", "PreconditionFailed", "RetryingStore",

@@ -77,7 +77,7 @@ class LocalDirStore(ObjectStore):
         directory, _, _ = prefix.rpartition("/")
         keys: list[str] = []
         base = os.path.join(self.root, directory) if directory else self.root
-        for dirpath, dirnames, filenames in os.walk(base):
+        for dirpath, _, filenames in os.walk(base):
             relative = os.path.relpath(dirpath, self.root)
             relative = "" if relative == "." else relative + "/"
             for name in filenames:

@@ -14,8 +14,14 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from ckptfs.store.base import (ObjectNotFound, ObjectStore, PermanentStoreError, PreconditionFailed,
-                               StoreError, TemporaryStoreError)
+from ckptfs.store.base import (
+    ObjectNotFound,
+    ObjectStore,
+    PermanentStoreError,
+    PreconditionFailed,
+    StoreError,
+    TemporaryStoreError,
+)
 
 _TEMPORARY_CODES = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown",
                     "RequestTimeout", "RequestTimeTooSkewed", "Throttling", "ThrottlingException",
