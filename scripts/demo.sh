@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/install.sh
 
+# The interpreter that install.sh installed into, whether or not its script directory is on PATH.
+ckptfs() { python3 -m ckptfs "$@"; }
+
 work="$(mktemp -d /tmp/ckptfs-demo.XXXXXX)"
 export CKPTFS_HOME="$work/home"
 mountpoint="$work/ckpt"

@@ -27,3 +27,5 @@ if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ] || ! "$PYTHON" -
   "$PYTHON" -m pip install -q --disable-pip-version-check -e "$here[$extras]"
   touch "$stamp"
 fi
+# Under pyenv, console scripts installed by `python -m pip` get their shims only on a rehash.
+if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi

@@ -68,9 +68,9 @@ class Fetcher:
             waiting = self._inflight.get(identifier)
             if waiting is None:
                 break
+            # Another reader is fetching it. Look again afterwards: on success the chunk is cached;
+            # on failure exactly one of the waiters takes the slot and tries again.
             await waiting.wait()
-            if identifier not in self._memory and self.chunk_cache.get(identifier) is None:
-                break  # the other fetch failed; try ourselves so the error reaches this reader too
         done = self._inflight[identifier] = trio.Event()
         try:
             try:
