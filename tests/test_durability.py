@@ -23,11 +23,16 @@ def test_fsync_with_remote_durability_returns_once_published(mounter, tmp_path):
     mount.assert_clean_log()
 
 
-def test_unmount_drains_by_default(mounter, tmp_path):
-    mount = mounter()
+def write_big_file(mount) -> bytes:
     data = os.urandom(64 * 1024 * 1024)
     with open(mount.path("big"), "wb") as file:
         file.write(data)
+    return data
+
+
+def test_unmount_drains_by_default(mounter, tmp_path):
+    mount = mounter()
+    data = write_big_file(mount)
     mount.unmount()  # fusermount3 -u, no sync: the daemon drains before exiting
     assert lake_tree(tmp_path).entries[b"big"].size == len(data)
     mount.assert_clean_log()
@@ -35,9 +40,7 @@ def test_unmount_drains_by_default(mounter, tmp_path):
 
 def test_unmount_without_draining_resumes_at_the_next_mount(mounter, tmp_path):
     mount = mounter()
-    data = os.urandom(64 * 1024 * 1024)
-    with open(mount.path("big"), "wb") as file:
-        file.write(data)
+    data = write_big_file(mount)
     result = mount.cli("unmount", "--no-drain", mount.mountpoint)
     assert "left queued" in result.stdout
     mount.process.wait(timeout=60)

@@ -137,6 +137,9 @@ class Journal:
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
+    def delete_meta(self, key: str) -> None:
+        self.db.execute("DELETE FROM meta WHERE key=?", (key,))
+
     def add_counter(self, name: str, amount: int) -> None:
         self.db.execute("INSERT INTO counters(name, value) VALUES (?, ?) "
                         "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (name, amount))
@@ -317,6 +320,11 @@ class Journal:
 
     def outbox_length(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+
+    def outbox_seq_of_version(self, version: int) -> int | None:
+        """The seq of the unpublished event that publishes this version, or None once published."""
+        row = self.db.execute("SELECT MAX(seq) FROM outbox WHERE version=?", (version,)).fetchone()
+        return row[0] if row else None
 
     def drop_outbox(self, upto: int) -> None:
         self.db.execute("DELETE FROM outbox WHERE seq<=?", (upto,))

@@ -231,7 +231,7 @@ class Uploader:
         await trio.to_thread.run_sync(self.lake.append_log, self.mount_id, seq, events, limiter=self.network)
         self.journal.drop_outbox(upto)
         self.journal.set_meta("next_segment", str(seq + 1))
-        self.journal.db.execute("DELETE FROM meta WHERE key='pending_segment'")
+        self.journal.delete_meta("pending_segment")
         self.journal.add_counter("events_published", len(events))
         self.journal.commit(durable=True)
         return True

@@ -644,9 +644,9 @@ class Operations(pyfuse3.Operations):
             await self.wait_version_published(version)
 
     async def wait_version_published(self, version: int) -> None:
-        rows = self.journal.db.execute("SELECT MAX(seq) FROM outbox WHERE version=?", (version,)).fetchone()
-        if rows and rows[0] is not None:
-            await self.uploader.wait_published(rows[0])
+        seq = self.journal.outbox_seq_of_version(version)
+        if seq is not None:
+            await self.uploader.wait_published(seq)
 
     # -- extended attributes: per-file state and the control interface of the CLI -------------
     async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
@@ -686,8 +686,7 @@ class Operations(pyfuse3.Operations):
         if version is None:
             return "unknown"
         if version.state == COMMITTED:
-            published = self.journal.db.execute(
-                "SELECT 1 FROM outbox WHERE version=? LIMIT 1", (version.id,)).fetchone() is None
+            published = self.journal.outbox_seq_of_version(version.id) is None
             return "committed pending_bytes=0" if published else "uploading pending_bytes=0"
         if version.state == SEALED:
             return f"uploading pending_bytes={max(0, version.size - self.uploader.uploading.get(version.id, 0))}"

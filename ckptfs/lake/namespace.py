@@ -115,7 +115,8 @@ class Namespace:
         if not path:
             return
         if op == "put":
-            self._remove(path, time_ns) if path in self.entries and self.entries[path].kind != "file" else None
+            if path in self.entries and self.entries[path].kind != "file":
+                self._remove(path, time_ns)
             self._ensure_parents(path, time_ns)
             entry = Entry("file", record["mode"], record["mtime_ns"], record["size"], record["manifest"])
             self.entries[path] = entry
