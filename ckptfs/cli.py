@@ -1,4 +1,4 @@
-"""The `ckptfs` command: mount, unmount, status, sync.
+"""The `ckptfs` command: mount, unmount, status, sync, fsck.
 
 Talks to a running mount only through extended attributes on the mount (no socket, no extra port), so
 `status` and `sync` work for any path under a mount. Every error is one line on stderr and a non-zero
@@ -223,6 +223,70 @@ def command_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_fsck(args: argparse.Namespace) -> int:
+    if args.store_url is None and args.cache_dir is None:
+        return fail("fsck needs a STORE_URL, a --cache-dir, or both", EXIT_USAGE)
+    problems = 0
+    output: dict = {}
+    if args.cache_dir:
+        problems += fsck_cache_dir(args, output)
+    if args.store_url:
+        problems += fsck_lake(args, output)
+    if args.json:
+        print(json.dumps(output, indent=2))
+    return EXIT_ERROR if problems else 0
+
+
+def fsck_cache_dir(args: argparse.Namespace, output: dict) -> int:
+    import fcntl
+
+    from ckptfs.cache.check import check_cache, repair_cache
+
+    if not os.path.isdir(args.cache_dir):
+        raise CkptfsError(f"cache dir {args.cache_dir} does not exist")
+    with open(os.path.join(args.cache_dir, "lock"), "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CkptfsError(f"cache dir {args.cache_dir} is in use by a running mount; unmount it first") from None
+        problems = check_cache(args.cache_dir)
+        actions = repair_cache(args.cache_dir) if problems and args.repair else []
+        remaining = check_cache(args.cache_dir) if actions else problems
+    output["cache"] = {"problems": [p.detail for p in problems], "repairs": actions,
+                       "remaining": [p.detail for p in remaining]}
+    if not args.json:
+        for problem in problems:
+            print(f"cache: {problem.detail}")
+        for action in actions:
+            print(f"repaired: {action}")
+        if problems and not args.repair:
+            print(f"run `ckptfs fsck --cache-dir {args.cache_dir} --repair` to repair")
+        if not problems:
+            print(f"cache dir {args.cache_dir}: ok")
+    return len(remaining)
+
+
+def fsck_lake(args: argparse.Namespace, output: dict) -> int:
+    from ckptfs.lake import Lake
+    from ckptfs.lake.check import check_lake
+    from ckptfs.store import RetryingStore, open_store
+
+    store = open_store(args.store_url, endpoint_url=args.endpoint_url)
+    store.check_access()
+    report = check_lake(Lake(RetryingStore(store, give_up_after=60)), verify_data=args.verify_data)
+    output["lake"] = {"segments": report.segments, "versions": report.versions, "manifests": report.manifests,
+                      "chunks": report.chunks, "chunk_bytes": report.chunk_bytes, "live_files": report.live_files,
+                      "problems": [vars(p) for p in report.problems]}
+    if not args.json:
+        print(f"lake {store.url}: {report.live_files} files, {report.versions} versions, {report.manifests} "
+              f"manifests, {report.chunks} chunks ({human(report.chunk_bytes)}), {report.segments} log segments"
+              + ("; chunk data verified" if args.verify_data else ""))
+        for problem in report.problems:
+            print(f"{problem.kind}: {problem.key}: {problem.detail}")
+        print("ok" if report.ok else f"{len(report.problems)} problem(s)")
+    return len(report.problems)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckptfs", description="Mount an S3 checkpoint lake as a directory.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -258,6 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("path")
     sync.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
     sync.set_defaults(handler=command_sync)
+    check = commands.add_parser("fsck", help="check a lake and/or a cache dir; --repair fixes a cache dir")
+    check.add_argument("store_url", nargs="?", help="the lake to check (s3://bucket/prefix, file:///dir)")
+    check.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"))
+    check.add_argument("--verify-data", action="store_true", help="read and re-hash every chunk")
+    check.add_argument("--cache-dir", help="also check this (unmounted) cache dir")
+    check.add_argument("--repair", action="store_true", help="repair the cache dir (see docs/DESIGN.md)")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(handler=command_fsck)
     return parser
 
 

@@ -5,8 +5,9 @@ Start-up repair (every crash state; docs/DESIGN.md has the reasoning):
 * OPEN versions left by a killed daemon belong to writers that are gone: sealed with the staging
   file's size if a path still names them, dropped otherwise.
 * Inodes no entry names (unlinked while open) are dropped.
-* Staging files no version row names are removed; staged versions whose file is missing are
-  reported; committed ones simply become remote-only.
+* Staging files no version row names are removed; committed versions whose staging file is missing
+  become remote-only. A damaged journal, or a version waiting for upload whose staging file is
+  missing or short, stops the mount with the repair command (`cache/check.py`).
 * A namespace segment that was being written is re-sent with the same seq and the same events.
 * SEALED versions are queued for upload again (chunks and manifests are content-addressed, so
   re-uploading is idempotent).
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
+from ckptfs.cache.check import check_cache
 from ckptfs.cache.chunkcache import ChunkCache
 from ckptfs.cache.journal import COMMITTED, OPEN, ROOT_INODE, Journal
 from ckptfs.cache.staging import Staging
@@ -123,6 +125,12 @@ class CacheDir:
         self._lock.truncate()
         self._lock.write(str(os.getpid()))
         self._lock.flush()
+        problems = check_cache(path)
+        if problems:
+            self._lock.close()
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ConfigError(f"cache dir {path}: {problems[0].detail}{more}; "
+                              f"run `ckptfs fsck --cache-dir {path} --repair`")
         self.journal = Journal(os.path.join(path, "journal.sqlite"))
         self.staging = Staging(os.path.join(path, "staging"))
         # A quarter of the budget caches fetched chunks; the rest holds staging files (dirty data is
@@ -191,12 +199,8 @@ def prepare_journal(cache: CacheDir, lake: Lake) -> str:
     known = set()
     for version in journal.staged_versions():
         known.add(version.id)
-        if not staging.exists(version.id):
-            if version.state == COMMITTED:
-                journal.update_version(version.id, staged=0)
-            else:
-                log.error("staging file of version %x (%s) is missing: its data is lost", version.id,
-                          version.path)
+        if not staging.exists(version.id) and version.state == COMMITTED:
+            journal.update_version(version.id, staged=0)  # its bytes are in the lake
     for identifier in staging.versions_on_disk():
         if identifier not in known:
             staging.remove(identifier)
