@@ -14,7 +14,6 @@ from ckptfs.errors import CorruptObjectError
 from ckptfs.lake import codec
 from ckptfs.lake.lake import Lake
 from ckptfs.lake.manifest import manifest_key
-from ckptfs.lake.namespace import Namespace, decode_segment
 from ckptfs.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -45,18 +44,9 @@ class Report:
 def check_lake(lake: Lake, *, verify_data: bool = False) -> Report:
     report = Report()
     lake.open(create=False)
-    ordered = []
-    for mount, seq, key in lake.segments():
-        report.segments += 1
-        try:
-            events = decode_segment(lake.store.get(key), key)
-        except (CorruptObjectError, StoreError) as error:
-            report.problems.append(Problem("segment", key, str(error)))
-            continue
-        ordered.extend(((record["time_ns"], mount, seq, position), record) for position, record in enumerate(events))
-    tree = Namespace()
-    for _, record in sorted(ordered, key=lambda item: item[0]):
-        tree.apply(record)
+    report.segments = sum(1 for _ in lake.segments())
+    tree = lake.read_namespace(
+        on_damaged=lambda key, error: report.problems.append(Problem("segment", key, str(error))))
     report.live_files = sum(1 for entry in tree.entries.values() if entry.kind == "file")
     manifests: dict[str, bytes] = {}
     for path, states in tree.history.items():

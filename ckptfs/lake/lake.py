@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ckptfs.errors import CorruptObjectError
@@ -110,17 +110,29 @@ class Lake:
                 continue
             yield parsed[0], parsed[1], key
 
-    def read_events(self) -> list[dict[str, Any]]:
-        """All published events of all mounts, in replay order."""
+    def read_events(self, on_damaged: Callable[[str, Exception], None] | None = None) -> list[dict[str, Any]]:
+        """All published events of all mounts, in replay order.
+
+        A segment that cannot be read or parsed is reported to `on_damaged` (by default: an error in
+        the log naming it) and skipped, so one damaged object does not make the whole lake unreadable.
+        """
         ordered = []
         for mount, seq, key in self.segments():
-            for position, record in enumerate(namespace.decode_segment(self.store.get(key), key)):
+            try:
+                events = namespace.decode_segment(self.store.get(key), key)
+            except (CorruptObjectError, ObjectNotFound) as error:
+                if on_damaged is None:
+                    log.error("skipping damaged namespace segment %s: %s", key, error)
+                else:
+                    on_damaged(key, error)
+                continue
+            for position, record in enumerate(events):
                 ordered.append(((record["time_ns"], mount, seq, position), record))
         ordered.sort(key=lambda item: item[0])
         return [record for _, record in ordered]
 
-    def read_namespace(self) -> namespace.Namespace:
+    def read_namespace(self, on_damaged: Callable[[str, Exception], None] | None = None) -> namespace.Namespace:
         tree = namespace.Namespace()
-        for record in self.read_events():
+        for record in self.read_events(on_damaged):
             tree.apply(record)
         return tree

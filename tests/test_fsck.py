@@ -1,0 +1,130 @@
+"""ckptfs fsck on a lake and on a cache dir; malformed lake objects and a damaged cache dir at start."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+
+def ckptfs(*args):
+    return subprocess.run([sys.executable, "-m", "ckptfs", *args], capture_output=True, text=True, timeout=300)
+
+
+def objects(lake, prefix):
+    return sorted(os.path.join(d, f) for d, _, files in os.walk(os.path.join(lake, prefix)) for f in files)
+
+
+@pytest.fixture
+def populated(mounter, tmp_path):
+    """A lake with a few committed files; returns the lake directory."""
+    mount = mounter(cache="cache0")
+    os.makedirs(mount.path("run"))
+    for index in range(3):
+        with open(mount.path("run", f"f{index}"), "wb") as file:
+            file.write(os.urandom(2_000_000))
+    mount.unmount()
+    mount.assert_clean_log()
+    shutil.rmtree(tmp_path / "cache0")
+    return str(tmp_path / "lake")
+
+
+def test_fsck_of_a_healthy_lake(populated):
+    result = ckptfs("fsck", f"file://{populated}", "--verify-data", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)["lake"]
+    assert report["live_files"] == 3 and report["versions"] == 3 and report["problems"] == []
+
+
+def test_fsck_finds_missing_and_corrupt_chunks(populated):
+    chunks = objects(populated, "chunks")
+    os.unlink(chunks[0])
+    with open(chunks[1], "r+b") as file:
+        file.seek(200)
+        file.write(b"\xff\xff")
+    quick = json.loads(ckptfs("fsck", f"file://{populated}", "--json").stdout)["lake"]["problems"]
+    assert [p["kind"] for p in quick] == ["chunk-missing"]
+    result = ckptfs("fsck", f"file://{populated}", "--verify-data")
+    assert result.returncode == 1
+    assert os.path.basename(chunks[0]) in result.stdout and os.path.basename(chunks[1]) in result.stdout
+
+
+@pytest.mark.parametrize("garbage", [b"", b"{not json", b'{"format": 99, "events": []}',
+                                     b'{"format": 1, "events": [{"op": "put", "time_ns": "x"}]}'])
+def test_malformed_segment_is_reported_and_skipped(populated, mounter, garbage):
+    segment = objects(populated, "log")[1]
+    with open(segment, "wb") as file:
+        file.write(garbage)
+    result = ckptfs("fsck", f"file://{populated}")
+    assert result.returncode == 1 and "segment" in result.stdout
+    mount = mounter(cache="cache1")  # the mount still comes up and serves everything else
+    assert len(os.listdir(mount.path("run"))) == 2
+    assert os.path.relpath(segment, populated) in mount.log()
+    mount.assert_clean_log(allowed=("skipping damaged namespace segment",))
+
+
+def test_missing_or_malformed_manifest_gives_eio(populated, mounter):
+    manifests = objects(populated, "manifests")
+    os.unlink(manifests[0])
+    with open(manifests[1], "wb") as file:
+        file.write(b"CKPM" + b"\0" * 40)
+    assert ckptfs("fsck", f"file://{populated}").stdout.count("manifest") >= 2
+    mount = mounter(cache="cache1")
+    failures = 0
+    for name in os.listdir(mount.path("run")):
+        try:
+            with open(mount.path("run", name), "rb") as file:
+                file.read()
+        except OSError as error:
+            assert error.errno == 5
+            failures += 1
+    assert failures == 2
+    mount.assert_clean_log(allowed=("manifest",))
+
+
+def test_damaged_journal_stops_the_mount_until_repaired(mounter, tmp_path):
+    mount = mounter(cache="cache")
+    with open(mount.path("kept"), "wb") as file:
+        file.write(b"committed before the damage")
+    mount.unmount()
+    with open(tmp_path / "cache" / "journal.sqlite", "r+b") as file:
+        file.seek(0)
+        file.write(b"this is not a database" * 10)
+    with pytest.raises(RuntimeError, match="fsck --cache-dir .* --repair"):
+        mounter(cache="cache")
+    assert ckptfs("fsck", "--cache-dir", str(tmp_path / "cache")).returncode == 1
+    repaired = ckptfs("fsck", "--cache-dir", str(tmp_path / "cache"), "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "moved the damaged journal aside" in repaired.stdout
+    again = mounter(cache="cache")
+    assert open(again.path("kept"), "rb").read() == b"committed before the damage"
+
+
+def test_lost_staging_file_stops_the_mount_until_repaired(mounter, tmp_path):
+    mount = mounter(cache="cache")
+    with open(mount.path("f"), "wb") as file:
+        file.write(b"old and committed")
+    mount.sync()
+    # Block uploads for certain: chunk keys need directories under chunks/, and a file is in the way.
+    chunks = tmp_path / "lake" / "chunks"
+    assert not chunks.exists()  # the old version is small enough to live inline in its manifest
+    chunks.write_bytes(b"")
+    with open(mount.path("f"), "wb") as file:
+        file.write(os.urandom(64 * 1024 * 1024))
+    assert os.getxattr(mount.path("f"), "user.ckptfs.state").startswith(b"uploading")
+    mount.cli("unmount", "--no-drain", mount.mountpoint)
+    mount.process.wait(timeout=60)
+    staging = tmp_path / "cache" / "staging"
+    for name in os.listdir(staging):
+        if os.path.getsize(staging / name) == 64 * 1024 * 1024:
+            os.truncate(staging / name, 1000)
+    with pytest.raises(RuntimeError, match="missing or truncated"):
+        mounter(cache="cache")
+    repaired = ckptfs("fsck", "--cache-dir", str(tmp_path / "cache"), "--repair")
+    assert repaired.returncode == 0 and "dropped version" in repaired.stdout
+    chunks.unlink()
+    again = mounter(cache="cache")
+    assert open(again.path("f"), "rb").read() == b"old and committed"
+    again.sync()
