@@ -76,6 +76,7 @@ def command_mount(args: argparse.Namespace) -> int:
         store_url, mountpoint = args.store_or_mountpoint, args.mountpoint
     config = daemon.MountConfig(mountpoint=mountpoint, store_url=store_url, cache_dir=args.cache_dir,
                                 cache_size=args.cache_size, endpoint_url=args.endpoint_url,
+                                s3_timeout=args.s3_timeout,
                                 durability=args.durability, allow_other=args.allow_other,
                                 drain=not args.no_drain)
     config.resolve()
@@ -148,14 +149,16 @@ def wait_for_sync(path: str, timeout: float | None, quiet: bool = False) -> int:
         while status["outbox_head"] <= barrier["upto"]:
             if deadline is not None and time.monotonic() > deadline:
                 message = f"not committed after {timeout:.0f}s: {status['events_pending']} events pending"
-                if status.get("last_error"):
-                    message += f"; last error: {status['last_error']}"
+                error = status.get("last_store_error") or status.get("last_error")
+                if error:
+                    message += f"; last error: {error}"
                 return fail(message)
             pending = status["uploading_bytes"]
             total = max(total, pending)
             progress.update(task, total=total, completed=total - pending,
                             description=f"{status['uploading_files']} files, {status['events_pending']} events"
-                            + (f" [red]retrying: {status['last_error']}[/]" if status.get("last_error") else ""))
+                            + (f" [red]retrying: {error}[/]" if (error := status.get("last_store_error")
+                                                                  or status.get("last_error")) else ""))
             time.sleep(0.1)
             status = status_of(root)
     if not quiet:
@@ -215,7 +218,9 @@ def command_status(args: argparse.Namespace) -> int:
         ("stored bytes", human(status["stored_bytes"])),
         ("dedup ratio", f"{status['dedup_ratio']}x" if status["dedup_ratio"] else "-"),
         ("compression ratio", f"{status['compression_ratio']}x" if status["compression_ratio"] else "-"),
-        ("last error", status["last_error"] or "none"),
+        ("store", f"retrying: {status['last_store_error']}" if status["store_retrying"]
+         else f"ok ({status['store_retries']} retries so far)"),
+        ("last upload error", status["last_error"] or "none"),
     ]
     for name, value in rows:
         table.add_row(name, value)
@@ -298,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--cache-size", type=parse_size, default=parse_size("50G"), help="cache size, e.g. 200G")
     mount.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"),
                        help="S3-compatible endpoint (default: AWS_ENDPOINT_URL or AWS)")
+    mount.add_argument("--s3-timeout", type=float, default=60,
+                       help="seconds to wait for an S3 response before retrying (default 60)")
     mount.add_argument("--durability", choices=["local", "remote"], default="local",
                        help="what fsync() waits for: the local cache disk (default) or the lake")
     mount.add_argument("--allow-other", action="store_true", help="let other users in (implies default_permissions)")

@@ -55,6 +55,7 @@ class MountConfig:
     cache_dir: str | None = None
     cache_size: int = 50 * 1024**3
     endpoint_url: str | None = None
+    s3_timeout: float = 60
     durability: str = "local"
     allow_other: bool = False
     drain: bool = True
@@ -101,7 +102,7 @@ def check_cache_dir(path: str) -> None:
 
 def open_lake(config: MountConfig) -> Lake:
     """Check the store is reachable and holds a lake we can read; a clear ConfigError otherwise."""
-    store = open_store(config.store_url, endpoint_url=config.endpoint_url)
+    store = open_store(config.store_url, endpoint_url=config.endpoint_url, timeout=config.s3_timeout)
     store.check_access()
     lake = Lake(store)
     lake.open(create=True)
@@ -248,7 +249,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
     check_mountpoint(config.mountpoint)
     check_cache_dir(config.cache_dir)
     lake = Lake(store) if store is not None else open_lake(config)
-    lake.store = RetryingStore(lake.store)
+    lake.store = RetryingStore(lake.store, max_delay=10)
     cache = CacheDir(config.cache_dir, config.cache_size)
     try:
         mount_id = prepare_journal(cache, lake)

@@ -102,16 +102,20 @@ class Fetcher:
         last = bisect.bisect_right(offsets, end - 1) - 1
         wanted = range(first, last + 1)
         pieces: dict[int, bytes] = {}
+        failures: list[Exception] = []
 
         async def fetch(index: int) -> None:
-            pieces[index] = await self.chunk(manifest.chunks[index][0])
+            try:
+                pieces[index] = await self.chunk(manifest.chunks[index][0])
+            except Exception as error:  # noqa: BLE001 - the read fails with the first error, below
+                failures.append(error)
+                nursery.cancel_scope.cancel()
 
-        if len(wanted) == 1:
-            await fetch(first)
-        else:
-            async with trio.open_nursery() as nursery:
-                for index in wanted:
-                    nursery.start_soon(fetch, index)
+        async with trio.open_nursery() as nursery:
+            for index in wanted:
+                nursery.start_soon(fetch, index)
+        if failures:
+            raise failures[0]
         if sequential and self._nursery is not None:
             for index in range(last + 1, min(len(manifest.chunks), last + 1 + self.readahead_chunks)):
                 identifier = manifest.chunks[index][0]

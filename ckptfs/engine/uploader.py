@@ -101,7 +101,9 @@ class Uploader:
             version = self._queue.popleft()
             try:
                 await self._upload_version(version)
-            except (StoreError, OSError) as error:
+            except Exception as error:  # noqa: BLE001 - a worker must survive anything; staged data stays
+                if not isinstance(error, (StoreError, OSError, CkptfsError)):
+                    log.exception("unexpected failure uploading version %x", version)
                 self._record_error(f"upload of version {version:x}: {error}")
                 self._queue.appendleft(version)
                 await trio.sleep(5)
@@ -150,6 +152,7 @@ class Uploader:
     async def _upload_chunks(self, version: int, fd: int, cuts: list[Cut]) -> tuple[list[tuple[bytes, int]], int, int]:
         entries: list[tuple[bytes, int] | None] = [None] * len(cuts)
         totals = [0, 0]  # new raw bytes, stored object bytes
+        failures: list[Exception] = []
 
         async def one(index: int, cut: Cut) -> None:
             try:
@@ -177,13 +180,22 @@ class Uploader:
                     else:
                         self.journal.add_counter("dedup_bytes", cut.length)
                 self.uploading[version] = self.uploading.get(version, 0) + cut.length
+            except Exception as error:  # noqa: BLE001 - reported once, below, as the version's failure
+                # One failed chunk fails the version: stop its siblings rather than let several
+                # errors leave the nursery as a group.
+                failures.append(error)
+                nursery.cancel_scope.cancel()
             finally:
                 self._chunk_slots.release()
 
         async with trio.open_nursery() as nursery:
             for index, cut in enumerate(cuts):
+                if failures:
+                    break
                 await self._chunk_slots.acquire()
                 nursery.start_soon(one, index, cut)
+        if failures:
+            raise failures[0]
         return [entry for entry in entries if entry is not None], totals[0], totals[1]
 
     def _put_chunk(self, identifier: bytes, data: bytes) -> int:
@@ -198,7 +210,9 @@ class Uploader:
         while True:
             try:
                 published = await self._publish_once()
-            except (StoreError, CkptfsError) as error:
+            except Exception as error:  # noqa: BLE001 - the publisher must survive anything
+                if not isinstance(error, (StoreError, CkptfsError)):
+                    log.exception("unexpected failure publishing namespace events")
                 self._record_error(f"publishing namespace events: {error}")
                 await trio.sleep(5)
                 continue

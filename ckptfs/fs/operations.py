@@ -705,6 +705,15 @@ class Operations(pyfuse3.Operations):
                     still_open.append(namespace.encode_path(path))
         return {"upto": self.journal.outbox_tail(), "open_files": still_open[:20], "open_count": len(still_open)}
 
+    def _store_health(self) -> dict[str, Any]:
+        store = self.uploader.lake.store
+        retries = getattr(store, "retries", 0)
+        last_error_time = getattr(store, "last_error_time", None)
+        last_success_time = getattr(store, "last_success_time", None)
+        retrying = bool(last_error_time and (last_success_time is None or last_error_time > last_success_time))
+        return {"store_retries": retries, "store_retrying": retrying,
+                "last_store_error": getattr(store, "last_error", None) if retrying else None}
+
     def status(self) -> dict[str, Any]:
         counters = self.journal.counters()
         sealed = self.journal.versions_in_state(SEALED)
@@ -729,5 +738,6 @@ class Operations(pyfuse3.Operations):
             "compression_ratio": (round(counters["new_chunk_bytes"] / counters["stored_bytes"], 2)
                                   if counters.get("stored_bytes") else None),
             "last_error": self.uploader.last_error,
+            **self._store_health(),
             "no_drain": self.no_drain,
         }

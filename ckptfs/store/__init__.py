@@ -21,7 +21,7 @@ __all__ = ["ObjectNotFound", "ObjectStore", "PermanentStoreError", "Precondition
            "StoreError", "TemporaryStoreError", "LocalDirStore", "open_store"]
 
 
-def open_store(url: str, *, endpoint_url: str | None = None) -> ObjectStore:
+def open_store(url: str, *, endpoint_url: str | None = None, timeout: float = 60) -> ObjectStore:
     """Build the store a URL names: `s3://bucket/prefix`, `file:///path` or a plain directory path."""
     parsed = urlparse(url)
     if parsed.scheme == "s3":
@@ -29,7 +29,7 @@ def open_store(url: str, *, endpoint_url: str | None = None) -> ObjectStore:
             raise ConfigError(f"store URL {url!r} names no bucket (expected s3://bucket/prefix)")
         from ckptfs.store.s3 import S3Store  # boto3 is slow to import; only pay for it when used
 
-        return S3Store(parsed.netloc, parsed.path, endpoint_url=endpoint_url)
+        return S3Store(parsed.netloc, parsed.path, endpoint_url=endpoint_url, timeout=timeout)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise ConfigError(f"store URL {url!r}: file URLs take a local path (file:///path)")

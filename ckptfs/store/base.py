@@ -83,15 +83,25 @@ class RetryingStore(ObjectStore):
         self.max_delay = max_delay
         self.on_retry = on_retry
         self._sleep = sleep
+        # Health figures for `ckptfs status`: written by worker threads, read by the trio thread;
+        # each is a single assignment, so a reader sees an old or a new value, never a torn one.
+        self.retries = 0
+        self.last_error: str | None = None
+        self.last_error_time: float | None = None
+        self.last_success_time: float | None = None
 
     def _retry(self, what: str, call: Callable[[], T]) -> T:
         deadline = time.monotonic() + self.give_up_after
         attempt = 0
         while True:
             try:
-                return call()
+                result = call()
+                self.last_success_time = time.time()
+                return result
             except TemporaryStoreError as error:
                 attempt += 1
+                self.retries += 1
+                self.last_error, self.last_error_time = str(error), time.time()
                 delay = random.uniform(0, min(self.max_delay, self.first_delay * 2 ** attempt))
                 if time.monotonic() + delay > deadline:
                     raise

@@ -64,14 +64,14 @@ def classify(error: Exception, what: str) -> StoreError:
 
 class S3Store(ObjectStore):
     def __init__(self, bucket: str, prefix: str, *, endpoint_url: str | None = None,
-                 max_connections: int = 32) -> None:
+                 max_connections: int = 32, timeout: float = 60) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.url = f"s3://{bucket}/{self.prefix}"
         config = botocore.config.Config(
             max_pool_connections=max_connections,
             retries={"max_attempts": 1, "mode": "standard"},
-            connect_timeout=10, read_timeout=60,
+            connect_timeout=min(10, timeout), read_timeout=timeout,
         )
         session = boto3.session.Session()
         self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
