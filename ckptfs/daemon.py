@@ -136,8 +136,8 @@ class CacheDir:
         self.staging = Staging(os.path.join(path, "staging"))
         # A quarter of the budget caches fetched chunks; the rest holds staging files (dirty data is
         # never evicted, so it may exceed this share until uploads catch up).
-        self.chunk_budget = max(cache_size // 4, 64 * 1024 * 1024)
-        self.staging_budget = max(cache_size - self.chunk_budget, 0)
+        self.chunk_budget = cache_size // 4
+        self.staging_budget = cache_size - self.chunk_budget
         self.chunks = ChunkCache(os.path.join(path, "chunks"), self.chunk_budget)
 
     def close(self) -> None:
@@ -256,6 +256,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
         uploader = Uploader(cache.journal, cache.staging, lake, mount_id)
         fetcher = Fetcher(lake, cache.chunks)
         evictor = Evictor(cache.journal, cache.staging, cache.staging_budget)
+        uploader.on_committed = evictor.committed
         ops = Operations(cache.journal, cache.staging, uploader, fetcher, mount_id=mount_id,
                          durability=config.durability, evictor=evictor)
         options = set(pyfuse3.default_options) | {"fsname=ckptfs", "subtype=ckptfs"}

@@ -47,7 +47,7 @@ def mounter(tmp_path):
     def start(store_url: str | None = None, extra: list[str] | None = None, *, cache: str = "cache",
               name: str = "mnt") -> Mount:
         mount = Mount(store_url or f"file://{tmp_path}/lake", str(tmp_path / name), str(tmp_path / cache),
-                      str(tmp_path / f"{cache}.log"), extra=extra)
+                      str(tmp_path / f"{cache.replace('/', '-')}.log"), extra=extra)
         mounts.append(mount)
         return mount.start()
 

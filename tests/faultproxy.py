@@ -30,6 +30,7 @@ class FaultProxy:
         self.outage = False
         self.deny = False
         self.stall_seconds = stall_seconds
+        self.delay_seconds = 0.0  # added to every forwarded request: a slow store
         self.counts: Counter[str] = Counter()
         self._random = random.Random(seed)
         self._lock = threading.Lock()
@@ -81,6 +82,8 @@ class FaultProxy:
                 if fault == "stall":
                     time.sleep(proxy.stall_seconds)
                     return self._reset()
+                if proxy.delay_seconds:
+                    time.sleep(proxy.delay_seconds)
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
                 hop_by_hop = ("transfer-encoding", "connection")
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in hop_by_hop}

@@ -3,10 +3,14 @@
 Files are named by the version's hex id only (never by a user-supplied name). A staging file is written
 with pwrite while its version is open and never modified after the version is sealed, so the uploader
 and readers can use it without locks. Open descriptors are kept in a small LRU.
+
+The size of every staging file is tallied here as it changes, so the cache budget is checked in
+O(1) on the write path. Sizes are logical (a sparse file counts in full): a conservative bound.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections import OrderedDict
@@ -19,6 +23,20 @@ class Staging:
         self._fds: OrderedDict[int, int] = OrderedDict()
         self._max_open = max_open
         self.pinned: set[int] = set()  # versions whose staging file a copy is reading: not evictable
+        self.sizes: dict[int, int] = {}
+        self.total_bytes = 0
+        self.peak_bytes = 0
+        self._reserve = self.reserve_bytes()
+        for name in os.listdir(directory):
+            try:
+                self._set_size(int(name, 16), os.stat(os.path.join(directory, name)).st_size)
+            except (ValueError, OSError):
+                continue
+
+    def _set_size(self, version: int, size: int) -> None:
+        self.total_bytes += size - self.sizes.get(version, 0)
+        self.sizes[version] = size
+        self.peak_bytes = max(self.peak_bytes, self.total_bytes)
 
     def path(self, version: int) -> str:
         return os.path.join(self.directory, f"{version:016x}")
@@ -40,6 +58,7 @@ class Staging:
         """Create an empty staging file, or a copy of another version's (reflinked where the fs can)."""
         if copy_from is None:
             self.fd(version)
+            self._set_size(version, 0)
             return
         with open(self.path(copy_from), "rb") as source, open(self.path(version), "wb") as target:
             size = os.fstat(source.fileno()).st_size
@@ -55,6 +74,33 @@ class Staging:
                 target.seek(0)
                 shutil.copyfileobj(source, target, 1 << 20)
             target.truncate(size)
+        self._set_size(version, size)
+
+    def reserve_bytes(self) -> int:
+        """Free space kept on the cache disk for the journal: staging writes stop short of it."""
+        disk = os.statvfs(self.directory)
+        return min(64 << 20, max(1 << 20, disk.f_blocks * disk.f_frsize // 20))
+
+    def check_space(self, needed: int) -> None:
+        disk = os.statvfs(self.directory)
+        if disk.f_bavail * disk.f_frsize - needed < self._reserve:
+            raise OSError(errno.ENOSPC, "cache disk full (space is kept for the journal)")
+
+    def write(self, version: int, data: bytes, offset: int) -> int:
+        if offset + len(data) > self.sizes.get(version, 0):
+            self.check_space(len(data))
+        written = os.pwrite(self.fd(version), data, offset)
+        if offset + written > self.sizes.get(version, 0):
+            self._set_size(version, offset + written)
+        return written
+
+    def truncate(self, version: int, size: int) -> None:
+        os.ftruncate(self.fd(version), size)
+        self._set_size(version, size)
+
+    def refresh_size(self, version: int) -> None:
+        """Re-read the size after the file was written through its descriptor directly."""
+        self._set_size(version, os.fstat(self.fd(version)).st_size)
 
     def exists(self, version: int) -> bool:
         return os.path.exists(self.path(version))
@@ -72,6 +118,7 @@ class Staging:
 
     def remove(self, version: int) -> None:
         self.forget_fd(version)
+        self.total_bytes -= self.sizes.pop(version, 0)
         try:
             os.unlink(self.path(version))
         except FileNotFoundError:
@@ -85,12 +132,6 @@ class Staging:
             except ValueError:
                 continue
         return result
-
-    def disk_usage(self, version: int) -> int:
-        try:
-            return os.stat(self.path(version)).st_blocks * 512
-        except FileNotFoundError:
-            return 0
 
     def close(self) -> None:
         while self._fds:

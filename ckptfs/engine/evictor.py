@@ -1,15 +1,16 @@
-"""The evictor: keeps the staging files of committed versions under the cache budget, oldest use first.
+"""The evictor: keeps the staging files under their share of the cache budget.
 
 Only COMMITTED versions are ever evicted: their bytes are in the lake, and reads fall back to the
 fetcher once `staged` is cleared. OPEN and SEALED versions (dirty data) are never touched, nor a
-version pinned by a copy in progress. Runs on the trio thread, so a read handler sees either the
-staging file or the cleared flag, never a half-evicted version.
+version pinned by a copy in progress. Clean versions wait in an LRU (an ordered dict), so finding
+the next victim costs O(1) whatever the number of cached files. Runs on the trio thread, so a read
+handler sees either the staging file or the cleared flag, never a half-evicted version.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+from collections import OrderedDict
 
 import trio
 
@@ -25,36 +26,41 @@ class Evictor:
         self.staging = staging
         self.limit_bytes = limit_bytes
         self.interval = interval
-        self.last_used: dict[int, float] = {}
+        self.clean: OrderedDict[int, None] = OrderedDict(
+            (version.id, None) for version in journal.staged_versions() if version.state == COMMITTED)
         self.evicted_bytes = 0
 
-    def touch(self, version: int) -> None:
-        self.last_used[version] = time.monotonic()
+    def committed(self, version: int) -> None:
+        """A version's bytes reached the lake: its staging file is clean cache from now on."""
+        self.clean[version] = None
+        self.clean.move_to_end(version)
 
-    def evict_once(self) -> int:
-        """Evict until staged bytes fit the limit; returns the bytes freed."""
-        staged = self.journal.staged_versions()
-        usage = {v.id: self.staging.disk_usage(v.id) for v in staged}
-        total = sum(usage.values())
-        if total <= self.limit_bytes:
-            return 0
-        candidates = [v for v in staged if v.state == COMMITTED and v.id not in self.staging.pinned]
-        candidates.sort(key=lambda v: (self.last_used.get(v.id, 0.0), v.id))
+    def touch(self, version: int) -> None:
+        if version in self.clean:
+            self.clean.move_to_end(version)
+
+    def evict(self) -> int:
+        """Evict least recently used clean versions until the staging files fit; returns bytes freed."""
         freed = 0
-        for version in candidates:
-            if total - freed <= self.limit_bytes:
-                break
-            self.staging.remove(version.id)
-            self.journal.update_version(version.id, staged=0)
-            self.last_used.pop(version.id, None)
-            freed += usage[version.id]
+        skipped = []
+        while self.staging.total_bytes > self.limit_bytes and self.clean:
+            version, _ = self.clean.popitem(last=False)
+            if version in self.staging.pinned:
+                skipped.append(version)
+                continue
+            size = self.staging.sizes.get(version, 0)
+            self.staging.remove(version)
+            self.journal.update_version(version, staged=0)
+            freed += size
+        for version in skipped:
+            self.clean[version] = None
         if freed:
             self.journal.commit()
             self.evicted_bytes += freed
-            log.info("evicted %d bytes of committed staging files (limit %d)", freed, self.limit_bytes)
+            log.debug("evicted %d bytes of committed staging files (limit %d)", freed, self.limit_bytes)
         return freed
 
     async def run(self) -> None:
         while True:
             await trio.sleep(self.interval)
-            self.evict_once()
+            self.evict()

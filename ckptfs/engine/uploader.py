@@ -18,6 +18,7 @@ import mmap
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 
 import trio
 
@@ -53,6 +54,7 @@ class Uploader:
         self.uploading: dict[int, int] = {}  # version id -> bytes sent so far
         self.last_error: str | None = None
         self.last_error_time: float | None = None
+        self.on_committed: Callable[[int], None] | None = None  # the evictor learns of clean data here
 
     # -- queueing and waiting -----------------------------------------------------------------
     def submit(self, version: int) -> None:
@@ -61,6 +63,10 @@ class Uploader:
             self._queued.add(version)
             self._work.set()
         self._publish.set()
+
+    def busy(self) -> bool:
+        """Whether uploads are queued or running: more committed (evictable) data is coming."""
+        return bool(self._queue) or bool(self.uploading)
 
     def poke(self) -> None:
         """An outbox event without a version (mkdir, rename, unlink) is ready to publish."""
@@ -147,6 +153,8 @@ class Uploader:
         self.journal.add_counter("new_chunk_bytes", new_bytes)
         self.journal.add_counter("stored_bytes", stored_bytes)
         self.journal.commit(durable=True)
+        if self.on_committed is not None:
+            self.on_committed(identifier)
         log.info("committed version %x (%s, %d bytes, %d new)", identifier, version.path, version.size, new_bytes)
 
     async def _upload_chunks(self, version: int, fd: int, cuts: list[Cut]) -> tuple[list[tuple[bytes, int]], int, int]:

@@ -17,6 +17,7 @@ import inspect
 import json
 import logging
 import os
+import sqlite3
 import stat
 import time
 from dataclasses import dataclass
@@ -55,9 +56,16 @@ def _translate_errors(method):
             raise pyfuse3.FUSEError(error.errno) from None
         except OSError as error:
             if error.errno == errno.ENOSPC:
+                log.warning("%s: %s", method.__name__, error.strerror or error)
                 raise pyfuse3.FUSEError(errno.ENOSPC) from None
             log.exception("%s failed", method.__name__)
             raise pyfuse3.FUSEError(error.errno or errno.EIO) from None
+        except sqlite3.OperationalError as error:
+            if "full" in str(error):  # the journal could not grow: the cache disk is full
+                log.warning("%s: journal: %s", method.__name__, error)
+                raise pyfuse3.FUSEError(errno.ENOSPC) from None
+            log.exception("%s failed unexpectedly", method.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception:
             log.exception("%s failed unexpectedly", method.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
@@ -92,6 +100,8 @@ class Operations(pyfuse3.Operations):
         self.mount_id = mount_id
         self.durability = durability
         self.evictor = evictor
+        self.backpressure_waits = 0
+        self.backpressure_seconds = 0.0
         self.view = versions.VersionsView(journal)
         self.handles: dict[int, Handle] = {}
         self._listings: dict[int, list[tuple[bytes, int]]] = {}
@@ -240,6 +250,7 @@ class Operations(pyfuse3.Operations):
         else:
             self.staging.create(identifier)
             await self.fetcher.read_all_into(current.manifest, self.staging.fd(identifier))
+            self.staging.refresh_size(identifier)
         inode.version = identifier
         self.journal.save_inode(inode)
         return identifier
@@ -331,7 +342,7 @@ class Operations(pyfuse3.Operations):
             if not node.is_file:
                 raise _fail(errno.EISDIR if node.is_dir else errno.EINVAL)
             version = await self._open_version(node)
-            os.ftruncate(self.staging.fd(version), attr.st_size)
+            self.staging.truncate(version, attr.st_size)
             node.size = attr.st_size
             node.mtime_ns = now
             if fh is not None and fh in self.handles:
@@ -568,7 +579,7 @@ class Operations(pyfuse3.Operations):
         number = self._new_handle(handle)
         if writable and flags & os.O_TRUNC:
             version = await self._open_version(node)
-            os.ftruncate(self.staging.fd(version), 0)
+            self.staging.truncate(version, 0)
             node.size = 0
             node.mtime_ns = time.time_ns()
             handle.touched = True
@@ -592,8 +603,10 @@ class Operations(pyfuse3.Operations):
         if handle is None or not handle.writable:
             raise _fail(errno.EBADF)
         node = self._inode(handle.ino)
+        if self.evictor is not None and self.staging.total_bytes + len(buf) > self.evictor.limit_bytes:
+            await self._make_room(len(buf))
         version = await self._open_version(node)
-        written = os.pwrite(self.staging.fd(version), buf, off)
+        written = self.staging.write(version, buf, off)
         end = off + written
         if end > node.size:
             node.size = end
@@ -601,6 +614,25 @@ class Operations(pyfuse3.Operations):
         handle.dirty = True
         self._dirty_inodes.add(node.ino)
         return written
+
+    async def _make_room(self, needed: int) -> None:
+        """Backpressure: evict clean data, then wait for uploads to make more of it clean.
+
+        Never fails the write: if only dirty data that no upload will clean is left (files still open
+        for writing), the write goes ahead over budget rather than deadlock.
+        """
+        started = None
+        while True:
+            self.evictor.evict()
+            if self.staging.total_bytes + needed <= self.evictor.limit_bytes or not self.uploader.busy():
+                break
+            if started is None:
+                started = time.monotonic()
+                self.backpressure_waits += 1
+            with trio.move_on_after(1):
+                await self.uploader.wait_for_progress()
+        if started is not None:
+            self.backpressure_seconds += time.monotonic() - started
 
     async def flush(self, fh: int) -> None:
         handle = self.handles.get(fh)
@@ -724,7 +756,12 @@ class Operations(pyfuse3.Operations):
             "pid": os.getpid(),
             "mount_id": self.mount_id,
             "dirty_files": len(open_versions),
-            "dirty_bytes": sum(self.staging.size(v.id) for v in open_versions if self.staging.exists(v.id)),
+            "dirty_bytes": sum(self.staging.sizes.get(v.id, 0) for v in open_versions),
+            "staged_bytes": self.staging.total_bytes,
+            "peak_staged_bytes": self.staging.peak_bytes,
+            "staging_limit_bytes": self.evictor.limit_bytes if self.evictor else None,
+            "backpressure_waits": self.backpressure_waits,
+            "backpressure_seconds": round(self.backpressure_seconds, 2),
             "uploading_files": len(sealed),
             "uploading_bytes": self.uploader.pending_bytes(),
             "oldest_pending_age_s": round((time.time_ns() - oldest) / 1e9, 1) if oldest else 0,
