@@ -76,7 +76,7 @@ def command_mount(args: argparse.Namespace) -> int:
         store_url, mountpoint = args.store_or_mountpoint, args.mountpoint
     config = daemon.MountConfig(mountpoint=mountpoint, store_url=store_url, cache_dir=args.cache_dir,
                                 cache_size=args.cache_size, endpoint_url=args.endpoint_url,
-                                s3_timeout=args.s3_timeout,
+                                s3_timeout=args.s3_timeout, metrics_address=args.metrics_address,
                                 durability=args.durability, allow_other=args.allow_other,
                                 drain=not args.no_drain)
     config.resolve()
@@ -124,9 +124,20 @@ def command_mount(args: argparse.Namespace) -> int:
     return fail(answer.removeprefix("error: ") or f"the daemon exited before mounting; see {log_file}")
 
 
+class _LateReplyFilter(logging.Filter):
+    """pyfuse3 logs an ERROR when the kernel is gone before a reply reaches it. That happens for a
+    release() answered just after the unmount: the handler has already run, and nothing was lost."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and "fuse_reply_* failed with No such file" in record.getMessage():
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def configure_logging(log_file: str | None, verbose: bool) -> None:
     handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_LateReplyFilter())
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
     logging.getLogger("botocore").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
@@ -305,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="S3-compatible endpoint (default: AWS_ENDPOINT_URL or AWS)")
     mount.add_argument("--s3-timeout", type=float, default=60,
                        help="seconds to wait for an S3 response before retrying (default 60)")
+    mount.add_argument("--metrics-address", metavar="HOST:PORT",
+                       help="serve Prometheus metrics here (e.g. 127.0.0.1:9464); off by default")
     mount.add_argument("--durability", choices=["local", "remote"], default="local",
                        help="what fsync() waits for: the local cache disk (default) or the lake")
     mount.add_argument("--allow-other", action="store_true", help="let other users in (implies default_permissions)")

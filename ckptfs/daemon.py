@@ -56,6 +56,7 @@ class MountConfig:
     cache_size: int = 50 * 1024**3
     endpoint_url: str | None = None
     s3_timeout: float = 60
+    metrics_address: str | None = None
     durability: str = "local"
     allow_other: bool = False
     drain: bool = True
@@ -284,6 +285,10 @@ async def _main(config: MountConfig, ops: Operations, uploader: Uploader, fetche
         nursery.start_soon(_commit_periodically, ops)
         if ops.evictor is not None:
             nursery.start_soon(ops.evictor.run)
+        if config.metrics_address:
+            from ckptfs.metrics import serve_metrics
+
+            nursery.start_soon(serve_metrics, config.metrics_address, ops.status)
         nursery.start_soon(_terminate_on_signal)
         log.info("mounted %s on %s (cache %s)", config.store_url, config.mountpoint, config.cache_dir)
         on_ready()

@@ -1,0 +1,67 @@
+"""Prometheus metrics of a mount, served on an address the user chooses (`--metrics-address`).
+
+The HTTP server runs in prometheus-client's own thread and must not touch the journal, so it reads a
+snapshot of the status that a trio task refreshes every second on the trio thread (swapping one dict
+reference is atomic). Values are as old as one refresh at most.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import trio
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+_GAUGES = {
+    "dirty_files": "files open for writing with unsealed data",
+    "dirty_bytes": "bytes of unsealed data",
+    "uploading_files": "sealed versions waiting for or in upload",
+    "uploading_bytes": "bytes of sealed versions not yet uploaded",
+    "oldest_pending_age_s": "age in seconds of the oldest version not yet committed",
+    "events_pending": "namespace events waiting to be published",
+    "staged_bytes": "bytes in staging files on the cache disk",
+    "store_retrying": "1 while the object store is failing and being retried",
+}
+_COUNTERS = {
+    "committed_versions": "versions committed to the lake",
+    "committed_bytes": "logical bytes of committed versions",
+    "new_chunk_bytes": "raw bytes of chunks the lake did not have",
+    "stored_bytes": "bytes written to the lake for chunks (after compression)",
+    "store_retries": "object store requests retried",
+    "backpressure_waits": "writes that waited for uploads to free cache space",
+    "backpressure_seconds": "seconds writers spent waiting for cache space",
+}
+
+
+class StatusCollector(Collector):
+    def __init__(self) -> None:
+        self.snapshot: dict[str, Any] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        snapshot = self.snapshot
+        for key, text in _GAUGES.items():
+            name = "ckptfs_" + key.removesuffix("_s") + ("_seconds" if key.endswith("_s") else "")
+            yield GaugeMetricFamily(name, text, value=float(snapshot.get(key) or 0))
+        for key, text in _COUNTERS.items():
+            yield CounterMetricFamily("ckptfs_" + key, text, value=float(snapshot.get(key) or 0))
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+async def serve_metrics(address: str, status: Callable[[], dict[str, Any]]) -> None:
+    from prometheus_client import start_http_server
+
+    collector = StatusCollector()
+    collector.snapshot = status()
+    registry = CollectorRegistry()
+    registry.register(collector)
+    host, port = parse_address(address)
+    start_http_server(port, addr=host, registry=registry)
+    while True:
+        await trio.sleep(1)
+        collector.snapshot = status()
