@@ -1,0 +1,520 @@
+#!/usr/bin/env python3
+"""Benchmark ckptfs against the floor (local disk), the network (boto3 direct), s3fs-fuse and rclone.
+
+    python scripts/bench.py [--endpoint-url URL] [--size-gib 1] [--repeat 3] [--skip-peers]
+
+Everything runs in one go against one S3 endpoint: a moto_server started on 127.0.0.1 unless
+--endpoint-url names another (credentials then come from the usual AWS chain). Prints a table with
+min/median/max per figure and the ratios against the targets, and writes both to docs/BENCHMARKS.md
+with a chart, docs/benchmarks.png. s3fs and rclone are installed from Debian when missing (as root),
+or skipped with a clear message. Figures, not assertions: tests never time anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import boto3  # noqa: E402
+import torch  # noqa: E402
+
+from tests.helpers import MotoServer, force_unmount, is_mounted  # noqa: E402
+
+GIB = 1024**3
+MIB = 1024**2
+
+
+# -- data -----------------------------------------------------------------------------------------
+def state_dict(size_gib: float, seed: int) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    count = max(1, int(size_gib * GIB / (4 * MIB)))
+    return {f"layer{i}.weight": torch.randn(MIB, generator=generator) for i in range(count)}  # 4 MiB each
+
+
+def ninety_percent_unchanged(sd: dict, seed: int) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    changed = dict(sd)
+    for key in list(sd)[::10]:
+        changed[key] = torch.randn(MIB, generator=generator)
+    return changed
+
+
+def checkpoint(sd: dict, step: int) -> dict:
+    return {"step": step, "model": sd}
+
+
+# -- the systems under test ---------------------------------------------------------------------
+class System:
+    name = ""
+    needs_store = True
+
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+        self.root = os.path.join(bench.workdir, self.name)
+        os.makedirs(self.root, exist_ok=True)
+        self.prefix = f"{self.name}-{uuid.uuid4().hex[:6]}"
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.mountpoint, name)
+
+    @property
+    def mountpoint(self) -> str:
+        return os.path.join(self.root, "mnt")
+
+    def save(self, obj: dict, name: str) -> tuple[float, float]:
+        """(stall, time to durable) of torch.save to `name`."""
+        os.makedirs(os.path.dirname(self.path(name)), exist_ok=True)
+        started = time.perf_counter()
+        torch.save(obj, self.path(name))
+        stall = time.perf_counter() - started
+        self.wait_durable(name)
+        return stall, time.perf_counter() - started
+
+    def wait_durable(self, name: str) -> None:
+        size = os.path.getsize(self.path(name))
+        key = f"{self.prefix}/{name}"
+        while True:
+            try:
+                if self.bench.s3.head_object(Bucket=self.bench.bucket, Key=key)["ContentLength"] == size:
+                    return
+            except Exception:  # noqa: BLE001 - not there yet
+                pass
+            time.sleep(0.05)
+
+    def make_cold(self) -> None:
+        """Forget every locally cached byte, as a freshly started node would have none."""
+        self.stop()
+        subprocess.run(["sync"], check=False)
+        with open("/proc/sys/vm/drop_caches", "w") as caches:
+            caches.write("3\n")
+        self.start()
+
+    def stored_bytes(self) -> int:
+        total = 0
+        for page in self.bench.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bench.bucket,
+                                                                           Prefix=self.prefix + "/"):
+            total += sum(item["Size"] for item in page.get("Contents", []))
+        return total
+
+
+class LocalDisk(System):
+    name = "local disk"
+    needs_store = False
+
+    @property
+    def mountpoint(self) -> str:
+        return os.path.join(self.root, "dir")
+
+    def start(self) -> None:
+        os.makedirs(self.mountpoint, exist_ok=True)
+
+    def wait_durable(self, name: str) -> None:
+        pass
+
+    def make_cold(self) -> None:
+        subprocess.run(["sync"], check=False)
+        with open("/proc/sys/vm/drop_caches", "w") as caches:
+            caches.write("3\n")
+
+    def stored_bytes(self) -> int:
+        return 0
+
+
+class Boto3Direct(LocalDisk):
+    """Save to local disk, then upload_file; restore with download_file. What the network allows."""
+    name = "boto3 direct"
+    needs_store = True
+
+    def save(self, obj: dict, name: str) -> tuple[float, float]:
+        os.makedirs(os.path.dirname(self.path(name)), exist_ok=True)
+        torch.save(obj, self.path(name))
+        started = time.perf_counter()
+        self.bench.s3.upload_file(self.path(name), self.bench.bucket, f"{self.prefix}/{name}")
+        upload = time.perf_counter() - started
+        return float("nan"), upload  # the stall of this path is the local disk's; durable = the upload
+
+    def restore(self, name: str) -> float:
+        target = self.path(name + ".downloaded")
+        started = time.perf_counter()
+        self.bench.s3.download_file(self.bench.bucket, f"{self.prefix}/{name}", target)
+        elapsed = time.perf_counter() - started
+        os.unlink(target)
+        return elapsed
+
+    def stored_bytes(self) -> int:
+        return System.stored_bytes(self)
+
+
+class Ckptfs(System):
+    name = "ckptfs"
+
+    def start(self, cache: str = "cache", extra: list[str] | None = None) -> None:
+        os.makedirs(self.mountpoint, exist_ok=True)
+        self.cache_dir = os.path.join(self.root, cache)
+        command = [sys.executable, "-m", "ckptfs", "mount", f"s3://{self.bench.bucket}/{self.prefix}",
+                   self.mountpoint, "--foreground", "--cache-dir", self.cache_dir,
+                   "--endpoint-url", self.bench.endpoint, "--log-file", os.path.join(self.root, "daemon.log")]
+        self.process = subprocess.Popen(command + (extra or []))
+        while not is_mounted(self.mountpoint):
+            if self.process.poll() is not None:
+                raise RuntimeError("ckptfs did not mount; see " + os.path.join(self.root, "daemon.log"))
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        subprocess.run(["fusermount3", "-u", self.mountpoint], check=False)
+        self.process.wait()
+
+    def wait_durable(self, name: str) -> None:
+        subprocess.run([sys.executable, "-m", "ckptfs", "sync", self.mountpoint], check=True,
+                       stdout=subprocess.DEVNULL)
+
+    def make_cold(self) -> None:
+        self.stop()
+        shutil.rmtree(self.cache_dir)
+        with open("/proc/sys/vm/drop_caches", "w") as caches:
+            caches.write("3\n")
+        self.start()
+
+
+class S3fsFuse(System):
+    name = "s3fs-fuse"
+
+    def start(self) -> None:
+        os.makedirs(self.mountpoint, exist_ok=True)
+        passwd = os.path.join(self.root, "passwd")
+        with open(passwd, "w") as file:
+            file.write(f"{self.bench.access_key}:{self.bench.secret_key}\n")
+        os.chmod(passwd, 0o600)
+        subprocess.run(["s3fs", f"{self.bench.bucket}:/{self.prefix}", self.mountpoint, "-o",
+                        f"url={self.bench.endpoint},use_path_request_style,passwd_file={passwd},"
+                        "mp_umask=022,nonempty"], check=True)
+        while not is_mounted(self.mountpoint):
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        subprocess.run(["fusermount3", "-u", self.mountpoint], check=False)
+        while is_mounted(self.mountpoint):
+            time.sleep(0.05)
+
+
+class RcloneMount(System):
+    name = "rclone mount"
+
+    def environment(self) -> dict:
+        return dict(os.environ, RCLONE_CONFIG_BENCH_TYPE="s3", RCLONE_CONFIG_BENCH_PROVIDER="Other",
+                    RCLONE_CONFIG_BENCH_ENDPOINT=self.bench.endpoint,
+                    RCLONE_CONFIG_BENCH_ACCESS_KEY_ID=self.bench.access_key,
+                    RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY=self.bench.secret_key,
+                    RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE="true")
+
+    def start(self) -> None:
+        os.makedirs(self.mountpoint, exist_ok=True)
+        self.cache_dir = os.path.join(self.root, "cache")
+        self.process = subprocess.Popen(
+            ["rclone", "mount", f"bench:{self.bench.bucket}/{self.prefix}", self.mountpoint,
+             "--vfs-cache-mode", "writes", "--cache-dir", self.cache_dir, "--vfs-write-back", "0s"],
+            env=self.environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while not is_mounted(self.mountpoint):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("rclone mount did not come up")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        subprocess.run(["fusermount3", "-u", self.mountpoint], check=False)
+        self.process.wait()
+
+    def make_cold(self) -> None:
+        self.stop()
+        shutil.rmtree(self.cache_dir, ignore_errors=True)
+        with open("/proc/sys/vm/drop_caches", "w") as caches:
+            caches.write("3\n")
+        self.start()
+
+
+# -- the bench --------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.workdir = tempfile.mkdtemp(prefix="ckptfs-bench-", dir=args.workdir)
+        self.server = None
+        if args.endpoint_url:
+            self.endpoint = args.endpoint_url
+        else:
+            os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+            os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+            os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+            self.server = MotoServer()
+            self.endpoint = self.server.endpoint
+        self.s3 = boto3.client("s3", endpoint_url=self.endpoint)
+        credentials = boto3.session.Session().get_credentials()
+        self.access_key, self.secret_key = credentials.access_key, credentials.secret_key
+        self.bucket = args.bucket or f"ckptfs-bench-{uuid.uuid4().hex[:8]}"
+        if not args.bucket:
+            self.s3.create_bucket(Bucket=self.bucket)
+        self.results: dict[str, dict[str, list[float]]] = {}
+
+    def record(self, system: str, figure: str, value: float) -> None:
+        self.results.setdefault(figure, {}).setdefault(system, []).append(value)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def peers_available(install: bool) -> list[type[System]]:
+    wanted = {"s3fs": S3fsFuse, "rclone": RcloneMount}
+    missing = [tool for tool in wanted if shutil.which(tool) is None]
+    if missing and install and os.geteuid() == 0:
+        print(f"bench: installing {' '.join(missing)} from Debian")
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=False,
+                       stdout=subprocess.DEVNULL, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    available = []
+    for tool, system in wanted.items():
+        if shutil.which(tool):
+            available.append(system)
+        else:
+            print(f"bench: skipping {system.name}: `{tool}` is not installed and could not be installed")
+    return available
+
+
+def run_system(bench: Bench, kind: type[System], data: dict) -> None:
+    system = kind(bench)
+    system.start()
+    repeat = bench.args.repeat
+    try:
+        for round_number in range(repeat):
+            step = 1000 * (round_number + 1)
+            fresh = checkpoint(data["base"], step)
+            before = system.stored_bytes()
+            stall, durable = system.save(fresh, f"r{round_number}/step-{step}/model.pt")
+            bench.record(system.name, "save stall (s)", stall)
+            bench.record(system.name, "time to durable (s)", durable)
+            stored = system.stored_bytes()
+            stall, durable = system.save(fresh, f"r{round_number}/step-{step}-again/model.pt")
+            bench.record(system.name, "identical re-save: stall (s)", stall)
+            bench.record(system.name, "identical re-save: time to durable (s)", durable)
+            bench.record(system.name, "identical re-save: new bytes (% of size)",
+                         100 * (system.stored_bytes() - stored) / data["size"])
+            stored = system.stored_bytes()
+            stall, durable = system.save(checkpoint(data["changed"], step * 10),
+                                         f"r{round_number}/step-{step * 10}/model.pt")
+            bench.record(system.name, "90%-unchanged re-save: new bytes (% of size)",
+                         100 * (system.stored_bytes() - stored) / data["size"])
+            del before
+            name = f"r{round_number}/step-{step}/model.pt"
+            if isinstance(system, Boto3Direct):
+                elapsed = system.restore(name)
+                bench.record(system.name, "cold restore (MB/s)", data["size"] / elapsed / 1e6)
+                continue
+            system.make_cold()
+            started = time.perf_counter()
+            torch.load(system.path(name), weights_only=True)
+            bench.record(system.name, "cold restore (MB/s)", data["size"] / (time.perf_counter() - started) / 1e6)
+            started = time.perf_counter()
+            torch.load(system.path(name), weights_only=True)
+            bench.record(system.name, "warm restore (MB/s)", data["size"] / (time.perf_counter() - started) / 1e6)
+        if not isinstance(system, Boto3Direct):
+            bench.record(system.name, "raw write (MB/s)", raw_write(system.path("raw.bin"), bench.args.raw_gib))
+    finally:
+        system.stop()
+
+
+def raw_write(path: str, gib: float) -> float:
+    block = os.urandom(MIB)
+    count = int(gib * 1024)
+    started = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    for _ in range(count):
+        os.write(fd, block)
+    os.close(fd)
+    return count * MIB / (time.perf_counter() - started) / 1e6
+
+
+def footprint(bench: Bench) -> dict[str, float]:
+    """Daemon peak RSS and peak staged bytes while writing a file far larger than --cache-size."""
+    system = Ckptfs(bench)
+    cache_size = int(bench.args.footprint_gib * GIB / 2)
+    system.start(cache="footprint-cache", extra=["--cache-size", str(cache_size)])
+    peak_disk = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            used = 0
+            for directory, _, files in os.walk(system.cache_dir):
+                for name in files:
+                    try:
+                        used += os.stat(os.path.join(directory, name)).st_blocks * 512
+                    except FileNotFoundError:
+                        pass
+            peak_disk[0] = max(peak_disk[0], used)
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        throughput = raw_write(system.path("big.bin"), bench.args.footprint_gib)
+        with open(f"/proc/{system.process.pid}/status") as status:
+            peak_rss = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM"))
+    finally:
+        done.set()
+        sampler.join()
+        system.stop()
+    return {"peak_rss_mib": peak_rss / MIB, "peak_cache_disk_mib": peak_disk[0] / MIB,
+            "cache_size_mib": cache_size / MIB, "write_mb_s": throughput}
+
+
+# -- report -----------------------------------------------------------------------------------
+def summary(values: list[float]) -> str:
+    values = [v for v in values if v == v]  # drop NaN
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
+
+
+def median(bench: Bench, figure: str, system: str) -> float:
+    values = [v for v in bench.results.get(figure, {}).get(system, []) if v == v]
+    return statistics.median(values) if values else float("nan")
+
+
+def ratios(bench: Bench, foot: dict[str, float]) -> list[tuple[str, str, str, bool]]:
+    def r(a: float, b: float) -> float:
+        return a / b if b else float("nan")
+
+    local_stall = median(bench, "save stall (s)", "local disk")
+    rows = []
+    stall = r(median(bench, "save stall (s)", "ckptfs"), local_stall)
+    rows.append(("save stall vs local disk", f"{stall:.2f}×", "≤ 1.10×", stall <= 1.10))
+    durable = r(median(bench, "time to durable (s)", "ckptfs"), median(bench, "time to durable (s)", "boto3 direct"))
+    rows.append(("time to durable vs boto3 upload_file", f"{durable:.2f}×", "≤ 1.15×", durable <= 1.15))
+    again = median(bench, "identical re-save: new bytes (% of size)", "ckptfs")
+    rows.append(("identical re-save: bytes uploaded again", f"{again:.2f}%", "≤ 1%", again <= 1))
+    quick = r(median(bench, "identical re-save: time to durable (s)", "ckptfs"),
+              median(bench, "time to durable (s)", "ckptfs"))
+    rows.append(("identical re-save: durable vs fresh", f"{100 * quick:.0f}%", "≤ 10%", quick <= 0.10))
+    changed = median(bench, "90%-unchanged re-save: new bytes (% of size)", "ckptfs")
+    rows.append(("90%-unchanged re-save: new bytes", f"{changed:.1f}%", "≤ 15%", changed <= 15))
+    cold = r(median(bench, "cold restore (MB/s)", "ckptfs"), median(bench, "cold restore (MB/s)", "boto3 direct"))
+    rows.append(("cold restore vs boto3 download_file", f"{cold:.2f}×", "≥ 1.0×", cold >= 1.0))
+    warm = r(median(bench, "warm restore (MB/s)", "ckptfs"), median(bench, "warm restore (MB/s)", "local disk"))
+    rows.append(("warm restore vs local disk", f"{warm:.2f}×", "≥ 0.8×", warm >= 0.8))
+    raw = r(median(bench, "raw write (MB/s)", "ckptfs"), median(bench, "raw write (MB/s)", "local disk"))
+    rows.append(("raw write vs local disk", f"{raw:.2f}×", "≥ 0.7×", raw >= 0.7))
+    if foot:
+        rows.append(("daemon peak RSS writing the big file", f"{foot['peak_rss_mib']:.0f} MiB", "≤ 300 MiB",
+                     foot["peak_rss_mib"] <= 300))
+        rows.append(("peak cache-disk use vs --cache-size",
+                     f"{foot['peak_cache_disk_mib']:.0f} / {foot['cache_size_mib']:.0f} MiB", "never above",
+                     foot["peak_cache_disk_mib"] <= foot["cache_size_mib"]))
+    return rows
+
+
+def report(bench: Bench, systems: list[str], foot: dict[str, float], elapsed: float) -> str:
+    lines = ["# Benchmarks", "",
+             f"Measured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC by `python scripts/bench.py "
+             f"--size-gib {bench.args.size_gib} --repeat {bench.args.repeat} --raw-gib {bench.args.raw_gib} "
+             f"--footprint-gib {bench.args.footprint_gib}` in {elapsed / 60:.0f} min, "
+             f"on {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; "
+             f"S3 endpoint: {'moto_server on 127.0.0.1' if bench.server else bench.endpoint}. "
+             "Each cell: median (min–max) over the repeats. The state dict is "
+             f"{bench.args.size_gib} GiB of fp32 tensors of 4 MiB each; every save goes to a new "
+             "`step-N/model.pt`, as training jobs do.", "",
+             "| figure | " + " | ".join(systems) + " |", "|---|" + "---|" * len(systems)]
+    for figure, by_system in bench.results.items():
+        lines.append(f"| {figure} | " + " | ".join(summary(by_system.get(s, [])) for s in systems) + " |")
+    lines += ["", "## ckptfs against the targets", "", "| figure | measured | target | met |", "|---|---|---|---|"]
+    for name, value, target, met in ratios(bench, foot):
+        lines.append(f"| {name} | {value} | {target} | {'yes' if met else '**no**'} |")
+    if foot:
+        lines += ["", f"Footprint run: a {bench.args.footprint_gib} GiB file written through a mount with "
+                  f"`--cache-size` {foot['cache_size_mib']:.0f} MiB at {foot['write_mb_s']:.0f} MB/s."]
+    lines += ["", "![chart](benchmarks.png)", ""]
+    return "\n".join(lines)
+
+
+def chart(bench: Bench, systems: list[str], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = ["save stall (s)", "time to durable (s)", "cold restore (MB/s)", "warm restore (MB/s)",
+               "raw write (MB/s)"]
+    fig, axes = plt.subplots(1, len(figures), figsize=(4 * len(figures), 4))
+    for axis, figure in zip(axes, figures, strict=True):
+        values = [median(bench, figure, s) for s in systems]
+        axis.bar(range(len(systems)), [0 if v != v else v for v in values],
+                 color=["#888888", "#4477aa", "#cc6677", "#ddcc77", "#117733"][:len(systems)])
+        axis.set_xticks(range(len(systems)), systems, rotation=30, ha="right")
+        axis.set_title(figure)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--endpoint-url", help="an S3 endpoint to use instead of a local moto_server")
+    parser.add_argument("--bucket", help="an existing bucket (default: a new one)")
+    parser.add_argument("--size-gib", type=float, default=1.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--raw-gib", type=float, default=4.0)
+    parser.add_argument("--footprint-gib", type=float, default=8.0)
+    parser.add_argument("--skip-peers", action="store_true", help="leave out s3fs and rclone")
+    parser.add_argument("--workdir", default=None, help="where mounts and caches go (the cache disk)")
+    parser.add_argument("--output", default=os.path.join(REPO, "docs", "BENCHMARKS.md"))
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench: run as root (mounts, dropping the page cache between cold and warm runs)")
+        return 2
+    started = time.monotonic()
+    bench = Bench(args)
+    try:
+        base = state_dict(args.size_gib, seed=1)
+        buffer = io.BytesIO()
+        torch.save(checkpoint(base, 1000), buffer)
+        data = {"base": base, "changed": ninety_percent_unchanged(base, seed=2), "size": len(buffer.getvalue())}
+        del buffer
+        kinds: list[type[System]] = [LocalDisk, Boto3Direct, Ckptfs]
+        if not args.skip_peers:
+            kinds += peers_available(install=True)
+        for kind in kinds:
+            print(f"bench: {kind.name} ...", flush=True)
+            run_system(bench, kind, data)
+        print("bench: ckptfs footprint ...", flush=True)
+        foot = footprint(bench) if args.footprint_gib > 0 else {}
+        systems = [kind.name for kind in kinds]
+        text = report(bench, systems, foot, time.monotonic() - started)
+        print(text)
+        with open(args.output, "w") as file:
+            file.write(text)
+        chart(bench, systems, os.path.join(os.path.dirname(args.output), "benchmarks.png"))
+    finally:
+        for directory in os.listdir(bench.workdir):
+            force_unmount(os.path.join(bench.workdir, directory, "mnt"))
+        bench.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
