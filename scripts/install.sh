@@ -19,7 +19,7 @@ fi
 
 # torch is pinned to the CPU build that lies on this machine; installing it first keeps pip from
 # resolving a CUDA build for anything that depends on torch.
-extras="${CKPTFS_EXTRAS:-test}"
+extras="${CKPTFS_EXTRAS:-test,bench}"
 stamp="$here/.install-stamp-$extras"
 if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ] || ! "$PYTHON" -c "import ckptfs, pyfuse3" 2>/dev/null; then
   echo "ckptfs install: pip packages (extras: $extras)"

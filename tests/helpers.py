@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,8 +23,13 @@ def free_port() -> int:
 
 
 def is_mounted(path: str) -> bool:
+    # /proc/mounts escapes space, tab, newline and backslash in paths as octal (\040 ...).
     with open("/proc/mounts") as mounts:
-        return any(line.split()[1] == path for line in mounts)
+        return any(_unescape(line.split()[1]) == path for line in mounts)
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
 
 
 def force_unmount(path: str) -> None:

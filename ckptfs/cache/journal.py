@@ -3,10 +3,12 @@
 It holds the inode table, directory entries, file versions and their upload state, the path history
 shown under .versions, the outbox of namespace events waiting to be published in order, the set of
 chunk ids known to exist in the lake, and counters. The daemon touches it only from the trio thread.
+Inode numbers and version ids are never reused (AUTOINCREMENT): a version id names its staging
+file, and an inode number may still sit in the kernel's caches.
 
 Commits are batched: callers change rows freely and `commit()` runs at the boundaries that matter
-(close, rename, fsync, and a periodic tick), so no write() pays for a commit of its own. `commit(durable=True)`
-fsyncs the WAL, for fsync() and for anything the lake already depends on.
+(close, rename, fsync, and a periodic tick), so no write() pays for a commit of its own.
+`commit(durable=True)` fsyncs the WAL, for fsync() and for anything the lake already depends on.
 """
 
 from __future__ import annotations
@@ -28,14 +30,14 @@ STATE_NAMES = {OPEN: "dirty", SEALED: "uploading", COMMITTED: "committed"}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS inodes(
-    ino INTEGER PRIMARY KEY, mode INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL,
+    ino INTEGER PRIMARY KEY AUTOINCREMENT, mode INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL,
     size INTEGER NOT NULL DEFAULT 0, atime_ns INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
     ctime_ns INTEGER NOT NULL, target BLOB, version INTEGER);
 CREATE TABLE IF NOT EXISTS dirents(
     parent INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL, PRIMARY KEY(parent, name));
 CREATE INDEX IF NOT EXISTS dirents_by_ino ON dirents(ino);
 CREATE TABLE IF NOT EXISTS versions(
-    id INTEGER PRIMARY KEY, ino INTEGER, state INTEGER NOT NULL, staged INTEGER NOT NULL,
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ino INTEGER, state INTEGER NOT NULL, staged INTEGER NOT NULL,
     size INTEGER NOT NULL DEFAULT 0, mode INTEGER NOT NULL DEFAULT 420, mtime_ns INTEGER NOT NULL DEFAULT 0,
     path BLOB, sealed_ns INTEGER, manifest TEXT, stored_bytes INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS versions_by_state ON versions(state);

@@ -105,6 +105,7 @@ class Operations(pyfuse3.Operations):
         self.view = versions.VersionsView(journal)
         self.handles: dict[int, Handle] = {}
         self._listings: dict[int, list[tuple[bytes, int]]] = {}
+        self._cached_version: dict[int, int | None] = {}  # inode -> version its page cache holds
         self._next_handle = 1
         self.lookups: dict[int, int] = {}
         self.open_count: dict[int, int] = {}
@@ -209,6 +210,7 @@ class Operations(pyfuse3.Operations):
         """Drop an inode that no entry names, the kernel no longer knows and nobody has open."""
         if ino == ROOT_INODE or self.lookups.get(ino, 0) > 0 or self.open_count.get(ino, 0) > 0:
             return
+        self._cached_version.pop(ino, None)
         if self.journal.parent_of(ino) is not None:
             return
         inode = self.journal.inode(ino)
@@ -577,13 +579,17 @@ class Operations(pyfuse3.Operations):
             raise _fail(errno.EISDIR)
         handle = Handle(inode, writable)
         number = self._new_handle(handle)
+        # Keep the kernel's page cache across opens while the content has not changed: every change
+        # goes through this mount, so the cached pages are the current version's (warm restores).
+        keep_cache = node.version is not None and self._cached_version.get(inode) == node.version
+        self._cached_version[inode] = node.version
         if writable and flags & os.O_TRUNC:
             version = await self._open_version(node)
             self.staging.truncate(version, 0)
             node.size = 0
             node.mtime_ns = time.time_ns()
             handle.touched = True
-        return pyfuse3.FileInfo(fh=number)
+        return pyfuse3.FileInfo(fh=number, keep_cache=keep_cache)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self.handles.get(fh)
