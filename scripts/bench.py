@@ -512,6 +512,12 @@ def main() -> int:
         systems = [kind.name for kind in kinds]
         text = report(bench, systems, foot, time.monotonic() - started)
         print(text)
+        # A hand-written "## Analysis" section (profiles, explanations) survives a new run.
+        if os.path.exists(args.output):
+            with open(args.output) as file:
+                previous = file.read()
+            if "\n## Analysis" in previous:
+                text += previous[previous.index("\n## Analysis"):]
         with open(args.output, "w") as file:
             file.write(text)
         chart(bench, systems, os.path.join(os.path.dirname(args.output), "benchmarks.png"))
