@@ -150,6 +150,8 @@ class CacheDir:
 def rebuild_from_lake(journal: Journal, lake: Lake) -> int:
     """Fill an empty journal with the lake's tree and history. Returns the number of entries."""
     tree = lake.read_namespace()
+    # Dedup against everything already in the lake without a HEAD per chunk.
+    journal.add_known_chunks(lake.chunk_ids())
     by_manifest: dict[str, int] = {}
 
     def version_for(path: bytes, manifest: str, size: int, mode: int, mtime_ns: int, time_ns: int) -> int:

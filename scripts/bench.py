@@ -107,6 +107,16 @@ class System:
             caches.write("3\n")
         self.start()
 
+    def cleanup(self) -> None:
+        """Delete what this system stored, so the endpoint does not hold every run's data."""
+        if self.needs_store:
+            for page in self.bench.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bench.bucket,
+                                                                               Prefix=self.prefix + "/"):
+                keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+                if keys:
+                    self.bench.s3.delete_objects(Bucket=self.bench.bucket, Delete={"Objects": keys})
+        shutil.rmtree(self.root, ignore_errors=True)
+
     def stored_bytes(self) -> int:
         total = 0
         for page in self.bench.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bench.bucket,
@@ -342,6 +352,7 @@ def run_system(bench: Bench, kind: type[System], data: dict) -> None:
             bench.record(system.name, "raw write (MB/s)", raw_write(system.path("raw.bin"), bench.args.raw_gib))
     finally:
         system.stop()
+        system.cleanup()
 
 
 def raw_write(path: str, gib: float) -> float:
@@ -385,6 +396,7 @@ def footprint(bench: Bench) -> dict[str, float]:
         done.set()
         sampler.join()
         system.stop()
+        system.cleanup()
     return {"peak_rss_mib": peak_rss / MIB, "peak_cache_disk_mib": peak_disk[0] / MIB,
             "cache_size_mib": cache_size / MIB, "write_mb_s": throughput}
 

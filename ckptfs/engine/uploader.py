@@ -36,7 +36,7 @@ SEGMENT_EVENTS = 1000
 
 class Uploader:
     def __init__(self, journal: Journal, staging: Staging, lake: Lake, mount_id: str, *,
-                 network_threads: int = 8, version_workers: int = 2) -> None:
+                 network_threads: int = 16, version_workers: int = 2) -> None:
         self.journal = journal
         self.staging = staging
         self.lake = lake
@@ -208,11 +208,8 @@ class Uploader:
 
     def _put_chunk(self, identifier: bytes, data: bytes) -> int:
         """Store a chunk unless the lake already has it; return the object bytes written (0 if it had)."""
-        if self.lake.has_chunk(identifier):
-            return 0
         _, blob = codec.encode(data, identifier)
-        self.lake.put_chunk_object(identifier, blob)
-        return len(blob)
+        return len(blob) if self.lake.put_chunk_object(identifier, blob) else 0
 
     async def _publisher(self) -> None:
         while True:

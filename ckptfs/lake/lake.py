@@ -58,11 +58,26 @@ class Lake:
         return descriptor
 
     # -- chunks -------------------------------------------------------------------------------
-    def has_chunk(self, identifier: bytes) -> bool:
-        return self.store.size(codec.chunk_key(identifier)) is not None
+    def put_chunk_object(self, identifier: bytes, blob: bytes) -> bool:
+        """Store a chunk object unless the lake has it; False if it was already there.
 
-    def put_chunk_object(self, identifier: bytes, blob: bytes) -> None:
-        self.store.put(codec.chunk_key(identifier), blob)
+        One conditional PUT instead of HEAD + PUT: fresh data (the common case for what is not
+        known locally) costs one request. A chunk is content-addressed, so whoever wrote it first
+        wrote the same bytes; a retried PUT whose first attempt landed is answered the same way.
+        """
+        try:
+            self.store.put(codec.chunk_key(identifier), blob, if_absent=True)
+            return True
+        except PreconditionFailed:
+            return False
+
+    def chunk_ids(self) -> Iterator[bytes]:
+        """The ids of every chunk in the lake (one LIST per thousand chunks)."""
+        for key in self.store.list("chunks/"):
+            try:
+                yield bytes.fromhex(key.rsplit("/", 1)[-1])
+            except ValueError:
+                continue
 
     def get_chunk(self, identifier: bytes) -> bytes:
         """Return the verified raw bytes of a chunk; CorruptObjectError if missing or damaged."""
