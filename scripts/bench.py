@@ -312,14 +312,13 @@ def peers_available(install: bool) -> list[type[System]]:
     return available
 
 
-def run_system(bench: Bench, kind: type[System], data: dict) -> None:
+def run_system(bench: Bench, kind: type[System], data: list[dict]) -> None:
     system = kind(bench)
     system.start()
-    repeat = bench.args.repeat
     try:
-        for round_number in range(repeat):
+        for round_number, round_data in enumerate(data):
             step = 1000 * (round_number + 1)
-            fresh = checkpoint(data["base"], step)
+            fresh = checkpoint(round_data["base"], step)
             before = system.stored_bytes()
             stall, durable = system.save(fresh, f"r{round_number}/step-{step}/model.pt")
             bench.record(system.name, "save stall (s)", stall)
@@ -329,25 +328,27 @@ def run_system(bench: Bench, kind: type[System], data: dict) -> None:
             bench.record(system.name, "identical re-save: stall (s)", stall)
             bench.record(system.name, "identical re-save: time to durable (s)", durable)
             bench.record(system.name, "identical re-save: new bytes (% of size)",
-                         100 * (system.stored_bytes() - stored) / data["size"])
+                         100 * (system.stored_bytes() - stored) / round_data["size"])
             stored = system.stored_bytes()
-            stall, durable = system.save(checkpoint(data["changed"], step * 10),
+            stall, durable = system.save(checkpoint(round_data["changed"], step * 10),
                                          f"r{round_number}/step-{step * 10}/model.pt")
             bench.record(system.name, "90%-unchanged re-save: new bytes (% of size)",
-                         100 * (system.stored_bytes() - stored) / data["size"])
+                         100 * (system.stored_bytes() - stored) / round_data["size"])
             del before
             name = f"r{round_number}/step-{step}/model.pt"
             if isinstance(system, Boto3Direct):
                 elapsed = system.restore(name)
-                bench.record(system.name, "cold restore (MB/s)", data["size"] / elapsed / 1e6)
+                bench.record(system.name, "cold restore (MB/s)", round_data["size"] / elapsed / 1e6)
                 continue
             system.make_cold()
             started = time.perf_counter()
             torch.load(system.path(name), weights_only=True)
-            bench.record(system.name, "cold restore (MB/s)", data["size"] / (time.perf_counter() - started) / 1e6)
+            bench.record(system.name, "cold restore (MB/s)",
+                         round_data["size"] / (time.perf_counter() - started) / 1e6)
             started = time.perf_counter()
             torch.load(system.path(name), weights_only=True)
-            bench.record(system.name, "warm restore (MB/s)", data["size"] / (time.perf_counter() - started) / 1e6)
+            bench.record(system.name, "warm restore (MB/s)",
+                         round_data["size"] / (time.perf_counter() - started) / 1e6)
         if not isinstance(system, Boto3Direct):
             bench.record(system.name, "raw write (MB/s)", raw_write(system.path("raw.bin"), bench.args.raw_gib))
     finally:
@@ -508,11 +509,16 @@ def main() -> int:
     started = time.monotonic()
     bench = Bench(args)
     try:
-        base = state_dict(args.size_gib, seed=1)
-        buffer = io.BytesIO()
-        torch.save(checkpoint(base, 1000), buffer)
-        data = {"base": base, "changed": ninety_percent_unchanged(base, seed=2), "size": len(buffer.getvalue())}
-        del buffer
+        # Fresh tensors for every repeat, and fresh changed tensors for each 90%-unchanged variant:
+        # a repeat must not find its "fresh" data already in the lake from the repeat before.
+        data = []
+        for round_number in range(args.repeat):
+            base = state_dict(args.size_gib, seed=100 + round_number)
+            buffer = io.BytesIO()
+            torch.save(checkpoint(base, 1000), buffer)
+            data.append({"base": base, "changed": ninety_percent_unchanged(base, seed=200 + round_number),
+                         "size": len(buffer.getvalue())})
+            del buffer
         kinds: list[type[System]] = [LocalDisk, Boto3Direct, Ckptfs]
         if not args.skip_peers:
             kinds += peers_available(install=True)

@@ -3,7 +3,7 @@
 It forwards every request to the upstream server and, on a chosen fraction of them, answers instead
 with 500 InternalError or 503 SlowDown, resets the connection, stalls past the client's read timeout,
 or dribbles the response body slowly. `outage` resets every connection; `deny` answers 403
-AccessDenied to everything. Listens on 127.0.0.1 only.
+AccessDenied and `bucket_missing` 404 NoSuchBucket to everything. Listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class FaultProxy:
         self.kinds: tuple[str, ...] = KINDS
         self.outage = False
         self.deny = False
+        self.bucket_missing = False
         self.stall_seconds = stall_seconds
         self.delay_seconds = 0.0  # added to every forwarded request: a slow store
         self.counts: Counter[str] = Counter()
@@ -79,6 +80,8 @@ class FaultProxy:
                     return self._error(503, "SlowDown", "injected")
                 if fault == "deny":
                     return self._error(403, "AccessDenied", "Access Denied")
+                if fault == "no-bucket":
+                    return self._error(404, "NoSuchBucket", "The specified bucket does not exist")
                 if fault == "stall":
                     time.sleep(proxy.stall_seconds)
                     return self._reset()
@@ -124,6 +127,8 @@ class FaultProxy:
                 fault = "reset"
             elif self.deny:
                 fault = "deny"
+            elif self.bucket_missing:
+                fault = "no-bucket"
             elif self._random.random() < self.fault_rate:
                 fault = self._random.choice(self.kinds)
             else:

@@ -66,7 +66,10 @@ def test_a_fifth_of_requests_failing_in_every_way(mounter, s3_url, proxy, moto_s
     assert all(proxy.counts[kind] > 0 for kind in ("500", "503", "reset", "stall", "slow"))
 
 
-def test_an_outage_of_twenty_seconds(mounter, s3_url, proxy, moto_server):
+OUTAGE_SECONDS = float(os.environ.get("CKPTFS_TEST_OUTAGE_SECONDS", "20"))  # longer runs: set it to 120
+
+
+def test_an_outage_of_tens_of_seconds(mounter, s3_url, proxy, moto_server):
     url, _ = s3_url
     mount = mounter(url, ["--endpoint-url", proxy.endpoint, "--s3-timeout", "2"])
     proxy.outage = True
@@ -78,7 +81,7 @@ def test_an_outage_of_twenty_seconds(mounter, s3_url, proxy, moto_server):
     assert "not committed after 3s" in timed_out.stderr and "last error" in timed_out.stderr
     status = mount.status()
     assert status["store_retrying"] and status["uploading_files"] + status["events_pending"] > 0
-    time.sleep(max(0.0, 20 - (time.monotonic() - started)))
+    time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - started)))
     proxy.outage = False
     mount.cli("sync", "--timeout", "300", mount.mountpoint)
     assert_committed_and_identical(mount, digests)
@@ -86,16 +89,18 @@ def test_an_outage_of_twenty_seconds(mounter, s3_url, proxy, moto_server):
     assert_lake_verifies(url, moto_server)
 
 
-def test_access_denied_is_reported_and_staged_data_kept(mounter, s3_url, proxy, moto_server):
+@pytest.mark.parametrize(("fault", "message"), [("deny", "access denied"),
+                                               ("bucket_missing", "bucket does not exist")])
+def test_permanent_errors_are_reported_and_staged_data_kept(mounter, s3_url, proxy, moto_server, fault, message):
     url, _ = s3_url
     mount = mounter(url, ["--endpoint-url", proxy.endpoint])
-    proxy.deny = True
+    setattr(proxy, fault, True)
     digests = write_files(mount, 2, 2_000_000, "denied")
     result = mount.cli("sync", "--timeout", "8", mount.mountpoint, check=False)
-    assert result.returncode == 1 and "access denied" in result.stderr.lower()
-    assert "access denied" in (mount.status()["last_error"] or "").lower()
-    assert "access denied" in mount.log().lower()
-    proxy.deny = False
+    assert result.returncode == 1 and message in result.stderr.lower()
+    assert message in (mount.status()["last_error"] or "").lower()
+    assert message in mount.log().lower()
+    setattr(proxy, fault, False)
     mount.cli("sync", "--timeout", "120", mount.mountpoint)
     assert_committed_and_identical(mount, digests)
     assert_lake_verifies(url, moto_server)
