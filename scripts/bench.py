@@ -271,21 +271,29 @@ class Bench:
         self.args = args
         self.workdir = tempfile.mkdtemp(prefix="ckptfs-bench-", dir=args.workdir)
         self.server = None
-        if args.endpoint_url:
-            self.endpoint = args.endpoint_url
-        else:
+        if not args.endpoint_url:
             os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
             os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
             os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+        self.fresh_endpoint()
+        credentials = boto3.session.Session().get_credentials()
+        self.access_key, self.secret_key = credentials.access_key, credentials.secret_key
+        self.results: dict[str, dict[str, list[float]]] = {}
+
+    def fresh_endpoint(self) -> None:
+        """With the embedded moto_server, a new server (and bucket) per system: moto keeps objects in
+        memory and does not give it back on delete, and a whole run holds tens of GiB."""
+        if self.args.endpoint_url:
+            self.endpoint = self.args.endpoint_url
+        else:
+            if self.server is not None:
+                self.server.stop()
             self.server = MotoServer()
             self.endpoint = self.server.endpoint
         self.s3 = boto3.client("s3", endpoint_url=self.endpoint)
-        credentials = boto3.session.Session().get_credentials()
-        self.access_key, self.secret_key = credentials.access_key, credentials.secret_key
-        self.bucket = args.bucket or f"ckptfs-bench-{uuid.uuid4().hex[:8]}"
-        if not args.bucket:
+        self.bucket = self.args.bucket or f"ckptfs-bench-{uuid.uuid4().hex[:8]}"
+        if not self.args.bucket:
             self.s3.create_bucket(Bucket=self.bucket)
-        self.results: dict[str, dict[str, list[float]]] = {}
 
     def record(self, system: str, figure: str, value: float) -> None:
         self.results.setdefault(figure, {}).setdefault(system, []).append(value)
@@ -524,8 +532,10 @@ def main() -> int:
             kinds += peers_available(install=True)
         for kind in kinds:
             print(f"bench: {kind.name} ...", flush=True)
+            bench.fresh_endpoint()
             run_system(bench, kind, data)
         print("bench: ckptfs footprint ...", flush=True)
+        bench.fresh_endpoint()
         foot = footprint(bench) if args.footprint_gib > 0 else {}
         systems = [kind.name for kind in kinds]
         text = report(bench, systems, foot, time.monotonic() - started)
