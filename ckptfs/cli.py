@@ -254,17 +254,11 @@ def command_fsck(args: argparse.Namespace) -> int:
 
 
 def fsck_cache_dir(args: argparse.Namespace, output: dict) -> int:
-    import fcntl
-
-    from ckptfs.cache.check import check_cache, repair_cache
+    from ckptfs.cache.check import check_cache, lock_cache_dir, repair_cache
 
     if not os.path.isdir(args.cache_dir):
         raise CkptfsError(f"cache dir {args.cache_dir} does not exist")
-    with open(os.path.join(args.cache_dir, "lock"), "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CkptfsError(f"cache dir {args.cache_dir} is in use by a running mount; unmount it first") from None
+    with lock_cache_dir(args.cache_dir):
         problems = check_cache(args.cache_dir)
         actions = repair_cache(args.cache_dir) if problems and args.repair else []
         remaining = check_cache(args.cache_dir) if actions else problems

@@ -15,7 +15,6 @@ Start-up repair (every crash state; docs/DESIGN.md has the reasoning):
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
-from ckptfs.cache.check import check_cache
+from ckptfs.cache.check import check_cache, lock_cache_dir
 from ckptfs.cache.chunkcache import ChunkCache
 from ckptfs.cache.journal import COMMITTED, OPEN, ROOT_INODE, Journal
 from ckptfs.cache.staging import Staging
@@ -115,18 +114,7 @@ class CacheDir:
 
     def __init__(self, path: str, cache_size: int) -> None:
         self.path = path
-        self._lock = open(os.path.join(path, "lock"), "a+")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.seek(0)
-            holder = self._lock.read().strip() or "another process"
-            self._lock.close()
-            raise ConfigError(f"cache dir {path} is in use by pid {holder}") from None
-        self._lock.seek(0)
-        self._lock.truncate()
-        self._lock.write(str(os.getpid()))
-        self._lock.flush()
+        self._lock = lock_cache_dir(path)
         problems = check_cache(path)
         if problems:
             self._lock.close()

@@ -11,13 +11,16 @@ and names the repair command; `repair` then does the least destructive thing:
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
+from typing import TextIO
 
 from ckptfs.cache.journal import COMMITTED, Journal, Version
+from ckptfs.errors import ConfigError
 
 JOURNAL_NAME = "journal.sqlite"
 
@@ -27,6 +30,26 @@ class CacheProblem:
     kind: str     # "journal" or "staging"
     detail: str
     version: int | None = None
+
+
+def lock_cache_dir(cache_dir: str) -> TextIO:
+    """Take the cache dir's exclusive lock (a daemon, or fsck) and record our pid in it.
+
+    The lock lasts as long as the returned file stays open. ConfigError names the holder if taken.
+    """
+    lock = open(os.path.join(cache_dir, "lock"), "a+")  # noqa: SIM115 - the caller owns it
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise ConfigError(f"cache dir {cache_dir} is in use by pid {holder}") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
 
 
 def open_journal(cache_dir: str) -> Journal:

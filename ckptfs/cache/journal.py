@@ -248,35 +248,27 @@ class Journal:
             "VALUES (?,?,?,?,?,?,?,?,?)", (ino, state, int(staged), size, mode, mtime_ns, manifest, path, sealed_ns))
         return cursor.lastrowid  # type: ignore[return-value]
 
+    def _versions(self, where: str, parameters: tuple) -> list[Version]:
+        rows = self.db.execute(f"SELECT {_VERSION_COLUMNS} FROM versions WHERE {where} ORDER BY id", parameters)
+        return [Version(row[0], row[1], row[2], bool(row[3]), row[4], row[5], row[6],
+                        bytes(row[7]) if row[7] is not None else None, *row[8:]) for row in rows]
+
     def version(self, identifier: int) -> Version | None:
-        row = self.db.execute(f"SELECT {_VERSION_COLUMNS} FROM versions WHERE id=?", (identifier,)).fetchone()
-        if row is None:
-            return None
-        fields = list(row)
-        fields[3] = bool(fields[3])
-        fields[7] = bytes(fields[7]) if fields[7] is not None else None
-        return Version(*fields)
+        found = self._versions("id=?", (identifier,))
+        return found[0] if found else None
 
     def update_version(self, identifier: int, **fields: Any) -> None:
         assignments = ", ".join(f"{name}=?" for name in fields)
         self.db.execute(f"UPDATE versions SET {assignments} WHERE id=?", (*fields.values(), identifier))
 
     def versions_in_state(self, state: int) -> list[Version]:
-        return [v for (i,) in self.db.execute("SELECT id FROM versions WHERE state=? ORDER BY id", (state,))
-                if (v := self.version(i)) is not None]
-
-    def version_referenced(self, identifier: int) -> bool:
-        """Whether any inode or history entry still names this version."""
-        return (self.db.execute("SELECT 1 FROM inodes WHERE version=? LIMIT 1", (identifier,)).fetchone()
-                or self.db.execute("SELECT 1 FROM history WHERE version=? LIMIT 1", (identifier,)).fetchone()
-                ) is not None
+        return self._versions("state=?", (state,))
 
     def delete_version(self, identifier: int) -> None:
         self.db.execute("DELETE FROM versions WHERE id=?", (identifier,))
 
     def staged_versions(self) -> list[Version]:
-        return [v for (i,) in self.db.execute("SELECT id FROM versions WHERE staged=1 ORDER BY id")
-                if (v := self.version(i)) is not None]
+        return self._versions("staged=1", ())
 
     # -- history ------------------------------------------------------------------------------
     def add_history(self, path: bytes, time_ns: int, version: int | None) -> None:
@@ -297,12 +289,6 @@ class Journal:
             cut = 0
         return sorted({bytes(path)[cut:].split(b"/", 1)[0] for (path,) in rows})
 
-    def has_history_under(self, prefix: bytes) -> bool:
-        if self.db.execute("SELECT 1 FROM history WHERE path=? LIMIT 1", (prefix,)).fetchone():
-            return True
-        return bool(self.history_children(prefix)) if prefix else True
-
-    # -- outbox -------------------------------------------------------------------------------
     def enqueue(self, record: dict[str, Any], version: int | None = None) -> int:
         cursor = self.db.execute("INSERT INTO outbox(event, version) VALUES (?, ?)",
                                  (json.dumps(record), version))

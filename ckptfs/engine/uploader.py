@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import trio
 
-from ckptfs.cache.journal import COMMITTED, SEALED, Journal
+from ckptfs.cache.journal import COMMITTED, SEALED, Journal, Version
 from ckptfs.cache.staging import Staging
 from ckptfs.errors import CkptfsError
 from ckptfs.lake import Lake, codec
@@ -264,8 +264,14 @@ class Uploader:
                 "mtime_ns": version.mtime_ns, "path": record.get("path", encode_path(version.path or b""))}
 
     # -- figures ------------------------------------------------------------------------------
-    def pending_bytes(self) -> int:
-        return sum(max(0, (v.size - self.uploading.get(v.id, 0))) for v in self.journal.versions_in_state(SEALED))
+    def pending_of(self, version: Version) -> int:
+        """Bytes of a sealed version not yet sent to the lake."""
+        return max(0, version.size - self.uploading.get(version.id, 0))
+
+    def pending_bytes(self, sealed: list[Version] | None = None) -> int:
+        if sealed is None:
+            sealed = self.journal.versions_in_state(SEALED)
+        return sum(self.pending_of(version) for version in sealed)
 
 
 def _cut_file(fd: int, size: int) -> list[Cut]:

@@ -727,7 +727,7 @@ class Operations(pyfuse3.Operations):
             published = self.journal.outbox_seq_of_version(version.id) is None
             return "committed pending_bytes=0" if published else "uploading pending_bytes=0"
         if version.state == SEALED:
-            return f"uploading pending_bytes={max(0, version.size - self.uploader.uploading.get(version.id, 0))}"
+            return f"uploading pending_bytes={self.uploader.pending_of(version)}"
         return f"{STATE_NAMES[OPEN]} pending_bytes={node.size}"
 
     def barrier(self, ino: int) -> dict[str, Any]:
@@ -769,7 +769,7 @@ class Operations(pyfuse3.Operations):
             "backpressure_waits": self.backpressure_waits,
             "backpressure_seconds": round(self.backpressure_seconds, 2),
             "uploading_files": len(sealed),
-            "uploading_bytes": self.uploader.pending_bytes(),
+            "uploading_bytes": self.uploader.pending_bytes(sealed),
             "oldest_pending_age_s": round((time.time_ns() - oldest) / 1e9, 1) if oldest else 0,
             "events_pending": self.journal.outbox_length(),
             "outbox_head": self.uploader.outbox_head(),
