@@ -89,6 +89,26 @@ def test_mmap_read(mount):
         assert mapped[1_000_000:1_000_010] == data[1_000_000:1_000_010]
 
 
+def test_write_only_handles_bypass_the_page_cache_and_readers_stay_coherent(mount):
+    # Write-only handles are direct_io: their bytes must still show through a reader's open
+    # handle and mapping, which do use the kernel's page cache.
+    size = 2 * 1024 * 1024
+    write(mount.path("c"), b"a" * size)
+    with open(mount.path("c"), "rb") as reader, \
+            mmap.mmap(reader.fileno(), 0, prot=mmap.PROT_READ) as mapped:
+        assert reader.read() == b"a" * size and mapped[:4] == b"aaaa"
+        fd = os.open(mount.path("c"), os.O_WRONLY)
+        try:
+            assert os.pwrite(fd, b"b" * 4096, 8192) == 4096
+        finally:
+            os.close(fd)
+        expected = b"a" * 8192 + b"b" * 4096 + b"a" * (size - 12288)
+        reader.seek(0)
+        assert reader.read() == expected
+        assert mapped[8192:8196] == b"bbbb"
+    assert read(mount.path("c")) == expected
+
+
 def test_in_place_update_of_a_closed_file_starts_a_new_version(mount):
     write(mount.path("f"), b"aaaaaaaaaa")
     with open(mount.path("f"), "r+b") as file:

@@ -72,6 +72,13 @@ def _translate_errors(method):
     return wrapper
 
 
+def _write_only(flags: int) -> bool:
+    """Whether a handle is opened for writing only. Such handles bypass the kernel's page cache
+    (direct_io): nothing can read or mmap through them, and the written bytes would otherwise be
+    copied into page cache that nobody reads, on top of the staging file's."""
+    return flags & os.O_ACCMODE == os.O_WRONLY
+
+
 def _fail(code: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(code)
 
@@ -562,7 +569,7 @@ class Operations(pyfuse3.Operations):
         self._touch_dir(parent)
         self._remember_lookup(inode.ino)
         handle = self._new_handle(Handle(inode.ino, True, touched=True))
-        return pyfuse3.FileInfo(fh=handle), self._attributes(inode)
+        return pyfuse3.FileInfo(fh=handle, direct_io=_write_only(flags)), self._attributes(inode)
 
     async def open(self, inode: int, flags: int, ctx: Any = None) -> pyfuse3.FileInfo:
         writable = (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
@@ -589,7 +596,7 @@ class Operations(pyfuse3.Operations):
             node.size = 0
             node.mtime_ns = time.time_ns()
             handle.touched = True
-        return pyfuse3.FileInfo(fh=number, keep_cache=keep_cache)
+        return pyfuse3.FileInfo(fh=number, keep_cache=keep_cache, direct_io=_write_only(flags))
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self.handles.get(fh)
