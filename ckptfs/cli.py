@@ -78,7 +78,7 @@ def command_mount(args: argparse.Namespace) -> int:
                                 cache_size=args.cache_size, endpoint_url=args.endpoint_url,
                                 s3_timeout=args.s3_timeout, metrics_address=args.metrics_address,
                                 durability=args.durability, allow_other=args.allow_other,
-                                drain=not args.no_drain)
+                                drain=not args.no_drain, upload_round_bytes=args.upload_while_writing)
     config.resolve()
     daemon.check_mountpoint(config.mountpoint)
     daemon.check_cache_dir(config.cache_dir)
@@ -220,7 +220,8 @@ def command_status(args: argparse.Namespace) -> int:
 
     table = Table(title=f"ckptfs {mount_root(args.path)}", show_header=False)
     rows = [
-        ("dirty (open for writing)", f"{status['dirty_files']} files, {human(status['dirty_bytes'])}"),
+        ("dirty (open for writing)", f"{status['dirty_files']} files, {human(status['dirty_bytes'])}"
+         f" ({human(status['dirty_uploaded_bytes'])} of it already in the lake)"),
         ("uploading", f"{status['uploading_files']} files, {human(status['uploading_bytes'])}"),
         ("oldest pending", f"{status['oldest_pending_age_s']} s"),
         ("events to publish", str(status["events_pending"])),
@@ -312,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds to wait for an S3 response before retrying (default 60)")
     mount.add_argument("--metrics-address", metavar="HOST:PORT",
                        help="serve Prometheus metrics here (e.g. 127.0.0.1:9464); off by default")
+    mount.add_argument("--upload-while-writing", metavar="SIZE", type=parse_size, default=parse_size("32M"),
+                       help="start uploading a file still being written sequentially once this much of it is "
+                            "new (default 32M; 0 turns it off)")
     mount.add_argument("--durability", choices=["local", "remote"], default="local",
                        help="what fsync() waits for: the local cache disk (default) or the lake")
     mount.add_argument("--allow-other", action="store_true", help="let other users in (implies default_permissions)")

@@ -34,6 +34,7 @@ from ckptfs.cache.journal import COMMITTED, OPEN, ROOT_INODE, Journal
 from ckptfs.cache.staging import Staging
 from ckptfs.engine.evictor import Evictor
 from ckptfs.engine.fetcher import Fetcher
+from ckptfs.engine.prefix import DEFAULT_ROUND_BYTES, MIN_ROUND_BYTES
 from ckptfs.engine.uploader import Uploader
 from ckptfs.errors import ConfigError
 from ckptfs.fs.operations import Operations
@@ -59,6 +60,7 @@ class MountConfig:
     durability: str = "local"
     allow_other: bool = False
     drain: bool = True
+    upload_round_bytes: int = DEFAULT_ROUND_BYTES
 
     def resolve(self) -> None:
         self.mountpoint = os.path.abspath(self.mountpoint)
@@ -68,6 +70,8 @@ class MountConfig:
             digest = hashlib.sha256(f"{self.store_url}\0{self.mountpoint}".encode()).hexdigest()[:16]
             self.cache_dir = os.path.join(ckptfs_home(), "cache", digest)
         self.cache_dir = os.path.abspath(self.cache_dir)
+        if self.upload_round_bytes and self.upload_round_bytes < MIN_ROUND_BYTES:
+            raise ConfigError(f"--upload-while-writing must be 0 (off) or at least {MIN_ROUND_BYTES >> 20}M")
 
 
 def check_mountpoint(path: str) -> None:
@@ -244,7 +248,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
     cache = CacheDir(config.cache_dir, config.cache_size)
     try:
         mount_id = prepare_journal(cache, lake)
-        uploader = Uploader(cache.journal, cache.staging, lake, mount_id)
+        uploader = Uploader(cache.journal, cache.staging, lake, mount_id, round_bytes=config.upload_round_bytes)
         fetcher = Fetcher(lake, cache.chunks)
         evictor = Evictor(cache.journal, cache.staging, cache.staging_budget)
         uploader.on_committed = evictor.committed

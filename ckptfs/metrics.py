@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 _GAUGES = {
     "dirty_files": "files open for writing with unsealed data",
     "dirty_bytes": "bytes of unsealed data",
+    "dirty_uploaded_bytes": "bytes of unsealed data already uploaded (upload while writing)",
     "uploading_files": "sealed versions waiting for or in upload",
     "uploading_bytes": "bytes of sealed versions not yet uploaded",
     "oldest_pending_age_s": "age in seconds of the oldest version not yet committed",

@@ -32,6 +32,11 @@ def test_unknown_store_url(mountpoint, tmp_path):
                          "unknown store URL")
 
 
+def test_upload_while_writing_below_the_smallest_round(mountpoint, tmp_path):
+    assert_clean_failure(ckptfs("mount", mountpoint, "--cache-dir", str(tmp_path / "c"),
+                                "--upload-while-writing", "1M"), "at least 8M")
+
+
 def test_unreachable_endpoint(mountpoint, tmp_path, moto_server):
     from tests.helpers import free_port
 

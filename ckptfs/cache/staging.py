@@ -14,6 +14,15 @@ import errno
 import os
 import shutil
 from collections import OrderedDict
+from typing import Protocol
+
+
+class StagingObserver(Protocol):
+    """Told of every change to a staging file (the upload-while-writing rounds watch these)."""
+
+    def written(self, version: int, offset: int, length: int) -> None: ...
+    def truncated(self, version: int, size: int) -> None: ...
+    def forget(self, version: int) -> None: ...
 
 
 class Staging:
@@ -26,6 +35,7 @@ class Staging:
         self.sizes: dict[int, int] = {}
         self.total_bytes = 0
         self.peak_bytes = 0
+        self.observer: StagingObserver | None = None
         self._reserve = self.reserve_bytes()
         for name in os.listdir(directory):
             try:
@@ -92,11 +102,15 @@ class Staging:
         written = os.pwrite(self.fd(version), data, offset)
         if offset + written > self.sizes.get(version, 0):
             self._set_size(version, offset + written)
+        if self.observer is not None:
+            self.observer.written(version, offset, written)
         return written
 
     def truncate(self, version: int, size: int) -> None:
         os.ftruncate(self.fd(version), size)
         self._set_size(version, size)
+        if self.observer is not None:
+            self.observer.truncated(version, size)
 
     def refresh_size(self, version: int) -> None:
         """Re-read the size after the file was written through its descriptor directly."""
@@ -118,6 +132,8 @@ class Staging:
 
     def remove(self, version: int) -> None:
         self.forget_fd(version)
+        if self.observer is not None:
+            self.observer.forget(version)
         self.total_bytes -= self.sizes.pop(version, 0)
         try:
             os.unlink(self.path(version))

@@ -24,6 +24,7 @@ import trio
 
 from ckptfs.cache.journal import COMMITTED, SEALED, Journal, Version
 from ckptfs.cache.staging import Staging
+from ckptfs.engine.prefix import DEFAULT_ROUND_BYTES, PrefixUploads
 from ckptfs.errors import CkptfsError
 from ckptfs.lake import Lake, codec
 from ckptfs.lake.chunker import Chunker, Cut
@@ -36,7 +37,8 @@ SEGMENT_EVENTS = 1000
 
 class Uploader:
     def __init__(self, journal: Journal, staging: Staging, lake: Lake, mount_id: str, *,
-                 network_threads: int = 16, version_workers: int = 2) -> None:
+                 network_threads: int = 16, version_workers: int = 2,
+                 round_bytes: int = DEFAULT_ROUND_BYTES) -> None:
         self.journal = journal
         self.staging = staging
         self.lake = lake
@@ -51,10 +53,13 @@ class Uploader:
         self._publish = trio.Event()
         self._progress = trio.Event()
         self._inflight_chunks: dict[bytes, trio.Event] = {}
-        self.uploading: dict[int, int] = {}  # version id -> bytes sent so far
+        self.active: set[int] = set()  # sealed versions a version worker is on
+        self.sent: dict[int, int] = {}  # version id -> bytes of it in the lake so far
         self.last_error: str | None = None
         self.last_error_time: float | None = None
         self.on_committed: Callable[[int], None] | None = None  # the evictor learns of clean data here
+        self.prefix = PrefixUploads(self, round_bytes)
+        staging.observer = self.prefix
 
     # -- queueing and waiting -----------------------------------------------------------------
     def submit(self, version: int) -> None:
@@ -66,7 +71,7 @@ class Uploader:
 
     def busy(self) -> bool:
         """Whether uploads are queued or running: more committed (evictable) data is coming."""
-        return bool(self._queue) or bool(self.uploading)
+        return bool(self._queue) or bool(self.active)
 
     def poke(self) -> None:
         """An outbox event without a version (mkdir, rename, unlink) is ready to publish."""
@@ -94,6 +99,7 @@ class Uploader:
         for version in self.journal.versions_in_state(SEALED):
             self.submit(version.id)
         async with trio.open_nursery() as nursery:
+            self.prefix.nursery = nursery
             for _ in range(self._version_workers):
                 nursery.start_soon(self._version_worker)
             nursery.start_soon(self._publisher)
@@ -115,7 +121,8 @@ class Uploader:
                 await trio.sleep(5)
                 continue
             finally:
-                self.uploading.pop(version, None)
+                self.active.discard(version)
+                self.sent.pop(version, None)
             self._queued.discard(version)
             self._publish.set()
             self._notify_progress()
@@ -128,7 +135,11 @@ class Uploader:
         version = self.journal.version(identifier)
         if version is None or version.state != SEALED:
             return
-        self.uploading[identifier] = 0
+        self.active.add(identifier)
+        early = await self.prefix.take(identifier)
+        if early is not None and early.done > version.size:
+            early = None
+        self.sent[identifier] = early.done if early is not None else 0
         fd = os.open(self.staging.path(identifier), os.O_RDONLY)
         try:
             if version.size <= INLINE_LIMIT:
@@ -137,8 +148,13 @@ class Uploader:
                 new_bytes = stored_bytes = 0
             else:
                 inline = None
-                cuts = await trio.to_thread.run_sync(_cut_file, fd, version.size, limiter=self.cpu)
-                entries, new_bytes, stored_bytes = await self._upload_chunks(identifier, fd, cuts)
+                start = early.done if early is not None else 0
+                cuts = await trio.to_thread.run_sync(_cut_file, fd, version.size, start, limiter=self.cpu)
+                entries, new_bytes, stored_bytes = await self.upload_chunks(identifier, fd, cuts)
+                if early is not None:
+                    entries = early.entries + entries
+                    new_bytes += early.new_bytes
+                    stored_bytes += early.stored_bytes
         finally:
             os.close(fd)
         if inline is not None and len(inline) != version.size:
@@ -157,7 +173,8 @@ class Uploader:
             self.on_committed(identifier)
         log.info("committed version %x (%s, %d bytes, %d new)", identifier, version.path, version.size, new_bytes)
 
-    async def _upload_chunks(self, version: int, fd: int, cuts: list[Cut]) -> tuple[list[tuple[bytes, int]], int, int]:
+    async def upload_chunks(self, version: int, fd: int, cuts: list[Cut]) -> tuple[list[tuple[bytes, int]], int, int]:
+        """Hash, dedup and store the chunks at `cuts` of a staging file: (entries, new bytes, stored bytes)."""
         entries: list[tuple[bytes, int] | None] = [None] * len(cuts)
         totals = [0, 0]  # new raw bytes, stored object bytes
         failures: list[Exception] = []
@@ -187,7 +204,7 @@ class Uploader:
                         totals[1] += stored
                     else:
                         self.journal.add_counter("dedup_bytes", cut.length)
-                self.uploading[version] = self.uploading.get(version, 0) + cut.length
+                self.sent[version] = self.sent.get(version, 0) + cut.length
             except Exception as error:  # noqa: BLE001 - reported once, below, as the version's failure
                 # One failed chunk fails the version: stop its siblings rather than let several
                 # errors leave the nursery as a group.
@@ -266,7 +283,8 @@ class Uploader:
     # -- figures ------------------------------------------------------------------------------
     def pending_of(self, version: Version) -> int:
         """Bytes of a sealed version not yet sent to the lake."""
-        return max(0, version.size - self.uploading.get(version.id, 0))
+        sent = self.sent.get(version.id) if version.id in self.active else self.prefix.early_bytes(version.id)
+        return max(0, version.size - (sent or 0))
 
     def pending_bytes(self, sealed: list[Version] | None = None) -> int:
         if sealed is None:
@@ -274,14 +292,17 @@ class Uploader:
         return sum(self.pending_of(version) for version in sealed)
 
 
-def _cut_file(fd: int, size: int) -> list[Cut]:
-    if size == 0:
+def _cut_file(fd: int, size: int, start: int = 0) -> list[Cut]:
+    """The cuts of a sealed staging file from `start` (a cut point) to its end."""
+    if size <= start:
         return []
     with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
         view = memoryview(mapped)
+        tail = view[start:]
         try:
-            return list(Chunker().cut(view))
+            return [Cut(start + cut.offset, cut.length) for cut in Chunker().cut(tail)]
         finally:
+            tail.release()
             view.release()
 
 

@@ -770,6 +770,7 @@ class Operations(pyfuse3.Operations):
             "mount_id": self.mount_id,
             "dirty_files": len(open_versions),
             "dirty_bytes": sum(self.staging.sizes.get(v.id, 0) for v in open_versions),
+            "dirty_uploaded_bytes": sum(self.uploader.prefix.early_bytes(v.id) for v in open_versions),
             "staged_bytes": self.staging.total_bytes,
             "peak_staged_bytes": self.staging.peak_bytes,
             "staging_limit_bytes": self.evictor.limit_bytes if self.evictor else None,

@@ -1,0 +1,156 @@
+"""Upload while writing: the prefix of a file still being written goes to the lake before close.
+
+Content-defined cuts depend only on the bytes from the previous cut onwards, so a cut found inside the
+written prefix of a file is a cut the whole file will have, except the last one, which may only mark
+where the written bytes end. A round reads the bytes written since the last final cut, keeps every cut
+but the last, and sends those chunks through the uploader (hash, dedup, compress, PUT). At seal the
+version worker starts from the end of the last final cut, so a large sequential save has only its
+tail left to do when the writer closes it.
+
+The early chunks are used only if the bytes a round read are unchanged when the version is sealed: a
+write or truncate that reaches below the end of what has been read drops the version's early work and
+the version is uploaded the normal way. Chunks go into the lake before any manifest names them, as on
+the normal path; a version that is never sealed leaves unreferenced chunks for GC.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from ckptfs.lake.chunker import MAX_SIZE, Chunker, Cut
+
+if TYPE_CHECKING:
+    from ckptfs.engine.uploader import Uploader
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ROUND_BYTES = 32 << 20
+MIN_ROUND_BYTES = 2 * MAX_SIZE  # a round this long always holds at least one final cut
+MAX_ROUND_BYTES = 128 << 20  # the bytes one round holds in memory while it cuts them
+
+
+@dataclass
+class Early:
+    """What has been done for one version before it was sealed."""
+    frontier: int = 0  # end of the bytes written contiguously from offset 0
+    done: int = 0  # [0, done) is cut and its chunks are in the lake
+    read_end: int = 0  # a change below this invalidates the work
+    entries: list[tuple[bytes, int]] = field(default_factory=list)
+    new_bytes: int = 0
+    stored_bytes: int = 0
+    broken: bool = False
+    running: trio.Event | None = None  # set when the round in flight ends
+
+
+class PrefixUploads:
+    """Watches staging writes (as the staging observer) and runs rounds for sequentially written files."""
+
+    def __init__(self, uploader: Uploader, round_bytes: int = DEFAULT_ROUND_BYTES) -> None:
+        if round_bytes and round_bytes < MIN_ROUND_BYTES:
+            raise ValueError(f"upload-while-writing rounds must be 0 (off) or at least {MIN_ROUND_BYTES} bytes")
+        self.uploader = uploader
+        self.round_bytes = round_bytes
+        self.nursery: trio.Nursery | None = None  # set by the uploader's run()
+        self._early: dict[int, Early] = {}
+
+    # -- staging observer ----------------------------------------------------------------------
+    def written(self, version: int, offset: int, length: int) -> None:
+        if not self.round_bytes:
+            return
+        early = self._early.get(version)
+        if early is None:
+            early = self._early[version] = Early()
+        if early.broken:
+            return
+        if offset < early.read_end:
+            self._break(version, early, "rewritten")
+            return
+        if offset <= early.frontier:
+            early.frontier = max(early.frontier, offset + length)
+        if early.running is None and early.frontier - early.done >= self.round_bytes and self.nursery:
+            early.running = trio.Event()
+            self.nursery.start_soon(self._rounds, version, early)
+
+    def truncated(self, version: int, size: int) -> None:
+        early = self._early.get(version)
+        if early is None or early.broken:
+            return
+        if size < early.read_end:
+            self._break(version, early, "truncated")
+        early.frontier = min(early.frontier, size)
+
+    def forget(self, version: int) -> None:
+        self._early.pop(version, None)
+
+    def _break(self, version: int, early: Early, why: str) -> None:
+        early.broken = True
+        if early.done:
+            log.info("version %x %s below its early-uploaded prefix: uploading it whole at seal", version, why)
+
+    # -- at seal -------------------------------------------------------------------------------
+    async def take(self, version: int) -> Early | None:
+        """The version's usable early work (after its round in flight ends), or None; forgets it."""
+        early = self._early.get(version)
+        if early is not None and early.running is not None:
+            await early.running.wait()
+        early = self._early.pop(version, None)
+        if early is None or early.broken or not early.done:
+            return None
+        return early
+
+    def early_bytes(self, version: int) -> int:
+        early = self._early.get(version)
+        return early.done if early is not None and not early.broken else 0
+
+    # -- rounds --------------------------------------------------------------------------------
+    async def _rounds(self, version: int, early: Early) -> None:
+        uploader = self.uploader
+        event = early.running
+        assert event is not None
+        try:
+            fd = os.open(uploader.staging.path(version), os.O_RDONLY)
+        except OSError:
+            early.broken = True
+            early.running = None
+            event.set()
+            return
+        try:
+            while not early.broken and early.frontier - early.done >= self.round_bytes:
+                start = early.done
+                end = min(early.frontier, start + MAX_ROUND_BYTES)
+                early.read_end = end
+                cuts = await trio.to_thread.run_sync(_cut_range, fd, start, end, limiter=uploader.cpu)
+                final = cuts[:-1]
+                if not final:
+                    break
+                entries, new_bytes, stored_bytes = await uploader.upload_chunks(version, fd, final)
+                if early.broken:
+                    break
+                early.entries.extend(entries)
+                early.new_bytes += new_bytes
+                early.stored_bytes += stored_bytes
+                early.done = early.read_end = final[-1].offset + final[-1].length
+                uploader.journal.add_counter("early_bytes", early.done - start)
+        except Exception as error:  # noqa: BLE001 - early work is an optimisation: the seal path redoes it
+            log.warning("upload while writing version %x stopped: %s (the version is uploaded at seal)",
+                        version, error)
+            early.broken = True
+        finally:
+            os.close(fd)
+            early.running = None
+            event.set()
+
+
+def _cut_range(fd: int, start: int, end: int) -> list[Cut]:
+    """The cuts of the bytes [start, end) of a file, as offsets in the file.
+
+    The bytes are read with pread, not mapped: the file is still open for writing and may be
+    truncated under the round, which would fault a mapping.
+    """
+    data = os.pread(fd, end - start, start)
+    return [Cut(start + cut.offset, cut.length) for cut in Chunker().cut(data)]
