@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ROUND_BYTES = 32 << 20
 MIN_ROUND_BYTES = 2 * MAX_SIZE  # a round this long always holds at least one final cut
-MAX_ROUND_BYTES = 128 << 20  # the bytes one round holds in memory while it cuts them
+WINDOW_BYTES = 16 << 20  # the bytes a round reads and cuts at a time (one buffer, reused)
 
 
 @dataclass
@@ -44,6 +44,7 @@ class Early:
     new_bytes: int = 0
     stored_bytes: int = 0
     broken: bool = False
+    sealed: bool = False  # the version worker has it: finish the window in hand, then stop
     running: trio.Event | None = None  # set when the round in flight ends
 
 
@@ -56,6 +57,9 @@ class PrefixUploads:
         self.uploader = uploader
         self.round_bytes = round_bytes
         self.nursery: trio.Nursery | None = None  # set by the uploader's run()
+        # Early work only gets the cores that the writer and the FUSE thread leave: on a small
+        # machine it would otherwise lengthen the save it overlaps (docs/DESIGN.md).
+        self.slots = trio.Semaphore(max(1, min(16, (os.cpu_count() or 1) - 2)))
         self._early: dict[int, Early] = {}
 
     # -- staging observer ----------------------------------------------------------------------
@@ -97,6 +101,7 @@ class PrefixUploads:
         """The version's usable early work (after its round in flight ends), or None; forgets it."""
         early = self._early.get(version)
         if early is not None and early.running is not None:
+            early.sealed = True
             await early.running.wait()
         early = self._early.pop(version, None)
         if early is None or early.broken or not early.done:
@@ -119,16 +124,18 @@ class PrefixUploads:
             early.running = None
             event.set()
             return
+        window = bytearray(WINDOW_BYTES)
         try:
-            while not early.broken and early.frontier - early.done >= self.round_bytes:
+            # Started once round_bytes are new; goes on while a window can hold a final cut.
+            while not (early.broken or early.sealed) and early.frontier - early.done >= MIN_ROUND_BYTES:
                 start = early.done
-                end = min(early.frontier, start + MAX_ROUND_BYTES)
+                end = min(early.frontier, start + WINDOW_BYTES)
                 early.read_end = end
-                cuts = await trio.to_thread.run_sync(_cut_range, fd, start, end, limiter=uploader.cpu)
+                cuts = await trio.to_thread.run_sync(_cut_range, fd, start, end, window, limiter=uploader.cpu)
                 final = cuts[:-1]
                 if not final:
                     break
-                entries, new_bytes, stored_bytes = await uploader.upload_chunks(version, fd, final)
+                entries, new_bytes, stored_bytes = await uploader.upload_chunks(version, fd, final, self.slots)
                 if early.broken:
                     break
                 early.entries.extend(entries)
@@ -146,11 +153,14 @@ class PrefixUploads:
             event.set()
 
 
-def _cut_range(fd: int, start: int, end: int) -> list[Cut]:
+def _cut_range(fd: int, start: int, end: int, window: bytearray) -> list[Cut]:
     """The cuts of the bytes [start, end) of a file, as offsets in the file.
 
-    The bytes are read with pread, not mapped: the file is still open for writing and may be
-    truncated under the round, which would fault a mapping.
+    The bytes are read into `window`, not mapped: the file is still open for writing and may be
+    truncated under the round, which would fault a mapping. The window is reused, so a round does
+    not fault in fresh memory for every read.
     """
-    data = os.pread(fd, end - start, start)
-    return [Cut(start + cut.offset, cut.length) for cut in Chunker().cut(data)]
+    with memoryview(window) as whole, whole[:end - start] as target:
+        count = os.preadv(fd, [target], start)
+        with target[:count] as data:
+            return [Cut(start + cut.offset, cut.length) for cut in Chunker().cut(data)]

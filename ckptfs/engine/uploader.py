@@ -173,8 +173,13 @@ class Uploader:
             self.on_committed(identifier)
         log.info("committed version %x (%s, %d bytes, %d new)", identifier, version.path, version.size, new_bytes)
 
-    async def upload_chunks(self, version: int, fd: int, cuts: list[Cut]) -> tuple[list[tuple[bytes, int]], int, int]:
-        """Hash, dedup and store the chunks at `cuts` of a staging file: (entries, new bytes, stored bytes)."""
+    async def upload_chunks(self, version: int, fd: int, cuts: list[Cut], slots: trio.Semaphore | None = None,
+                            ) -> tuple[list[tuple[bytes, int]], int, int]:
+        """Hash, dedup and store the chunks at `cuts` of a staging file: (entries, new bytes, stored bytes).
+
+        `slots` bounds the chunks in hand at once (default: the uploader's, shared by all versions).
+        """
+        slots = slots or self._chunk_slots
         entries: list[tuple[bytes, int] | None] = [None] * len(cuts)
         totals = [0, 0]  # new raw bytes, stored object bytes
         failures: list[Exception] = []
@@ -211,13 +216,13 @@ class Uploader:
                 failures.append(error)
                 nursery.cancel_scope.cancel()
             finally:
-                self._chunk_slots.release()
+                slots.release()
 
         async with trio.open_nursery() as nursery:
             for index, cut in enumerate(cuts):
                 if failures:
                     break
-                await self._chunk_slots.acquire()
+                await slots.acquire()
                 nursery.start_soon(one, index, cut)
         if failures:
             raise failures[0]
