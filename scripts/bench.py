@@ -39,6 +39,11 @@ GIB = 1024**3
 MIB = 1024**2
 
 
+def settle() -> None:
+    """Write back every dirty page before a timed step, so no step pays for the previous one's."""
+    os.sync()
+
+
 # -- data -----------------------------------------------------------------------------------------
 def state_dict(size_gib: float, seed: int) -> dict:
     generator = torch.Generator().manual_seed(seed)
@@ -82,6 +87,7 @@ class System:
     def save(self, obj: dict, name: str) -> tuple[float, float]:
         """(stall, time to durable) of torch.save to `name`."""
         os.makedirs(os.path.dirname(self.path(name)), exist_ok=True)
+        settle()
         started = time.perf_counter()
         torch.save(obj, self.path(name))
         stall = time.perf_counter() - started
@@ -156,6 +162,7 @@ class Boto3Direct(LocalDisk):
     def save(self, obj: dict, name: str) -> tuple[float, float]:
         os.makedirs(os.path.dirname(self.path(name)), exist_ok=True)
         torch.save(obj, self.path(name))
+        settle()
         started = time.perf_counter()
         self.bench.s3.upload_file(self.path(name), self.bench.bucket, f"{self.prefix}/{name}")
         upload = time.perf_counter() - started
@@ -163,6 +170,7 @@ class Boto3Direct(LocalDisk):
 
     def restore(self, name: str) -> float:
         target = self.path(name + ".downloaded")
+        settle()
         started = time.perf_counter()
         self.bench.s3.download_file(self.bench.bucket, f"{self.prefix}/{name}", target)
         elapsed = time.perf_counter() - started
@@ -349,6 +357,7 @@ def run_system(bench: Bench, kind: type[System], data: list[dict]) -> None:
                 bench.record(system.name, "cold restore (MB/s)", round_data["size"] / elapsed / 1e6)
                 continue
             system.make_cold()
+            settle()
             started = time.perf_counter()
             torch.load(system.path(name), weights_only=True)
             bench.record(system.name, "cold restore (MB/s)",
@@ -367,6 +376,7 @@ def run_system(bench: Bench, kind: type[System], data: list[dict]) -> None:
 def raw_write(path: str, gib: float) -> float:
     block = os.urandom(MIB)
     count = int(gib * 1024)
+    settle()
     started = time.perf_counter()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     for _ in range(count):
@@ -425,7 +435,16 @@ def median(bench: Bench, figure: str, system: str) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def ratios(bench: Bench, foot: dict[str, float]) -> list[tuple[str, str, str, bool]]:
+def best(bench: Bench, figure: str, system: str) -> float:
+    """The best of the repeats: the least time, or the most MB/s."""
+    values = [v for v in bench.results.get(figure, {}).get(system, []) if v == v]
+    if not values:
+        return float("nan")
+    return max(values) if "MB/s" in figure else min(values)
+
+
+def ratios(bench: Bench, foot: dict[str, float], median=median) -> list[tuple[str, str, str, bool]]:
+    """The targets, with `median` as the estimator of each figure (or `best`)."""
     def r(a: float, b: float) -> float:
         return a / b if b else float("nan")
 
@@ -470,9 +489,14 @@ def report(bench: Bench, systems: list[str], foot: dict[str, float], elapsed: fl
              "| figure | " + " | ".join(systems) + " |", "|---|" + "---|" * len(systems)]
     for figure, by_system in bench.results.items():
         lines.append(f"| {figure} | " + " | ".join(summary(by_system.get(s, [])) for s in systems) + " |")
-    lines += ["", "## ckptfs against the targets", "", "| figure | measured | target | met |", "|---|---|---|---|"]
-    for name, value, target, met in ratios(bench, foot):
-        lines.append(f"| {name} | {value} | {target} | {'yes' if met else '**no**'} |")
+    lines += ["", "## ckptfs against the targets", "",
+              "Ratios of medians, and of the best of the repeats (least time, most MB/s) for each system. "
+              "Noise on this machine only ever adds time (see Analysis), so the best of the repeats is the "
+              "closer estimate of what each system costs; a target counts as met on the medians.", "",
+              "| figure | median | best of repeats | target | met |", "|---|---|---|---|---|"]
+    for (name, value, target, met), (_, value_best, _, _) in zip(ratios(bench, foot),
+                                                                 ratios(bench, foot, best), strict=True):
+        lines.append(f"| {name} | {value} | {value_best} | {target} | {'yes' if met else '**no**'} |")
     if foot:
         lines += ["", f"Footprint run: a {bench.args.footprint_gib} GiB file written through a mount with "
                   f"`--cache-size` {foot['cache_size_mib']:.0f} MiB at {foot['write_mb_s']:.0f} MB/s."]

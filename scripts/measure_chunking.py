@@ -2,8 +2,9 @@
 """Measure how chunk-size parameters trade dedup against object count on torch.save output.
 
 Saves a 160 MiB state dict (40 x 4 MiB fp32 tensors), then a second one where every tenth tensor
-changed and the pickled step counter grew a digit, and prints for each FastCDC profile the new bytes
-the second save adds and the mean chunk size. This is the measurement behind the chunker profile.
+changed and the pickled step counter grew a digit, and prints for each FastCDC parameter set, then for
+each ckptfs chunking profile, the new bytes the second save adds and the mean chunk size. This is the
+measurement behind the chunking profiles.
 """
 
 import io
@@ -11,6 +12,8 @@ import io
 import pyfastcdc
 import torch
 import xxhash
+
+from ckptfs.lake.chunker import PROFILES, Chunker
 
 
 def saved(sd: dict) -> bytes:
@@ -43,6 +46,13 @@ def main() -> None:
         mean = len(second) / len(second_chunks)
         print(f"{minimum:>5}K {average:>5}K {maximum:>5}K {mean / 2**20:>9.2f}Mi {len(second_chunks):>7} "
               f"{new / len(second):>9.1%}")
+    for profile in PROFILES:
+        known = {xxhash.xxh3_128_digest(first[c.offset:c.offset + c.length]) for c in Chunker(profile).cut(first)}
+        second_cuts = list(Chunker(profile).cut(second))
+        new = sum(c.length for c in second_cuts
+                  if xxhash.xxh3_128_digest(second[c.offset:c.offset + c.length]) not in known)
+        print(f"ckptfs chunking profile {profile}: mean chunk {len(second) / len(second_cuts) / 2**20:.2f} MiB, "
+              f"{len(second_cuts)} chunks, {new / len(second):.1%} new bytes")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ckptfs.errors import CorruptObjectError
 from ckptfs.lake import chunker, codec, manifest, namespace
@@ -14,24 +16,83 @@ def deterministic_bytes(size: int, seed: int) -> bytes:
 
 def test_chunker_golden_boundaries():
     # A change of cut points stops new versions deduplicating against every version already stored.
-    # If this fails, the chunking profile changed: bump chunker.PROFILE and the lake format instead.
+    # If this fails, a chunking profile changed: add a new profile instead.
     data = deterministic_bytes(12 * 1024 * 1024, seed=7)
-    cuts = [(cut.offset, cut.length) for cut in chunker.Chunker().cut(data)]
+    cuts = [(cut.offset, cut.length) for cut in chunker.Chunker(1).cut(data)]
     assert [length for _, length in cuts] == GOLDEN_LENGTHS
     assert sum(length for _, length in cuts) == len(data)
     assert all(chunker.MIN_SIZE <= length <= chunker.MAX_SIZE for _, length in cuts[:-1])
+    assert [cut.length for cut in chunker.Chunker(2).cut(with_records(seed=11))] == GOLDEN_LENGTHS_2
+
+
+RECORDS = [0, 100, 5000, 700_000, 1_000_000, 3_500_000, 3_600_000, 9_000_000]
+
+
+def with_records(seed: int, size: int = 12 * 1024 * 1024, records=RECORDS) -> bytes:
+    data = bytearray(deterministic_bytes(size, seed))
+    for offset in records:
+        data[offset:offset + 4] = chunker.RECORD_MAGIC
+    return bytes(data)
+
+
+def test_profile_2_cuts_at_record_headers_with_nothing_in_the_lookback_before_them():
+    data = with_records(seed=11)
+    # 100 and 5000 follow 0 closely, 3_600_000 follows 3_500_000: not boundaries.
+    assert chunker.record_boundaries(data, 0, len(data)) == [700_000, 1_000_000, 3_500_000, 9_000_000]
+    offsets = {cut.offset for cut in chunker.Chunker(2).cut(data)}
+    assert {700_000, 1_000_000, 3_500_000, 9_000_000} <= offsets
+
+
+@settings(max_examples=40, deadline=None)
+@given(records=st.lists(st.integers(0, 6 * 1024 * 1024 - 4), max_size=12), seed=st.integers(0, 1000),
+       profile=st.sampled_from(chunker.PROFILES), data=st.data())
+def test_cutting_from_any_cut_with_lookback_finds_the_cuts_of_the_whole(records, seed, profile, data):
+    # What the upload-while-writing rounds and the seal after them rely on.
+    content = with_records(seed, 6 * 1024 * 1024, records)
+    whole = list(chunker.Chunker(profile).cut(content))
+    start = data.draw(st.sampled_from(whole)).offset
+    lookback = min(start, chunker.LOOKBACK)
+    window = content[start - lookback:]
+    rest = [chunker.Cut(start - lookback + cut.offset, cut.length)
+            for cut in chunker.Chunker(profile).cut(window, skip=lookback)]
+    assert rest == [cut for cut in whole if cut.offset >= start]
+    # A window that ends early: every cut but the tentative tail is a cut of the whole (as in
+    # engine/prefix.py, which also keeps a header cut off by the window's end inside the tail).
+    end = data.draw(st.integers(start + 1, len(content)))
+    partial = [chunker.Cut(start - lookback + cut.offset, cut.length)
+               for cut in chunker.Chunker(profile).cut(content[start - lookback:end], skip=lookback)][:-1]
+    while partial and partial[-1].offset + partial[-1].length > end - len(chunker.RECORD_MAGIC):
+        partial.pop()
+    assert set(partial) <= set(whole)
+
+
+def test_torch_save_records_of_large_tensors_start_chunks():
+    torch = pytest.importorskip("torch")
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    generator = torch.Generator().manual_seed(0)
+    torch.save({f"w{i}": torch.randn(256 * 1024, generator=generator) for i in range(8)}, buffer)
+    data = buffer.getvalue()
+    offsets = {cut.offset for cut in chunker.Chunker(2).cut(data)}
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        tensors = [info for info in archive.infolist() if "/data/" in info.filename]
+    # Every 1 MiB tensor's record after the first starts a chunk.
+    assert len(tensors) == 8
+    assert set(sorted(info.header_offset for info in tensors)[1:]) <= offsets
 
 
 def test_chunker_resynchronises_after_an_insertion():
     data = deterministic_bytes(8 * 1024 * 1024, seed=1)
     shifted = data[:1000] + b"inserted" + data[1000:]
-    first = {data[c.offset:c.offset + c.length] for c in chunker.Chunker().cut(data)}
-    second = [shifted[c.offset:c.offset + c.length] for c in chunker.Chunker().cut(shifted)]
+    first = {data[c.offset:c.offset + c.length] for c in chunker.Chunker(2).cut(data)}
+    second = [shifted[c.offset:c.offset + c.length] for c in chunker.Chunker(2).cut(shifted)]
     assert sum(len(c) for c in second if c in first) >= len(data) - chunker.MAX_SIZE
 
 
 def test_chunker_empty_input_has_no_chunks():
-    assert list(chunker.Chunker().cut(b"")) == []
+    assert list(chunker.Chunker(2).cut(b"")) == []
 
 
 @pytest.mark.parametrize("data", [b"", b"x", b"\0" * 1_000_000, deterministic_bytes(300_000, 3)])
@@ -156,3 +217,33 @@ def test_namespace_rejects_malformed_segments():
 
 # Chunk lengths of 12 MiB of random.Random(7) bytes under chunking profile 1 (256K/1M/4M).
 GOLDEN_LENGTHS = [848218, 2257769, 1182347, 1903461, 1082757, 1576399, 1432183, 1781675, 518103]
+# Chunk lengths of with_records(seed=11) under profile 2.
+GOLDEN_LENGTHS_2 = [700000, 300000, 1039988, 455785, 1004227, 804231, 3034006, 482223, 1138971, 40569,
+                    1143070, 1196622, 1243220]
+
+
+def test_record_headers_across_search_pieces_are_found():
+    piece = chunker._SEARCH_PIECE
+    records = [piece - 2, 2 * piece - 1, 2 * piece + 3 * chunker.LOOKBACK]
+    data = with_records(seed=5, size=3 * piece, records=records)
+    assert chunker.record_boundaries(data, 0, len(data)) == records
+
+
+@pytest.mark.parametrize("recorded, expected", [(None, chunker.PROFILE), (1, 1), (2, 2), (99, None)])
+def test_a_lake_is_cut_with_the_profile_its_descriptor_names(tmp_path, recorded, expected):
+    import json
+
+    from ckptfs.lake import Lake
+    from ckptfs.store import LocalDirStore
+
+    store = LocalDirStore(str(tmp_path / "lake"))
+    if recorded is not None:
+        store.put("lake.json", json.dumps({"format": "ckptfs-lake", "version": 1,
+                                           "chunking": {"profile": recorded}}).encode())
+    lake = Lake(store)
+    if expected is None:
+        with pytest.raises(CorruptObjectError, match="profile 99"):
+            lake.open()
+    else:
+        lake.open()
+        assert lake.chunking_profile == expected

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ckptfs.lake.chunker import MAX_SIZE, Chunker, Cut
+from ckptfs.lake.chunker import LOOKBACK, MAX_SIZE, RECORD_MAGIC, Chunker, Cut
 
 if TYPE_CHECKING:
     from ckptfs.engine.uploader import Uploader
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ROUND_BYTES = 32 << 20
 MIN_ROUND_BYTES = 2 * MAX_SIZE  # a round this long always holds at least one final cut
-WINDOW_BYTES = 16 << 20  # the bytes a round reads and cuts at a time (one buffer, reused)
+WINDOW_BYTES = 16 << 20  # the bytes a round reads and cuts at a time
 
 
 @dataclass
@@ -124,15 +124,20 @@ class PrefixUploads:
             early.running = None
             event.set()
             return
-        window = bytearray(WINDOW_BYTES)
+        window = bytearray(LOOKBACK + WINDOW_BYTES)  # one buffer, reused
         try:
             # Started once round_bytes are new; goes on while a window can hold a final cut.
             while not (early.broken or early.sealed) and early.frontier - early.done >= MIN_ROUND_BYTES:
                 start = early.done
                 end = min(early.frontier, start + WINDOW_BYTES)
                 early.read_end = end
-                cuts = await trio.to_thread.run_sync(_cut_range, fd, start, end, window, limiter=uploader.cpu)
+                cuts = await trio.to_thread.run_sync(_cut_range, fd, start, end, window,
+                                                     uploader.lake.chunking_profile, limiter=uploader.cpu)
+                # The last cut may only be where the bytes read end; a record header cut off by the
+                # end of the window must fall in that last, tentative chunk too.
                 final = cuts[:-1]
+                while final and final[-1].offset + final[-1].length > end - len(RECORD_MAGIC):
+                    final.pop()
                 if not final:
                     break
                 entries, new_bytes, stored_bytes = await uploader.upload_chunks(version, fd, final, self.slots)
@@ -153,14 +158,17 @@ class PrefixUploads:
             event.set()
 
 
-def _cut_range(fd: int, start: int, end: int, window: bytearray) -> list[Cut]:
-    """The cuts of the bytes [start, end) of a file, as offsets in the file.
+def _cut_range(fd: int, start: int, end: int, window: bytearray, profile: int) -> list[Cut]:
+    """The cuts of the bytes [start, end) of a file, as offsets in the file; `start` is one of its cuts.
 
-    The bytes are read into `window`, not mapped: the file is still open for writing and may be
-    truncated under the round, which would fault a mapping. The window is reused, so a round does
-    not fault in fresh memory for every read.
+    The bytes (and the LOOKBACK bytes before them, which decide record boundaries) are read into
+    `window`, not mapped: the file is still open for writing and may be truncated under the round,
+    which would fault a mapping. The window is reused, so a round does not fault in fresh memory for
+    every read.
     """
-    with memoryview(window) as whole, whole[:end - start] as target:
-        count = os.preadv(fd, [target], start)
-        with target[:count] as data:
-            return [Cut(start + cut.offset, cut.length) for cut in Chunker().cut(data)]
+    lookback = min(start, LOOKBACK)
+    with memoryview(window) as whole, whole[:lookback + end - start] as target:
+        count = os.preadv(fd, [target], start - lookback)
+    base = start - lookback
+    return [Cut(base + cut.offset, cut.length)
+            for cut in Chunker(profile).cut(window, skip=lookback, end=count)]

@@ -149,7 +149,8 @@ class Uploader:
             else:
                 inline = None
                 start = early.done if early is not None else 0
-                cuts = await trio.to_thread.run_sync(_cut_file, fd, version.size, start, limiter=self.cpu)
+                cuts = await trio.to_thread.run_sync(_cut_file, fd, version.size, start, self.lake.chunking_profile,
+                                                     limiter=self.cpu)
                 entries, new_bytes, stored_bytes = await self.upload_chunks(identifier, fd, cuts)
                 if early is not None:
                     entries = early.entries + entries
@@ -297,17 +298,9 @@ class Uploader:
         return sum(self.pending_of(version) for version in sealed)
 
 
-def _cut_file(fd: int, size: int, start: int = 0) -> list[Cut]:
-    """The cuts of a sealed staging file from `start` (a cut point) to its end."""
+def _cut_file(fd: int, size: int, start: int, profile: int) -> list[Cut]:
+    """The cuts of a sealed staging file from `start` (one of its cuts) to its end."""
     if size <= start:
         return []
     with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
-        view = memoryview(mapped)
-        tail = view[start:]
-        try:
-            return [Cut(start + cut.offset, cut.length) for cut in Chunker().cut(tail)]
-        finally:
-            tail.release()
-            view.release()
-
-
+        return list(Chunker(profile).cut(mapped, skip=start))

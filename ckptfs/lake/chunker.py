@@ -1,24 +1,39 @@
-"""Content-defined chunking (FastCDC) of file contents.
+"""Content-defined chunking (FastCDC) of file contents, with cuts at the records of torch.save files.
 
 The cut points are part of the lake format: a silent change of parameters would stop new versions from
-deduplicating against every version already stored, so the parameters are fixed per format version and
-pinned by golden tests. Never change them without bumping the chunking profile in the lake descriptor.
+deduplicating against every version already stored, so the parameters are fixed per profile and pinned
+by golden tests. A lake records its profile in its descriptor and every mount of it cuts with that one.
+
+Profile 1 is plain FastCDC. Profile 2 also cuts where a zip local file header starts ("PK\\x03\\x04"),
+unless another one starts in the MIN_SIZE bytes before it. torch.save writes a zip with one record per
+tensor, so every tensor of at least MIN_SIZE starts a chunk: a changed tensor no longer drags the end
+of its neighbour into new chunks (docs/DESIGN.md, "Chunk size"). The rule looks only at the bytes
+around the header, so it stays content-defined: an inserted or removed byte moves cuts only nearby.
 """
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyfastcdc
 
-# Profile 1, chosen by scripts/measure_chunking.py (docs/DESIGN.md, "Chunk size"): a mean chunk of
-# ~1.2 MiB keeps S3 requests large enough for throughput, while a changed 4 MiB tensor drags in little
-# of its neighbours (13% new bytes for a 10% change, against 21% at a 2.4 MiB mean).
+# FastCDC parameters, chosen by scripts/measure_chunking.py: a mean chunk of ~1 MiB keeps S3 requests
+# large enough for throughput while a changed tensor drags in little of its neighbours.
 MIN_SIZE = 256 * 1024
 AVG_SIZE = 1024 * 1024
 MAX_SIZE = 4 * 1024 * 1024
-PROFILE = 1
+PROFILES = (1, 2)
+PROFILE = 2  # what a new lake is created with
+RECORD_MAGIC = b"PK\x03\x04"
+# Bytes before a record boundary that decide whether it is one: cutting from an offset other than the
+# start of the file needs this much of what precedes it (see Chunker.cut).
+LOOKBACK = MIN_SIZE
+_SEARCH_PIECE = 4 * 1024 * 1024
+
+
+Searchable = bytes | bytearray | mmap.mmap
 
 
 @dataclass(frozen=True)
@@ -28,14 +43,51 @@ class Cut:
 
 
 class Chunker:
-    """Cuts bytes into content-defined chunks. One instance per thread (pyfastcdc is not thread-safe)."""
+    """Cuts bytes into chunks under one profile. One instance per thread (pyfastcdc is not thread-safe)."""
 
-    def __init__(self, min_size: int = MIN_SIZE, avg_size: int = AVG_SIZE, max_size: int = MAX_SIZE) -> None:
-        self._fastcdc = pyfastcdc.FastCDC(avg_size, min_size=min_size, max_size=max_size)
+    def __init__(self, profile: int = PROFILE) -> None:
+        if profile not in PROFILES:
+            raise ValueError(f"unknown chunking profile {profile}")
+        self.profile = profile
+        self._fastcdc = pyfastcdc.FastCDC(AVG_SIZE, min_size=MIN_SIZE, max_size=MAX_SIZE)
 
-    def cut(self, data: bytes | bytearray | memoryview) -> Iterator[Cut]:
-        """Yield the cut points of `data`; the lengths add up to len(data); no chunk for empty data."""
-        if len(data) == 0:
+    def cut(self, data: Searchable, skip: int = 0, end: int | None = None) -> Iterator[Cut]:
+        """Yield the cuts of data[skip:end], with offsets into `data`; their lengths add up to end - skip.
+
+        The `skip` bytes before the start (LOOKBACK of them suffice) let a cut from the middle of a
+        file find the cuts that cutting the whole file finds, when the start is one of its cuts.
+        `data` is bytes, a bytearray or an mmap: anything with find() and the buffer protocol.
+        """
+        end = len(data) if end is None else end
+        if end <= skip:
             return
-        for chunk in self._fastcdc.cut_buf(data):
-            yield Cut(chunk.offset, chunk.length)
+        segment_start = skip
+        ends = record_boundaries(data, skip, end) if self.profile == 2 else []
+        with memoryview(data) as view:
+            for segment_end in [*ends, end]:
+                with view[segment_start:segment_end] as segment:
+                    for chunk in self._fastcdc.cut_buf(segment):
+                        yield Cut(segment_start + chunk.offset, chunk.length)
+                segment_start = segment_end
+
+
+def record_boundaries(data: Searchable, skip: int, end: int) -> list[int]:
+    """Offsets in (skip, end) where a zip record header starts, with no other one starting in the
+    LOOKBACK bytes before it. Headers that do not fit before `end` are not seen."""
+    boundaries = []
+    previous = data.rfind(RECORD_MAGIC, max(0, skip - LOOKBACK), skip + len(RECORD_MAGIC) - 1)
+    position = skip
+    while position < end:
+        # find() holds the GIL: search in pieces so the FUSE thread is never held up for long.
+        piece_end = min(end, position + _SEARCH_PIECE + len(RECORD_MAGIC) - 1)
+        found = data.find(RECORD_MAGIC, position, piece_end)
+        if found == -1:
+            if piece_end == end:
+                break
+            position = piece_end - len(RECORD_MAGIC) + 1
+            continue
+        if found > skip and (previous == -1 or found - previous > LOOKBACK):
+            boundaries.append(found)
+        previous = found
+        position = found + 1
+    return boundaries

@@ -29,6 +29,7 @@ FORMAT_VERSION = 1
 class Lake:
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
+        self.chunking_profile = chunker.PROFILE  # the lake's own, once open() has read its descriptor
 
     # -- descriptor ---------------------------------------------------------------------------
     def open(self, *, create: bool = True) -> dict[str, Any]:
@@ -55,6 +56,11 @@ class Lake:
         if name != FORMAT_NAME or version != FORMAT_VERSION:
             raise CorruptObjectError(f"{self.store.url} holds lake format {name!r} v{version}; "
                                      f"this ckptfs reads {FORMAT_NAME} v{FORMAT_VERSION}")
+        profile = descriptor.get("chunking", {}).get("profile", 1)
+        if profile not in chunker.PROFILES:
+            raise CorruptObjectError(f"{self.store.url} is chunked with profile {profile!r}; this ckptfs "
+                                     f"knows profiles {', '.join(map(str, chunker.PROFILES))}")
+        self.chunking_profile = profile
         return descriptor
 
     # -- chunks -------------------------------------------------------------------------------
