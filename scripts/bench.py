@@ -362,6 +362,7 @@ def run_system(bench: Bench, kind: type[System], data: list[dict]) -> None:
             torch.load(system.path(name), weights_only=True)
             bench.record(system.name, "cold restore (MB/s)",
                          round_data["size"] / (time.perf_counter() - started) / 1e6)
+            settle()
             started = time.perf_counter()
             torch.load(system.path(name), weights_only=True)
             bench.record(system.name, "warm restore (MB/s)",
