@@ -32,6 +32,10 @@ def parse_size(text: str) -> int:
     return int(number * 1024 ** "-kmgtp".index(unit or "-"))
 
 
+def parse_size_or_auto(text: str) -> int | None:
+    return None if text.strip().lower() == "auto" else parse_size(text)
+
+
 def human(count: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(count) < 1024 or unit == "TiB":
@@ -313,9 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds to wait for an S3 response before retrying (default 60)")
     mount.add_argument("--metrics-address", metavar="HOST:PORT",
                        help="serve Prometheus metrics here (e.g. 127.0.0.1:9464); off by default")
-    mount.add_argument("--upload-while-writing", metavar="SIZE", type=parse_size, default=parse_size("32M"),
+    mount.add_argument("--upload-while-writing", metavar="SIZE", type=parse_size_or_auto, default=None,
                        help="start uploading a file still being written sequentially once this much of it is "
-                            "new (default 32M; 0 turns it off)")
+                            "new; 0 turns it off (default auto: 32M with 4 or more cores, else off)")
     mount.add_argument("--durability", choices=["local", "remote"], default="local",
                        help="what fsync() waits for: the local cache disk (default) or the lake")
     mount.add_argument("--allow-other", action="store_true", help="let other users in (implies default_permissions)")

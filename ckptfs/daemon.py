@@ -34,7 +34,7 @@ from ckptfs.cache.journal import COMMITTED, OPEN, ROOT_INODE, Journal
 from ckptfs.cache.staging import Staging
 from ckptfs.engine.evictor import Evictor
 from ckptfs.engine.fetcher import Fetcher
-from ckptfs.engine.prefix import DEFAULT_ROUND_BYTES, MIN_ROUND_BYTES
+from ckptfs.engine.prefix import MIN_ROUND_BYTES, default_round_bytes
 from ckptfs.engine.uploader import Uploader
 from ckptfs.errors import ConfigError
 from ckptfs.fs.operations import Operations
@@ -60,7 +60,7 @@ class MountConfig:
     durability: str = "local"
     allow_other: bool = False
     drain: bool = True
-    upload_round_bytes: int = DEFAULT_ROUND_BYTES
+    upload_round_bytes: int | None = None  # None: on where the machine has cores to spare
 
     def resolve(self) -> None:
         self.mountpoint = os.path.abspath(self.mountpoint)
@@ -70,6 +70,8 @@ class MountConfig:
             digest = hashlib.sha256(f"{self.store_url}\0{self.mountpoint}".encode()).hexdigest()[:16]
             self.cache_dir = os.path.join(ckptfs_home(), "cache", digest)
         self.cache_dir = os.path.abspath(self.cache_dir)
+        if self.upload_round_bytes is None:
+            self.upload_round_bytes = default_round_bytes()
         if self.upload_round_bytes and self.upload_round_bytes < MIN_ROUND_BYTES:
             raise ConfigError(f"--upload-while-writing must be 0 (off) or at least {MIN_ROUND_BYTES >> 20}M")
 

@@ -106,8 +106,15 @@ def test_writes_past_the_prefix_keep_it(mounter, tmp_path):
     assert lake_copy(mounter, store_url, [], "fresh", "f") == bytes(data)
 
 
+def test_auto_is_on_only_with_cores_to_spare(mounter, tmp_path):
+    mount = mounter(f"file://{tmp_path}/lake", ["--upload-while-writing", "auto"])
+    expected = 32 * MIB if (os.cpu_count() or 1) >= 4 else 0
+    assert mount.status()["upload_while_writing_bytes"] == expected
+
+
 def test_off(mounter, tmp_path):
     mount = mounter(f"file://{tmp_path}/lake", ["--upload-while-writing", "0"])
+    assert mount.status()["upload_while_writing_bytes"] == 0
     with open(mount.path("f"), "wb") as file:
         file.write(os.urandom(20 * MIB))
         file.flush()

@@ -30,8 +30,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_ROUND_BYTES = 32 << 20
+BUSY_CORES = 2  # the writer and the daemon's FUSE thread
 MIN_ROUND_BYTES = 2 * MAX_SIZE  # a round this long always holds at least one final cut
 WINDOW_BYTES = 16 << 20  # the bytes a round reads and cuts at a time
+
+
+def spare_cores() -> int:
+    return (os.cpu_count() or 1) - BUSY_CORES
+
+
+def default_round_bytes() -> int:
+    """On by default only where cores are left for it: on two cores it lengthens the save it overlaps
+    and the upload barely gains (docs/DESIGN.md, "Upload while writing")."""
+    return DEFAULT_ROUND_BYTES if spare_cores() >= 2 else 0
 
 
 @dataclass
@@ -59,7 +70,7 @@ class PrefixUploads:
         self.nursery: trio.Nursery | None = None  # set by the uploader's run()
         # Early work only gets the cores that the writer and the FUSE thread leave: on a small
         # machine it would otherwise lengthen the save it overlaps (docs/DESIGN.md).
-        self.slots = trio.Semaphore(max(1, min(16, (os.cpu_count() or 1) - 2)))
+        self.slots = trio.Semaphore(max(1, min(16, spare_cores())))
         self._early: dict[int, Early] = {}
 
     # -- staging observer ----------------------------------------------------------------------

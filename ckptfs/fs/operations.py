@@ -771,6 +771,7 @@ class Operations(pyfuse3.Operations):
             "dirty_files": len(open_versions),
             "dirty_bytes": sum(self.staging.sizes.get(v.id, 0) for v in open_versions),
             "dirty_uploaded_bytes": sum(self.uploader.prefix.early_bytes(v.id) for v in open_versions),
+            "upload_while_writing_bytes": self.uploader.prefix.round_bytes,
             "staged_bytes": self.staging.total_bytes,
             "peak_staged_bytes": self.staging.peak_bytes,
             "staging_limit_bytes": self.evictor.limit_bytes if self.evictor else None,
