@@ -101,6 +101,7 @@ class PrefixUploads:
 
     def forget(self, version: int) -> None:
         self._early.pop(version, None)
+        self.uploader.sent.pop(version, None)
 
     def _break(self, version: int, early: Early, why: str) -> None:
         early.broken = True
