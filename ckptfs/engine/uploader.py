@@ -18,7 +18,7 @@ import mmap
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import trio
 
@@ -149,9 +149,7 @@ class Uploader:
             else:
                 inline = None
                 start = early.done if early is not None else 0
-                cuts = await trio.to_thread.run_sync(_cut_file, fd, version.size, start, self.lake.chunking_profile,
-                                                     limiter=self.cpu)
-                entries, new_bytes, stored_bytes = await self.upload_chunks(identifier, fd, cuts)
+                entries, new_bytes, stored_bytes = await self._cut_and_upload(identifier, fd, version.size, start)
                 if early is not None:
                     entries = early.entries + entries
                     new_bytes += early.new_bytes
@@ -174,14 +172,44 @@ class Uploader:
             self.on_committed(identifier)
         log.info("committed version %x (%s, %d bytes, %d new)", identifier, version.path, version.size, new_bytes)
 
-    async def upload_chunks(self, version: int, fd: int, cuts: list[Cut], slots: trio.Semaphore | None = None,
-                            ) -> tuple[list[tuple[bytes, int]], int, int]:
+    async def _cut_and_upload(self, version: int, fd: int, size: int, start: int,
+                              ) -> tuple[list[tuple[bytes, int]], int, int]:
+        """Cut a sealed staging file from `start` in a thread while its first chunks already upload."""
+        send, receive = trio.open_memory_channel[list[Cut]](4)
+        failures: list[Exception] = []
+        result: tuple[list[tuple[bytes, int]], int, int] = ([], 0, 0)
+
+        async def cut() -> None:
+            try:
+                async with send:
+                    await trio.to_thread.run_sync(_cut_file_into, send, fd, size, start,
+                                                  self.lake.chunking_profile, limiter=self.cpu)
+            except Exception as error:  # noqa: BLE001 - reported below, as the version's failure
+                failures.append(error)
+
+        # Errors are collected rather than raised inside the nursery, so one error leaves as itself.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cut)
+            async with receive:
+                try:
+                    result = await self.upload_chunks(version, fd, receive)
+                except Exception as error:  # noqa: BLE001 - as above
+                    failures.append(error)
+        if failures:
+            raise failures[0]
+        if sum(length for _, length in result[0]) != size - start:
+            raise CkptfsError(f"cutting version {version:x} stopped short")
+        return result
+
+    async def upload_chunks(self, version: int, fd: int, cuts: list[Cut] | trio.MemoryReceiveChannel[list[Cut]],
+                            slots: trio.Semaphore | None = None) -> tuple[list[tuple[bytes, int]], int, int]:
         """Hash, dedup and store the chunks at `cuts` of a staging file: (entries, new bytes, stored bytes).
 
-        `slots` bounds the chunks in hand at once (default: the uploader's, shared by all versions).
+        `cuts` is a list, or a channel of lists still being cut. `slots` bounds the chunks in hand at
+        once (default: the uploader's, shared by all versions).
         """
         slots = slots or self._chunk_slots
-        entries: list[tuple[bytes, int] | None] = [None] * len(cuts)
+        entries: dict[int, tuple[bytes, int]] = {}
         totals = [0, 0]  # new raw bytes, stored object bytes
         failures: list[Exception] = []
 
@@ -220,14 +248,19 @@ class Uploader:
                 slots.release()
 
         async with trio.open_nursery() as nursery:
-            for index, cut in enumerate(cuts):
+            index = 0
+            async for batch in _batches(cuts):
+                for cut in batch:
+                    if failures:
+                        break
+                    await slots.acquire()
+                    nursery.start_soon(one, index, cut)
+                    index += 1
                 if failures:
                     break
-                await slots.acquire()
-                nursery.start_soon(one, index, cut)
         if failures:
             raise failures[0]
-        return [entry for entry in entries if entry is not None], totals[0], totals[1]
+        return [entries[number] for number in range(index)], totals[0], totals[1]
 
     def _put_chunk(self, identifier: bytes, data: bytes) -> int:
         """Store a chunk unless the lake already has it; return the object bytes written (0 if it had)."""
@@ -298,9 +331,31 @@ class Uploader:
         return sum(self.pending_of(version) for version in sealed)
 
 
-def _cut_file(fd: int, size: int, start: int, profile: int) -> list[Cut]:
-    """The cuts of a sealed staging file from `start` (one of its cuts) to its end."""
+CUT_BATCH = 16
+
+
+def _cut_file_into(send: trio.MemorySendChannel[list[Cut]], fd: int, size: int, start: int, profile: int) -> None:
+    """In a worker thread: send the cuts of a sealed staging file from `start` (one of its cuts) to
+    its end, a batch at a time. Stops quietly if the receiver has gone (its upload failed)."""
     if size <= start:
-        return []
-    with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
-        return list(Chunker(profile).cut(mapped, skip=start))
+        return
+    batch: list[Cut] = []
+    try:
+        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
+            for cut in Chunker(profile).cut(mapped, skip=start):
+                batch.append(cut)
+                if len(batch) == CUT_BATCH:
+                    trio.from_thread.run(send.send, batch)
+                    batch = []
+        if batch:
+            trio.from_thread.run(send.send, batch)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.Cancelled):
+        return
+
+
+async def _batches(cuts: list[Cut] | trio.MemoryReceiveChannel[list[Cut]]) -> AsyncIterator[list[Cut]]:
+    if isinstance(cuts, list):
+        yield cuts
+        return
+    async for batch in cuts:
+        yield batch
