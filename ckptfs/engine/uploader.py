@@ -342,11 +342,15 @@ def _cut_file_into(send: trio.MemorySendChannel[list[Cut]], fd: int, size: int, 
     batch: list[Cut] = []
     try:
         with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
-            for cut in Chunker(profile).cut(mapped, skip=start):
-                batch.append(cut)
-                if len(batch) == CUT_BATCH:
-                    trio.from_thread.run(send.send, batch)
-                    batch = []
+            cuts = Chunker(profile).cut(mapped, skip=start)
+            try:
+                for cut in cuts:
+                    batch.append(cut)
+                    if len(batch) == CUT_BATCH:
+                        trio.from_thread.run(send.send, batch)
+                        batch = []
+            finally:
+                cuts.close()  # release its views of the mapping before the mapping closes
         if batch:
             trio.from_thread.run(send.send, batch)
     except (trio.BrokenResourceError, trio.ClosedResourceError, trio.Cancelled):
