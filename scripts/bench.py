@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -113,22 +114,23 @@ class System:
             caches.write("3\n")
         self.start()
 
+    def stored_pages(self) -> Iterator[list[dict]]:
+        """The objects this system stored, a LIST page at a time."""
+        for page in self.bench.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bench.bucket,
+                                                                           Prefix=self.prefix + "/"):
+            yield page.get("Contents", [])
+
     def cleanup(self) -> None:
         """Delete what this system stored, so the endpoint does not hold every run's data."""
         if self.needs_store:
-            for page in self.bench.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bench.bucket,
-                                                                               Prefix=self.prefix + "/"):
-                keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
-                if keys:
-                    self.bench.s3.delete_objects(Bucket=self.bench.bucket, Delete={"Objects": keys})
+            for objects in self.stored_pages():
+                if objects:
+                    self.bench.s3.delete_objects(Bucket=self.bench.bucket,
+                                                 Delete={"Objects": [{"Key": item["Key"]} for item in objects]})
         shutil.rmtree(self.root, ignore_errors=True)
 
     def stored_bytes(self) -> int:
-        total = 0
-        for page in self.bench.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bench.bucket,
-                                                                           Prefix=self.prefix + "/"):
-            total += sum(item["Size"] for item in page.get("Contents", []))
-        return total
+        return sum(item["Size"] for objects in self.stored_pages() for item in objects)
 
 
 class LocalDisk(System):
@@ -335,7 +337,6 @@ def run_system(bench: Bench, kind: type[System], data: list[dict]) -> None:
         for round_number, round_data in enumerate(data):
             step = 1000 * (round_number + 1)
             fresh = checkpoint(round_data["base"], step)
-            before = system.stored_bytes()
             stall, durable = system.save(fresh, f"r{round_number}/step-{step}/model.pt")
             bench.record(system.name, "save stall (s)", stall)
             bench.record(system.name, "time to durable (s)", durable)
@@ -350,7 +351,6 @@ def run_system(bench: Bench, kind: type[System], data: list[dict]) -> None:
                                          f"r{round_number}/step-{step * 10}/model.pt")
             bench.record(system.name, "90%-unchanged re-save: new bytes (% of size)",
                          100 * (system.stored_bytes() - stored) / round_data["size"])
-            del before
             name = f"r{round_number}/step-{step}/model.pt"
             if isinstance(system, Boto3Direct):
                 elapsed = system.restore(name)
@@ -431,42 +431,50 @@ def summary(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
 
 
+def measured(bench: Bench, figure: str, system: str) -> list[float]:
+    return [v for v in bench.results.get(figure, {}).get(system, []) if v == v]  # drop NaN
+
+
 def median(bench: Bench, figure: str, system: str) -> float:
-    values = [v for v in bench.results.get(figure, {}).get(system, []) if v == v]
+    values = measured(bench, figure, system)
     return statistics.median(values) if values else float("nan")
 
 
 def best(bench: Bench, figure: str, system: str) -> float:
     """The best of the repeats: the least time, or the most MB/s."""
-    values = [v for v in bench.results.get(figure, {}).get(system, []) if v == v]
+    values = measured(bench, figure, system)
     if not values:
         return float("nan")
     return max(values) if "MB/s" in figure else min(values)
 
 
-def ratios(bench: Bench, foot: dict[str, float], median=median) -> list[tuple[str, str, str, bool]]:
-    """The targets, with `median` as the estimator of each figure (or `best`)."""
+def ratios(bench: Bench, foot: dict[str, float],
+           estimate: Callable[[Bench, str, str], float] = median) -> list[tuple[str, str, str, bool]]:
+    """The targets, with `estimate` (median or best) as the figure of each system's repeats."""
     def r(a: float, b: float) -> float:
         return a / b if b else float("nan")
 
-    local_stall = median(bench, "save stall (s)", "local disk")
+    def m(figure: str, system: str) -> float:
+        return estimate(bench, figure, system)
+
+    local_stall = m("save stall (s)", "local disk")
     rows = []
-    stall = r(median(bench, "save stall (s)", "ckptfs"), local_stall)
+    stall = r(m("save stall (s)", "ckptfs"), local_stall)
     rows.append(("save stall vs local disk", f"{stall:.2f}×", "≤ 1.10×", stall <= 1.10))
-    durable = r(median(bench, "time to durable (s)", "ckptfs"), median(bench, "time to durable (s)", "boto3 direct"))
+    durable = r(m("time to durable (s)", "ckptfs"), m("time to durable (s)", "boto3 direct"))
     rows.append(("time to durable vs boto3 upload_file", f"{durable:.2f}×", "≤ 1.15×", durable <= 1.15))
-    again = median(bench, "identical re-save: new bytes (% of size)", "ckptfs")
+    again = m("identical re-save: new bytes (% of size)", "ckptfs")
     rows.append(("identical re-save: bytes uploaded again", f"{again:.2f}%", "≤ 1%", again <= 1))
-    quick = r(median(bench, "identical re-save: time to durable (s)", "ckptfs"),
-              median(bench, "time to durable (s)", "ckptfs"))
+    quick = r(m("identical re-save: time to durable (s)", "ckptfs"),
+              m("time to durable (s)", "ckptfs"))
     rows.append(("identical re-save: durable vs fresh", f"{100 * quick:.0f}%", "≤ 10%", quick <= 0.10))
-    changed = median(bench, "90%-unchanged re-save: new bytes (% of size)", "ckptfs")
+    changed = m("90%-unchanged re-save: new bytes (% of size)", "ckptfs")
     rows.append(("90%-unchanged re-save: new bytes", f"{changed:.1f}%", "≤ 15%", changed <= 15))
-    cold = r(median(bench, "cold restore (MB/s)", "ckptfs"), median(bench, "cold restore (MB/s)", "boto3 direct"))
+    cold = r(m("cold restore (MB/s)", "ckptfs"), m("cold restore (MB/s)", "boto3 direct"))
     rows.append(("cold restore vs boto3 download_file", f"{cold:.2f}×", "≥ 1.0×", cold >= 1.0))
-    warm = r(median(bench, "warm restore (MB/s)", "ckptfs"), median(bench, "warm restore (MB/s)", "local disk"))
+    warm = r(m("warm restore (MB/s)", "ckptfs"), m("warm restore (MB/s)", "local disk"))
     rows.append(("warm restore vs local disk", f"{warm:.2f}×", "≥ 0.8×", warm >= 0.8))
-    raw = r(median(bench, "raw write (MB/s)", "ckptfs"), median(bench, "raw write (MB/s)", "local disk"))
+    raw = r(m("raw write (MB/s)", "ckptfs"), m("raw write (MB/s)", "local disk"))
     rows.append(("raw write vs local disk", f"{raw:.2f}×", "≥ 0.7×", raw >= 0.7))
     if foot:
         rows.append(("daemon peak RSS writing the big file", f"{foot['peak_rss_mib']:.0f} MiB", "≤ 300 MiB",
