@@ -129,15 +129,10 @@ class PrefixUploads:
         uploader = self.uploader
         event = early.running
         assert event is not None
+        fd = -1
         try:
             fd = os.open(uploader.staging.path(version), os.O_RDONLY)
-        except OSError:
-            early.broken = True
-            early.running = None
-            event.set()
-            return
-        window = bytearray(LOOKBACK + WINDOW_BYTES)  # one buffer, reused
-        try:
+            window = bytearray(LOOKBACK + WINDOW_BYTES)  # one buffer, reused
             # Started once round_bytes are new; goes on while a window can hold a final cut.
             while not (early.broken or early.sealed) and early.frontier - early.done >= MIN_ROUND_BYTES:
                 start = early.done
@@ -165,7 +160,8 @@ class PrefixUploads:
                         version, error)
             early.broken = True
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
             early.running = None
             event.set()
 
