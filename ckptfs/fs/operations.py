@@ -242,13 +242,17 @@ class Operations(pyfuse3.Operations):
         self.journal.commit(durable=durable)
 
     # -- file versions ------------------------------------------------------------------------
-    async def _open_version(self, inode: Inode) -> int:
-        """The OPEN version of a file, starting one as a copy of the current content if needed."""
+    async def _open_version(self, inode: Inode, *, empty: bool = False) -> int:
+        """The OPEN version of a file, starting one as a copy of the current content if needed.
+
+        `empty`: the caller truncates it to 0 at once (O_TRUNC), so a new version starts empty rather
+        than as a copy of content about to be thrown away.
+        """
         current = self.journal.version(inode.version) if inode.version is not None else None
         if current is not None and current.state == OPEN:
             return current.id
         identifier = self.journal.new_version(inode.ino, mode=inode.mode & 0o7777)
-        if current is None:
+        if current is None or empty:
             self.staging.create(identifier)
         elif current.staged and self.staging.exists(current.id):
             self.staging.pinned.add(current.id)
@@ -350,7 +354,7 @@ class Operations(pyfuse3.Operations):
         if fields.update_size:
             if not node.is_file:
                 raise _fail(errno.EISDIR if node.is_dir else errno.EINVAL)
-            version = await self._open_version(node)
+            version = await self._open_version(node, empty=attr.st_size == 0)
             self.staging.truncate(version, attr.st_size)
             node.size = attr.st_size
             node.mtime_ns = now
@@ -591,7 +595,7 @@ class Operations(pyfuse3.Operations):
         keep_cache = node.version is not None and self._cached_version.get(inode) == node.version
         self._cached_version[inode] = node.version
         if writable and flags & os.O_TRUNC:
-            version = await self._open_version(node)
+            version = await self._open_version(node, empty=True)
             self.staging.truncate(version, 0)
             node.size = 0
             node.mtime_ns = time.time_ns()
