@@ -35,6 +35,7 @@ from ckptfs.cache.staging import Staging
 from ckptfs.engine.evictor import Evictor
 from ckptfs.engine.fetcher import Fetcher
 from ckptfs.engine.prefix import MIN_ROUND_BYTES, default_round_bytes
+from ckptfs.engine.spill import Spill
 from ckptfs.engine.uploader import Uploader
 from ckptfs.errors import ConfigError
 from ckptfs.fs.operations import Operations
@@ -130,7 +131,7 @@ class CacheDir:
         self.journal = Journal(os.path.join(path, "journal.sqlite"))
         self.staging = Staging(os.path.join(path, "staging"))
         # A quarter of the budget caches fetched chunks; the rest holds staging files (dirty data is
-        # never evicted, so it may exceed this share until uploads catch up).
+        # never evicted: it waits for uploads, or spills to the lake while written, engine/spill.py).
         self.chunk_budget = cache_size // 4
         self.staging_budget = cache_size - self.chunk_budget
         self.chunks = ChunkCache(os.path.join(path, "chunks"), self.chunk_budget)
@@ -250,12 +251,14 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
     cache = CacheDir(config.cache_dir, config.cache_size)
     try:
         mount_id = prepare_journal(cache, lake)
-        uploader = Uploader(cache.journal, cache.staging, lake, mount_id, round_bytes=config.upload_round_bytes)
         fetcher = Fetcher(lake, cache.chunks)
+        spill = Spill(cache.journal, cache.staging, fetcher)
+        uploader = Uploader(cache.journal, cache.staging, lake, mount_id, round_bytes=config.upload_round_bytes,
+                            spill=spill)
         evictor = Evictor(cache.journal, cache.staging, cache.staging_budget)
         uploader.on_committed = evictor.committed
         ops = Operations(cache.journal, cache.staging, uploader, fetcher, mount_id=mount_id,
-                         durability=config.durability, evictor=evictor)
+                         durability=config.durability, evictor=evictor, spill=spill)
         options = set(pyfuse3.default_options) | {"fsname=ckptfs", "subtype=ckptfs"}
         if config.allow_other:
             options |= {"allow_other", "default_permissions"}

@@ -2,6 +2,7 @@
 
 import errno
 import os
+import sqlite3
 from dataclasses import dataclass
 
 import pyfuse3
@@ -9,10 +10,12 @@ import pytest
 import trio
 
 from ckptfs.cache.chunkcache import ChunkCache
-from ckptfs.cache.journal import COMMITTED, Journal
+from ckptfs.cache.journal import COMMITTED, SEALED, Journal
 from ckptfs.cache.staging import Staging
 from ckptfs.daemon import rebuild_from_lake
+from ckptfs.engine.evictor import Evictor
 from ckptfs.engine.fetcher import Fetcher
+from ckptfs.engine.spill import Spill
 from ckptfs.engine.uploader import Uploader
 from ckptfs.fs.operations import Operations
 from ckptfs.lake import Lake
@@ -128,3 +131,70 @@ def test_bad_names_are_rejected(tmp_path, lake):
             assert error.value.errno == code
 
     trio.run(main)
+
+
+MIB = 1 << 20
+
+
+def test_a_spilled_version_still_uploading_reads_back_and_copies_whole(tmp_path, lake):
+    """A file spilled while written (its prefix punched out of the staging file), then sealed while
+    no upload runs: reads of it and a new version copied from it must get the prefix from the lake."""
+    data = os.urandom(40 * MIB)
+    cache = tmp_path / "spill"
+    cache.mkdir()
+    journal = Journal(str(cache / "journal.sqlite"))
+    rebuild_from_lake(journal, lake)
+    staging = Staging(str(cache / "staging"))
+    fetcher = Fetcher(lake, ChunkCache(str(cache / "chunks"), 1 << 30))
+    spill = Spill(journal, staging, fetcher)
+    uploader = Uploader(journal, staging, lake, "spill", round_bytes=0, spill=spill)
+    ops = Operations(journal, staging, uploader, fetcher, mount_id="spill",
+                     evictor=Evictor(journal, staging, 16 * MIB), spill=spill)
+
+    async def main():
+        async with trio.open_nursery() as outer:
+            await outer.start(fetcher.run)
+            async with trio.open_nursery() as uploads:
+                await uploads.start(uploader.run)
+                info, attributes = await ops.create(ROOT, b"big.ckpt", 0o644, os.O_WRONLY, Context())
+                for offset in range(0, len(data), MIB):
+                    assert await ops.write(info.fh, offset, data[offset:offset + MIB]) == MIB
+                uploads.cancel_scope.cancel()  # nothing uploads from here on
+            ino = attributes.st_ino
+            await ops.flush(info.fh)
+            await ops.release(info.fh)
+            sealed = journal.version(journal.inode(ino).version)
+            assert sealed.state == SEALED
+            assert sealed.hole_end > 16 * MIB and staging.holes[sealed.id] == sealed.hole_end
+            assert await read_file(ops, ino) == data
+
+            info = await ops.open(ino, os.O_RDWR, Context())  # no O_TRUNC: a copy of the sealed version
+            assert await ops.write(info.fh, len(data), b"tail") == 4
+            await ops.flush(info.fh)
+            await ops.release(info.fh)
+            copy = journal.version(journal.inode(ino).version)
+            assert copy.id != sealed.id and copy.hole_end == 0 and copy.id not in staging.holes
+            assert os.pread(staging.fd(copy.id), len(data) + 4, 0) == data + b"tail"
+            assert await read_file(ops, ino) == data + b"tail"
+            outer.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_a_schema_1_journal_is_migrated(tmp_path):
+    path = str(tmp_path / "journal.sqlite")
+    Journal(path).close()
+    database = sqlite3.connect(path)
+    for column in ("prefix_end", "hole_end", "prefix_new", "prefix_stored"):
+        database.execute(f"ALTER TABLE versions DROP COLUMN {column}")
+    database.execute("DROP TABLE prefix_chunks")
+    database.execute("UPDATE meta SET value='1' WHERE key='schema'")
+    database.commit()
+    database.close()
+    journal = Journal(path)
+    assert journal.get_meta("schema") == "2"
+    version = journal.new_version(None)
+    journal.extend_prefix(version, [(b"c" * 16, 5)], first_seq=0, end=5, hole_end=0, new_bytes=5, stored_bytes=3)
+    assert journal.version(version).prefix_end == 5
+    assert journal.prefix(version) == ([(b"c" * 16, 5)], 5, 3)
+    journal.close()

@@ -2,7 +2,9 @@
 
 It holds the inode table, directory entries, file versions and their upload state, the path history
 shown under .versions, the outbox of namespace events waiting to be published in order, the set of
-chunk ids known to exist in the lake, and counters. The daemon touches it only from the trio thread.
+chunk ids known to exist in the lake, counters, and the uploaded prefix of files too large for the
+cache (`prefix_chunks`: their bytes left the cache disk, engine/spill.py). The daemon touches it
+only from the trio thread.
 Inode numbers and version ids are never reused (AUTOINCREMENT): a version id names its staging
 file, and an inode number may still sit in the kernel's caches.
 
@@ -22,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ROOT_INODE = 1
 OPEN, SEALED, COMMITTED = 0, 1, 2
 STATE_NAMES = {OPEN: "dirty", SEALED: "uploading", COMMITTED: "committed"}
@@ -39,7 +41,9 @@ CREATE INDEX IF NOT EXISTS dirents_by_ino ON dirents(ino);
 CREATE TABLE IF NOT EXISTS versions(
     id INTEGER PRIMARY KEY AUTOINCREMENT, ino INTEGER, state INTEGER NOT NULL, staged INTEGER NOT NULL,
     size INTEGER NOT NULL DEFAULT 0, mode INTEGER NOT NULL DEFAULT 420, mtime_ns INTEGER NOT NULL DEFAULT 0,
-    path BLOB, sealed_ns INTEGER, manifest TEXT, stored_bytes INTEGER NOT NULL DEFAULT 0);
+    path BLOB, sealed_ns INTEGER, manifest TEXT, stored_bytes INTEGER NOT NULL DEFAULT 0,
+    prefix_end INTEGER NOT NULL DEFAULT 0, hole_end INTEGER NOT NULL DEFAULT 0,
+    prefix_new INTEGER NOT NULL DEFAULT 0, prefix_stored INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS versions_by_state ON versions(state);
 CREATE TABLE IF NOT EXISTS history(
     id INTEGER PRIMARY KEY, path BLOB NOT NULL, time_ns INTEGER NOT NULL, version INTEGER);
@@ -47,7 +51,14 @@ CREATE INDEX IF NOT EXISTS history_by_path ON history(path, time_ns);
 CREATE TABLE IF NOT EXISTS outbox(seq INTEGER PRIMARY KEY AUTOINCREMENT, event TEXT NOT NULL, version INTEGER);
 CREATE TABLE IF NOT EXISTS known_chunks(id BLOB PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS prefix_chunks(
+    version INTEGER NOT NULL, seq INTEGER NOT NULL, id BLOB NOT NULL, length INTEGER NOT NULL,
+    PRIMARY KEY(version, seq)) WITHOUT ROWID;
 """
+# Schema 1 lacked the spilled prefix: its versions table gains these columns (prefix_chunks is
+# created by the script above).
+_MIGRATE_FROM_1 = [f"ALTER TABLE versions ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0"
+                   for name in ("prefix_end", "hole_end", "prefix_new", "prefix_stored")]
 
 
 @dataclass
@@ -89,10 +100,13 @@ class Version:
     sealed_ns: int | None
     manifest: str | None
     stored_bytes: int
+    prefix_end: int = 0  # [0, prefix_end) is in the lake as the chunks in prefix_chunks
+    hole_end: int = 0  # [0, hole_end) of the staging file is punched out: read it from those chunks
 
 
 _INODE_COLUMNS = "ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, target, version"
-_VERSION_COLUMNS = "id, ino, state, staged, size, mode, mtime_ns, path, sealed_ns, manifest, stored_bytes"
+_VERSION_COLUMNS = ("id, ino, state, staged, size, mode, mtime_ns, path, sealed_ns, manifest, stored_bytes, "
+                    "prefix_end, hole_end")
 
 
 class Journal:
@@ -109,6 +123,11 @@ class Journal:
             self.db.execute(f"INSERT INTO inodes({_INODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
                             (ROOT_INODE, stat.S_IFDIR | 0o755, os.getuid(), os.getgid(), 0, now, now, now,
                              None, None))
+            self.commit(durable=True)
+        elif self.get_meta("schema") == "1":
+            for statement in _MIGRATE_FROM_1:
+                self.db.execute(statement)
+            self.set_meta("schema", str(SCHEMA_VERSION))
             self.commit(durable=True)
         elif self.get_meta("schema") != str(SCHEMA_VERSION):
             raise RuntimeError(f"journal {path} has schema {self.get_meta('schema')}, expected {SCHEMA_VERSION}")
@@ -266,6 +285,29 @@ class Journal:
 
     def delete_version(self, identifier: int) -> None:
         self.db.execute("DELETE FROM versions WHERE id=?", (identifier,))
+        self.db.execute("DELETE FROM prefix_chunks WHERE version=?", (identifier,))
+
+    # -- the uploaded prefix of a version whose bytes left the cache disk ---------------------
+    def extend_prefix(self, identifier: int, chunks: list[tuple[bytes, int]], *, first_seq: int, end: int,
+                      hole_end: int, new_bytes: int, stored_bytes: int) -> None:
+        """Record that [0, end) is in the lake as the version's prefix chunks, `chunks` being those
+        from number `first_seq` on, and that [0, hole_end) may be punched out of its staging file."""
+        self.db.executemany("INSERT OR REPLACE INTO prefix_chunks(version, seq, id, length) VALUES (?,?,?,?)",
+                            [(identifier, first_seq + index, chunk, length)
+                             for index, (chunk, length) in enumerate(chunks)])
+        self.update_version(identifier, prefix_end=end, hole_end=hole_end, prefix_new=new_bytes,
+                            prefix_stored=stored_bytes)
+
+    def prefix(self, identifier: int) -> tuple[list[tuple[bytes, int]], int, int]:
+        """The version's prefix chunks, and the new and stored bytes its upload added."""
+        chunks = [(bytes(chunk), length) for chunk, length in self.db.execute(
+            "SELECT id, length FROM prefix_chunks WHERE version=? ORDER BY seq", (identifier,))]
+        row = self.db.execute("SELECT prefix_new, prefix_stored FROM versions WHERE id=?", (identifier,)).fetchone()
+        return chunks, (row[0] if row else 0), (row[1] if row else 0)
+
+    def clear_prefix(self, identifier: int) -> None:
+        self.db.execute("DELETE FROM prefix_chunks WHERE version=?", (identifier,))
+        self.update_version(identifier, prefix_end=0, hole_end=0, prefix_new=0, prefix_stored=0)
 
     def staged_versions(self) -> list[Version]:
         return self._versions("staged=1", ())

@@ -5,16 +5,31 @@ with pwrite while its version is open and never modified after the version is se
 and readers can use it without locks. Open descriptors are kept in a small LRU.
 
 The size of every staging file is tallied here as it changes, so the cache budget is checked in
-O(1) on the write path. Sizes are logical (a sparse file counts in full): a conservative bound.
+O(1) on the write path. Sizes are logical (a sparse file counts in full): a conservative bound. The one
+exception is a prefix punched out once it is in the lake (engine/spill.py): the bytes from there on
+are what counts.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import shutil
 from collections import OrderedDict
 from typing import Protocol
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """Free the blocks of [offset, offset + length) of a file; the size stays and the range reads as zeros."""
+    if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"punching a hole in a staging file: {os.strerror(code)}")
 
 
 class StagingObserver(Protocol):
@@ -33,6 +48,7 @@ class Staging:
         self._max_open = max_open
         self.pinned: set[int] = set()  # versions whose staging file a copy is reading: not evictable
         self.sizes: dict[int, int] = {}
+        self.holes: dict[int, int] = {}  # version -> end of its punched prefix
         self.total_bytes = 0
         self.peak_bytes = 0
         self.observer: StagingObserver | None = None
@@ -43,10 +59,39 @@ class Staging:
             except (ValueError, OSError):
                 continue
 
+    def _charged(self, version: int) -> int:
+        return max(0, self.sizes.get(version, 0) - self.holes.get(version, 0))
+
     def _set_size(self, version: int, size: int) -> None:
-        self.total_bytes += size - self.sizes.get(version, 0)
+        before = self._charged(version)
         self.sizes[version] = size
+        if self.holes.get(version, 0) > size:  # truncated into the punched prefix
+            if size:
+                self.holes[version] = size
+            else:
+                del self.holes[version]
+        self.total_bytes += self._charged(version) - before
         self.peak_bytes = max(self.peak_bytes, self.total_bytes)
+
+    def punch(self, version: int, end: int) -> None:
+        """Free [0, end) of the version's staging file: its bytes are in the lake (engine/spill.py)."""
+        start = self.holes.get(version, 0)
+        if end <= start:
+            return
+        punch_hole(self.fd(version), start, end - start)
+        before = self._charged(version)
+        self.holes[version] = end
+        self.total_bytes += self._charged(version) - before
+
+    def set_hole(self, version: int, end: int) -> None:
+        """Record a punched prefix without punching: at start-up (the journal knows it), or 0 once its
+        bytes were written back."""
+        before = self._charged(version)
+        if end:
+            self.holes[version] = end
+        else:
+            self.holes.pop(version, None)
+        self.total_bytes += self._charged(version) - before
 
     def path(self, version: int) -> str:
         return os.path.join(self.directory, f"{version:016x}")
@@ -134,7 +179,9 @@ class Staging:
         self.forget_fd(version)
         if self.observer is not None:
             self.observer.forget(version)
-        self.total_bytes -= self.sizes.pop(version, 0)
+        self.total_bytes -= self._charged(version)
+        self.sizes.pop(version, None)
+        self.holes.pop(version, None)
         try:
             os.unlink(self.path(version))
         except FileNotFoundError:

@@ -31,7 +31,12 @@ class Evictor:
         self.evicted_bytes = 0
 
     def committed(self, version: int) -> None:
-        """A version's bytes reached the lake: its staging file is clean cache from now on."""
+        """A version's bytes reached the lake: its staging file is clean cache from now on. A spilled
+        one (its prefix punched out, engine/spill.py) goes at once: the manifest serves it better."""
+        if self.staging.holes.get(version) and version not in self.staging.pinned:
+            self._evict(version)
+            self.journal.commit()
+            return
         self.clean[version] = None
         self.clean.move_to_end(version)
 
@@ -39,19 +44,18 @@ class Evictor:
         if version in self.clean:
             self.clean.move_to_end(version)
 
-    def evict(self) -> int:
-        """Evict least recently used clean versions until the staging files fit; returns bytes freed."""
+    def evict(self, target: int | None = None) -> int:
+        """Evict least recently used clean versions until the staging files fit in `target` (default:
+        the limit); returns bytes freed."""
+        target = self.limit_bytes if target is None else target
         freed = 0
         skipped = []
-        while self.staging.total_bytes > self.limit_bytes and self.clean:
+        while self.staging.total_bytes > target and self.clean:
             version, _ = self.clean.popitem(last=False)
             if version in self.staging.pinned:
                 skipped.append(version)
                 continue
-            size = self.staging.sizes.get(version, 0)
-            self.staging.remove(version)
-            self.journal.update_version(version, staged=0)
-            freed += size
+            freed += self._evict(version)
         for version in skipped:
             self.clean[version] = None
         if freed:
@@ -59,6 +63,12 @@ class Evictor:
             self.evicted_bytes += freed
             log.debug("evicted %d bytes of committed staging files (limit %d)", freed, self.limit_bytes)
         return freed
+
+    def _evict(self, version: int) -> int:
+        size = self.staging.sizes.get(version, 0) - self.staging.holes.get(version, 0)
+        self.staging.remove(version)
+        self.journal.update_version(version, staged=0)
+        return size
 
     async def run(self) -> None:
         while True:

@@ -93,11 +93,16 @@ class Fetcher:
 
     async def read(self, manifest_id: str, offset: int, size: int, *, sequential: bool = False) -> bytes:
         manifest, offsets = await self.manifest(manifest_id)
-        end = min(manifest.size, offset + size)
+        if manifest.inline is not None:
+            return manifest.inline[offset:offset + size]
+        return await self.read_chunks(manifest.chunks, offsets, manifest.size, offset, size, sequential=sequential)
+
+    async def read_chunks(self, chunks: list[tuple[bytes, int]], offsets: list[int], total: int, offset: int,
+                          size: int, *, sequential: bool = False) -> bytes:
+        """Bytes [offset, offset + size) of the `total` bytes made of `chunks` (starting at `offsets`)."""
+        end = min(total, offset + size)
         if offset >= end:
             return b""
-        if manifest.inline is not None:
-            return manifest.inline[offset:end]
         first = bisect.bisect_right(offsets, offset) - 1
         last = bisect.bisect_right(offsets, end - 1) - 1
         wanted = range(first, last + 1)
@@ -106,7 +111,7 @@ class Fetcher:
 
         async def fetch(index: int) -> None:
             try:
-                pieces[index] = await self.chunk(manifest.chunks[index][0])
+                pieces[index] = await self.chunk(chunks[index][0])
             except Exception as error:  # noqa: BLE001 - the read fails with the first error, below
                 failures.append(error)
                 nursery.cancel_scope.cancel()
@@ -117,8 +122,8 @@ class Fetcher:
         if failures:
             raise failures[0]
         if sequential and self._nursery is not None:
-            for index in range(last + 1, min(len(manifest.chunks), last + 1 + self.readahead_chunks)):
-                identifier = manifest.chunks[index][0]
+            for index in range(last + 1, min(len(chunks), last + 1 + self.readahead_chunks)):
+                identifier = chunks[index][0]
                 if identifier not in self._inflight and identifier not in self._memory:
                     self._nursery.start_soon(self._prefetch, identifier)
         data = b"".join(pieces[index] for index in wanted)

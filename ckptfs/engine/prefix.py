@@ -11,6 +11,10 @@ The early chunks are used only if the bytes a round read are unchanged when the 
 write or truncate that reaches below the end of what has been read drops the version's early work and
 the version is uploaded the normal way. Chunks go into the lake before any manifest names them, as on
 the normal path; a version that is never sealed leaves unreferenced chunks for GC.
+
+The same rounds serve spilling (engine/spill.py): when the cache is nearly full of dirty data, the
+files being written spill, their rounds run whatever `round_bytes` says, use the uploader's full
+concurrency (the writer is waiting on them), and punch each uploaded window out of the staging file.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import trio
 from ckptfs.lake.chunker import LOOKBACK, MAX_SIZE, RECORD_MAGIC, Chunker, Cut
 
 if TYPE_CHECKING:
+    from ckptfs.engine.spill import Spill
     from ckptfs.engine.uploader import Uploader
 
 log = logging.getLogger(__name__)
@@ -56,17 +61,20 @@ class Early:
     stored_bytes: int = 0
     broken: bool = False
     sealed: bool = False  # the version worker has it: finish the window in hand, then stop
+    spill: bool = False  # the cache is full: upload as it is written, and punch what is uploaded
+    persisted: int = 0  # entries recorded in the journal (spilled versions only)
     running: trio.Event | None = None  # set when the round in flight ends
 
 
 class PrefixUploads:
     """Watches staging writes (as the staging observer) and runs rounds for sequentially written files."""
 
-    def __init__(self, uploader: Uploader, round_bytes: int = DEFAULT_ROUND_BYTES) -> None:
+    def __init__(self, uploader: Uploader, round_bytes: int = DEFAULT_ROUND_BYTES, spill: Spill | None = None) -> None:
         if round_bytes and round_bytes < MIN_ROUND_BYTES:
             raise ValueError(f"upload-while-writing rounds must be 0 (off) or at least {MIN_ROUND_BYTES} bytes")
         self.uploader = uploader
         self.round_bytes = round_bytes
+        self.spill = spill
         self.nursery: trio.Nursery | None = None  # set by the uploader's run()
         # Early work only gets the cores that the writer and the FUSE thread leave: on a small
         # machine it would otherwise lengthen the save it overlaps (docs/DESIGN.md).
@@ -75,8 +83,6 @@ class PrefixUploads:
 
     # -- staging observer ----------------------------------------------------------------------
     def written(self, version: int, offset: int, length: int) -> None:
-        if not self.round_bytes:
-            return
         early = self._early.get(version)
         if early is None:
             early = self._early[version] = Early()
@@ -87,11 +93,21 @@ class PrefixUploads:
             return
         if offset <= early.frontier:
             early.frontier = max(early.frontier, offset + length)
-        if early.running is None and early.frontier - early.done >= self.round_bytes and self.nursery:
+        if early.running is None and self._due(early):
+            self._start(version, early)
+
+    def _due(self, early: Early) -> bool:
+        waiting = early.frontier - early.done
+        return bool(self.round_bytes and waiting >= self.round_bytes) or (early.spill and waiting >= MIN_ROUND_BYTES)
+
+    def _start(self, version: int, early: Early) -> None:
+        if self.nursery is not None:
             early.running = trio.Event()
             self.nursery.start_soon(self._rounds, version, early)
 
     def truncated(self, version: int, size: int) -> None:
+        if self.spill is not None and size == 0:
+            self.spill.drop(version)  # any other size below the prefix went through before_change
         early = self._early.get(version)
         if early is None or early.broken:
             return
@@ -102,6 +118,36 @@ class PrefixUploads:
     def forget(self, version: int) -> None:
         self._early.pop(version, None)
         self.uploader.sent.pop(version, None)
+        if self.spill is not None:
+            self.spill.forget(version)
+
+    # -- spilling ------------------------------------------------------------------------------
+    def relieve(self) -> bool:
+        """The cache is nearly full of dirty data: make every file being written spill. Returns
+        whether a spilling round is running (it will free space)."""
+        if self.spill is None or not self.spill.supported:
+            return False
+        running = False
+        for version, early in self._early.items():
+            if early.broken or early.sealed:
+                continue
+            early.spill = True
+            if early.running is None and self._due(early):
+                self._start(version, early)
+            running = running or early.running is not None
+        return running
+
+    async def before_change(self, version: int, offset: int) -> bool:
+        """Called before a write or truncate at `offset`: below a spilled prefix, the early work is
+        dropped and the punched bytes come back first. Returns whether it had to (the caller looks
+        again: the version may have been sealed meanwhile)."""
+        if self.spill is None or offset >= self.spill.prefix_end.get(version, 0):
+            return False
+        early = self._early.get(version)
+        if early is not None and not early.broken:
+            self._break(version, early, "rewritten")  # no round may punch once the restore began
+        await self.spill.restore(version)
+        return True
 
     def _break(self, version: int, early: Early, why: str) -> None:
         early.broken = True
@@ -109,16 +155,23 @@ class PrefixUploads:
             log.info("version %x %s below its early-uploaded prefix: uploading it whole at seal", version, why)
 
     # -- at seal -------------------------------------------------------------------------------
-    async def take(self, version: int) -> Early | None:
-        """The version's usable early work (after its round in flight ends), or None; forgets it."""
+    async def take(self, version: int, size: int) -> Early | None:
+        """The usable early work of a version sealed at `size` (after its round in flight ends), or
+        None; forgets it. Without early work in memory (after a restart, or a rewrite above it), a
+        spilled prefix recorded in the journal still counts."""
         early = self._early.get(version)
         if early is not None and early.running is not None:
             early.sealed = True
             await early.running.wait()
         early = self._early.pop(version, None)
-        if early is None or early.broken or not early.done:
-            return None
-        return early
+        if early is not None and not early.broken and 0 < early.done <= size:
+            return early
+        end = self.spill.prefix_end.get(version, 0) if self.spill is not None else 0
+        if 0 < end <= size:
+            entries, new_bytes, stored_bytes = self.uploader.journal.prefix(version)
+            return Early(frontier=end, done=end, read_end=end, entries=entries, new_bytes=new_bytes,
+                         stored_bytes=stored_bytes, persisted=len(entries))
+        return None
 
     def early_bytes(self, version: int) -> int:
         early = self._early.get(version)
@@ -147,7 +200,9 @@ class PrefixUploads:
                     final.pop()
                 if not final:
                     break
-                entries, new_bytes, stored_bytes = await uploader.upload_chunks(version, fd, final, self.slots)
+                # A spilling file's writer waits for this round: it gets the uploader's concurrency.
+                slots = None if early.spill else self.slots
+                entries, new_bytes, stored_bytes = await uploader.upload_chunks(version, fd, final, slots)
                 if early.broken:
                     break
                 early.entries.extend(entries)
@@ -155,6 +210,9 @@ class PrefixUploads:
                 early.stored_bytes += stored_bytes
                 early.done = early.read_end = final[-1].offset + final[-1].length
                 uploader.journal.add_counter("early_bytes", early.done - start)
+                if early.spill and self.spill is not None:
+                    self.spill.punch(version, early)
+                    uploader.notify_progress()
         except Exception as error:  # noqa: BLE001 - early work is an optimisation: the seal path redoes it
             log.warning("upload while writing version %x stopped: %s (the version is uploaded at seal)",
                         version, error)
@@ -164,6 +222,7 @@ class PrefixUploads:
                 os.close(fd)
             early.running = None
             event.set()
+            uploader.notify_progress()  # a writer waiting for room looks again
 
 
 def _cut_range(fd: int, start: int, end: int, window: bytearray, profile: int) -> list[Cut]:

@@ -25,6 +25,7 @@ import trio
 from ckptfs.cache.journal import COMMITTED, SEALED, Journal, Version
 from ckptfs.cache.staging import Staging
 from ckptfs.engine.prefix import DEFAULT_ROUND_BYTES, PrefixUploads
+from ckptfs.engine.spill import Spill
 from ckptfs.errors import CkptfsError
 from ckptfs.lake import Lake, codec
 from ckptfs.lake.chunker import Chunker, Cut
@@ -38,7 +39,7 @@ SEGMENT_EVENTS = 1000
 class Uploader:
     def __init__(self, journal: Journal, staging: Staging, lake: Lake, mount_id: str, *,
                  network_threads: int = 16, version_workers: int = 2,
-                 round_bytes: int = DEFAULT_ROUND_BYTES) -> None:
+                 round_bytes: int = DEFAULT_ROUND_BYTES, spill: Spill | None = None) -> None:
         self.journal = journal
         self.staging = staging
         self.lake = lake
@@ -58,7 +59,7 @@ class Uploader:
         self.last_error: str | None = None
         self.last_error_time: float | None = None
         self.on_committed: Callable[[int], None] | None = None  # the evictor learns of clean data here
-        self.prefix = PrefixUploads(self, round_bytes)
+        self.prefix = PrefixUploads(self, round_bytes, spill)
         staging.observer = self.prefix
 
     # -- queueing and waiting -----------------------------------------------------------------
@@ -77,7 +78,7 @@ class Uploader:
         """An outbox event without a version (mkdir, rename, unlink) is ready to publish."""
         self._publish.set()
 
-    def _notify_progress(self) -> None:
+    def notify_progress(self) -> None:
         self._progress.set()
         self._progress = trio.Event()
 
@@ -125,7 +126,7 @@ class Uploader:
                 self.sent.pop(version, None)
             self._queued.discard(version)
             self._publish.set()
-            self._notify_progress()
+            self.notify_progress()
 
     def _record_error(self, message: str) -> None:
         log.error("%s (staged data is kept; will retry)", message)
@@ -136,10 +137,11 @@ class Uploader:
         if version is None or version.state != SEALED:
             return
         self.active.add(identifier)
-        early = await self.prefix.take(identifier)
-        if early is not None and early.done > version.size:
-            early = None
-        self.sent[identifier] = early.done if early is not None else 0
+        early = await self.prefix.take(identifier, version.size)
+        start = early.done if early is not None else 0
+        if self.staging.holes.get(identifier, 0) > start:
+            raise CkptfsError(f"version {identifier:x} has a punched prefix but no record of its chunks")
+        self.sent[identifier] = start
         fd = os.open(self.staging.path(identifier), os.O_RDONLY)
         try:
             if version.size <= INLINE_LIMIT:
@@ -148,7 +150,6 @@ class Uploader:
                 new_bytes = stored_bytes = 0
             else:
                 inline = None
-                start = early.done if early is not None else 0
                 entries, new_bytes, stored_bytes = await self._cut_and_upload(identifier, fd, version.size, start)
                 if early is not None:
                     entries = early.entries + entries
@@ -278,7 +279,7 @@ class Uploader:
                 await trio.sleep(5)
                 continue
             if published:
-                self._notify_progress()
+                self.notify_progress()
             else:
                 self._publish = trio.Event()
                 await self._publish.wait()

@@ -30,6 +30,7 @@ from ckptfs.cache.journal import COMMITTED, OPEN, ROOT_INODE, SEALED, STATE_NAME
 from ckptfs.cache.staging import Staging
 from ckptfs.engine.evictor import Evictor
 from ckptfs.engine.fetcher import Fetcher
+from ckptfs.engine.spill import Spill, spill_threshold
 from ckptfs.engine.uploader import Uploader
 from ckptfs.errors import CkptfsError
 from ckptfs.fs import versions
@@ -98,7 +99,8 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
 
     def __init__(self, journal: Journal, staging: Staging, uploader: Uploader, fetcher: Fetcher, *,
-                 mount_id: str, durability: str = "local", evictor: Evictor | None = None) -> None:
+                 mount_id: str, durability: str = "local", evictor: Evictor | None = None,
+                 spill: Spill | None = None) -> None:
         super().__init__()
         self.journal = journal
         self.staging = staging
@@ -107,6 +109,8 @@ class Operations(pyfuse3.Operations):
         self.mount_id = mount_id
         self.durability = durability
         self.evictor = evictor
+        self.spill = spill
+        self._spill_at = spill_threshold(evictor.limit_bytes) if evictor is not None else 0
         self.backpressure_waits = 0
         self.backpressure_seconds = 0.0
         self.view = versions.VersionsView(journal)
@@ -254,10 +258,12 @@ class Operations(pyfuse3.Operations):
         identifier = self.journal.new_version(inode.ino, mode=inode.mode & 0o7777)
         if current is None or empty:
             self.staging.create(identifier)
-        elif current.staged and self.staging.exists(current.id):
+        elif current.staged and self.staging.exists(current.id) and not (current.hole_end and current.manifest):
             self.staging.pinned.add(current.id)
             try:
                 await trio.to_thread.run_sync(self.staging.create, identifier, current.id)
+                if current.hole_end and self.spill is not None:
+                    await self.spill.fill(current, self.staging.fd(identifier))  # spilled, still uploading
             finally:
                 self.staging.pinned.discard(current.id)
         else:
@@ -296,7 +302,10 @@ class Operations(pyfuse3.Operations):
         version = self.journal.version(version_id)
         if version is None:
             raise _fail(errno.ENOENT)
-        if version.staged:
+        if version.staged and version.hole_end > offset and self.spill is not None:
+            if version.manifest is None:  # spilled while written, not committed yet
+                return await self.spill.read(version, offset, size, sequential=sequential)
+        elif version.staged:
             if self.evictor is not None:
                 self.evictor.touch(version_id)
             return os.pread(self.staging.fd(version_id), size, offset)
@@ -355,6 +364,8 @@ class Operations(pyfuse3.Operations):
             if not node.is_file:
                 raise _fail(errno.EISDIR if node.is_dir else errno.EINVAL)
             version = await self._open_version(node, empty=attr.st_size == 0)
+            while attr.st_size and await self.uploader.prefix.before_change(version, attr.st_size):
+                version = await self._open_version(node)
             self.staging.truncate(version, attr.st_size)
             node.size = attr.st_size
             node.mtime_ns = now
@@ -620,9 +631,11 @@ class Operations(pyfuse3.Operations):
         if handle is None or not handle.writable:
             raise _fail(errno.EBADF)
         node = self._inode(handle.ino)
-        if self.evictor is not None and self.staging.total_bytes + len(buf) > self.evictor.limit_bytes:
+        if self.evictor is not None and self.staging.total_bytes + len(buf) > self._spill_at:
             await self._make_room(len(buf))
         version = await self._open_version(node)
+        while await self.uploader.prefix.before_change(version, off):
+            version = await self._open_version(node)
         written = self.staging.write(version, buf, off)
         end = off + written
         if end > node.size:
@@ -633,15 +646,22 @@ class Operations(pyfuse3.Operations):
         return written
 
     async def _make_room(self, needed: int) -> None:
-        """Backpressure: evict clean data, then wait for uploads to make more of it clean.
+        """Backpressure: evict clean data, spill files being written (engine/spill.py), then wait for
+        uploads to make more data clean or spilled.
 
-        Never fails the write: if only dirty data that no upload will clean is left (files still open
-        for writing), the write goes ahead over budget rather than deadlock.
+        Never fails the write: if only dirty data that no upload will clean or spill is left (files
+        written out of order, or rewritten below their spilled prefix), the write goes ahead over
+        budget rather than deadlock.
         """
         started = None
         while True:
-            self.evictor.evict()
-            if self.staging.total_bytes + needed <= self.evictor.limit_bytes or not self.uploader.busy():
+            # Clean data goes first: the file being written is the one most likely read next.
+            self.evictor.evict(self._spill_at - needed)
+            wanted = self.staging.total_bytes + needed
+            if wanted <= self._spill_at:
+                break
+            spilling = self.uploader.prefix.relieve()
+            if wanted <= self.evictor.limit_bytes or not (spilling or self.uploader.busy()):
                 break
             if started is None:
                 started = time.monotonic()
@@ -777,6 +797,7 @@ class Operations(pyfuse3.Operations):
             "dirty_uploaded_bytes": sum(self.uploader.prefix.early_bytes(v.id) for v in open_versions),
             "upload_while_writing_bytes": self.uploader.prefix.round_bytes,
             "staged_bytes": self.staging.total_bytes,
+            "spilled_bytes": sum(self.staging.holes.values()),
             "peak_staged_bytes": self.staging.peak_bytes,
             "staging_limit_bytes": self.evictor.limit_bytes if self.evictor else None,
             "backpressure_waits": self.backpressure_waits,
