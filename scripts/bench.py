@@ -374,13 +374,18 @@ def run_system(bench: Bench, kind: type[System], data: list[dict]) -> None:
         system.cleanup()
 
 
-def raw_write(path: str, gib: float) -> float:
-    block = os.urandom(MIB)
+def raw_write(path: str, gib: float, *, unique: bool = False) -> float:
+    """MB/s of `gib` GiB written in 1 MiB blocks. `unique`: every 64 KiB of every block is stamped
+    with its offset, so no chunk repeats and all of it must be uploaded (as a real checkpoint would)."""
+    block = bytearray(os.urandom(MIB))
     count = int(gib * 1024)
     settle()
     started = time.perf_counter()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    for _ in range(count):
+    for number in range(count):
+        if unique:
+            for stamp in range(0, MIB, 64 * 1024):
+                block[stamp:stamp + 8] = (number * MIB + stamp).to_bytes(8, "little")
         os.write(fd, block)
     os.close(fd)
     return count * MIB / (time.perf_counter() - started) / 1e6
@@ -409,7 +414,7 @@ def footprint(bench: Bench) -> dict[str, float]:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        throughput = raw_write(system.path("big.bin"), bench.args.footprint_gib)
+        throughput = raw_write(system.path("big.bin"), bench.args.footprint_gib, unique=True)
         with open(f"/proc/{system.process.pid}/status") as status:
             peak_rss = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM"))
     finally:

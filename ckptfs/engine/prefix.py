@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -179,40 +180,45 @@ class PrefixUploads:
 
     # -- rounds --------------------------------------------------------------------------------
     async def _rounds(self, version: int, early: Early) -> None:
+        """Cut the written prefix a window at a time and upload its chunks. Two windows are in flight:
+        the next one is cut, and its chunks start, while the last chunks of the one before finish.
+        A writer spilling 3 GiB through a 512 MiB cache wrote at 113-121 MB/s with one window in
+        flight, 130-184 MB/s with two, 99-146 MB/s with four (boto3 upload_file: 129-189 MB/s)."""
         uploader = self.uploader
         event = early.running
         assert event is not None
         fd = -1
+        failure: Exception | None = None
         try:
             fd = os.open(uploader.staging.path(version), os.O_RDONLY)
-            window = bytearray(LOOKBACK + WINDOW_BYTES)  # one buffer, reused
-            # Started once round_bytes are new; goes on while a window can hold a final cut.
-            while not (early.broken or early.sealed) and early.frontier - early.done >= MIN_ROUND_BYTES:
-                start = early.done
-                end = min(early.frontier, start + WINDOW_BYTES)
-                early.read_end = end
-                cuts = await trio.to_thread.run_sync(_cut_range, fd, start, end, window,
-                                                     uploader.lake.chunking_profile, limiter=uploader.cpu)
-                # The last cut may only be where the bytes read end; a record header cut off by the
-                # end of the window must fall in that last, tentative chunk too.
-                final = cuts[:-1]
-                while final and final[-1].offset + final[-1].length > end - len(RECORD_MAGIC):
-                    final.pop()
-                if not final:
-                    break
-                # A spilling file's writer waits for this round: it gets the uploader's concurrency.
-                slots = None if early.spill else self.slots
-                entries, new_bytes, stored_bytes = await uploader.upload_chunks(version, fd, final, slots)
-                if early.broken:
-                    break
-                early.entries.extend(entries)
-                early.new_bytes += new_bytes
-                early.stored_bytes += stored_bytes
-                early.done = early.read_end = final[-1].offset + final[-1].length
-                uploader.journal.add_counter("early_bytes", early.done - start)
-                if early.spill and self.spill is not None:
-                    self.spill.punch(version, early)
-                    uploader.notify_progress()
+            buffer = bytearray(LOOKBACK + WINDOW_BYTES)  # one buffer, reused
+            in_flight: deque[_Window] = deque()
+            cut_end = early.done
+            exhausted = False
+            async with trio.open_nursery() as nursery:
+                try:
+                    while True:
+                        # Started once round_bytes are new; goes on while a window can hold a final cut.
+                        if (len(in_flight) < WINDOWS_IN_FLIGHT and not exhausted and not (early.broken or early.sealed)
+                                and early.frontier - cut_end >= MIN_ROUND_BYTES):
+                            final = await self._cut_window(fd, buffer, early, cut_end)
+                            if final:
+                                window = _Window(cut_end, final[-1].offset + final[-1].length)
+                                cut_end = window.end
+                                # A spilling file's writer waits for this: it gets the uploader's concurrency.
+                                nursery.start_soon(self._upload_window, version, fd, final, window,
+                                                   None if early.spill else self.slots)
+                                in_flight.append(window)
+                                continue
+                            exhausted = True
+                        if not in_flight or early.broken:
+                            break
+                        self._settle(version, early, await in_flight.popleft().result())
+                except Exception as error:  # noqa: BLE001 - raised below, once the uploads in flight stop
+                    failure = error
+                nursery.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
         except Exception as error:  # noqa: BLE001 - early work is an optimisation: the seal path redoes it
             log.warning("upload while writing version %x stopped: %s (the version is uploaded at seal)",
                         version, error)
@@ -220,9 +226,68 @@ class PrefixUploads:
         finally:
             if fd >= 0:
                 os.close(fd)
+            early.read_end = early.done if not early.broken else early.read_end
             early.running = None
             event.set()
             uploader.notify_progress()  # a writer waiting for room looks again
+
+    async def _cut_window(self, fd: int, buffer: bytearray, early: Early, start: int) -> list[Cut]:
+        """The final cuts of the window of written bytes from `start` (a cut): all but the last."""
+        end = min(early.frontier, start + WINDOW_BYTES)
+        early.read_end = max(early.read_end, end)
+        cuts = await trio.to_thread.run_sync(_cut_range, fd, start, end, buffer,
+                                             self.uploader.lake.chunking_profile, limiter=self.uploader.cpu)
+        # The last cut may only be where the bytes read end; a record header cut off by the end of
+        # the window must fall in that last, tentative chunk too.
+        final = cuts[:-1]
+        while final and final[-1].offset + final[-1].length > end - len(RECORD_MAGIC):
+            final.pop()
+        if final:
+            early.read_end = final[-1].offset + final[-1].length
+        return final
+
+    async def _upload_window(self, version: int, fd: int, cuts: list[Cut], window: _Window,
+                             slots: trio.Semaphore | None) -> None:
+        try:
+            window.outcome = await self.uploader.upload_chunks(version, fd, cuts, slots)
+        except Exception as error:  # noqa: BLE001 - handed to the round, which stops on it
+            window.outcome = error
+        finally:
+            window.finished.set()
+
+    def _settle(self, version: int, early: Early, outcome: tuple[list[tuple[bytes, int]], int, int]) -> None:
+        """A window's chunks are all in the lake: the prefix grows by it (and spills, if spilling)."""
+        if early.broken:
+            return
+        entries, new_bytes, stored_bytes = outcome
+        start = early.done
+        early.entries.extend(entries)
+        early.new_bytes += new_bytes
+        early.stored_bytes += stored_bytes
+        early.done = start + sum(length for _, length in entries)
+        self.uploader.journal.add_counter("early_bytes", early.done - start)
+        if early.spill and self.spill is not None:
+            self.spill.punch(version, early)
+            self.uploader.notify_progress()
+
+
+WINDOWS_IN_FLIGHT = 2
+
+
+@dataclass
+class _Window:
+    """A window of a round whose chunks are uploading."""
+    start: int
+    end: int
+    finished: trio.Event = field(default_factory=trio.Event)
+    outcome: tuple[list[tuple[bytes, int]], int, int] | Exception | None = None
+
+    async def result(self) -> tuple[list[tuple[bytes, int]], int, int]:
+        await self.finished.wait()
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        assert self.outcome is not None
+        return self.outcome
 
 
 def _cut_range(fd: int, start: int, end: int, window: bytearray, profile: int) -> list[Cut]:
