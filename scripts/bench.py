@@ -205,8 +205,11 @@ class Ckptfs(System):
     def wait_durable(self, name: str) -> None:
         # What `ckptfs sync` does, without timing a Python start-up: take the barrier, poll the status.
         barrier = json.loads(os.getxattr(self.path(name), "user.ckptfs.barrier"))["upto"]
-        while json.loads(os.getxattr(self.mountpoint, "user.ckptfs.status"))["outbox_head"] <= barrier:
+        while self.status()["outbox_head"] <= barrier:
             time.sleep(0.01)
+
+    def status(self) -> dict:
+        return json.loads(os.getxattr(self.mountpoint, "user.ckptfs.status"))
 
     def make_cold(self) -> None:
         self.stop()
@@ -374,6 +377,12 @@ def run_system(bench: Bench, kind: type[System], data: list[dict]) -> None:
         system.cleanup()
 
 
+def stamp(block: bytearray, number: int) -> None:
+    """Make 1 MiB block `number` of a file unique: every 64 KiB starts with its offset."""
+    for offset in range(0, MIB, 64 * 1024):
+        block[offset:offset + 8] = (number * MIB + offset).to_bytes(8, "little")
+
+
 def raw_write(path: str, gib: float, *, unique: bool = False) -> float:
     """MB/s of `gib` GiB written in 1 MiB blocks. `unique`: every 64 KiB of every block is stamped
     with its offset, so no chunk repeats and all of it must be uploaded (as a real checkpoint would)."""
@@ -384,8 +393,7 @@ def raw_write(path: str, gib: float, *, unique: bool = False) -> float:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     for number in range(count):
         if unique:
-            for stamp in range(0, MIB, 64 * 1024):
-                block[stamp:stamp + 8] = (number * MIB + stamp).to_bytes(8, "little")
+            stamp(block, number)
         os.write(fd, block)
     os.close(fd)
     return count * MIB / (time.perf_counter() - started) / 1e6
