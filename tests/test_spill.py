@@ -133,3 +133,22 @@ def test_a_spilled_file_survives_a_crash_after_fsync(mounter):
         assert reader.read() == data
     assert fresh_read(mounter, None, [], "fresh", "big.ckpt") == data
     again.assert_clean_log()
+
+
+def test_a_file_unlinked_while_it_spills_leaves_nothing_behind(mounter):
+    mount = mounter(extra=CACHE)
+    with open(mount.path("gone.ckpt"), "wb") as file:
+        write_in_blocks(file, os.urandom(FILE_MIB * MIB))
+        file.flush()
+        assert mount.status()["spilled_bytes"] > 64 * MIB
+        os.unlink(mount.path("gone.ckpt"))
+        write_in_blocks(file, os.urandom(16 * MIB))  # rounds may still be running on it
+    with open(mount.path("kept.ckpt"), "wb") as file:
+        file.write(b"kept")
+    mount.sync()
+    status = mount.status()
+    assert status["spilled_bytes"] == 0 and status["staged_bytes"] == 4
+    assert os.listdir(mount.path()) == ["kept.ckpt"]
+    mount.unmount()
+    assert len(os.listdir(os.path.join(mount.cache_dir, "staging"))) == 1  # kept.ckpt's
+    mount.assert_clean_log()

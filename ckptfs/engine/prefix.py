@@ -117,7 +117,9 @@ class PrefixUploads:
         early.frontier = min(early.frontier, size)
 
     def forget(self, version: int) -> None:
-        self._early.pop(version, None)
+        early = self._early.pop(version, None)
+        if early is not None:
+            early.broken = True  # a round in flight must not record or punch a removed staging file
         self.uploader.sent.pop(version, None)
         if self.spill is not None:
             self.spill.forget(version)
