@@ -1,5 +1,6 @@
 """Unit tests of the lake format: chunk boundaries, chunk codec, manifests, names, namespace replay."""
 
+import mmap
 import random
 
 import pytest
@@ -222,11 +223,27 @@ GOLDEN_LENGTHS_2 = [700000, 300000, 1039988, 455785, 1004227, 804231, 3034006, 4
                     1143070, 1196622, 1243220]
 
 
-def test_record_headers_across_search_pieces_are_found():
-    piece = chunker._SEARCH_PIECE
-    records = [piece - 2, 2 * piece - 1, 2 * piece + 3 * chunker.LOOKBACK]
-    data = with_records(seed=5, size=3 * piece, records=records)
-    assert chunker.record_boundaries(data, 0, len(data)) == records
+@pytest.mark.parametrize("kind", ["bytes", "bytearray", "read-only mmap"])
+def test_record_header_search_finds_what_bytes_find_finds(tmp_path, kind):
+    size = 2 * 1024 * 1024
+    # Headers at the very start, back to back, and one that ends exactly at the end of the data.
+    records = [0, 4, 8, 300_001, size - 4]
+    data = with_records(seed=5, size=size, records=records)
+    if kind == "bytearray":
+        data = bytearray(data)
+    elif kind == "read-only mmap":
+        path = tmp_path / "data"
+        path.write_bytes(data)
+        with open(path, "rb") as file:
+            data = mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ)
+    for start, end in [(0, size), (1, size), (8, size - 1), (5, 300_004), (5, 300_005), (size, size)]:
+        expected, position = [], start
+        while (found := data.find(chunker.RECORD_MAGIC, position, end)) != -1:
+            expected.append(found)
+            position = found + 1
+        assert list(chunker._occurrences(data, chunker.RECORD_MAGIC, start, end)) == expected, (start, end)
+    if kind == "read-only mmap":
+        data.close()  # no buffer export is left behind
 
 
 @pytest.mark.parametrize("recorded, expected", [(None, chunker.PROFILE), (1, 1), (2, 2), (99, None)])

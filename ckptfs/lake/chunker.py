@@ -13,6 +13,7 @@ around the header, so it stays content-defined: an inserted or removed byte move
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +31,6 @@ RECORD_MAGIC = b"PK\x03\x04"
 # Bytes before a record boundary that decide whether it is one: cutting from an offset other than the
 # start of the file needs this much of what precedes it (see Chunker.cut).
 LOOKBACK = MIN_SIZE
-_SEARCH_PIECE = 4 * 1024 * 1024
 
 
 Searchable = bytes | bytearray | mmap.mmap
@@ -76,18 +76,49 @@ def record_boundaries(data: Searchable, skip: int, end: int) -> list[int]:
     LOOKBACK bytes before it. Headers that do not fit before `end` are not seen."""
     boundaries = []
     previous = data.rfind(RECORD_MAGIC, max(0, skip - LOOKBACK), skip + len(RECORD_MAGIC) - 1)
-    position = skip
-    while position < end:
-        # find() holds the GIL: search in pieces so the FUSE thread is never held up for long.
-        piece_end = min(end, position + _SEARCH_PIECE + len(RECORD_MAGIC) - 1)
-        found = data.find(RECORD_MAGIC, position, piece_end)
-        if found == -1:
-            if piece_end == end:
-                break
-            position = piece_end - len(RECORD_MAGIC) + 1
-            continue
+    for found in _occurrences(data, RECORD_MAGIC, skip, end):
         if found > skip and (previous == -1 or found - previous > LOOKBACK):
             boundaries.append(found)
         previous = found
-        position = found + 1
     return boundaries
+
+
+# The search runs in libc's memmem through ctypes, which lets go of the GIL for the call. bytes.find
+# holds it: beside a thread searching with it, a loop of 1 MiB pwrites (the FUSE write path) took
+# 2.2-2.5 s per GiB instead of 0.26 s, whatever the size of the pieces searched; beside memmem, 0.24 s.
+_libc = ctypes.CDLL(None)
+_libc.memmem.restype = ctypes.c_void_p
+_libc.memmem.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
+
+
+class _Buffer(ctypes.Structure):
+    """CPython's Py_buffer, to get the address of any object with the buffer protocol."""
+    _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
+                ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
+                ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
+                ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p)]
+
+
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_Buffer), ctypes.c_int]
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = [ctypes.POINTER(_Buffer)]
+
+
+def _occurrences(data: Searchable, needle: bytes, start: int, end: int) -> Iterator[int]:
+    """Every offset in [start, end - len(needle)] where `needle` starts in `data`."""
+    end = min(end, len(data))
+    view = _Buffer()
+    if _get_buffer(data, ctypes.byref(view), 0) != 0:  # PyBUF_SIMPLE: read-only buffers will do
+        raise BufferError("cannot read the buffer to search")
+    try:
+        base = view.buf
+        position = start
+        while end - position >= len(needle):
+            hit = _libc.memmem(base + position, end - position, needle, len(needle))
+            if not hit:
+                return
+            yield hit - base
+            position = hit - base + 1
+    finally:
+        _release_buffer(ctypes.byref(view))
