@@ -223,10 +223,16 @@ def command_status(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title=f"ckptfs {mount_root(args.path)}", show_header=False)
+    staged = human(status["staged_bytes"])
+    if status["staging_limit_bytes"]:
+        staged += f" of {human(status['staging_limit_bytes'])}"
+    if status["spilled_bytes"]:
+        staged += f" (and {human(status['spilled_bytes'])} of files being written spilled to the lake)"
     rows = [
         ("dirty (open for writing)", f"{status['dirty_files']} files, {human(status['dirty_bytes'])}"
          f" ({human(status['dirty_uploaded_bytes'])} of it already in the lake)"),
         ("uploading", f"{status['uploading_files']} files, {human(status['uploading_bytes'])}"),
+        ("staged on the cache disk", staged),
         ("oldest pending", f"{status['oldest_pending_age_s']} s"),
         ("events to publish", str(status["events_pending"])),
         ("committed", f"{status['committed_versions']} versions, {human(status['committed_bytes'])}"),

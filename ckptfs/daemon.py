@@ -130,10 +130,11 @@ class CacheDir:
                               f"run `ckptfs fsck --cache-dir {path} --repair`")
         self.journal = Journal(os.path.join(path, "journal.sqlite"))
         self.staging = Staging(os.path.join(path, "staging"))
-        # A quarter of the budget caches fetched chunks; the rest holds staging files (dirty data is
-        # never evicted: it waits for uploads, or spills to the lake while written, engine/spill.py).
+        # A quarter of the budget caches fetched chunks, a sixteenth (at most 64 MiB) is left to the
+        # journal and its WAL, the rest holds staging files (dirty data is never evicted: it waits
+        # for uploads, or spills to the lake while written, engine/spill.py).
         self.chunk_budget = cache_size // 4
-        self.staging_budget = cache_size - self.chunk_budget
+        self.staging_budget = cache_size - self.chunk_budget - min(cache_size // 16, 64 << 20)
         self.chunks = ChunkCache(os.path.join(path, "chunks"), self.chunk_budget)
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ def slow_proxy(moto_server):
 
 def test_writers_wait_for_uploads_instead_of_failing(mounter, s3_url, slow_proxy):
     url, _ = s3_url
-    # 64 MiB cache: 16 MiB for fetched chunks, 48 MiB for staging files.
+    # 64 MiB cache: 16 MiB for fetched chunks, 4 MiB for the journal, 44 MiB for staging files.
     mount = mounter(url, ["--endpoint-url", slow_proxy.endpoint, "--cache-size", "64M"])
     digests = {}
     for index in range(10):  # 160 MiB in all: over three times the staging budget

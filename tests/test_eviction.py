@@ -11,7 +11,7 @@ def staged_bytes(cache_dir: str) -> int:
 
 
 def test_clean_staging_files_are_evicted_and_read_back_from_the_lake(mounter, tmp_path):
-    # 128 MiB budget: a quarter for fetched chunks, 96 MiB for staging files.
+    # 128 MiB budget: a quarter for fetched chunks, 8 MiB for the journal, 88 MiB for staging files.
     mount = mounter(extra=["--cache-size", "128M"])
     digests = {}
     for index in range(6):
@@ -21,9 +21,9 @@ def test_clean_staging_files_are_evicted_and_read_back_from_the_lake(mounter, tm
         digests[f"f{index}"] = hashlib.sha256(data).hexdigest()
     mount.sync()
     deadline = time.monotonic() + 30
-    while staged_bytes(mount.cache_dir) > 96 * 1024 * 1024 and time.monotonic() < deadline:
+    while staged_bytes(mount.cache_dir) > 88 * 1024 * 1024 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert staged_bytes(mount.cache_dir) <= 96 * 1024 * 1024
+    assert staged_bytes(mount.cache_dir) <= 88 * 1024 * 1024
     for name, digest in digests.items():
         assert hashlib.sha256(open(mount.path(name), "rb").read()).hexdigest() == digest
     mount.assert_clean_log()
@@ -48,12 +48,12 @@ def test_overwriting_a_file_does_not_copy_or_fetch_the_content_it_replaces(mount
     with open(mount.path("remote.ckpt"), "wb") as file:
         file.write(first)
     mount.sync()
-    for index in range(4):  # 128 MiB more through a 96 MiB staging share: remote.ckpt goes first
+    for index in range(4):  # 128 MiB more through an 88 MiB staging share: remote.ckpt goes first
         with open(mount.path(f"filler{index}"), "wb") as file:
             file.write(second)
     mount.sync()
     deadline = time.monotonic() + 30
-    while staged_bytes(mount.cache_dir) > 96 * 1024 * 1024 and time.monotonic() < deadline:
+    while staged_bytes(mount.cache_dir) > 88 * 1024 * 1024 and time.monotonic() < deadline:
         time.sleep(0.2)
     chunks = os.path.join(mount.cache_dir, "chunks")
     with open(mount.path("remote.ckpt"), "wb") as file:

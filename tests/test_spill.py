@@ -1,6 +1,7 @@
 """Files larger than the cache: their uploaded prefix leaves the cache disk while they are written.
 
-Mounts here have `--cache-size 64M`: 48 MiB for staging files, spilling from 42 MiB. Files of 160 MiB
+Mounts here have `--cache-size 64M`: 16 MiB for fetched chunks, 4 MiB for the journal, 44 MiB for
+staging files, spilling from 38.5 MiB. Files of 160 MiB
 are written through one open descriptor, so only spilling keeps the cache disk under its size.
 Upload while writing is left at its default (off on a 2-core machine): spilling must not need it.
 Results are read back from a fresh mount with an empty cache, so what is checked is what the lake holds.
@@ -70,6 +71,8 @@ def test_a_file_larger_than_the_cache_stays_within_cache_size_and_reads_back(mou
         status = mount.status()
         assert status["spilled_bytes"] > 64 * MIB  # most of the open file is only in the lake
         assert status["dirty_files"] == 1
+        shown = mount.cli("status", mount.mountpoint).stdout
+        assert "staged on the cache disk" in shown and "spilled" in shown
         # Still open for writing: its spilled prefix reads back through the mount.
         with open(mount.path("big.ckpt"), "rb") as reader:
             assert reader.read(8 * MIB) == data[:8 * MIB]
