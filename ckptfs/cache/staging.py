@@ -60,18 +60,19 @@ class Staging:
             except (ValueError, OSError):
                 continue
 
-    def _charged(self, version: int) -> int:
+    def charged(self, version: int) -> int:
+        """The bytes of the version's staging file counted against the budget."""
         return max(0, self.sizes.get(version, 0) - self.holes.get(version, 0))
 
     def _set_size(self, version: int, size: int) -> None:
-        before = self._charged(version)
+        before = self.charged(version)
         self.sizes[version] = size
         if self.holes.get(version, 0) > size:  # truncated into the punched prefix
             if size:
                 self.holes[version] = size
             else:
                 del self.holes[version]
-        self.total_bytes += self._charged(version) - before
+        self.total_bytes += self.charged(version) - before
         self.peak_bytes = max(self.peak_bytes, self.total_bytes)
 
     def punch(self, version: int, end: int) -> None:
@@ -80,19 +81,17 @@ class Staging:
         if end <= start:
             return
         punch_hole(self.fd(version), start, end - start)
-        before = self._charged(version)
-        self.holes[version] = end
-        self.total_bytes += self._charged(version) - before
+        self.set_hole(version, end)
 
     def set_hole(self, version: int, end: int) -> None:
         """Record a punched prefix without punching: at start-up (the journal knows it), or 0 once its
         bytes were written back."""
-        before = self._charged(version)
+        before = self.charged(version)
         if end:
             self.holes[version] = end
         else:
             self.holes.pop(version, None)
-        self.total_bytes += self._charged(version) - before
+        self.total_bytes += self.charged(version) - before
 
     def path(self, version: int) -> str:
         return os.path.join(self.directory, f"{version:016x}")
@@ -190,7 +189,7 @@ class Staging:
         self.forget_fd(version)
         if self.observer is not None:
             self.observer.forget(version)
-        self.total_bytes -= self._charged(version)
+        self.total_bytes -= self.charged(version)
         self.sizes.pop(version, None)
         self.holes.pop(version, None)
         try:

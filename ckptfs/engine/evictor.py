@@ -65,7 +65,7 @@ class Evictor:
         return freed
 
     def _evict(self, version: int) -> int:
-        size = self.staging.sizes.get(version, 0) - self.staging.holes.get(version, 0)
+        size = self.staging.charged(version)
         self.staging.remove(version)
         self.journal.update_version(version, staged=0)
         return size

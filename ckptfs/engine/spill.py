@@ -32,6 +32,7 @@ import trio
 from ckptfs.cache.journal import COMMITTED, Journal, Version
 from ckptfs.cache.staging import Staging
 from ckptfs.lake.chunker import LOOKBACK
+from ckptfs.lake.manifest import chunk_offsets
 
 if TYPE_CHECKING:
     from ckptfs.engine.fetcher import Fetcher
@@ -105,11 +106,7 @@ class Spill:
         cached = self._index.get(version)
         if cached is None:
             chunks, _, _ = self.journal.prefix(version)
-            offsets, position = [], 0
-            for _, length in chunks:
-                offsets.append(position)
-                position += length
-            cached = self._index[version] = (chunks, offsets, position)
+            cached = self._index[version] = (chunks, chunk_offsets(chunks), sum(length for _, length in chunks))
         return cached
 
     async def read(self, version: Version, offset: int, size: int, *, sequential: bool) -> bytes:

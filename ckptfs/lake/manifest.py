@@ -50,11 +50,7 @@ class Manifest:
 
     def offsets(self) -> list[int]:
         """Start offset of every chunk, for bisecting a read offset."""
-        result, position = [], 0
-        for _, length in self.chunks:
-            result.append(position)
-            position += length
-        return result
+        return chunk_offsets(self.chunks)
 
 
 def manifest_id(blob: bytes) -> str:
@@ -120,3 +116,12 @@ def decode(blob: bytes, name: str = "manifest") -> Manifest:
         if sum(length for _, length in manifest.chunks) != size:
             raise CorruptObjectError(f"{name}: chunk lengths do not add up to the size")
     return manifest
+
+
+def chunk_offsets(chunks: list[tuple[bytes, int]]) -> list[int]:
+    """Start offset of every chunk of a list of (id, length)."""
+    result, position = [], 0
+    for _, length in chunks:
+        result.append(position)
+        position += length
+    return result
