@@ -3,7 +3,8 @@ the lake when the cache is empty, run the FUSE loop with the engine tasks, and d
 
 Start-up repair (every crash state; docs/DESIGN.md has the reasoning):
 * OPEN versions left by a killed daemon belong to writers that are gone: sealed with the staging
-  file's size if a path still names them, dropped otherwise.
+  file's size if a path still names them, dropped with a log line otherwise
+  (`Operations.seal_unheld_versions`, which also runs every second and at unmount).
 * Inodes no entry names (unlinked while open) are dropped.
 * Staging files no version row names are removed; committed versions whose staging file is missing
   become remote-only. A damaged journal, or a version waiting for upload whose staging file is
@@ -214,20 +215,6 @@ def prepare_journal(cache: CacheDir, lake: Lake) -> str:
     return mount_id
 
 
-def seal_abandoned_versions(ops: Operations) -> int:
-    """Versions left OPEN by a killed daemon: their writers are gone, so seal what they wrote."""
-    count = 0
-    for version in ops.journal.versions_in_state(OPEN):
-        inode = ops.journal.inode(version.ino) if version.ino is not None else None
-        if inode is None or inode.version != version.id or ops.seal(inode) is None:
-            ops.staging.remove(version.id)
-            ops.journal.delete_version(version.id)
-        else:
-            count += 1
-    ops.commit(durable=True)
-    return count
-
-
 async def drain(uploader: Uploader, journal: Journal) -> None:
     """Wait until the outbox is empty, logging progress every few seconds."""
     last_log = 0.0
@@ -276,7 +263,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
 
 async def _main(config: MountConfig, ops: Operations, uploader: Uploader, fetcher: Fetcher,
                 on_ready: Callable[[], None], state: dict[str, bool]) -> None:
-    sealed = seal_abandoned_versions(ops)
+    sealed = ops.seal_unheld_versions()
     if sealed:
         log.info("sealed %d versions left open by a previous daemon", sealed)
     async with trio.open_nursery() as nursery:
@@ -297,6 +284,7 @@ async def _main(config: MountConfig, ops: Operations, uploader: Uploader, fetche
         pyfuse3.close(unmount=True)
         state["closed"] = True
         log.info("unmounted %s", config.mountpoint)
+        ops.seal_unheld_versions()  # the kernel released every handle: nothing more is written
         ops.commit(durable=True)
         if config.drain and not ops.no_drain:
             await drain(uploader, ops.journal)
@@ -309,6 +297,8 @@ async def _main(config: MountConfig, ops: Operations, uploader: Uploader, fetche
 async def _commit_periodically(ops: Operations) -> None:
     while True:
         await trio.sleep(1)
+        if ops.seal_unheld_versions():
+            log.warning("versions were open with no handle left: sealed (a close this mount missed)")
         ops.commit()
 
 

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from ckptfs.cache.chunkcache import ChunkCache
-from ckptfs.cache.journal import COMMITTED, SEALED, Journal
+from ckptfs.cache.journal import COMMITTED, OPEN, SEALED, Journal
 from ckptfs.cache.staging import Staging
 from ckptfs.daemon import rebuild_from_lake
 from ckptfs.engine.evictor import Evictor
@@ -31,6 +31,18 @@ class Context:
     gid: int = 0
     pid: int = 0
     umask: int = 0o022
+
+
+@dataclass
+class Fields:
+    """Which attributes a SETATTR changes (pyfuse3's SetattrFields cannot be built from Python)."""
+    update_size: bool = False
+    update_mode: bool = False
+    update_uid: bool = False
+    update_gid: bool = False
+    update_mtime: bool = False
+    update_atime: bool = False
+    update_ctime: bool = False
 
 
 def build(tmp_path, name: str, lake: Lake) -> Operations:
@@ -198,3 +210,75 @@ def test_a_schema_1_journal_is_migrated(tmp_path):
     assert journal.version(version).prefix_end == 5
     assert journal.prefix(version) == ([(b"c" * 16, 5)], 5, 3)
     journal.close()
+
+
+def test_concurrent_writes_and_truncates_on_a_sealed_file_share_one_new_version(tmp_path, lake):
+    """The kernel sends a mapping's write-back as concurrent WRITEs; each may find the version
+    sealed. The copy-on-write awaits, so only one of them may start the new version and all of them
+    must land in it (the bug: every WRITE copied on its own and only the last copy became the file)."""
+    size = 8 * MIB
+    expected = bytearray(b"\x00" * size)
+
+    async def main():
+        ops = build(tmp_path, "only", lake)
+        ino = await write_file(ops, ROOT, b"f", bytes(size))
+        first = ops.journal.inode(ino).version
+        handles = [(await ops.open(ino, os.O_RDWR, Context())).fh for _ in range(4)]
+
+        async def write_blocks(number: int, fh: int) -> None:
+            for offset in range(number * MIB, size, len(handles) * MIB):
+                assert await ops.write(fh, offset, bytes([number + 1]) * MIB) == MIB
+                expected[offset:offset + MIB] = bytes([number + 1]) * MIB
+
+        async with trio.open_nursery() as nursery:
+            for number, fh in enumerate(handles):
+                nursery.start_soon(write_blocks, number, fh)
+        for fh in handles:
+            await ops.flush(fh)
+            await ops.release(fh)
+        versions = ops.journal.history(b"f")
+        assert [version for _, version in versions][0] == first and len(versions) == 2
+        assert ops.journal.versions_in_state(OPEN) == []
+        assert await read_file(ops, ino) == bytes(expected)
+
+        # A truncate racing with writes into the sealed file: one new version holds both.
+        handle = (await ops.open(ino, os.O_RDWR, Context())).fh
+
+        async def truncate():
+            attributes = pyfuse3.EntryAttributes()
+            attributes.st_size = size // 2
+            await ops.setattr(ino, attributes, Fields(update_size=True), handle, Context())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(truncate)
+            nursery.start_soon(ops.write, handle, 0, b"\xff" * MIB)
+        await ops.flush(handle)
+        await ops.release(handle)
+        assert len(ops.journal.history(b"f")) == 3
+        assert ops.journal.versions_in_state(OPEN) == []
+        data = await read_file(ops, ino)
+        assert data[:MIB] == b"\xff" * MIB and data[MIB:] == bytes(expected[MIB:size // 2])
+
+    trio.run(main)
+
+
+def test_open_versions_without_a_handle_are_sealed_or_dropped_with_a_warning(tmp_path, lake, caplog):
+    async def main():
+        ops = build(tmp_path, "only", lake)
+        info, attributes = await ops.create(ROOT, b"f", 0o644, os.O_WRONLY, Context())
+        await ops.write(info.fh, 0, b"data")
+        assert ops.seal_unheld_versions() == 0  # a handle is open: left alone
+        stray = ops.journal.new_version(attributes.st_ino)  # a copy a crash interrupted
+        ops.staging.create(stray)
+        del ops.handles[info.fh]  # the handle vanished without a release (a missed close)
+        ops.open_count.pop(attributes.st_ino)
+        with caplog.at_level("INFO", logger="ckptfs.fs.operations"):
+            assert ops.seal_unheld_versions() == 1
+        assert ops.journal.versions_in_state(OPEN) == []
+        assert ops.journal.version(ops.journal.inode(attributes.st_ino).version).state == SEALED
+        assert not ops.staging.exists(stray)
+        assert any(f"dropping open version {stray:x}" in record.message and record.levelname == "WARNING"
+                   for record in caplog.records)
+        assert await read_file(ops, attributes.st_ino) == b"data"
+
+    trio.run(main)

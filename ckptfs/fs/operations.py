@@ -121,6 +121,7 @@ class Operations(pyfuse3.Operations):
         self.lookups: dict[int, int] = {}
         self.open_count: dict[int, int] = {}
         self._dirty_inodes: set[int] = set()
+        self._preparing: dict[int, trio.Event] = {}  # inode -> set once its new version is ready
         self._last_event_ns = 0
         self.no_drain = False
         for name in dir(self):
@@ -246,33 +247,61 @@ class Operations(pyfuse3.Operations):
         self.journal.commit(durable=durable)
 
     # -- file versions ------------------------------------------------------------------------
-    async def _open_version(self, inode: Inode, *, empty: bool = False) -> int:
-        """The OPEN version of a file, starting one as a copy of the current content if needed.
+    async def _writable_version(self, inode: Inode, offset: int | None, *, empty: bool = False) -> int:
+        """The file's OPEN version, ready for a change at `offset` (None: no restore of a spilled prefix
+        is needed, as for truncation to zero). Starts a new version if the current one is sealed.
+
+        The kernel sends WRITEs concurrently (a mapping's write-back, threads, other processes), and
+        every await here lets other handlers run. So the caller must change the version it gets back
+        before its next await, and only this method starts versions: while one is being prepared
+        (copy of the sealed content, refill of a spilled prefix) every other change to the file waits
+        for it and then looks again, instead of starting a copy of its own.
+        """
+        while True:
+            preparing = self._preparing.get(inode.ino)
+            if preparing is not None:
+                await preparing.wait()
+                continue
+            current = self.journal.version(inode.version) if inode.version is not None else None
+            if current is None or current.state != OPEN:
+                await self._start_version(inode, current, empty=empty)
+                continue
+            if offset is not None and await self.uploader.prefix.before_change(current.id, offset):
+                continue  # it awaited: the version may have been sealed meanwhile
+            return current.id
+
+    async def _start_version(self, inode: Inode, current, *, empty: bool) -> None:
+        """Start a new OPEN version of a file as a copy of `current` (or empty) and make it current.
 
         `empty`: the caller truncates it to 0 at once (O_TRUNC), so a new version starts empty rather
         than as a copy of content about to be thrown away.
         """
-        current = self.journal.version(inode.version) if inode.version is not None else None
-        if current is not None and current.state == OPEN:
-            return current.id
+        done = self._preparing[inode.ino] = trio.Event()
         identifier = self.journal.new_version(inode.ino, mode=inode.mode & 0o7777)
-        if current is None or empty:
-            self.staging.create(identifier)
-        elif current.staged and self.staging.exists(current.id) and not (current.hole_end and current.manifest):
-            self.staging.pinned.add(current.id)
-            try:
-                await trio.to_thread.run_sync(self.staging.create, identifier, current.id)
-                if current.hole_end and self.spill is not None:
-                    await self.spill.fill(current, self.staging.fd(identifier))  # spilled, still uploading
-            finally:
-                self.staging.pinned.discard(current.id)
-        else:
-            self.staging.create(identifier)
-            await self.fetcher.read_all_into(current.manifest, self.staging.fd(identifier))
-            self.staging.refresh_size(identifier)
-        inode.version = identifier
-        self.journal.save_inode(inode)
-        return identifier
+        try:
+            if current is None or empty:
+                self.staging.create(identifier)
+            elif current.staged and self.staging.exists(current.id) and not (current.hole_end and current.manifest):
+                self.staging.pinned.add(current.id)
+                try:
+                    await trio.to_thread.run_sync(self.staging.create, identifier, current.id)
+                    if current.hole_end and self.spill is not None:
+                        await self.spill.fill(current, self.staging.fd(identifier))  # spilled, still uploading
+                finally:
+                    self.staging.pinned.discard(current.id)
+            else:
+                self.staging.create(identifier)
+                await self.fetcher.read_all_into(current.manifest, self.staging.fd(identifier))
+                self.staging.refresh_size(identifier)
+            inode.version = identifier
+            self.journal.save_inode(inode)
+        except BaseException:
+            self.staging.remove(identifier)  # a partial copy: the file keeps its current version
+            self.journal.delete_version(identifier)
+            raise
+        finally:
+            del self._preparing[inode.ino]
+            done.set()
 
     def seal(self, inode: Inode) -> int | None:
         """Seal the file's OPEN version: it becomes immutable, part of history, queued for upload."""
@@ -293,6 +322,32 @@ class Operations(pyfuse3.Operations):
         self.commit()
         self.uploader.submit(version.id)
         return version.id
+
+    def seal_unheld_versions(self) -> int:
+        """Seal every OPEN version that no handle can write to any more (a mapping holds its handle
+        open): left by a killed daemon, or by a close this mount missed. Versions that are not their
+        file's content (unlinked, or a copy interrupted by a crash) are dropped, with a log line.
+        Returns how many were sealed."""
+        sealed = dropped = 0
+        for version in self.journal.versions_in_state(OPEN):
+            if version.ino is not None and (self.open_count.get(version.ino) or version.ino in self._preparing):
+                continue
+            inode = self.journal.inode(version.ino) if version.ino is not None else None
+            if inode is not None and inode.version == version.id and self.seal(inode) is not None:
+                log.info("sealed version %x of %r: open with no handle left", version.id,
+                         self.journal.path_of(inode.ino))
+                sealed += 1
+                continue
+            log.warning("dropping open version %x (%d bytes written): %s", version.id,
+                        self.staging.sizes.get(version.id, 0),
+                        "its file was unlinked" if inode is not None and inode.version == version.id
+                        else "it is not its file's content (a copy interrupted by a crash)")
+            self.staging.remove(version.id)
+            self.journal.delete_version(version.id)
+            dropped += 1
+        if sealed or dropped:
+            self.commit(durable=True)
+        return sealed
 
     def _publish(self, op: str, path: bytes, **fields: Any) -> None:
         self.journal.enqueue(namespace.event(op, path, self._event_time(), **fields))
@@ -363,9 +418,7 @@ class Operations(pyfuse3.Operations):
         if fields.update_size:
             if not node.is_file:
                 raise _fail(errno.EISDIR if node.is_dir else errno.EINVAL)
-            version = await self._open_version(node, empty=attr.st_size == 0)
-            while attr.st_size and await self.uploader.prefix.before_change(version, attr.st_size):
-                version = await self._open_version(node)
+            version = await self._writable_version(node, attr.st_size or None, empty=attr.st_size == 0)
             self.staging.truncate(version, attr.st_size)
             node.size = attr.st_size
             node.mtime_ns = now
@@ -606,7 +659,7 @@ class Operations(pyfuse3.Operations):
         keep_cache = node.version is not None and self._cached_version.get(inode) == node.version
         self._cached_version[inode] = node.version
         if writable and flags & os.O_TRUNC:
-            version = await self._open_version(node, empty=True)
+            version = await self._writable_version(node, None, empty=True)
             self.staging.truncate(version, 0)
             node.size = 0
             node.mtime_ns = time.time_ns()
@@ -633,9 +686,7 @@ class Operations(pyfuse3.Operations):
         node = self._inode(handle.ino)
         if self.evictor is not None and self.staging.total_bytes + len(buf) > self._spill_at:
             await self._make_room(len(buf))
-        version = await self._open_version(node)
-        while await self.uploader.prefix.before_change(version, off):
-            version = await self._open_version(node)
+        version = await self._writable_version(node, off)
         written = self.staging.write(version, buf, off)
         end = off + written
         if end > node.size:
