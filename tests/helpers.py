@@ -81,6 +81,17 @@ class Mount:
     def status(self) -> dict:
         return json.loads(os.getxattr(self.mountpoint, "user.ckptfs.status"))
 
+    def status_when_closed(self, timeout: float = 10) -> dict:
+        """The status once no file is open for writing. The kernel sends RELEASE after close() has
+        returned, so a version sealed at release (creat/O_TRUNC without writes, a mapping's last
+        write-back) may still be open for a moment after the writer's close."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status()
+            if status["dirty_files"] == 0 or time.monotonic() > deadline:
+                return status
+            time.sleep(0.02)
+
     def cli(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
         result = subprocess.run([sys.executable, "-m", "ckptfs", *args], capture_output=True, text=True,
                                 timeout=timeout, env=self.env)

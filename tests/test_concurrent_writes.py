@@ -27,7 +27,7 @@ def versions_of(mount, name) -> list[str]:
 
 
 def assert_nothing_left_open(mount):
-    status = mount.status()
+    status = mount.status_when_closed()
     assert status["dirty_files"] == 0, status
     assert status["dirty_bytes"] == 0, status
 

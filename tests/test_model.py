@@ -4,7 +4,10 @@ Shrunk failures found by this test are kept below as named regression tests.
 """
 
 import errno
+import mmap
 import os
+import random
+import threading
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -96,3 +99,83 @@ def test_random_operations_match_the_model(mount):
                                suppress_health_check=list(HealthCheck))
     runner().runTest()
     mount.sync()
+
+
+WRITERS = st.lists(st.tuples(st.sampled_from(["pwrite", "pwrite-rdwr", "mmap", "mmap-after-close"]),
+                             st.integers(1, 200_000)), min_size=2, max_size=4)
+
+
+class ConcurrentModel(MountModel):
+    """The same model with several writers at once on one file: threads with their own descriptors,
+    writing with pwrite or through shared mappings (one closes its descriptor before it writes into
+    the mapping, as numpy.memmap does), each into its own range, so the outcome is defined."""
+
+    @rule(name=NAMES, writers=WRITERS, seed=st.integers(0, 2**32 - 1))
+    def concurrent_writes(self, name, writers, seed):
+        if name not in self.files:
+            return
+        total = sum(length for _, length in writers)
+        if len(self.files[name]) < total:
+            os.truncate(self._path(name), total)
+            self.files[name] += bytes(total - len(self.files[name]))
+        chunks = [random.Random(seed + index).randbytes(length) for index, (_, length) in enumerate(writers)]
+        starts = [sum(length for _, length in writers[:index]) for index in range(len(writers))]
+        barrier = threading.Barrier(len(writers))
+        errors = []
+
+        def run(method: str, start: int, data: bytes) -> None:
+            try:
+                flags = os.O_WRONLY if method == "pwrite" else os.O_RDWR
+                fd = os.open(self._path(name), flags)
+                barrier.wait()
+                if method.startswith("pwrite"):
+                    for offset in range(0, len(data), 65536):
+                        os.pwrite(fd, data[offset:offset + 65536], start + offset)
+                    os.close(fd)
+                    return
+                mapped = mmap.mmap(fd, total)
+                if method == "mmap-after-close":
+                    os.close(fd)
+                mapped[start:start + len(data)] = data
+                mapped.flush()
+                mapped.close()
+                if method == "mmap":
+                    os.close(fd)
+            except BaseException as error:  # noqa: BLE001 - reported by the rule below
+                errors.append(error)
+
+        threads = [threading.Thread(target=run, args=(method, start, data))
+                   for (method, _), start, data in zip(writers, starts, chunks, strict=True)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+        old = self.files[name]
+        self.files[name] = b"".join(chunks) + old[total:]
+
+    @invariant()
+    def nothing_left_open(self):
+        if hasattr(self, "files"):
+            assert self.mount.status_when_closed()["dirty_files"] == 0
+
+
+def test_concurrent_writers_and_mappings_match_the_model(mount, mounter):
+    ConcurrentModel.mount = mount
+    runner = ConcurrentModel.TestCase
+    runner.settings = settings(max_examples=15, stateful_step_count=15, deadline=None,
+                               suppress_health_check=list(HealthCheck))
+    runner().runTest()
+    mount.sync()
+    expected = {}
+    for directory, _, filenames in os.walk(mount.mountpoint):
+        for name in filenames:
+            path = os.path.join(directory, name)
+            with open(path, "rb") as file:
+                expected[os.path.relpath(path, mount.mountpoint)] = file.read()
+    fresh = mounter(mount.store_url, cache="rebuilt-cache", name="rebuilt")
+    for name, data in expected.items():
+        with open(fresh.path(name), "rb") as file:
+            assert file.read() == data, name
+    fresh.unmount()
+    mount.assert_clean_log()
