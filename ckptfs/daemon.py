@@ -31,7 +31,7 @@ import trio
 
 from ckptfs.cache.check import check_cache, lock_cache_dir
 from ckptfs.cache.chunkcache import ChunkCache
-from ckptfs.cache.journal import COMMITTED, OPEN, ROOT_INODE, Journal
+from ckptfs.cache.journal import COMMITTED, OPEN, ROOT_INODE, Inode, Journal
 from ckptfs.cache.staging import Staging
 from ckptfs.engine.evictor import Evictor
 from ckptfs.engine.fetcher import Fetcher
@@ -40,7 +40,7 @@ from ckptfs.engine.spill import Spill
 from ckptfs.engine.uploader import Uploader
 from ckptfs.errors import ConfigError
 from ckptfs.fs.operations import Operations
-from ckptfs.lake import Lake
+from ckptfs.lake import Lake, namespace
 from ckptfs.store import ObjectStore, RetryingStore, open_store
 
 log = logging.getLogger(__name__)
@@ -165,25 +165,41 @@ def rebuild_from_lake(journal: Journal, lake: Lake) -> int:
                 version = version_for(path, state.manifest, state.size, state.mode, state.time_ns, state.time_ns)
             journal.add_history(path, state.time_ns, version)
     inodes = {b"": ROOT_INODE}
-    uid, gid = os.getuid(), os.getgid()
+    by_entry: dict[int, int] = {}  # id(Entry) -> ino: hard links are one entry under several paths
     for path in sorted(tree.entries, key=lambda p: (p.count(b"/"), p)):
         if not path:
             continue
         entry = tree.entries[path]
         parent_path, _, name = path.rpartition(b"/")
-        if entry.kind == "dir":
-            inode = journal.create_inode(stat.S_IFDIR | entry.mode, uid, gid, time_ns=entry.mtime_ns or None)
-        elif entry.kind == "symlink":
-            inode = journal.create_inode(stat.S_IFLNK | 0o777, uid, gid, target=entry.target)
-        else:
-            inode = journal.create_inode(stat.S_IFREG | entry.mode, uid, gid, time_ns=entry.mtime_ns or None)
-            inode.size = entry.size
+        ino = by_entry.get(id(entry))
+        if ino is None:
+            ino = by_entry[id(entry)] = _inode_for_entry(journal, path, entry, version_for).ino
+        journal.add_dirent(inodes[parent_path], name, ino)
+        inodes[path] = ino
+    return len(tree.entries) - 1
+
+
+_KIND_TYPES = {"dir": stat.S_IFDIR, "symlink": stat.S_IFLNK, "file": stat.S_IFREG, "fifo": stat.S_IFIFO,
+               "socket": stat.S_IFSOCK, "char": stat.S_IFCHR, "block": stat.S_IFBLK}
+
+
+def _inode_for_entry(journal: Journal, path: bytes, entry: namespace.Entry, version_for) -> Inode:
+    """The journal inode of a replayed entry, with its owner (the mounting user where the lake's
+    format-1 events did not record one), mode and times."""
+    uid = entry.uid if entry.uid is not None else os.getuid()
+    gid = entry.gid if entry.gid is not None else os.getgid()
+    mode = _KIND_TYPES[entry.kind] | (0o777 if entry.kind == "symlink" else entry.mode)
+    inode = journal.create_inode(mode, uid, gid, target=entry.target, time_ns=entry.mtime_ns,
+                                 rdev=entry.rdev, node=entry.node)
+    inode.atime_ns = entry.atime_ns if entry.atime_ns is not None else entry.mtime_ns
+    inode.ctime_ns = entry.ctime_ns or entry.mtime_ns
+    if entry.kind == "file":
+        inode.size = entry.size
+        if entry.manifest is not None:
             inode.version = version_for(path, entry.manifest, entry.size, entry.mode, entry.mtime_ns,
                                         entry.mtime_ns)
-            journal.save_inode(inode)
-        journal.add_dirent(inodes[parent_path], name, inode.ino)
-        inodes[path] = inode.ino
-    return len(tree.entries) - 1
+    journal.save_inode(inode)
+    return inode
 
 
 def prepare_journal(cache: CacheDir, lake: Lake) -> str:
@@ -247,7 +263,9 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
         uploader.on_committed = evictor.committed
         ops = Operations(cache.journal, cache.staging, uploader, fetcher, mount_id=mount_id,
                          durability=config.durability, evictor=evictor, spill=spill)
-        options = set(pyfuse3.default_options) | {"fsname=ckptfs", "subtype=ckptfs"}
+        # nosuid, nodev: set-id bits and device nodes come from a lake other clients write to; they
+        # are kept (and shown) but grant nothing on this node.
+        options = set(pyfuse3.default_options) | {"fsname=ckptfs", "subtype=ckptfs", "nosuid", "nodev"}
         if config.allow_other:
             options |= {"allow_other", "default_permissions"}
         pyfuse3.init(ops, config.mountpoint, options)

@@ -51,18 +51,19 @@ def test_fsck_finds_missing_and_corrupt_chunks(populated):
     assert os.path.basename(chunks[0]) in result.stdout and os.path.basename(chunks[1]) in result.stdout
 
 
-@pytest.mark.parametrize("garbage", [b"", b"{not json", b'{"format": 99, "events": []}',
-                                     b'{"format": 1, "events": [{"op": "put", "time_ns": "x"}]}'])
-def test_malformed_segment_is_reported_and_skipped(populated, mounter, garbage):
+@pytest.mark.parametrize("garbage, kind", [
+    (b"", "segment"), (b"{not json", "segment"), (b'{"format": 99, "events": []}', "segment"),
+    (b'{"format": 1, "events": [{"op": "put", "time_ns": "x"}]}', "event")])
+def test_malformed_segment_is_reported_and_skipped(populated, mounter, garbage, kind):
     segment = objects(populated, "log")[1]
     with open(segment, "wb") as file:
         file.write(garbage)
     result = ckptfs("fsck", f"file://{populated}")
-    assert result.returncode == 1 and "segment" in result.stdout
+    assert result.returncode == 1 and f"{kind}: {os.path.relpath(segment, populated)}" in result.stdout
     mount = mounter(cache="cache1")  # the mount still comes up and serves everything else
     assert len(os.listdir(mount.path("run"))) == 2
     assert os.path.relpath(segment, populated) in mount.log()
-    mount.assert_clean_log(allowed=("skipping damaged namespace segment",))
+    mount.assert_clean_log(allowed=("skipping damaged namespace segment", "skipping an invalid event of"))
 
 
 def test_missing_or_malformed_manifest_gives_eio(populated, mounter):

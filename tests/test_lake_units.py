@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ckptfs.errors import CorruptObjectError
-from ckptfs.lake import chunker, codec, manifest, namespace
+from ckptfs.lake import chunker, codec, events, manifest, namespace
 
 
 def deterministic_bytes(size: int, seed: int) -> bytes:
@@ -182,8 +182,13 @@ HOSTILE_NAMES = [b"..", b"a/../../etc", b"\xff\xfe\xfd", b"x" * 255, b"new\nline
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
 def test_hostile_names_round_trip_and_never_reach_object_keys(name):
     path = b"run/" + name
-    record = namespace.event("put", path, 1, manifest="0" * 32)
+    record = namespace.event("put", path, 1, manifest="0" * 32, size=0, mode=0o644)
     assert manifest.decode_path(record["path"]) == path
+    if b".." in name.split(b"/"):
+        with pytest.raises(events.InvalidEvent):  # a reader never takes it as a path
+            events.parse(record)
+    else:
+        assert events.parse(record).path == path
     encoded = manifest.encode(sample_manifest(path=path))
     assert manifest.decode(encoded).path == path
     keys = [codec.chunk_key(codec.chunk_id(name)), manifest.manifest_key(manifest.manifest_id(encoded)),
@@ -194,26 +199,29 @@ def test_hostile_names_round_trip_and_never_reach_object_keys(name):
 
 def test_namespace_replay_keeps_history_through_renames_and_deletes():
     tree = namespace.Namespace()
-    events = [
+    m1, m2, m3 = ("1" * 32, "2" * 32, "3" * 32)
+    records = [
         namespace.event("mkdir", b"run", 1, mode=0o755),
-        namespace.event("put", b"run/tmp/a", 2, manifest="m1", size=1, mode=0o644, mtime_ns=2),
+        namespace.event("put", b"run/tmp/a", 2, manifest=m1, size=1, mode=0o644, mtime_ns=2),
         namespace.event("rename", b"run/tmp", 3, dst=b"run/step-1"),
-        namespace.event("put", b"run/last", 4, manifest="m2", size=1, mode=0o644, mtime_ns=4),
-        namespace.event("put", b"run/last", 5, manifest="m3", size=1, mode=0o644, mtime_ns=5),
+        namespace.event("put", b"run/last", 4, manifest=m2, size=1, mode=0o644, mtime_ns=4),
+        namespace.event("put", b"run/last", 5, manifest=m3, size=1, mode=0o644, mtime_ns=5),
         namespace.event("unlink", b"run/last", 6),
     ]
-    for record in events:
-        tree.apply(record)
+    for record in records:
+        tree.apply(events.parse(record))
     assert set(tree.entries) == {b"", b"run", b"run/step-1", b"run/step-1/a"}
-    assert tree.entries[b"run/step-1/a"].manifest == "m1"
-    assert [s.manifest for s in tree.history[b"run/last"]] == ["m2", "m3", None]
-    assert [s.manifest for s in tree.history[b"run/tmp/a"]] == ["m1", None]
+    assert tree.entries[b"run/step-1/a"].manifest == m1
+    assert [s.manifest for s in tree.history[b"run/last"]] == [m2, m3, None]
+    assert [s.manifest for s in tree.history[b"run/tmp/a"]] == [m1, None]
 
 
 def test_namespace_rejects_malformed_segments():
-    for blob in (b"{", b'{"format": 99, "events": []}', b'{"format": 1, "events": [{"op": "explode"}]}'):
+    for blob in (b"{", b'{"format": 99, "events": []}', b'{"format": 1, "events": {}}', b"[]"):
         with pytest.raises(CorruptObjectError):
             namespace.decode_segment(blob, "log/x/0")
+    with pytest.raises(events.InvalidEvent):
+        events.parse({"op": "explode", "path": "x", "time_ns": 1})
 
 
 # Chunk lengths of 12 MiB of random.Random(7) bytes under chunking profile 1 (256K/1M/4M).

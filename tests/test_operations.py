@@ -200,11 +200,14 @@ def test_a_schema_1_journal_is_migrated(tmp_path):
     for column in ("prefix_end", "hole_end", "prefix_new", "prefix_stored"):
         database.execute(f"ALTER TABLE versions DROP COLUMN {column}")
     database.execute("DROP TABLE prefix_chunks")
+    for column in ("rdev", "node"):
+        database.execute(f"ALTER TABLE inodes DROP COLUMN {column}")
     database.execute("UPDATE meta SET value='1' WHERE key='schema'")
     database.commit()
     database.close()
     journal = Journal(path)
-    assert journal.get_meta("schema") == "2"
+    assert journal.get_meta("schema") == "3"
+    assert journal.inode(1).rdev == 0 and journal.inode(1).node is None
     version = journal.new_version(None)
     journal.extend_prefix(version, [(b"c" * 16, 5)], first_seq=0, end=5, hole_end=0, new_bytes=5, stored_bytes=3)
     assert journal.version(version).prefix_end == 5

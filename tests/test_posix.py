@@ -1,5 +1,6 @@
 """POSIX behaviour through a real FUSE mount."""
 
+import ctypes
 import errno
 import mmap
 import os
@@ -145,11 +146,25 @@ def test_directories(mount):
     assert os.listdir(mount.mountpoint) == []
 
 
-def test_hard_links_answer_enotsup(mount):
+def test_unsupported_corners_answer_their_errno(mount):
+    """The errno of each corner docs/SEMANTICS.md lists as not supported."""
     write(mount.path("f"), b"x")
+    write(mount.path("g"), b"y")
+    os.makedirs(mount.path("d"))
+    libc = ctypes.CDLL(None, use_errno=True)
+    rename_exchange = 2
+    result = libc.renameat2(-100, os.fsencode(mount.path("f")), -100, os.fsencode(mount.path("g")), rename_exchange)
+    assert result == -1 and ctypes.get_errno() == errno.EINVAL
     with pytest.raises(OSError) as error:
-        os.link(mount.path("f"), mount.path("g"))
+        os.setxattr(mount.path("f"), "user.note", b"v")
     assert error.value.errno in (errno.ENOTSUP, errno.EOPNOTSUPP)
+    with pytest.raises(OSError) as error:
+        os.getxattr(mount.path("f"), "user.note")
+    assert error.value.errno == errno.ENODATA
+    with pytest.raises(OSError) as error:
+        os.link(mount.path("d"), mount.path("e"))
+    assert error.value.errno == errno.EPERM
+    assert read(mount.path("f")) == b"x" and read(mount.path("g")) == b"y"
 
 
 def test_names_long_non_utf8_and_deep(mount):

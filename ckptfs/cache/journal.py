@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ROOT_INODE = 1
 OPEN, SEALED, COMMITTED = 0, 1, 2
 STATE_NAMES = {OPEN: "dirty", SEALED: "uploading", COMMITTED: "committed"}
@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS inodes(
     ino INTEGER PRIMARY KEY AUTOINCREMENT, mode INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL,
     size INTEGER NOT NULL DEFAULT 0, atime_ns INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
-    ctime_ns INTEGER NOT NULL, target BLOB, version INTEGER);
+    ctime_ns INTEGER NOT NULL, target BLOB, version INTEGER, rdev INTEGER NOT NULL DEFAULT 0, node TEXT);
 CREATE TABLE IF NOT EXISTS dirents(
     parent INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL, PRIMARY KEY(parent, name));
 CREATE INDEX IF NOT EXISTS dirents_by_ino ON dirents(ino);
@@ -59,6 +59,9 @@ CREATE TABLE IF NOT EXISTS prefix_chunks(
 # created by the script above).
 _MIGRATE_FROM_1 = [f"ALTER TABLE versions ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0"
                    for name in ("prefix_end", "hole_end", "prefix_new", "prefix_stored")]
+# Schema 2 lacked device numbers and the lake identity of inodes (hard links, rebuilt inodes).
+_MIGRATE_FROM_2 = ["ALTER TABLE inodes ADD COLUMN rdev INTEGER NOT NULL DEFAULT 0",
+                   "ALTER TABLE inodes ADD COLUMN node TEXT"]
 
 
 @dataclass
@@ -73,6 +76,8 @@ class Inode:
     ctime_ns: int
     target: bytes | None = None
     version: int | None = None
+    rdev: int = 0
+    node: str | None = None  # identity in the lake, shared with its hard links; None: from the mount id
 
     @property
     def is_dir(self) -> bool:
@@ -104,7 +109,7 @@ class Version:
     hole_end: int = 0  # [0, hole_end) of the staging file is punched out: read it from those chunks
 
 
-_INODE_COLUMNS = "ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, target, version"
+_INODE_COLUMNS = "ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, target, version, rdev, node"
 _VERSION_COLUMNS = ("id, ino, state, staged, size, mode, mtime_ns, path, sealed_ns, manifest, stored_bytes, "
                     "prefix_end, hole_end")
 
@@ -120,12 +125,13 @@ class Journal:
         if self.get_meta("schema") is None:
             self.set_meta("schema", str(SCHEMA_VERSION))
             now = time.time_ns()
-            self.db.execute(f"INSERT INTO inodes({_INODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            self.db.execute(f"INSERT INTO inodes({_INODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                             (ROOT_INODE, stat.S_IFDIR | 0o755, os.getuid(), os.getgid(), 0, now, now, now,
-                             None, None))
+                             None, None, 0, None))
             self.commit(durable=True)
-        elif self.get_meta("schema") == "1":
-            for statement in _MIGRATE_FROM_1:
+        elif self.get_meta("schema") in ("1", "2"):
+            steps = (_MIGRATE_FROM_1 if self.get_meta("schema") == "1" else []) + _MIGRATE_FROM_2
+            for statement in steps:
                 self.db.execute(statement)
             self.set_meta("schema", str(SCHEMA_VERSION))
             self.commit(durable=True)
@@ -181,18 +187,18 @@ class Journal:
         return inode
 
     def create_inode(self, mode: int, uid: int, gid: int, *, target: bytes | None = None,
-                     time_ns: int | None = None) -> Inode:
-        now = time_ns or time.time_ns()
+                     time_ns: int | None = None, rdev: int = 0, node: str | None = None) -> Inode:
+        now = time.time_ns() if time_ns is None else time_ns
         cursor = self.db.execute(
-            "INSERT INTO inodes(mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, target) "
-            "VALUES (?,?,?,?,?,?,?,?)", (mode, uid, gid, len(target or b""), now, now, now, target))
+            "INSERT INTO inodes(mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, target, rdev, node) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?)", (mode, uid, gid, len(target or b""), now, now, now, target, rdev, node))
         return self.inode(cursor.lastrowid)  # type: ignore[return-value]
 
     def save_inode(self, inode: Inode) -> None:
         self.db.execute("UPDATE inodes SET mode=?, uid=?, gid=?, size=?, atime_ns=?, mtime_ns=?, ctime_ns=?, "
-                        "target=?, version=? WHERE ino=?",
+                        "target=?, version=?, rdev=?, node=? WHERE ino=?",
                         (inode.mode, inode.uid, inode.gid, inode.size, inode.atime_ns, inode.mtime_ns,
-                         inode.ctime_ns, inode.target, inode.version, inode.ino))
+                         inode.ctime_ns, inode.target, inode.version, inode.rdev, inode.node, inode.ino))
 
     def delete_inode(self, ino: int) -> None:
         self.db.execute("DELETE FROM inodes WHERE ino=?", (ino,))
@@ -233,6 +239,25 @@ class Journal:
     def parent_of(self, ino: int) -> tuple[int, bytes] | None:
         row = self.db.execute("SELECT parent, name FROM dirents WHERE ino=? LIMIT 1", (ino,)).fetchone()
         return (row[0], bytes(row[1])) if row else None
+
+    def link_count(self, ino: int) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM dirents WHERE ino=?", (ino,)).fetchone()[0]
+
+    def subdirectory_count(self, ino: int) -> int:
+        """The directories in a directory: each names it as `..`, so its link count is 2 plus these."""
+        return self.db.execute("SELECT COUNT(*) FROM dirents JOIN inodes ON inodes.ino = dirents.ino "
+                               "WHERE parent=? AND (mode & ?) = ?", (ino, stat.S_IFMT(0o170000), stat.S_IFDIR)
+                               ).fetchone()[0]
+
+    def paths_of(self, ino: int) -> list[bytes]:
+        """Every path that names an inode (hard links have several), sorted."""
+        names = self.db.execute("SELECT parent, name FROM dirents WHERE ino=?", (ino,)).fetchall()
+        paths = []
+        for parent, name in names:
+            base = self.path_of(parent)
+            if base is not None:
+                paths.append(base + b"/" + bytes(name) if base else bytes(name))
+        return sorted(paths)
 
     def path_of(self, ino: int) -> bytes | None:
         """The path of an inode relative to the root, or None if it is unlinked."""

@@ -90,6 +90,9 @@ def _bypass_page_cache(flags: int, others_open: int) -> bool:
     return flags & os.O_ACCMODE == os.O_WRONLY and bool(flags & (os.O_TRUNC | os.O_CREAT)) and others_open == 0
 
 
+_SPECIAL_KINDS = {stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket", stat.S_IFCHR: "char", stat.S_IFBLK: "block"}
+
+
 def _fail(code: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(code)
 
@@ -200,7 +203,9 @@ class Operations(pyfuse3.Operations):
         attributes = pyfuse3.EntryAttributes()
         attributes.st_ino = inode.ino
         attributes.st_mode = inode.mode
-        attributes.st_nlink = 2 if inode.is_dir else 1
+        attributes.st_nlink = 2 + self.journal.subdirectory_count(inode.ino) if inode.is_dir \
+            else self.journal.link_count(inode.ino)
+        attributes.st_rdev = inode.rdev
         attributes.st_uid = inode.uid
         attributes.st_gid = inode.gid
         attributes.st_size = inode.size
@@ -363,17 +368,19 @@ class Operations(pyfuse3.Operations):
         version = self.journal.version(inode.version) if inode.version is not None else None
         if version is None or version.state != OPEN:
             return None
-        path = self.journal.path_of(inode.ino)
-        if path is None:
+        paths = self.journal.paths_of(inode.ino)
+        if not paths:
             return None  # unlinked while open: nothing can name it; dropped with the inode
         when = self._event_time()
         size = self.staging.size(version.id)
         inode.size = size
         self.journal.save_inode(inode)
         self.journal.update_version(version.id, state=SEALED, size=size, mode=inode.mode & 0o7777,
-                                    mtime_ns=inode.mtime_ns, path=path, sealed_ns=when)
-        self.journal.add_history(path, when, version.id)
-        self.journal.enqueue(namespace.event("put", path, when), version.id)
+                                    mtime_ns=inode.mtime_ns, path=paths[0], sealed_ns=when)
+        for path in paths:  # hard links share the content: every name's history gets the version
+            self.journal.add_history(path, when, version.id)
+        self.journal.enqueue(namespace.event("put", paths[0], when, uid=inode.uid, gid=inode.gid,
+                                             atime_ns=inode.atime_ns, node=self._node_id(inode)), version.id)
         self.commit()
         self.uploader.submit(version.id)
         return version.id
@@ -403,6 +410,10 @@ class Operations(pyfuse3.Operations):
         if sealed or dropped:
             self.commit(durable=True)
         return sealed
+
+    def _node_id(self, inode: Inode) -> str:
+        """The inode's identity in the lake: kept across rebuilds, shared by its hard links."""
+        return inode.node or f"{self.mount_id}.{inode.ino:x}"
 
     def _publish(self, op: str, path: bytes, **fields: Any) -> None:
         self.journal.enqueue(namespace.event(op, path, self._event_time(), **fields))
@@ -435,6 +446,8 @@ class Operations(pyfuse3.Operations):
             return self._virtual_attributes(ino)
         if parent_inode == ROOT_INODE and name == versions.NAME:
             return self._virtual_attributes(versions.ROOT_VIRTUAL_INODE)
+        if len(name) > NAME_MAX:
+            raise _fail(errno.ENAMETOOLONG)
         if name == b".":
             ino = parent_inode
         elif name == b"..":
@@ -496,6 +509,7 @@ class Operations(pyfuse3.Operations):
             changed_metadata = True
         if fields.update_atime:
             node.atime_ns = attr.st_atime_ns
+            changed_metadata = True
         node.ctime_ns = now
         self.journal.save_inode(node)
         if changed_metadata:
@@ -503,7 +517,8 @@ class Operations(pyfuse3.Operations):
             if current is None or current.state != OPEN:  # an open version carries its own attributes
                 path = self.journal.path_of(inode)
                 if path:
-                    self._publish("attr", path, mode=stat.S_IMODE(node.mode), mtime_ns=node.mtime_ns)
+                    self._publish("attr", path, mode=stat.S_IMODE(node.mode), mtime_ns=node.mtime_ns,
+                                  atime_ns=node.atime_ns, uid=node.uid, gid=node.gid)
         self.commit()
         return self._attributes(node)
 
@@ -533,7 +548,8 @@ class Operations(pyfuse3.Operations):
         else:
             if not self._inode(inode).is_dir:
                 raise _fail(errno.ENOTDIR)
-            entries = self.journal.children(inode)
+            link = self.journal.parent_of(inode)
+            entries = [(b".", inode), (b"..", link[0] if link else ROOT_INODE)] + self.journal.children(inode)
         handle = self._next_handle
         self._next_handle += 1
         self._listings[handle] = entries
@@ -549,7 +565,7 @@ class Operations(pyfuse3.Operations):
                 continue  # removed since opendir
             if not pyfuse3.readdir_reply(token, name, attributes, index + 1):
                 return
-            if not versions.is_virtual(ino):
+            if not versions.is_virtual(ino) and name not in (b".", b".."):  # the kernel counts no lookup for these
                 self._remember_lookup(ino)
 
     async def releasedir(self, fh: int) -> None:
@@ -558,16 +574,56 @@ class Operations(pyfuse3.Operations):
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         self.commit(durable=True)
 
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx) -> pyfuse3.EntryAttributes:
+    def _new_inode(self, parent: Inode, kind: int, mode: int, ctx, **fields: Any) -> Inode:
+        """An inode for a new entry of `parent`, owned by the caller; in a set-group-id directory the
+        group is the directory's, and a new directory is set-group-id too (as on Linux file systems)."""
+        gid = ctx.gid
+        if parent.mode & stat.S_ISGID:
+            gid = parent.gid
+            if kind == stat.S_IFDIR:
+                mode |= stat.S_ISGID
+        return self.journal.create_inode(kind | (mode & 0o7777), ctx.uid, gid, **fields)
+
+    def _add_entry(self, parent: Inode, name: bytes, inode: Inode) -> bytes:
+        """Link a new inode into `parent`; returns its path."""
+        self.journal.add_dirent(parent.ino, name, inode.ino)
+        self._touch_dir(parent)
+        self._remember_lookup(inode.ino)
+        return self._path(parent.ino, name)
+
+    def _check_absent(self, parent_inode: int, name: bytes) -> Inode:
         parent = self._check_writable_parent(parent_inode, name)
         if self.journal.lookup(parent_inode, name) is not None:
             raise _fail(errno.EEXIST)
-        inode = self.journal.create_inode(stat.S_IFDIR | (mode & ~ctx.umask & 0o7777), ctx.uid, ctx.gid)
-        self.journal.add_dirent(parent_inode, name, inode.ino)
-        self._touch_dir(parent)
-        self._publish("mkdir", self._path(parent_inode, name), mode=stat.S_IMODE(inode.mode))
+        return parent
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx) -> pyfuse3.EntryAttributes:
+        parent = self._check_absent(parent_inode, name)
+        inode = self._new_inode(parent, stat.S_IFDIR, mode & ~ctx.umask, ctx)
+        path = self._add_entry(parent, name, inode)
+        self._publish("mkdir", path, mode=stat.S_IMODE(inode.mode), uid=inode.uid, gid=inode.gid,
+                      mtime_ns=inode.mtime_ns)
         self.commit()
-        self._remember_lookup(inode.ino)
+        return self._attributes(inode)
+
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx) -> pyfuse3.EntryAttributes:
+        """FIFOs, UNIX sockets (bind(2) creates one) and device nodes are kept in the lake like any
+        entry; the mount is always nodev, so a device node opens nothing. A regular file made with
+        mknod(2) is an empty file with its first version sealed."""
+        kind = stat.S_IFMT(mode)
+        if kind == stat.S_IFREG:
+            info, attributes = await self.create(parent_inode, name, mode, os.O_WRONLY | os.O_CREAT, ctx)
+            await self.release(info.fh)
+            return attributes
+        if kind not in _SPECIAL_KINDS:
+            raise _fail(errno.EINVAL)
+        parent = self._check_absent(parent_inode, name)
+        inode = self._new_inode(parent, kind, stat.S_IMODE(mode) & ~ctx.umask, ctx,
+                                rdev=rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0)
+        path = self._add_entry(parent, name, inode)
+        self._publish("mknod", path, kind=_SPECIAL_KINDS[kind], mode=stat.S_IMODE(inode.mode), rdev=inode.rdev,
+                      uid=inode.uid, gid=inode.gid, mtime_ns=inode.mtime_ns, node=self._node_id(inode))
+        self.commit()
         return self._attributes(inode)
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
@@ -587,19 +643,38 @@ class Operations(pyfuse3.Operations):
         self.commit()
 
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx) -> pyfuse3.EntryAttributes:
-        parent = self._check_writable_parent(parent_inode, name)
-        if self.journal.lookup(parent_inode, name) is not None:
-            raise _fail(errno.EEXIST)
-        inode = self.journal.create_inode(stat.S_IFLNK | 0o777, ctx.uid, ctx.gid, target=target)
-        self.journal.add_dirent(parent_inode, name, inode.ino)
-        self._touch_dir(parent)
-        self._publish("symlink", self._path(parent_inode, name), target=target)
+        parent = self._check_absent(parent_inode, name)
+        inode = self._new_inode(parent, stat.S_IFLNK, 0o777, ctx, target=target)
+        path = self._add_entry(parent, name, inode)
+        self._publish("symlink", path, target=target, uid=inode.uid, gid=inode.gid, mtime_ns=inode.mtime_ns)
         self.commit()
-        self._remember_lookup(inode.ino)
         return self._attributes(inode)
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx) -> pyfuse3.EntryAttributes:
-        raise _fail(errno.ENOTSUP)  # hard links: docs/SEMANTICS.md
+        """A hard link: one more name for the inode. In the lake both names share the inode's
+        identity, and each version of the file goes into the history of every name it has then
+        (docs/FORMAT.md)."""
+        if versions.is_virtual(inode):
+            raise _fail(errno.EROFS)
+        parent = self._check_absent(new_parent_inode, new_name)
+        node = self._inode(inode)
+        if node.is_dir:
+            raise _fail(errno.EPERM)
+        source = self.journal.path_of(inode)
+        if source is None:
+            raise _fail(errno.ENOENT)  # unlinked while open: linkat(2) of such a file answers ENOENT
+        path = self._add_entry(parent, new_name, node)
+        node.ctime_ns = time.time_ns()
+        self.journal.save_inode(node)
+        when = self._event_time()
+        current = self.journal.version(node.version) if node.is_file and node.version is not None else None
+        if current is not None and current.state != OPEN:
+            self.journal.add_history(path, when, current.id)
+        self.journal.enqueue(namespace.event("link", source, when, dst=path, node=self._node_id(node),
+                                             uid=node.uid, gid=node.gid))
+        self.uploader.poke()
+        self.commit()
+        return self._attributes(node)
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
         parent = self._check_writable_parent(parent_inode, name)
@@ -614,6 +689,8 @@ class Operations(pyfuse3.Operations):
             self.journal.add_history(path, self._event_time(), None)
         self.journal.remove_dirent(parent_inode, name)
         self._touch_dir(parent)
+        node.ctime_ns = time.time_ns()  # its link count changed
+        self.journal.save_inode(node)
         self._publish("unlink", path)
         self._maybe_delete_inode(ino)
         self.commit()
@@ -666,6 +743,11 @@ class Operations(pyfuse3.Operations):
         self.journal.move_dirent(parent_inode_old, name_old, parent_inode_new, name_new)
         self._touch_dir(old_parent)
         self._touch_dir(new_parent)
+        moved.ctime_ns = time.time_ns()
+        self.journal.save_inode(moved)
+        if replaced is not None and self.journal.link_count(replaced):
+            self._inode(replaced).ctime_ns = moved.ctime_ns  # a hard link of it is left
+            self.journal.save_inode(self._inode(replaced))
         self.journal.enqueue(namespace.event("rename", source, when, dst=destination))
         self.uploader.poke()
         if replaced is not None:
@@ -681,17 +763,13 @@ class Operations(pyfuse3.Operations):
         return number
 
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx):
-        parent = self._check_writable_parent(parent_inode, name)
-        if self.journal.lookup(parent_inode, name) is not None:
-            raise _fail(errno.EEXIST)
-        inode = self.journal.create_inode(stat.S_IFREG | (mode & ~ctx.umask & 0o7777), ctx.uid, ctx.gid)
+        parent = self._check_absent(parent_inode, name)
+        inode = self._new_inode(parent, stat.S_IFREG, mode & ~ctx.umask, ctx)
         version = self.journal.new_version(inode.ino, mode=stat.S_IMODE(inode.mode))
         self.staging.create(version)
         inode.version = version
         self.journal.save_inode(inode)
-        self.journal.add_dirent(parent_inode, name, inode.ino)
-        self._touch_dir(parent)
-        self._remember_lookup(inode.ino)
+        self._add_entry(parent, name, inode)
         handle = self._new_handle(Handle(inode.ino, True, touched=True))
         direct = _bypass_page_cache(flags | os.O_CREAT, 0)  # a new inode: nobody else has it open
         return pyfuse3.FileInfo(fh=handle, direct_io=direct), self._attributes(inode)
@@ -720,7 +798,7 @@ class Operations(pyfuse3.Operations):
             version = await self._writable_version(node, None, empty=True)
             self.staging.truncate(version, 0)
             node.size = 0
-            node.mtime_ns = time.time_ns()
+            node.mtime_ns = node.ctime_ns = time.time_ns()
             handle.touched = True
         return pyfuse3.FileInfo(fh=number, keep_cache=keep_cache, direct_io=direct)
 

@@ -1,8 +1,9 @@
 """The lake checker behind `ckptfs fsck`: reads the lake directly, mounts nothing, changes nothing.
 
-Every log segment must parse; every version any history state names (live or not) must have a
-manifest that parses and matches its id; every chunk a manifest names must exist, and with
-`verify_data` must decode and hash to its id. Each problem names the object it concerns.
+Every log segment must parse and every event in it be valid (`events.parse`); every version any
+history state names (live or not) must have a manifest that parses and matches its id; every chunk
+a manifest names must exist, and with `verify_data` must decode and hash to its id. Each problem
+names the object it concerns.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 
 from ckptfs.errors import CorruptObjectError
 from ckptfs.lake import codec
+from ckptfs.lake.events import InvalidEvent
 from ckptfs.lake.lake import Lake
 from ckptfs.lake.manifest import manifest_key
 from ckptfs.store import StoreError
@@ -21,7 +23,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Problem:
-    kind: str      # "segment", "manifest", "chunk-missing", "chunk-corrupt"
+    kind: str      # "segment", "event", "manifest", "chunk-missing", "chunk-corrupt"
     key: str       # the object concerned
     detail: str
 
@@ -46,7 +48,8 @@ def check_lake(lake: Lake, *, verify_data: bool = False) -> Report:
     lake.open(create=False)
     report.segments = sum(1 for _ in lake.segments())
     tree = lake.read_namespace(
-        on_damaged=lambda key, error: report.problems.append(Problem("segment", key, str(error))))
+        on_damaged=lambda key, error: report.problems.append(
+            Problem("event" if isinstance(error, InvalidEvent) else "segment", key, str(error))))
     report.live_files = sum(1 for entry in tree.entries.values() if entry.kind == "file")
     manifests: dict[str, bytes] = {}
     for path, states in tree.history.items():

@@ -17,13 +17,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ckptfs.errors import CorruptObjectError
-from ckptfs.lake import chunker, codec, manifest, namespace
+from ckptfs.lake import chunker, codec, events, manifest, namespace
 from ckptfs.store import ObjectNotFound, ObjectStore, PreconditionFailed
 
 log = logging.getLogger(__name__)
 DESCRIPTOR_KEY = "lake.json"
 FORMAT_NAME = "ckptfs-lake"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: namespace events with owners, times, special files and hard links
+READABLE_VERSIONS = (1, 2)
 
 
 class Lake:
@@ -53,14 +54,21 @@ class Lake:
             name, version = descriptor["format"], descriptor["version"]
         except (ValueError, KeyError, TypeError):
             raise CorruptObjectError(f"{self.store.url}{DESCRIPTOR_KEY} is not a ckptfs lake descriptor") from None
-        if name != FORMAT_NAME or version != FORMAT_VERSION:
-            raise CorruptObjectError(f"{self.store.url} holds lake format {name!r} v{version}; "
-                                     f"this ckptfs reads {FORMAT_NAME} v{FORMAT_VERSION}")
+        if name != FORMAT_NAME or version not in READABLE_VERSIONS:
+            raise CorruptObjectError(f"{self.store.url} holds lake format {name!r} v{version}; this ckptfs "
+                                     f"reads {FORMAT_NAME} v{', v'.join(map(str, READABLE_VERSIONS))}")
         profile = descriptor.get("chunking", {}).get("profile", 1)
         if profile not in chunker.PROFILES:
             raise CorruptObjectError(f"{self.store.url} is chunked with profile {profile!r}; this ckptfs "
                                      f"knows profiles {', '.join(map(str, chunker.PROFILES))}")
         self.chunking_profile = profile
+        if create and version < FORMAT_VERSION:
+            # A mount writes events of the current format: older readers must refuse the lake with
+            # a clear message rather than skip those events. The upgraded descriptor is the same
+            # whoever writes it, so two mounts upgrading at once need no condition.
+            descriptor = {**descriptor, "version": FORMAT_VERSION}
+            self.store.put(DESCRIPTOR_KEY, json.dumps(descriptor).encode())
+            log.info("upgraded %s from lake format v%d to v%d", self.store.url, version, FORMAT_VERSION)
         return descriptor
 
     # -- chunks -------------------------------------------------------------------------------
@@ -131,29 +139,39 @@ class Lake:
                 continue
             yield parsed[0], parsed[1], key
 
-    def read_events(self, on_damaged: Callable[[str, Exception], None] | None = None) -> list[dict[str, Any]]:
-        """All published events of all mounts, in replay order.
+    def read_events(self, on_damaged: Callable[[str, Exception], None] | None = None) -> list[events.Event]:
+        """All published events of all mounts, validated, in replay order.
 
-        A segment that cannot be read or parsed is reported to `on_damaged` (by default: an error in
-        the log naming it) and skipped, so one damaged object does not make the whole lake unreadable.
+        A segment that cannot be read or parsed, or an event in it that is not valid
+        (`events.parse`), is reported to `on_damaged` with the key (by default: an error in the log
+        naming it) and skipped, so one damaged object or event does not make the lake unreadable.
         """
+        def damaged(key: str, error: Exception) -> None:
+            if on_damaged is None:
+                what = "an invalid event of" if isinstance(error, events.InvalidEvent) else "damaged namespace segment"
+                log.error("skipping %s %s: %s", what, key, error)
+            else:
+                on_damaged(key, error)
+
         ordered = []
         for mount, seq, key in self.segments():
             try:
-                events = namespace.decode_segment(self.store.get(key), key)
+                raw_events = namespace.decode_segment(self.store.get(key), key)
             except (CorruptObjectError, ObjectNotFound) as error:
-                if on_damaged is None:
-                    log.error("skipping damaged namespace segment %s: %s", key, error)
-                else:
-                    on_damaged(key, error)
+                damaged(key, error)
                 continue
-            for position, record in enumerate(events):
-                ordered.append(((record["time_ns"], mount, seq, position), record))
+            for position, raw in enumerate(raw_events):
+                try:
+                    change = events.parse(raw, mount=mount, where=f"{key} event {position}")
+                except events.InvalidEvent as error:
+                    damaged(key, error)
+                    continue
+                ordered.append(((change.time_ns, mount, seq, position), change))
         ordered.sort(key=lambda item: item[0])
-        return [record for _, record in ordered]
+        return [change for _, change in ordered]
 
     def read_namespace(self, on_damaged: Callable[[str, Exception], None] | None = None) -> namespace.Namespace:
         tree = namespace.Namespace()
-        for record in self.read_events(on_damaged):
-            tree.apply(record)
+        for change in self.read_events(on_damaged):
+            tree.apply(change)
         return tree

@@ -5,6 +5,9 @@ so there is no mutable object per directory to contend on. A mount writes its ow
 `log/<mount>/<seq>` (each key written once, conditionally); a reader LISTs `log/`, GETs the segments and
 replays all events ordered by (time, mount, seq, position). Per mount, event times strictly increase, so
 each mount's own order (close and rename order) is kept. Paths are bytes relative to the lake root.
+
+Segments are checked here only as envelopes; each event is validated by `events.parse`, and the replay
+below takes only validated events.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptfs.errors import CorruptObjectError
-from ckptfs.lake.manifest import decode_path, encode_path
+from ckptfs.lake.events import Event
+from ckptfs.lake.events import record as event  # noqa: F401 - the writers' name for it
 
-FORMAT = 1
-OPS = {"put", "unlink", "mkdir", "rmdir", "symlink", "rename", "attr"}
+FORMAT = 2  # 2: owners, times, special files and hard links; format 1 segments read the same way
+READABLE_FORMATS = (1, 2)
 MAX_SEGMENT = 64 * 1024 * 1024
 
 
@@ -40,36 +44,38 @@ def encode_segment(mount: str, seq: int, events: list[dict[str, Any]]) -> bytes:
                       separators=(",", ":")).encode()
 
 
-def decode_segment(blob: bytes, key: str) -> list[dict[str, Any]]:
+def decode_segment(blob: bytes, key: str) -> list[Any]:
+    """The raw events of a segment (each still to be validated with events.parse)."""
     try:
         document = json.loads(blob)
-        if document.get("format") != FORMAT:
+        if not isinstance(document, dict):
+            raise CorruptObjectError(f"{key}: not a log segment")
+        if document.get("format") not in READABLE_FORMATS:
             raise CorruptObjectError(f"{key}: unknown log format {document.get('format')!r}")
         events = document["events"]
-        for event in events:
-            if event["op"] not in OPS or not isinstance(event["time_ns"], int):
-                raise CorruptObjectError(f"{key}: malformed event {event!r:.200}")
+        if not isinstance(events, list):
+            raise CorruptObjectError(f"{key}: malformed log segment (events is not a list)")
         return events
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
+    except (ValueError, KeyError, TypeError) as error:
         raise CorruptObjectError(f"{key}: malformed log segment ({error})") from None
 
 
-def event(op: str, path: bytes, time_ns: int, **fields: Any) -> dict[str, Any]:
-    """Build a log event; bytes-valued fields are paths and are encoded losslessly."""
-    record: dict[str, Any] = {"op": op, "path": encode_path(path), "time_ns": time_ns}
-    for name, value in fields.items():
-        record[name] = encode_path(value) if isinstance(value, bytes) else value
-    return record
-
-
-@dataclass
+@dataclass(eq=False)
 class Entry:
-    kind: str  # "file", "dir" or "symlink"
+    """An inode of the replayed tree. Hard links are one Entry under several paths (`names`)."""
+    kind: str  # "file", "dir", "symlink", or one of events.SPECIAL_KINDS
     mode: int
     mtime_ns: int
     size: int = 0
-    manifest: str | None = None
+    manifest: str | None = None  # None for a file linked before its first version was published
     target: bytes | None = None
+    uid: int | None = None  # None: written by a mount of format 1; the mounting user owns it
+    gid: int | None = None
+    atime_ns: int | None = None
+    ctime_ns: int = 0  # the time of the last event that changed it
+    rdev: int = 0
+    node: str | None = None
+    names: set[bytes] = field(default_factory=set)
 
 
 @dataclass
@@ -83,8 +89,23 @@ class State:
 
 @dataclass
 class Namespace:
-    entries: dict[bytes, Entry] = field(default_factory=lambda: {b"": Entry("dir", 0o755, 0)})
+    entries: dict[bytes, Entry] = field(default_factory=lambda: {b"": Entry("dir", 0o755, 0, names={b""})})
     history: dict[bytes, list[State]] = field(default_factory=dict)
+    nodes: dict[str, Entry] = field(default_factory=dict)  # node id -> its entry, while it has a name
+
+    # -- building blocks -----------------------------------------------------------------------
+    def _bind(self, path: bytes, entry: Entry) -> None:
+        self.entries[path] = entry
+        entry.names.add(path)
+        if entry.node is not None:
+            self.nodes[entry.node] = entry
+
+    def _unbind(self, path: bytes) -> Entry:
+        entry = self.entries.pop(path)
+        entry.names.discard(path)
+        if not entry.names and entry.node is not None and self.nodes.get(entry.node) is entry:
+            del self.nodes[entry.node]
+        return entry
 
     def _ensure_parents(self, path: bytes, time_ns: int) -> None:
         parts = path.split(b"/")[:-1]
@@ -92,7 +113,7 @@ class Namespace:
             parent = b"/".join(parts[:depth])
             if parent not in self.entries or self.entries[parent].kind != "dir":
                 self._remove(parent, time_ns)
-                self.entries[parent] = Entry("dir", 0o755, time_ns)
+                self._bind(parent, Entry("dir", 0o755, time_ns, ctime_ns=time_ns))
 
     def _remember(self, path: bytes, state: State) -> None:
         self.history.setdefault(path, []).append(state)
@@ -101,54 +122,112 @@ class Namespace:
         """Remove a path and everything under it, recording deletions of files."""
         prefix = path + b"/"
         for victim in [p for p in self.entries if p == path or p.startswith(prefix)]:
-            if self.entries[victim].kind == "file":
+            entry = self._unbind(victim)
+            if entry.kind == "file":
                 self._remember(victim, State(time_ns, None))
-            del self.entries[victim]
+            if entry.names:
+                entry.ctime_ns = time_ns  # its link count changed
+
+    def _create(self, path: bytes, entry: Entry, time_ns: int) -> None:
+        self._remove(path, time_ns)
+        self._ensure_parents(path, time_ns)
+        self._bind(path, entry)
 
     def descendants(self, path: bytes) -> list[bytes]:
         prefix = path + b"/" if path else b""
         return sorted(p for p in self.entries if p.startswith(prefix) and p != path)
 
-    def apply(self, record: dict[str, Any]) -> None:
-        op, time_ns = record["op"], record["time_ns"]
-        path = decode_path(record["path"])
-        if not path:
-            return
+    # -- replay --------------------------------------------------------------------------------
+    def apply(self, change: Event) -> None:
+        op, path, time_ns = change.op, change.path, change.time_ns
         if op == "put":
-            if path in self.entries and self.entries[path].kind != "file":
-                self._remove(path, time_ns)
-            self._ensure_parents(path, time_ns)
-            entry = Entry("file", record["mode"], record["mtime_ns"], record["size"], record["manifest"])
-            self.entries[path] = entry
-            self._remember(path, State(time_ns, entry.manifest, entry.size, entry.mode))
+            self._put(change)
         elif op == "symlink":
-            self._remove(path, time_ns)
-            self._ensure_parents(path, time_ns)
-            self.entries[path] = Entry("symlink", 0o777, time_ns, target=decode_path(record["target"]))
+            self._create(path, Entry("symlink", 0o777, _or(change.mtime_ns, time_ns), target=change.target,
+                                     uid=change.uid, gid=change.gid, ctime_ns=time_ns), time_ns)
+        elif op == "mknod":
+            self._create(path, Entry(change.kind or "fifo", _or(change.mode, 0o644), _or(change.mtime_ns, time_ns),
+                                     uid=change.uid, gid=change.gid, atime_ns=change.atime_ns, ctime_ns=time_ns,
+                                     rdev=change.rdev, node=change.node), time_ns)
         elif op == "mkdir":
             if path not in self.entries or self.entries[path].kind != "dir":
-                self._remove(path, time_ns)
-                self._ensure_parents(path, time_ns)
-                self.entries[path] = Entry("dir", record.get("mode", 0o755), time_ns)
+                self._create(path, Entry("dir", _or(change.mode, 0o755), _or(change.mtime_ns, time_ns),
+                                         uid=change.uid, gid=change.gid, ctime_ns=time_ns), time_ns)
         elif op in ("unlink", "rmdir"):
             self._remove(path, time_ns)
         elif op == "attr":
-            if path in self.entries:
-                self.entries[path].mode = record.get("mode", self.entries[path].mode)
-                self.entries[path].mtime_ns = record.get("mtime_ns", self.entries[path].mtime_ns)
+            entry = self.entries.get(path)
+            if entry is not None:
+                entry.mode = _or(change.mode, entry.mode)
+                entry.mtime_ns = _or(change.mtime_ns, entry.mtime_ns)
+                entry.atime_ns = _or(change.atime_ns, entry.atime_ns)
+                entry.uid = _or(change.uid, entry.uid)
+                entry.gid = _or(change.gid, entry.gid)
+                entry.ctime_ns = time_ns
         elif op == "rename":
-            self._rename(path, decode_path(record["dst"]), time_ns)
+            assert change.dst is not None
+            self._rename(path, change.dst, time_ns)
+        elif op == "link":
+            assert change.dst is not None
+            self._link(change, change.dst)
+
+    def _put(self, change: Event) -> None:
+        """A new version of a file, for every name its inode has (hard links share their content)."""
+        path, time_ns = change.path, change.time_ns
+        entry = self.entries.get(path)
+        if entry is None or entry.kind != "file" or entry.node is None or entry.node != change.node:
+            linked = self.nodes.get(change.node) if change.node is not None else None
+            replacement = linked if linked is not None and linked.kind == "file" else None
+            replacement = replacement or Entry("file", 0, 0, node=change.node)
+            if entry is not replacement:
+                if entry is not None and entry.kind == "file":
+                    self._unbind(path)  # replaced, not deleted: the new state below follows the old
+                self._create(path, replacement, time_ns)
+            entry = replacement
+        entry.manifest, entry.size = change.manifest, change.size
+        entry.mode = _or(change.mode, entry.mode)
+        entry.mtime_ns = _or(change.mtime_ns, time_ns)
+        entry.atime_ns = _or(change.atime_ns, entry.atime_ns)
+        entry.uid, entry.gid = _or(change.uid, entry.uid), _or(change.gid, entry.gid)
+        entry.ctime_ns = time_ns
+        for name in sorted(entry.names):
+            self._remember(name, State(time_ns, entry.manifest, entry.size, entry.mode))
+
+    def _link(self, change: Event, new: bytes) -> None:
+        entry = self.entries.get(change.path)
+        if entry is None or entry.kind == "dir" or (change.node is not None and entry.node != change.node):
+            entry = self.nodes.get(change.node) if change.node is not None else None
+        if entry is None:
+            # The source's first version is not published yet (linked while being written): an
+            # empty file whose coming `put` fills every name.
+            entry = Entry("file", 0o644, change.time_ns, node=change.node, uid=change.uid, gid=change.gid)
+        if self.entries.get(new) is entry:
+            return
+        self._create(new, entry, change.time_ns)
+        entry.ctime_ns = change.time_ns
+        if entry.kind == "file" and entry.manifest is not None:
+            self._remember(new, State(change.time_ns, entry.manifest, entry.size, entry.mode))
 
     def _rename(self, source: bytes, destination: bytes, time_ns: int) -> None:
-        if source not in self.entries or source == destination or not destination:
+        if source not in self.entries or source == destination:
             return
+        if destination.startswith(source + b"/"):
+            return  # into itself: no mount publishes this
+        if self.entries.get(destination) is self.entries[source]:
+            return  # two names of one inode: rename(2) does nothing
         moved = [source] + self.descendants(source)
         self._remove(destination, time_ns)
         self._ensure_parents(destination, time_ns)
         for old in moved:
             new = destination + old[len(source):]
-            entry = self.entries.pop(old)
-            self.entries[new] = entry
+            entry = self._unbind(old)
+            self._bind(new, entry)
             if entry.kind == "file":
                 self._remember(old, State(time_ns, None))
-                self._remember(new, State(time_ns, entry.manifest, entry.size, entry.mode))
+                if entry.manifest is not None:
+                    self._remember(new, State(time_ns, entry.manifest, entry.size, entry.mode))
+        self.entries[destination].ctime_ns = time_ns
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value

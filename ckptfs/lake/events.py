@@ -1,0 +1,165 @@
+"""Namespace events: built by a mount, and read back from the lake, validated here and only here.
+
+A lake is shared by many nodes and often by several teams, so every event a mount reads is input
+from a client it does not control. `parse` turns a raw event (one JSON object of a log segment)
+into an `Event` whose every path, mode, size, time, owner and id has been checked, or raises
+`InvalidEvent` saying what is wrong; the reader skips that event, reports it (log, fsck) and serves
+the rest. Nothing downstream of `parse` checks again, and nothing reads raw events but `parse`.
+
+What a valid path is: bytes relative to the lake root, components separated by one `/`, each
+component 1-255 bytes, without NUL, not `.` or `..`; at most 4096 bytes in all; the first component
+is not `.versions` (the mount's history tree). Modes are permission bits only (at most 0o7777): the
+file type comes from the operation. Set-id bits are kept, and grant nothing: mounts are always
+`nosuid,nodev`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ckptfs.errors import CorruptObjectError
+from ckptfs.lake.manifest import MAX_FILE_SIZE, decode_path, encode_path
+
+NAME_MAX = 255
+PATH_MAX = 4096
+HISTORY_NAME = b".versions"
+# File types besides regular files, directories and symlinks, created with mknod(2).
+SPECIAL_KINDS = ("fifo", "socket", "char", "block")
+OPS = {"put", "unlink", "mkdir", "rmdir", "symlink", "rename", "attr", "mknod", "link"}
+_MANIFEST_ID = re.compile(r"[0-9a-f]{32}\Z")
+_TIME_LIMIT = 1 << 63  # nanoseconds since the epoch in a signed 64-bit integer: years 1678-2262
+_ID_LIMIT = 1 << 32
+_NODE_MAX = 64
+
+
+class InvalidEvent(CorruptObjectError):
+    """An event of a log segment that does not describe a valid change of the tree."""
+
+
+@dataclass(frozen=True)
+class Event:
+    op: str
+    path: bytes
+    time_ns: int
+    mount: str = ""  # the mount whose segment holds it (set by the reader)
+    dst: bytes | None = None  # rename: the new path; link: the new name
+    manifest: str | None = None  # put
+    size: int = 0  # put
+    mode: int | None = None  # permission bits; put, mkdir, mknod, attr
+    mtime_ns: int | None = None
+    atime_ns: int | None = None
+    uid: int | None = None  # None in events of format 1: the mounting user owns the entry
+    gid: int | None = None
+    target: bytes | None = None  # symlink
+    kind: str | None = None  # mknod: one of SPECIAL_KINDS
+    rdev: int = 0  # mknod of a device
+    node: str | None = None  # identity of the file's inode, shared by its hard links
+
+
+def path_problem(path: bytes) -> str | None:
+    """Why `path` is not a valid lake path, or None if it is."""
+    if not path:
+        return "empty path"
+    if len(path) > PATH_MAX:
+        return f"path longer than {PATH_MAX} bytes"
+    components = path.split(b"/")
+    for component in components:
+        if not component:
+            return "empty path component (leading, trailing or doubled '/')"
+        if component in (b".", b".."):
+            return f"path component {component!r}"
+        if b"\0" in component:
+            return "NUL byte in a path component"
+        if len(component) > NAME_MAX:
+            return f"path component longer than {NAME_MAX} bytes"
+    if components[0] == HISTORY_NAME:
+        return f"path inside the reserved {HISTORY_NAME.decode()} tree"
+    return None
+
+
+def record(op: str, path: bytes, time_ns: int, **fields: Any) -> dict[str, Any]:
+    """Build a raw event for the log; bytes-valued fields are paths and are encoded losslessly.
+    Fields that are None are left out."""
+    raw: dict[str, Any] = {"op": op, "path": encode_path(path), "time_ns": time_ns}
+    for name, value in fields.items():
+        if value is not None:
+            raw[name] = encode_path(value) if isinstance(value, bytes) else value
+    return raw
+
+
+def _integer(raw: dict[str, Any], name: str, low: int, high: int, *, required: bool = False) -> int | None:
+    value = raw.get(name)
+    if value is None:
+        if required:
+            raise ValueError(f"missing {name}")
+        return None
+    if type(value) is not int or not low <= value < high:  # bool is an int: refused too
+        raise ValueError(f"{name} {value!r:.40} out of range")
+    return value
+
+
+def _path(raw: dict[str, Any], name: str) -> bytes:
+    text = raw.get(name)
+    if not isinstance(text, str):
+        raise ValueError(f"missing {name}")
+    value = decode_path(text)
+    problem = path_problem(value)
+    if problem is not None:
+        raise ValueError(f"{name}: {problem}")
+    return value
+
+
+def _parse(raw: Any, mount: str) -> Event:
+    if not isinstance(raw, dict):
+        raise ValueError("not an object")
+    op = raw.get("op")
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r:.40}")
+    fields: dict[str, Any] = {
+        "op": op, "path": _path(raw, "path"), "mount": mount,
+        "time_ns": _integer(raw, "time_ns", 0, _TIME_LIMIT, required=True),
+        "mtime_ns": _integer(raw, "mtime_ns", -_TIME_LIMIT, _TIME_LIMIT),
+        "atime_ns": _integer(raw, "atime_ns", -_TIME_LIMIT, _TIME_LIMIT),
+        "uid": _integer(raw, "uid", 0, _ID_LIMIT), "gid": _integer(raw, "gid", 0, _ID_LIMIT),
+        "mode": _integer(raw, "mode", 0, 0o10000, required=op in ("put", "mknod")),
+    }
+    node = raw.get("node")
+    if node is not None:
+        if not isinstance(node, str) or not 0 < len(node) <= _NODE_MAX:
+            raise ValueError("bad node id")
+        fields["node"] = node
+    if op == "put":
+        manifest = raw.get("manifest")
+        if not isinstance(manifest, str) or not _MANIFEST_ID.match(manifest):
+            raise ValueError("bad manifest id")
+        fields["manifest"] = manifest
+        fields["size"] = _integer(raw, "size", 0, MAX_FILE_SIZE + 1, required=True)
+    elif op in ("rename", "link"):
+        fields["dst"] = _path(raw, "dst")
+    elif op == "symlink":
+        target = raw.get("target")
+        if not isinstance(target, str):
+            raise ValueError("missing target")
+        fields["target"] = decode_path(target)
+        if not fields["target"] or len(fields["target"]) > PATH_MAX or b"\0" in fields["target"]:
+            raise ValueError("bad symlink target")
+    elif op == "mknod":
+        if raw.get("kind") not in SPECIAL_KINDS:
+            raise ValueError(f"unknown kind {raw.get('kind')!r:.40}")
+        fields["kind"] = raw["kind"]
+        fields["rdev"] = _integer(raw, "rdev", 0, 1 << 64) or 0
+    elif op == "attr" and all(fields[name] is None for name in ("mode", "mtime_ns", "atime_ns", "uid", "gid")):
+        raise ValueError("attr changes nothing")
+    return Event(**fields)
+
+
+def parse(raw: Any, *, mount: str = "", where: str = "event") -> Event:
+    """A validated Event from a raw one; InvalidEvent naming `where`, the op and the path otherwise."""
+    try:
+        return _parse(raw, mount)
+    except ValueError as error:
+        op = raw.get("op") if isinstance(raw, dict) else None
+        path = raw.get("path") if isinstance(raw, dict) else None
+        raise InvalidEvent(f"{where} ({op!r:.20} {path!r:.80}): {error}") from None
