@@ -163,6 +163,10 @@ def rebuild_from_lake(journal: Journal, lake: Lake) -> int:
             version = None
             if state.manifest is not None:
                 version = version_for(path, state.manifest, state.size, state.mode, state.time_ns, state.time_ns)
+            elif state.target is not None:  # a symlink's state: where it pointed
+                version = journal.new_version(None, state=COMMITTED, staged=False, size=len(state.target),
+                                              mode=0o777, mtime_ns=state.time_ns, path=path,
+                                              sealed_ns=state.time_ns, target=state.target)
             journal.add_history(path, state.time_ns, version)
     inodes = {b"": ROOT_INODE}
     by_entry: dict[int, int] = {}  # id(Entry) -> ino: hard links are one entry under several paths
@@ -281,19 +285,19 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
 
 async def _main(config: MountConfig, ops: Operations, uploader: Uploader, fetcher: Fetcher,
                 on_ready: Callable[[], None], state: dict[str, bool]) -> None:
-    sealed = ops.seal_unheld_versions()
+    sealed = ops.files.lifecycle.seal_unheld_versions()
     if sealed:
         log.info("sealed %d versions left open by a previous daemon", sealed)
     async with trio.open_nursery() as nursery:
         await nursery.start(fetcher.run)
         await nursery.start(uploader.run)
         nursery.start_soon(_commit_periodically, ops)
-        if ops.evictor is not None:
-            nursery.start_soon(ops.evictor.run)
+        if ops.files.evictor is not None:
+            nursery.start_soon(ops.files.evictor.run)
         if config.metrics_address:
             from ckptfs.metrics import serve_metrics
 
-            nursery.start_soon(serve_metrics, config.metrics_address, ops.status)
+            nursery.start_soon(serve_metrics, config.metrics_address, ops.control.status)
         nursery.start_soon(_terminate_on_signal)
         log.info("mounted %s on %s (cache %s)", config.store_url, config.mountpoint, config.cache_dir)
         on_ready()
@@ -302,22 +306,22 @@ async def _main(config: MountConfig, ops: Operations, uploader: Uploader, fetche
         pyfuse3.close(unmount=True)
         state["closed"] = True
         log.info("unmounted %s", config.mountpoint)
-        ops.seal_unheld_versions()  # the kernel released every handle: nothing more is written
-        ops.commit(durable=True)
-        if config.drain and not ops.no_drain:
-            await drain(uploader, ops.journal)
+        ops.files.lifecycle.seal_unheld_versions()  # the kernel released every handle: nothing more is written
+        ops.files.commit(durable=True)
+        if config.drain and not ops.control.no_drain:
+            await drain(uploader, ops.files.journal)
         else:
             log.info("not draining: %d events stay queued for the next mount on %s",
-                     ops.journal.outbox_length(), config.cache_dir)
+                     ops.files.journal.outbox_length(), config.cache_dir)
         nursery.cancel_scope.cancel()
 
 
 async def _commit_periodically(ops: Operations) -> None:
     while True:
         await trio.sleep(1)
-        if ops.seal_unheld_versions():
+        if ops.files.lifecycle.seal_unheld_versions():
             log.warning("versions were open with no handle left: sealed (a close this mount missed)")
-        ops.commit()
+        ops.files.commit()
 
 
 async def _terminate_on_signal() -> None:

@@ -30,3 +30,8 @@ class CorruptObjectError(CkptfsError):
     """An object in the lake does not match its id or its declared format. Never served as data."""
 
     errno = errno_codes.EIO
+
+
+class FsError(CkptfsError):
+    """The answer to a file system request that cannot be done as asked (ENOENT, EEXIST, EROFS, ...).
+    Part of normal operation: the FUSE adapter answers with its errno and logs nothing."""

@@ -13,31 +13,14 @@ this script:
 from __future__ import annotations
 
 import argparse
-import mmap
 import os
 import random
 import sys
 import threading
 
-METHODS = ("pwrite", "pwrite-rdwr", "mmap", "mmap-after-close")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-
-def write_range(path: str, method: str, start: int, data: bytes, size: int, barrier: threading.Barrier) -> None:
-    fd = os.open(path, os.O_WRONLY if method == "pwrite" else os.O_RDWR)
-    barrier.wait()
-    if method.startswith("pwrite"):
-        for offset in range(0, len(data), 65536):
-            os.pwrite(fd, data[offset:offset + 65536], start + offset)
-        os.close(fd)
-        return
-    mapped = mmap.mmap(fd, size)
-    if method == "mmap-after-close":
-        os.close(fd)
-    mapped[start:start + len(data)] = data
-    mapped.flush()
-    mapped.close()
-    if method == "mmap":
-        os.close(fd)
+from tests.writers import METHODS, write_range  # noqa: E402
 
 
 def trial(path: str, rng: random.Random) -> list[int]:

@@ -134,3 +134,24 @@ def test_readdir_lists_dot_entries_and_links_count_subdirectories(mount):
     finally:
         os.close(fd)
     assert os.stat(mount.path("top", "..")).st_ino == os.stat(mount.mountpoint).st_ino
+
+
+def test_a_symlink_has_history_that_resolves_where_it_pointed(mount, mounter):
+    """Lightning's save_last="link" makes last.ckpt a relative symlink to the newest checkpoint."""
+    os.makedirs(mount.path("run"))
+    for step in (1, 2):
+        write(mount.path("run", f"step={step}.ckpt"), b"weights %d" % step)
+        if step > 1:
+            os.unlink(mount.path("run", "last.ckpt"))
+        os.symlink(f"step={step}.ckpt", mount.path("run", "last.ckpt"))
+    os.symlink("/absolute/target", mount.path("abs"))
+    for view in (mount, rebuilt(mount, mounter)):
+        states = sorted(os.listdir(view.path(".versions", "run", "last.ckpt")))
+        assert len(states) == 2
+        for step, state in zip((1, 2), states, strict=True):
+            link = view.path(".versions", "run", "last.ckpt", state)
+            assert os.path.islink(link)
+            assert read(link) == b"weights %d" % step  # resolves into the live tree, where it pointed
+        (state,) = os.listdir(view.path(".versions", "abs"))
+        assert os.readlink(view.path(".versions", "abs", state)) == "/absolute/target"
+        assert os.readlink(view.path("run", "last.ckpt")) == "step=2.ckpt"

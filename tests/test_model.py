@@ -4,7 +4,6 @@ Shrunk failures found by this test are kept below as named regression tests.
 """
 
 import errno
-import mmap
 import os
 import random
 import threading
@@ -13,6 +12,8 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from tests.writers import METHODS, write_range
 
 NAMES = st.sampled_from(["a", "b", "c", "d/x", "d/y", "e/f/g"])
 DATA = st.binary(max_size=300_000).map(lambda b: b * (1 + len(b) % 3))
@@ -92,16 +93,20 @@ class MountModel(RuleBasedStateMachine):
             assert seen[name] == data, name
 
 
-def test_random_operations_match_the_model(mount):
-    MountModel.mount = mount
-    runner = MountModel.TestCase
-    runner.settings = settings(max_examples=40, stateful_step_count=25, deadline=None,
+def run_model(machine: type[MountModel], mount, *, examples: int, steps: int) -> None:
+    machine.mount = mount
+    runner = machine.TestCase
+    runner.settings = settings(max_examples=examples, stateful_step_count=steps, deadline=None,
                                suppress_health_check=list(HealthCheck))
     runner().runTest()
     mount.sync()
 
 
-WRITERS = st.lists(st.tuples(st.sampled_from(["pwrite", "pwrite-rdwr", "mmap", "mmap-after-close"]),
+def test_random_operations_match_the_model(mount):
+    run_model(MountModel, mount, examples=40, steps=25)
+
+
+WRITERS = st.lists(st.tuples(st.sampled_from(METHODS),
                              st.integers(1, 200_000)), min_size=2, max_size=4)
 
 
@@ -125,22 +130,7 @@ class ConcurrentModel(MountModel):
 
         def run(method: str, start: int, data: bytes) -> None:
             try:
-                flags = os.O_WRONLY if method == "pwrite" else os.O_RDWR
-                fd = os.open(self._path(name), flags)
-                barrier.wait()
-                if method.startswith("pwrite"):
-                    for offset in range(0, len(data), 65536):
-                        os.pwrite(fd, data[offset:offset + 65536], start + offset)
-                    os.close(fd)
-                    return
-                mapped = mmap.mmap(fd, total)
-                if method == "mmap-after-close":
-                    os.close(fd)
-                mapped[start:start + len(data)] = data
-                mapped.flush()
-                mapped.close()
-                if method == "mmap":
-                    os.close(fd)
+                write_range(self._path(name), method, start, data, total, barrier)
             except BaseException as error:  # noqa: BLE001 - reported by the rule below
                 errors.append(error)
 
@@ -161,12 +151,7 @@ class ConcurrentModel(MountModel):
 
 
 def test_concurrent_writers_and_mappings_match_the_model(mount, mounter):
-    ConcurrentModel.mount = mount
-    runner = ConcurrentModel.TestCase
-    runner.settings = settings(max_examples=15, stateful_step_count=15, deadline=None,
-                               suppress_health_check=list(HealthCheck))
-    runner().runTest()
-    mount.sync()
+    run_model(ConcurrentModel, mount, examples=15, steps=15)
     expected = {}
     for directory, _, filenames in os.walk(mount.mountpoint):
         for name in filenames:

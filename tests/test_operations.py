@@ -86,8 +86,8 @@ def test_write_upload_and_read_back_from_a_fresh_journal(tmp_path, lake):
     async def main():
         ops = build(tmp_path, "first", lake)
         async with trio.open_nursery() as nursery:
-            await nursery.start(ops.uploader.run)
-            await nursery.start(ops.fetcher.run)
+            await nursery.start(ops.files.uploader.run)
+            await nursery.start(ops.files.fetcher.run)
             directory = await ops.mkdir(ROOT, b"run", 0o755, Context())
             ino = await write_file(ops, directory.st_ino, b"model.pt", payload)
             assert await read_file(ops, ino) == payload
@@ -95,14 +95,14 @@ def test_write_upload_and_read_back_from_a_fresh_journal(tmp_path, lake):
             with pytest.raises(pyfuse3.FUSEError) as error:
                 await ops.lookup(directory.st_ino, b"model.pt", Context())
             assert error.value.errno == errno.ENOENT
-            await ops.uploader.wait_published(ops.journal.outbox_tail())
-            version = ops.journal.version(ops.journal.inode(ino).version)
+            await ops.files.uploader.wait_published(ops.files.journal.outbox_tail())
+            version = ops.files.journal.version(ops.files.journal.inode(ino).version)
             assert version.state == COMMITTED
             nursery.cancel_scope.cancel()
 
         fresh = build(tmp_path, "second", lake)
         async with trio.open_nursery() as nursery:
-            await nursery.start(fresh.fetcher.run)
+            await nursery.start(fresh.files.fetcher.run)
             attributes = await fresh.lookup(ROOT, b"moved.pt", Context())
             assert attributes.st_size == len(payload)
             assert await read_file(fresh, attributes.st_ino) == payload
@@ -225,7 +225,7 @@ def test_concurrent_writes_and_truncates_on_a_sealed_file_share_one_new_version(
     async def main():
         ops = build(tmp_path, "only", lake)
         ino = await write_file(ops, ROOT, b"f", bytes(size))
-        first = ops.journal.inode(ino).version
+        first = ops.files.journal.inode(ino).version
         handles = [(await ops.open(ino, os.O_RDWR, Context())).fh for _ in range(4)]
 
         async def write_blocks(number: int, fh: int) -> None:
@@ -239,9 +239,9 @@ def test_concurrent_writes_and_truncates_on_a_sealed_file_share_one_new_version(
         for fh in handles:
             await ops.flush(fh)
             await ops.release(fh)
-        versions = ops.journal.history(b"f")
+        versions = ops.files.journal.history(b"f")
         assert [version for _, version in versions][0] == first and len(versions) == 2
-        assert ops.journal.versions_in_state(OPEN) == []
+        assert ops.files.journal.versions_in_state(OPEN) == []
         assert await read_file(ops, ino) == bytes(expected)
 
         # A truncate racing with writes into the sealed file: one new version holds both.
@@ -257,8 +257,8 @@ def test_concurrent_writes_and_truncates_on_a_sealed_file_share_one_new_version(
             nursery.start_soon(ops.write, handle, 0, b"\xff" * MIB)
         await ops.flush(handle)
         await ops.release(handle)
-        assert len(ops.journal.history(b"f")) == 3
-        assert ops.journal.versions_in_state(OPEN) == []
+        assert len(ops.files.journal.history(b"f")) == 3
+        assert ops.files.journal.versions_in_state(OPEN) == []
         data = await read_file(ops, ino)
         assert data[:MIB] == b"\xff" * MIB and data[MIB:] == bytes(expected[MIB:size // 2])
 
@@ -270,16 +270,16 @@ def test_open_versions_without_a_handle_are_sealed_or_dropped_with_a_warning(tmp
         ops = build(tmp_path, "only", lake)
         info, attributes = await ops.create(ROOT, b"f", 0o644, os.O_WRONLY, Context())
         await ops.write(info.fh, 0, b"data")
-        assert ops.seal_unheld_versions() == 0  # a handle is open: left alone
-        stray = ops.journal.new_version(attributes.st_ino)  # a copy a crash interrupted
-        ops.staging.create(stray)
-        del ops.handles[info.fh]  # the handle vanished without a release (a missed close)
-        ops.open_count.pop(attributes.st_ino)
-        with caplog.at_level("INFO", logger="ckptfs.fs.operations"):
-            assert ops.seal_unheld_versions() == 1
-        assert ops.journal.versions_in_state(OPEN) == []
-        assert ops.journal.version(ops.journal.inode(attributes.st_ino).version).state == SEALED
-        assert not ops.staging.exists(stray)
+        assert ops.files.lifecycle.seal_unheld_versions() == 0  # a handle is open: left alone
+        stray = ops.files.journal.new_version(attributes.st_ino)  # a copy a crash interrupted
+        ops.files.staging.create(stray)
+        del ops.handles.table[info.fh]  # the handle vanished without a release (a missed close)
+        ops.files.lifecycle.open_count.pop(attributes.st_ino)
+        with caplog.at_level("INFO", logger="ckptfs.files.lifecycle"):
+            assert ops.files.lifecycle.seal_unheld_versions() == 1
+        assert ops.files.journal.versions_in_state(OPEN) == []
+        assert ops.files.journal.version(ops.files.journal.inode(attributes.st_ino).version).state == SEALED
+        assert not ops.files.staging.exists(stray)
         assert any(f"dropping open version {stray:x}" in record.message and record.levelname == "WARNING"
                    for record in caplog.records)
         assert await read_file(ops, attributes.st_ino) == b"data"

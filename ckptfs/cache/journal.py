@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS versions(
     size INTEGER NOT NULL DEFAULT 0, mode INTEGER NOT NULL DEFAULT 420, mtime_ns INTEGER NOT NULL DEFAULT 0,
     path BLOB, sealed_ns INTEGER, manifest TEXT, stored_bytes INTEGER NOT NULL DEFAULT 0,
     prefix_end INTEGER NOT NULL DEFAULT 0, hole_end INTEGER NOT NULL DEFAULT 0,
-    prefix_new INTEGER NOT NULL DEFAULT 0, prefix_stored INTEGER NOT NULL DEFAULT 0);
+    prefix_new INTEGER NOT NULL DEFAULT 0, prefix_stored INTEGER NOT NULL DEFAULT 0, target BLOB);
 CREATE INDEX IF NOT EXISTS versions_by_state ON versions(state);
 CREATE TABLE IF NOT EXISTS history(
     id INTEGER PRIMARY KEY, path BLOB NOT NULL, time_ns INTEGER NOT NULL, version INTEGER);
@@ -59,9 +59,11 @@ CREATE TABLE IF NOT EXISTS prefix_chunks(
 # created by the script above).
 _MIGRATE_FROM_1 = [f"ALTER TABLE versions ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0"
                    for name in ("prefix_end", "hole_end", "prefix_new", "prefix_stored")]
-# Schema 2 lacked device numbers and the lake identity of inodes (hard links, rebuilt inodes).
+# Schema 2 lacked device numbers and the lake identity of inodes (hard links, rebuilt inodes), and
+# the targets of symlink versions (their history).
 _MIGRATE_FROM_2 = ["ALTER TABLE inodes ADD COLUMN rdev INTEGER NOT NULL DEFAULT 0",
-                   "ALTER TABLE inodes ADD COLUMN node TEXT"]
+                   "ALTER TABLE inodes ADD COLUMN node TEXT",
+                   "ALTER TABLE versions ADD COLUMN target BLOB"]
 
 
 @dataclass
@@ -107,11 +109,12 @@ class Version:
     stored_bytes: int
     prefix_end: int = 0  # [0, prefix_end) is in the lake as the chunks in prefix_chunks
     hole_end: int = 0  # [0, hole_end) of the staging file is punched out: read it from those chunks
+    target: bytes | None = None  # a symlink's version (its history): where it pointed
 
 
 _INODE_COLUMNS = "ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, target, version, rdev, node"
 _VERSION_COLUMNS = ("id, ino, state, staged, size, mode, mtime_ns, path, sealed_ns, manifest, stored_bytes, "
-                    "prefix_end, hole_end")
+                    "prefix_end, hole_end, target")
 
 
 class Journal:
@@ -286,10 +289,11 @@ class Journal:
     # -- versions -----------------------------------------------------------------------------
     def new_version(self, ino: int | None, *, state: int = OPEN, staged: bool = True, size: int = 0,
                     mode: int = 0o644, mtime_ns: int = 0, manifest: str | None = None,
-                    path: bytes | None = None, sealed_ns: int | None = None) -> int:
+                    path: bytes | None = None, sealed_ns: int | None = None, target: bytes | None = None) -> int:
         cursor = self.db.execute(
-            "INSERT INTO versions(ino, state, staged, size, mode, mtime_ns, manifest, path, sealed_ns) "
-            "VALUES (?,?,?,?,?,?,?,?,?)", (ino, state, int(staged), size, mode, mtime_ns, manifest, path, sealed_ns))
+            "INSERT INTO versions(ino, state, staged, size, mode, mtime_ns, manifest, path, sealed_ns, target) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (ino, state, int(staged), size, mode, mtime_ns, manifest, path, sealed_ns, target))
         return cursor.lastrowid  # type: ignore[return-value]
 
     def _versions(self, where: str, parameters: tuple) -> list[Version]:

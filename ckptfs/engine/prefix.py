@@ -3,7 +3,7 @@
 Content-defined cuts depend only on the bytes from the previous cut onwards, so a cut found inside the
 written prefix of a file is a cut the whole file will have, except the last one, which may only mark
 where the written bytes end. A round reads the bytes written since the last final cut, keeps every cut
-but the last, and sends those chunks through the uploader (hash, dedup, compress, PUT). At seal the
+but the last, and sends those chunks down the chunk path (engine/chunks.py: hash, dedup, compress, PUT). At seal the
 version worker starts from the end of the last final cut, so a large sequential save has only its
 tail left to do when the writer closes it.
 
@@ -13,7 +13,7 @@ the version is uploaded the normal way. Chunks go into the lake before any manif
 the normal path; a version that is never sealed leaves unreferenced chunks for GC.
 
 The same rounds serve spilling (engine/spill.py): when the cache is nearly full of dirty data, the
-files being written spill, their rounds run whatever `round_bytes` says, use the uploader's full
+files being written spill, their rounds run whatever `round_bytes` says, use the chunk path's full
 concurrency (the writer is waiting on them), and punch each uploaded window out of the staging file.
 """
 
@@ -23,15 +23,13 @@ import logging
 import os
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import trio
 
+from ckptfs.engine.chunks import ChunkUploads
+from ckptfs.engine.early import Early
+from ckptfs.engine.spill import Spill
 from ckptfs.lake.chunker import LOOKBACK, MAX_SIZE, RECORD_MAGIC, Chunker, Cut
-
-if TYPE_CHECKING:
-    from ckptfs.engine.spill import Spill
-    from ckptfs.engine.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
@@ -51,29 +49,14 @@ def default_round_bytes() -> int:
     return DEFAULT_ROUND_BYTES if spare_cores() >= 2 else 0
 
 
-@dataclass
-class Early:
-    """What has been done for one version before it was sealed."""
-    frontier: int = 0  # end of the bytes written contiguously from offset 0
-    done: int = 0  # [0, done) is cut and its chunks are in the lake
-    read_end: int = 0  # a change below this invalidates the work
-    entries: list[tuple[bytes, int]] = field(default_factory=list)
-    new_bytes: int = 0
-    stored_bytes: int = 0
-    broken: bool = False
-    sealed: bool = False  # the version worker has it: finish the window in hand, then stop
-    spill: bool = False  # the cache is full: upload as it is written, and punch what is uploaded
-    persisted: int = 0  # entries recorded in the journal (spilled versions only)
-    running: trio.Event | None = None  # set when the round in flight ends
-
-
 class PrefixUploads:
     """Watches staging writes (as the staging observer) and runs rounds for sequentially written files."""
 
-    def __init__(self, uploader: Uploader, round_bytes: int = DEFAULT_ROUND_BYTES, spill: Spill | None = None) -> None:
+    def __init__(self, chunks: ChunkUploads, round_bytes: int = DEFAULT_ROUND_BYTES,
+                 spill: Spill | None = None) -> None:
         if round_bytes and round_bytes < MIN_ROUND_BYTES:
             raise ValueError(f"upload-while-writing rounds must be 0 (off) or at least {MIN_ROUND_BYTES} bytes")
-        self.uploader = uploader
+        self.chunks = chunks
         self.round_bytes = round_bytes
         self.spill = spill
         self.nursery: trio.Nursery | None = None  # set by the uploader's run()
@@ -120,7 +103,7 @@ class PrefixUploads:
         early = self._early.pop(version, None)
         if early is not None:
             early.broken = True  # a round in flight must not record or punch a removed staging file
-        self.uploader.sent.pop(version, None)
+        self.chunks.sent.pop(version, None)
         if self.spill is not None:
             self.spill.forget(version)
 
@@ -171,7 +154,7 @@ class PrefixUploads:
             return early
         end = self.spill.prefix_end.get(version, 0) if self.spill is not None else 0
         if 0 < end <= size:
-            entries, new_bytes, stored_bytes = self.uploader.journal.prefix(version)
+            entries, new_bytes, stored_bytes = self.chunks.journal.prefix(version)
             return Early(frontier=end, done=end, read_end=end, entries=entries, new_bytes=new_bytes,
                          stored_bytes=stored_bytes, persisted=len(entries))
         return None
@@ -186,13 +169,13 @@ class PrefixUploads:
         the next one is cut, and its chunks start, while the last chunks of the one before finish.
         A writer spilling 3 GiB through a 512 MiB cache wrote at 113-121 MB/s with one window in
         flight, 130-184 MB/s with two, 99-146 MB/s with four (boto3 upload_file: 129-189 MB/s)."""
-        uploader = self.uploader
+        chunks = self.chunks
         event = early.running
         assert event is not None
         fd = -1
         failure: Exception | None = None
         try:
-            fd = os.open(uploader.staging.path(version), os.O_RDONLY)
+            fd = os.open(chunks.staging.path(version), os.O_RDONLY)
             buffer = bytearray(LOOKBACK + WINDOW_BYTES)  # one buffer, reused
             in_flight: deque[_Window] = deque()
             cut_end = early.done
@@ -207,7 +190,7 @@ class PrefixUploads:
                             if final:
                                 window = _Window(cut_end, final[-1].offset + final[-1].length)
                                 cut_end = window.end
-                                # A spilling file's writer waits for this: it gets the uploader's concurrency.
+                                # A spilling file's writer waits for this: it gets the chunk path's concurrency.
                                 nursery.start_soon(self._upload_window, version, fd, final, window,
                                                    None if early.spill else self.slots)
                                 in_flight.append(window)
@@ -231,14 +214,14 @@ class PrefixUploads:
             early.read_end = early.done if not early.broken else early.read_end
             early.running = None
             event.set()
-            uploader.notify_progress()  # a writer waiting for room looks again
+            chunks.progress.notify()  # a writer waiting for room looks again
 
     async def _cut_window(self, fd: int, buffer: bytearray, early: Early, start: int) -> list[Cut]:
         """The final cuts of the window of written bytes from `start` (a cut): all but the last."""
         end = min(early.frontier, start + WINDOW_BYTES)
         early.read_end = max(early.read_end, end)
         cuts = await trio.to_thread.run_sync(_cut_range, fd, start, end, buffer,
-                                             self.uploader.lake.chunking_profile, limiter=self.uploader.cpu)
+                                             self.chunks.lake.chunking_profile, limiter=self.chunks.cpu)
         # The last cut may only be where the bytes read end; a record header cut off by the end of
         # the window must fall in that last, tentative chunk too.
         final = cuts[:-1]
@@ -251,7 +234,7 @@ class PrefixUploads:
     async def _upload_window(self, version: int, fd: int, cuts: list[Cut], window: _Window,
                              slots: trio.Semaphore | None) -> None:
         try:
-            window.outcome = await self.uploader.upload_chunks(version, fd, cuts, slots)
+            window.outcome = await self.chunks.upload_chunks(version, fd, cuts, slots)
         except Exception as error:  # noqa: BLE001 - handed to the round, which stops on it
             window.outcome = error
         finally:
@@ -267,10 +250,10 @@ class PrefixUploads:
         early.new_bytes += new_bytes
         early.stored_bytes += stored_bytes
         early.done = start + sum(length for _, length in entries)
-        self.uploader.journal.add_counter("early_bytes", early.done - start)
+        self.chunks.journal.add_counter("early_bytes", early.done - start)
         if early.spill and self.spill is not None:
             self.spill.punch(version, early)
-            self.uploader.notify_progress()
+            self.chunks.progress.notify()
 
 
 WINDOWS_IN_FLIGHT = 2

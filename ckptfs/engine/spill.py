@@ -25,18 +25,15 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from typing import TYPE_CHECKING
 
 import trio
 
 from ckptfs.cache.journal import COMMITTED, Journal, Version
 from ckptfs.cache.staging import Staging
+from ckptfs.engine.early import Early
+from ckptfs.engine.fetcher import Fetcher
 from ckptfs.lake.chunker import LOOKBACK
 from ckptfs.lake.manifest import chunk_offsets
-
-if TYPE_CHECKING:
-    from ckptfs.engine.fetcher import Fetcher
-    from ckptfs.engine.prefix import Early
 
 log = logging.getLogger(__name__)
 

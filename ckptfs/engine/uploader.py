@@ -1,39 +1,39 @@
 """The upload pipeline: sealed versions -> chunks -> manifest -> published namespace events.
 
-Two kinds of trio task. Version workers take sealed versions in seal order, cut their staging file
-into content-defined chunks (worker thread), hash each chunk, skip chunks the lake already holds
-(dedup), lz4-compress where it pays and PUT the rest with bounded concurrency, then PUT the manifest
-and mark the version committed in the journal. The publisher turns the journal's outbox into log
-segments strictly in outbox order, stopping at the first event whose version is not yet committed:
-chunks before manifest, manifest before the event that publishes it, events in close/rename order.
+Version workers take sealed versions in seal order, cut their staging file into content-defined
+chunks (worker thread) while the chunk path (engine/chunks.py) hashes, dedups, compresses and PUTs
+them, then PUT the manifest and mark the version committed in the journal. The publisher
+(engine/publisher.py) turns the outbox into log segments once the versions they name are
+committed. Files written sequentially have their prefix uploaded before the seal (engine/prefix.py).
 
 Journal access happens only on the trio thread; threads do CPU and network work only.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import mmap
 import os
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import trio
 
 from ckptfs.cache.journal import COMMITTED, SEALED, Journal, Version
 from ckptfs.cache.staging import Staging
+from ckptfs.engine.chunks import ChunkUploads
 from ckptfs.engine.prefix import DEFAULT_ROUND_BYTES, PrefixUploads
+from ckptfs.engine.progress import Progress
+from ckptfs.engine.publisher import Publisher
 from ckptfs.engine.spill import Spill
 from ckptfs.errors import CkptfsError
-from ckptfs.lake import Lake, codec
+from ckptfs.lake import Lake
 from ckptfs.lake.chunker import Chunker, Cut
-from ckptfs.lake.manifest import INLINE_LIMIT, Manifest, encode_path
+from ckptfs.lake.manifest import INLINE_LIMIT, Manifest
 from ckptfs.store import StoreError
 
 log = logging.getLogger(__name__)
-SEGMENT_EVENTS = 1000
 
 
 class Uploader:
@@ -44,22 +44,19 @@ class Uploader:
         self.staging = staging
         self.lake = lake
         self.mount_id = mount_id
-        self.network = trio.CapacityLimiter(network_threads)
-        self.cpu = trio.CapacityLimiter(max(1, os.cpu_count() or 1))
-        self._chunk_slots = trio.Semaphore(network_threads * 2)  # bounds chunk bytes held in memory
+        self.progress = Progress()
+        self.chunks = ChunkUploads(journal, staging, lake, self.progress, network_threads=network_threads)
+        self.network, self.cpu, self.sent = self.chunks.network, self.chunks.cpu, self.chunks.sent
+        self.publisher = Publisher(journal, lake, mount_id, self.progress, self.network, self._record_error)
         self._version_workers = version_workers
         self._queue: deque[int] = deque()
         self._queued: set[int] = set()
         self._work = trio.Event()
-        self._publish = trio.Event()
-        self._progress = trio.Event()
-        self._inflight_chunks: dict[bytes, trio.Event] = {}
         self.active: set[int] = set()  # sealed versions a version worker is on
-        self.sent: dict[int, int] = {}  # version id -> bytes of it in the lake so far
         self.last_error: str | None = None
         self.last_error_time: float | None = None
         self.on_committed: Callable[[int], None] | None = None  # the evictor learns of clean data here
-        self.prefix = PrefixUploads(self, round_bytes, spill)
+        self.prefix = PrefixUploads(self.chunks, round_bytes, spill)
         staging.observer = self.prefix
 
     # -- queueing and waiting -----------------------------------------------------------------
@@ -68,7 +65,7 @@ class Uploader:
             self._queue.append(version)
             self._queued.add(version)
             self._work.set()
-        self._publish.set()
+        self.publisher.poke()
 
     def busy(self) -> bool:
         """Whether uploads are queued or running: more committed (evictable) data is coming."""
@@ -76,24 +73,19 @@ class Uploader:
 
     def poke(self) -> None:
         """An outbox event without a version (mkdir, rename, unlink) is ready to publish."""
-        self._publish.set()
+        self.publisher.poke()
 
     def notify_progress(self) -> None:
-        self._progress.set()
-        self._progress = trio.Event()
+        self.progress.notify()
 
     async def wait_for_progress(self) -> None:
-        await self._progress.wait()
+        await self.progress.wait()
 
     async def wait_published(self, upto: int) -> None:
-        """Return once every outbox event with seq <= upto is published in the lake."""
-        while self.outbox_head() <= upto:
-            await self.wait_for_progress()
+        await self.publisher.wait_published(upto)
 
     def outbox_head(self) -> int:
-        """The lowest outbox seq not yet published (everything below it is in the lake)."""
-        rows = self.journal.outbox(limit=1)
-        return rows[0][0] if rows else self.journal.outbox_tail() + 1
+        return self.publisher.outbox_head()
 
     # -- tasks --------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -103,7 +95,7 @@ class Uploader:
             self.prefix.nursery = nursery
             for _ in range(self._version_workers):
                 nursery.start_soon(self._version_worker)
-            nursery.start_soon(self._publisher)
+            nursery.start_soon(self.publisher.run)
             task_status.started()
 
     async def _version_worker(self) -> None:
@@ -125,7 +117,7 @@ class Uploader:
                 self.active.discard(version)
                 self.sent.pop(version, None)
             self._queued.discard(version)
-            self._publish.set()
+            self.publisher.poke()
             self.notify_progress()
 
     def _record_error(self, message: str) -> None:
@@ -193,7 +185,7 @@ class Uploader:
             nursery.start_soon(cut)
             async with receive:
                 try:
-                    result = await self.upload_chunks(version, fd, receive)
+                    result = await self.chunks.upload_chunks(version, fd, receive)
                 except Exception as error:  # noqa: BLE001 - as above
                     failures.append(error)
         if failures:
@@ -201,124 +193,6 @@ class Uploader:
         if sum(length for _, length in result[0]) != size - start:
             raise CkptfsError(f"cutting version {version:x} stopped short")
         return result
-
-    async def upload_chunks(self, version: int, fd: int, cuts: list[Cut] | trio.MemoryReceiveChannel[list[Cut]],
-                            slots: trio.Semaphore | None = None) -> tuple[list[tuple[bytes, int]], int, int]:
-        """Hash, dedup and store the chunks at `cuts` of a staging file: (entries, new bytes, stored bytes).
-
-        `cuts` is a list, or a channel of lists still being cut. `slots` bounds the chunks in hand at
-        once (default: the uploader's, shared by all versions).
-        """
-        slots = slots or self._chunk_slots
-        entries: dict[int, tuple[bytes, int]] = {}
-        totals = [0, 0]  # new raw bytes, stored object bytes
-        failures: list[Exception] = []
-
-        async def one(index: int, cut: Cut) -> None:
-            try:
-                data = await trio.to_thread.run_sync(os.pread, fd, cut.length, cut.offset, limiter=self.cpu)
-                if len(data) != cut.length:
-                    raise CkptfsError(f"staging file of version {version:x} changed under the uploader")
-                identifier = await trio.to_thread.run_sync(codec.chunk_id, data, limiter=self.cpu)
-                entries[index] = (identifier, cut.length)
-                while identifier in self._inflight_chunks:
-                    await self._inflight_chunks[identifier].wait()
-                if self.journal.chunk_known(identifier):
-                    self.journal.add_counter("dedup_bytes", cut.length)
-                else:
-                    done = self._inflight_chunks[identifier] = trio.Event()
-                    try:
-                        stored = await trio.to_thread.run_sync(self._put_chunk, identifier, data,
-                                                               limiter=self.network)
-                        self.journal.add_known_chunks([identifier])
-                    finally:
-                        del self._inflight_chunks[identifier]
-                        done.set()
-                    if stored:
-                        totals[0] += cut.length
-                        totals[1] += stored
-                    else:
-                        self.journal.add_counter("dedup_bytes", cut.length)
-                self.sent[version] = self.sent.get(version, 0) + cut.length
-            except Exception as error:  # noqa: BLE001 - reported once, below, as the version's failure
-                # One failed chunk fails the version: stop its siblings rather than let several
-                # errors leave the nursery as a group.
-                failures.append(error)
-                nursery.cancel_scope.cancel()
-            finally:
-                slots.release()
-
-        async with trio.open_nursery() as nursery:
-            index = 0
-            async for batch in _batches(cuts):
-                for cut in batch:
-                    if failures:
-                        break
-                    await slots.acquire()
-                    nursery.start_soon(one, index, cut)
-                    index += 1
-                if failures:
-                    break
-        if failures:
-            raise failures[0]
-        return [entries[number] for number in range(index)], totals[0], totals[1]
-
-    def _put_chunk(self, identifier: bytes, data: bytes) -> int:
-        """Store a chunk unless the lake already has it; return the object bytes written (0 if it had)."""
-        _, blob = codec.encode(data, identifier)
-        return len(blob) if self.lake.put_chunk_object(identifier, blob) else 0
-
-    async def _publisher(self) -> None:
-        while True:
-            try:
-                published = await self._publish_once()
-            except Exception as error:  # noqa: BLE001 - the publisher must survive anything
-                if not isinstance(error, (StoreError, CkptfsError)):
-                    log.exception("unexpected failure publishing namespace events")
-                self._record_error(f"publishing namespace events: {error}")
-                await trio.sleep(5)
-                continue
-            if published:
-                self.notify_progress()
-            else:
-                self._publish = trio.Event()
-                await self._publish.wait()
-
-    async def _publish_once(self) -> bool:
-        pending = self.journal.get_meta("pending_segment")
-        if pending is not None:
-            seq, upto = json.loads(pending)
-            rows = self.journal.outbox(upto=upto)
-        else:
-            rows = []
-            for row in self.journal.outbox(limit=SEGMENT_EVENTS):
-                if row[2] is not None:
-                    version = self.journal.version(row[2])
-                    if version is None or version.state != COMMITTED:
-                        break
-                rows.append(row)
-            if not rows:
-                return False
-            seq, upto = int(self.journal.get_meta("next_segment") or 0), rows[-1][0]
-            # Remember the exact batch first: after a crash the same seq must carry the same events.
-            self.journal.set_meta("pending_segment", json.dumps([seq, upto]))
-            self.journal.commit(durable=True)
-        events = [self._complete(record, version) for _, record, version in rows]
-        await trio.to_thread.run_sync(self.lake.append_log, self.mount_id, seq, events, limiter=self.network)
-        self.journal.drop_outbox(upto)
-        self.journal.set_meta("next_segment", str(seq + 1))
-        self.journal.delete_meta("pending_segment")
-        self.journal.add_counter("events_published", len(events))
-        self.journal.commit(durable=True)
-        return True
-
-    def _complete(self, record: dict, version_id: int | None) -> dict:
-        if version_id is None:
-            return record
-        version = self.journal.version(version_id)
-        assert version is not None and version.manifest is not None
-        return {**record, "manifest": version.manifest, "size": version.size, "mode": version.mode,
-                "mtime_ns": version.mtime_ns, "path": record.get("path", encode_path(version.path or b""))}
 
     # -- figures ------------------------------------------------------------------------------
     def pending_of(self, version: Version) -> int:
@@ -356,11 +230,3 @@ def _cut_file_into(send: trio.MemorySendChannel[list[Cut]], fd: int, size: int, 
             trio.from_thread.run(send.send, batch)
     except (trio.BrokenResourceError, trio.ClosedResourceError, trio.Cancelled):
         return
-
-
-async def _batches(cuts: list[Cut] | trio.MemoryReceiveChannel[list[Cut]]) -> AsyncIterator[list[Cut]]:
-    if isinstance(cuts, list):
-        yield cuts
-        return
-    async for batch in cuts:
-        yield batch

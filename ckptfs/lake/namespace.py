@@ -80,11 +80,16 @@ class Entry:
 
 @dataclass
 class State:
-    """One point in a path's history: a version with content, or its deletion."""
+    """One point in a path's history: a file version, a symlink's target, or the path's deletion."""
     time_ns: int
-    manifest: str | None  # None means the path was deleted (or renamed away) at this time
+    manifest: str | None  # None (and no target) means the path was deleted (or renamed away) then
     size: int = 0
     mode: int = 0o644
+    target: bytes | None = None  # a symlink's target
+
+    @property
+    def deleted(self) -> bool:
+        return self.manifest is None and self.target is None
 
 
 @dataclass
@@ -123,7 +128,7 @@ class Namespace:
         prefix = path + b"/"
         for victim in [p for p in self.entries if p == path or p.startswith(prefix)]:
             entry = self._unbind(victim)
-            if entry.kind == "file":
+            if entry.kind in ("file", "symlink"):
                 self._remember(victim, State(time_ns, None))
             if entry.names:
                 entry.ctime_ns = time_ns  # its link count changed
@@ -145,6 +150,7 @@ class Namespace:
         elif op == "symlink":
             self._create(path, Entry("symlink", 0o777, _or(change.mtime_ns, time_ns), target=change.target,
                                      uid=change.uid, gid=change.gid, ctime_ns=time_ns), time_ns)
+            self._remember(path, State(time_ns, None, target=change.target))
         elif op == "mknod":
             self._create(path, Entry(change.kind or "fifo", _or(change.mode, 0o644), _or(change.mtime_ns, time_ns),
                                      uid=change.uid, gid=change.gid, atime_ns=change.atime_ns, ctime_ns=time_ns,
@@ -222,10 +228,10 @@ class Namespace:
             new = destination + old[len(source):]
             entry = self._unbind(old)
             self._bind(new, entry)
-            if entry.kind == "file":
+            if entry.kind in ("file", "symlink"):
                 self._remember(old, State(time_ns, None))
-                if entry.manifest is not None:
-                    self._remember(new, State(time_ns, entry.manifest, entry.size, entry.mode))
+                if entry.manifest is not None or entry.target is not None:
+                    self._remember(new, State(time_ns, entry.manifest, entry.size, entry.mode, entry.target))
         self.entries[destination].ctime_ns = time_ns
 
 

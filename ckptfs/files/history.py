@@ -1,4 +1,5 @@
-"""The read-only `.versions` tree: every path's history, one file per version, named by UTC time.
+"""The read-only `.versions` tree: every path's history, one file per version, named by UTC time; a
+symlink's history has one symlink per state, pointing where the link pointed then.
 
 `/ckpt/.versions/<path>/` lists the versions of <path> (oldest first when sorted by name) and, if the
 path is or was a directory, the names under it that have history. Deleted paths stay listed. Nodes get
@@ -87,6 +88,22 @@ class VersionsView:
         if name in self.journal.history_children(node.path):
             return self._inode_for(Node(child, None))
         return None
+
+    def link_target(self, ino: int) -> bytes | None:
+        """The target a symlink's version shows, or None if the node is not one. A relative target
+        is rewritten to climb out of `.versions/<dir>/<name>/` to `<dir>/`, so it resolves where the
+        link pointed from its own directory."""
+        node = self._nodes.get(ino)
+        if node is None or node.version is None:
+            return None
+        version = self.journal.version(node.version)
+        if version is None or version.target is None:
+            return None
+        if version.target.startswith(b"/"):
+            return version.target
+        directory = node.path.rpartition(b"/")[0]
+        climb = b"../" * (node.path.count(b"/") + 2)  # the name's folder, then .versions itself
+        return climb + (directory + b"/" if directory else b"") + version.target
 
     @staticmethod
     def _join(parent: bytes, name: bytes) -> bytes:

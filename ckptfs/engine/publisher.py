@@ -1,0 +1,101 @@
+"""The publisher: the journal's outbox becomes log segments in the lake, strictly in outbox order,
+stopping at the first event whose version is not committed yet. So chunks come before the manifest,
+the manifest before the event that publishes it, and events keep the mount's close/rename order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+
+import trio
+
+from ckptfs.cache.journal import COMMITTED, Journal
+from ckptfs.engine.progress import Progress
+from ckptfs.errors import CkptfsError
+from ckptfs.lake import Lake
+from ckptfs.lake.manifest import encode_path
+from ckptfs.store import StoreError
+
+log = logging.getLogger(__name__)
+SEGMENT_EVENTS = 1000
+
+
+class Publisher:
+    def __init__(self, journal: Journal, lake: Lake, mount_id: str, progress: Progress, network: trio.CapacityLimiter,
+                 on_error: Callable[[str], None]) -> None:
+        self.journal = journal
+        self.lake = lake
+        self.mount_id = mount_id
+        self.progress = progress
+        self.network = network
+        self.on_error = on_error
+        self._publish = trio.Event()
+
+    def poke(self) -> None:
+        """An event is ready to publish (or its version was just committed)."""
+        self._publish.set()
+
+    async def wait_published(self, upto: int) -> None:
+        """Return once every outbox event with seq <= upto is published in the lake."""
+        while self.outbox_head() <= upto:
+            await self.progress.wait()
+
+    def outbox_head(self) -> int:
+        """The lowest outbox seq not yet published (everything below it is in the lake)."""
+        rows = self.journal.outbox(limit=1)
+        return rows[0][0] if rows else self.journal.outbox_tail() + 1
+
+    async def run(self) -> None:
+        while True:
+            try:
+                published = await self._publish_once()
+            except Exception as error:  # noqa: BLE001 - the publisher must survive anything
+                if not isinstance(error, (StoreError, CkptfsError)):
+                    log.exception("unexpected failure publishing namespace events")
+                self.on_error(f"publishing namespace events: {error}")
+                await trio.sleep(5)
+                continue
+            if published:
+                self.progress.notify()
+            else:
+                self._publish = trio.Event()
+                await self._publish.wait()
+
+    async def _publish_once(self) -> bool:
+        pending = self.journal.get_meta("pending_segment")
+        if pending is not None:
+            seq, upto = json.loads(pending)
+            rows = self.journal.outbox(upto=upto)
+        else:
+            rows = []
+            for row in self.journal.outbox(limit=SEGMENT_EVENTS):
+                if row[2] is not None:
+                    version = self.journal.version(row[2])
+                    if version is None or version.state != COMMITTED:
+                        break
+                rows.append(row)
+            if not rows:
+                return False
+            seq, upto = int(self.journal.get_meta("next_segment") or 0), rows[-1][0]
+            # Remember the exact batch first: after a crash the same seq must carry the same events.
+            self.journal.set_meta("pending_segment", json.dumps([seq, upto]))
+            self.journal.commit(durable=True)
+        events = [self._complete(record, version) for _, record, version in rows]
+        await trio.to_thread.run_sync(self.lake.append_log, self.mount_id, seq, events, limiter=self.network)
+        self.journal.drop_outbox(upto)
+        self.journal.set_meta("next_segment", str(seq + 1))
+        self.journal.delete_meta("pending_segment")
+        self.journal.add_counter("events_published", len(events))
+        self.journal.commit(durable=True)
+        return True
+
+    def _complete(self, record: dict, version_id: int | None) -> dict:
+        if version_id is None:
+            return record
+        version = self.journal.version(version_id)
+        assert version is not None and version.manifest is not None
+        return {**record, "manifest": version.manifest, "size": version.size, "mode": version.mode,
+                "mtime_ns": version.mtime_ns, "path": record.get("path", encode_path(version.path or b""))}
+

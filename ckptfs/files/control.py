@@ -1,0 +1,97 @@
+"""The control interface's figures: per-file state (the `user.ckptfs.state` xattr), the mount's
+status (`ckptfs status`, metrics) and the barrier `ckptfs sync` waits for. Reads only."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from ckptfs.cache.journal import COMMITTED, OPEN, SEALED, STATE_NAMES, Inode, Journal
+from ckptfs.cache.staging import Staging
+from ckptfs.engine.evictor import Evictor
+from ckptfs.engine.uploader import Uploader
+from ckptfs.files.lifecycle import Lifecycle
+from ckptfs.lake.manifest import encode_path
+
+
+class Control:
+    def __init__(self, journal: Journal, staging: Staging, uploader: Uploader, lifecycle: Lifecycle,
+                 mount_id: str, evictor: Evictor | None = None) -> None:
+        self.journal = journal
+        self.staging = staging
+        self.uploader = uploader
+        self.lifecycle = lifecycle
+        self.mount_id = mount_id
+        self.evictor = evictor
+        self.no_drain = False  # set through the control interface: unmount leaves uploads queued
+
+    def state_of(self, inode: Inode) -> str:
+        if not inode.is_file or inode.version is None:
+            return "committed pending_bytes=0" if not inode.is_file else "dirty pending_bytes=0"
+        version = self.journal.version(inode.version)
+        if version is None:
+            return "unknown"
+        if version.state == COMMITTED:
+            published = self.journal.outbox_seq_of_version(version.id) is None
+            return "committed pending_bytes=0" if published else "uploading pending_bytes=0"
+        if version.state == SEALED:
+            return f"uploading pending_bytes={self.uploader.pending_of(version)}"
+        return f"{STATE_NAMES[OPEN]} pending_bytes={inode.size}"
+
+    def barrier(self, top: Inode) -> dict[str, Any]:
+        """What `ckptfs sync PATH` waits for: every event queued so far, and which files are still open."""
+        still_open = []
+        paths = [(b"", top.ino)] if not top.is_dir else list(self.journal.walk_files(top.ino))
+        for path, file_ino in paths:
+            inode = self.journal.inode(file_ino)
+            if inode and inode.version is not None:
+                version = self.journal.version(inode.version)
+                if version and version.state == OPEN:
+                    still_open.append(encode_path(path))
+        return {"upto": self.journal.outbox_tail(), "open_files": still_open[:20], "open_count": len(still_open)}
+
+    def _store_health(self) -> dict[str, Any]:
+        store = self.uploader.lake.store
+        retries = getattr(store, "retries", 0)
+        last_error_time = getattr(store, "last_error_time", None)
+        last_success_time = getattr(store, "last_success_time", None)
+        retrying = bool(last_error_time and (last_success_time is None or last_error_time > last_success_time))
+        return {"store_retries": retries, "store_retrying": retrying,
+                "last_store_error": getattr(store, "last_error", None) if retrying else None}
+
+    def status(self) -> dict[str, Any]:
+        counters = self.journal.counters()
+        sealed = self.journal.versions_in_state(SEALED)
+        open_versions = self.journal.versions_in_state(OPEN)
+        logical = counters.get("logical_bytes", 0)
+        oldest = min((v.sealed_ns for v in sealed if v.sealed_ns), default=None)
+        new_bytes, stored = counters.get("new_chunk_bytes", 0), counters.get("stored_bytes", 0)
+        return {
+            "pid": os.getpid(),
+            "mount_id": self.mount_id,
+            "dirty_files": len(open_versions),
+            "dirty_bytes": sum(self.staging.sizes.get(v.id, 0) for v in open_versions),
+            "dirty_uploaded_bytes": sum(self.uploader.prefix.early_bytes(v.id) for v in open_versions),
+            "upload_while_writing_bytes": self.uploader.prefix.round_bytes,
+            "staged_bytes": self.staging.total_bytes,
+            "spilled_bytes": sum(self.staging.holes.values()),
+            "peak_staged_bytes": self.staging.peak_bytes,
+            "staging_limit_bytes": self.evictor.limit_bytes if self.evictor else None,
+            "backpressure_waits": self.lifecycle.backpressure_waits,
+            "backpressure_seconds": round(self.lifecycle.backpressure_seconds, 2),
+            "uploading_files": len(sealed),
+            "uploading_bytes": self.uploader.pending_bytes(sealed),
+            "oldest_pending_age_s": round((time.time_ns() - oldest) / 1e9, 1) if oldest else 0,
+            "events_pending": self.journal.outbox_length(),
+            "outbox_head": self.uploader.outbox_head(),
+            "committed_versions": counters.get("versions_committed", 0),
+            "committed_bytes": logical,
+            "new_chunk_bytes": new_bytes,
+            "stored_bytes": stored,
+            "dedup_ratio": round(logical / new_bytes, 2) if new_bytes else None,
+            "compression_ratio": round(new_bytes / stored, 2) if stored else None,
+            "last_error": self.uploader.last_error,
+            **self._store_health(),
+            "no_drain": self.no_drain,
+        }

@@ -1,0 +1,58 @@
+"""The mount's file system assembled from its parts, and the requests that span several of them."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from ckptfs.cache.journal import Journal
+from ckptfs.cache.staging import Staging
+from ckptfs.engine.evictor import Evictor
+from ckptfs.engine.fetcher import Fetcher
+from ckptfs.engine.spill import Spill
+from ckptfs.engine.uploader import Uploader
+from ckptfs.errors import FsError
+from ckptfs.files import history
+from ckptfs.files.attributes import AttributeChanges, Attributes, Caller
+from ckptfs.files.control import Control
+from ckptfs.files.handles import Handles
+from ckptfs.files.lifecycle import Lifecycle
+from ckptfs.files.outbox import Outbox
+from ckptfs.files.tree import Tree
+
+
+class FileSystem:
+    def __init__(self, journal: Journal, staging: Staging, uploader: Uploader, fetcher: Fetcher, *,
+                 mount_id: str, durability: str = "local", evictor: Evictor | None = None,
+                 spill: Spill | None = None) -> None:
+        self.journal = journal
+        self.staging = staging
+        self.uploader = uploader
+        self.fetcher = fetcher
+        self.evictor = evictor
+        self.outbox = Outbox(journal, uploader, mount_id)
+        self.lifecycle = Lifecycle(journal, staging, uploader, fetcher, self.outbox, evictor=evictor, spill=spill)
+        self.tree = Tree(journal, staging, self.outbox, self.lifecycle)
+        self.handles = Handles(journal, staging, uploader, self.tree, self.lifecycle, durability=durability)
+        self.control = Control(journal, staging, uploader, self.lifecycle, mount_id, evictor)
+
+    def commit(self, *, durable: bool = False) -> None:
+        self.tree.commit(durable=durable)
+
+    async def setattr(self, ino: int, changes: AttributeChanges, fh: int | None) -> Attributes:
+        if history.is_virtual(ino):
+            raise FsError("the .versions tree is read-only", errno=errno.EROFS)
+        if changes.size is not None:
+            await self.handles.truncate(ino, changes.size, fh)
+        self.tree.set_metadata(ino, changes)
+        self.commit()
+        return self.tree.attributes(ino)
+
+    def mknod(self, parent: int, name: bytes, mode: int, rdev: int, caller: Caller) -> Attributes:
+        """A regular file made with mknod(2) is an empty file with its first version sealed."""
+        if stat.S_IFMT(mode) == stat.S_IFREG:
+            opened, attributes = self.handles.create(parent, name, mode, os.O_WRONLY | os.O_CREAT, caller)
+            self.handles.release(opened.fh)
+            return attributes
+        return self.tree.mknod_special(parent, name, mode, rdev, caller)

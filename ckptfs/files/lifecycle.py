@@ -1,0 +1,203 @@
+"""File versions from the first change to the seal: copy-on-write, backpressure, reads of any version.
+
+A file's content is its inode's current version. Changes go into that version's staging file while
+it is OPEN; the first change after a version is sealed starts a new version as a copy
+(copy-on-write), so a sealed version never changes. Sealing records the version in the history of
+every name the file has and queues its `put` event: nothing more.
+
+What it must never do: wait for the network before a change lands in the staging file (except to
+bring back a spilled prefix the change overwrites), or let a change land in a version that is not
+the file's OPEN current one.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+
+import trio
+
+from ckptfs.cache.journal import OPEN, SEALED, Inode, Journal, Version
+from ckptfs.cache.staging import Staging
+from ckptfs.engine.evictor import Evictor
+from ckptfs.engine.fetcher import Fetcher
+from ckptfs.engine.spill import Spill, spill_threshold
+from ckptfs.engine.uploader import Uploader
+from ckptfs.errors import CkptfsError, FsError
+from ckptfs.files.changes import ChangesInFlight
+from ckptfs.files.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+
+class Lifecycle:
+    def __init__(self, journal: Journal, staging: Staging, uploader: Uploader, fetcher: Fetcher, outbox: Outbox,
+                 *, evictor: Evictor | None = None, spill: Spill | None = None) -> None:
+        self.journal = journal
+        self.staging = staging
+        self.uploader = uploader
+        self.fetcher = fetcher
+        self.outbox = outbox
+        self.evictor = evictor
+        self.spill = spill
+        self.spill_at = spill_threshold(evictor.limit_bytes) if evictor is not None else 0
+        self.open_count: dict[int, int] = {}  # inode -> open handles (a mapping holds its handle)
+        self.changes = ChangesInFlight()
+        self.backpressure_waits = 0
+        self.backpressure_seconds = 0.0
+        self._preparing: dict[int, trio.Event] = {}  # inode -> set once its new version is ready
+
+    def current(self, inode: Inode) -> Version | None:
+        return self.journal.version(inode.version) if inode.version is not None else None
+
+    # -- changes ------------------------------------------------------------------------------
+    async def writable_version(self, inode: Inode, offset: int | None, *, empty: bool = False) -> int:
+        """The file's OPEN version, ready for a change at `offset` (None: no restore of a spilled prefix
+        is needed, as for truncation to zero). Starts a new version if the current one is sealed.
+
+        The kernel sends WRITEs concurrently (a mapping's write-back, threads, other processes), and
+        every await here lets other handlers run. So the caller must change the version it gets back
+        before its next await, and only this method starts versions: while one is being prepared
+        (copy of the sealed content, refill of a spilled prefix) every other change to the file waits
+        for it and then looks again, instead of starting a copy of its own.
+        """
+        while True:
+            preparing = self._preparing.get(inode.ino)
+            if preparing is not None:
+                await preparing.wait()
+                continue
+            current = self.current(inode)
+            if current is None or current.state != OPEN:
+                await self._start_version(inode, current, empty=empty)
+                continue
+            if offset is not None and await self.uploader.prefix.before_change(current.id, offset):
+                continue  # it awaited: the version may have been sealed meanwhile
+            return current.id
+
+    async def _start_version(self, inode: Inode, current: Version | None, *, empty: bool) -> None:
+        """Start a new OPEN version of a file as a copy of `current` (or empty) and make it current.
+
+        `empty`: the caller truncates it to 0 at once (O_TRUNC), so a new version starts empty rather
+        than as a copy of content about to be thrown away.
+        """
+        done = self._preparing[inode.ino] = trio.Event()
+        identifier = self.journal.new_version(inode.ino, mode=inode.mode & 0o7777)
+        try:
+            if current is None or empty:
+                self.staging.create(identifier)
+            elif current.staged and self.staging.exists(current.id) and not (current.hole_end and current.manifest):
+                self.staging.pinned.add(current.id)
+                try:
+                    await trio.to_thread.run_sync(self.staging.create, identifier, current.id)
+                    if current.hole_end and self.spill is not None:
+                        await self.spill.fill(current, self.staging.fd(identifier))  # spilled, still uploading
+                finally:
+                    self.staging.pinned.discard(current.id)
+            else:
+                self.staging.create(identifier)
+                await self.fetcher.read_all_into(current.manifest, self.staging.fd(identifier))
+                self.staging.refresh_size(identifier)
+            inode.version = identifier
+            self.journal.save_inode(inode)
+        except BaseException:
+            self.staging.remove(identifier)  # a partial copy: the file keeps its current version
+            self.journal.delete_version(identifier)
+            raise
+        finally:
+            del self._preparing[inode.ino]
+            done.set()
+
+    async def make_room(self, needed: int) -> None:
+        """Backpressure: evict clean data, spill files being written (engine/spill.py), then wait for
+        uploads to make more data clean or spilled.
+
+        Never fails the write: if only dirty data that no upload will clean or spill is left (files
+        written out of order, or rewritten below their spilled prefix), the write goes ahead over
+        budget rather than deadlock.
+        """
+        if self.evictor is None or self.staging.total_bytes + needed <= self.spill_at:
+            return
+        started = None
+        while True:
+            # Clean data goes first: the file being written is the one most likely read next.
+            self.evictor.evict(self.spill_at - needed)
+            wanted = self.staging.total_bytes + needed
+            if wanted <= self.spill_at:
+                break
+            spilling = self.uploader.prefix.relieve()
+            if wanted <= self.evictor.limit_bytes or not (spilling or self.uploader.busy()):
+                break
+            if started is None:
+                started = time.monotonic()
+                self.backpressure_waits += 1
+            with trio.move_on_after(1):
+                await self.uploader.wait_for_progress()
+        if started is not None:
+            self.backpressure_seconds += time.monotonic() - started
+
+    # -- seal ---------------------------------------------------------------------------------
+    def seal(self, inode: Inode) -> int | None:
+        """Seal the file's OPEN version: it becomes immutable, part of history, queued for upload."""
+        version = self.current(inode)
+        if version is None or version.state != OPEN:
+            return None
+        paths = self.journal.paths_of(inode.ino)
+        if not paths:
+            return None  # unlinked while open: nothing can name it; dropped with the inode
+        when = self.outbox.event_time()
+        size = self.staging.size(version.id)
+        inode.size = size
+        self.journal.save_inode(inode)
+        self.journal.update_version(version.id, state=SEALED, size=size, mode=inode.mode & 0o7777,
+                                    mtime_ns=inode.mtime_ns, path=paths[0], sealed_ns=when)
+        for path in paths:  # hard links share the content: every name's history gets the version
+            self.journal.add_history(path, when, version.id)
+        self.outbox.enqueue("put", paths[0], when, version=version.id, uid=inode.uid, gid=inode.gid,
+                            atime_ns=inode.atime_ns, node=self.outbox.node_id(inode))
+        self.journal.commit()
+        self.uploader.submit(version.id)
+        return version.id
+
+    def seal_unheld_versions(self) -> int:
+        """Seal every OPEN version that no handle can write to any more (a mapping holds its handle
+        open): left by a killed daemon, or by a close this mount missed. Versions that are not their
+        file's content (unlinked, or a copy interrupted by a crash) are dropped, with a log line.
+        Returns how many were sealed."""
+        sealed = dropped = 0
+        for version in self.journal.versions_in_state(OPEN):
+            if version.ino is not None and (self.open_count.get(version.ino) or version.ino in self._preparing):
+                continue
+            inode = self.journal.inode(version.ino) if version.ino is not None else None
+            if inode is not None and inode.version == version.id and self.seal(inode) is not None:
+                log.info("sealed version %x of %r: open with no handle left", version.id,
+                         self.journal.path_of(inode.ino))
+                sealed += 1
+                continue
+            log.warning("dropping open version %x (%d bytes written): %s", version.id,
+                        self.staging.sizes.get(version.id, 0),
+                        "its file was unlinked" if inode is not None and inode.version == version.id
+                        else "it is not its file's content (a copy interrupted by a crash)")
+            self.staging.remove(version.id)
+            self.journal.delete_version(version.id)
+            dropped += 1
+        if sealed or dropped:
+            self.journal.commit(durable=True)
+        return sealed
+
+    # -- reads --------------------------------------------------------------------------------
+    async def read_version(self, version_id: int, offset: int, size: int, *, sequential: bool) -> bytes:
+        version = self.journal.version(version_id)
+        if version is None:
+            raise FsError(f"version {version_id:x} is gone", errno=errno.ENOENT)
+        if version.staged and version.hole_end > offset and self.spill is not None:
+            if version.manifest is None:  # spilled while written, not committed yet
+                return await self.spill.read(version, offset, size, sequential=sequential)
+        elif version.staged:
+            if self.evictor is not None:
+                self.evictor.touch(version_id)
+            return os.pread(self.staging.fd(version_id), size, offset)
+        if version.manifest is None:
+            raise CkptfsError(f"version {version_id:x} has neither local data nor a manifest")
+        return await self.fetcher.read(version.manifest, offset, size, sequential=sequential)

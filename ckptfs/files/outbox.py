@@ -1,0 +1,40 @@
+"""This mount's namespace events: their times, the inode identities they name, and their queueing in
+the journal's outbox for the uploader to publish in order.
+
+Event times strictly increase within a mount: they order its log (docs/FORMAT.md).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ckptfs.cache.journal import Inode, Journal
+from ckptfs.engine.uploader import Uploader
+from ckptfs.lake import events
+
+
+class Outbox:
+    def __init__(self, journal: Journal, uploader: Uploader, mount_id: str) -> None:
+        self.journal = journal
+        self.uploader = uploader
+        self.mount_id = mount_id
+        self._last_event_ns = 0
+
+    def event_time(self) -> int:
+        self._last_event_ns = max(time.time_ns(), self._last_event_ns + 1)
+        return self._last_event_ns
+
+    def node_id(self, inode: Inode) -> str:
+        """The inode's identity in the lake: kept across rebuilds, shared by its hard links."""
+        return inode.node or f"{self.mount_id}.{inode.ino:x}"
+
+    def enqueue(self, op: str, path: bytes, time_ns: int, *, version: int | None = None, **fields: Any) -> None:
+        """Queue an event at a time the caller took from event_time(); a `put` names its version,
+        which the uploader commits before it publishes the event."""
+        self.journal.enqueue(events.record(op, path, time_ns, **fields), version)
+        if version is None:
+            self.uploader.poke()
+
+    def publish(self, op: str, path: bytes, **fields: Any) -> None:
+        self.enqueue(op, path, self.event_time(), **fields)

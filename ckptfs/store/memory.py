@@ -1,0 +1,60 @@
+"""MemoryStore: objects in a dict, for tests that run the lake and the file system layer without a
+kernel mount or a server. Thread-safe like every store (the uploader calls it from worker threads).
+`memory://NAME` URLs name it for messages only: nothing outside the process can reach it."""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Iterator
+
+from ckptfs.store.base import ObjectNotFound, ObjectStore, PreconditionFailed
+
+
+class MemoryStore(ObjectStore):
+    def __init__(self, name: str = "memory") -> None:
+        self.url = f"memory://{name}/"
+        self._objects: dict[str, bytes] = {}
+        self._keys: list[str] = []  # sorted, for list()
+        self._lock = threading.Lock()
+
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+        with self._lock:
+            if key in self._objects:
+                if if_absent:
+                    raise PreconditionFailed(f"{key} exists")
+            else:
+                bisect.insort(self._keys, key)
+            self._objects[key] = bytes(data)
+
+    def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        with self._lock:
+            data = self._objects.get(key)
+        if data is None:
+            raise ObjectNotFound(f"{self.url}{key} does not exist")
+        return data[start or 0:end if end is not None else len(data)]
+
+    def size(self, key: str) -> int | None:
+        with self._lock:
+            data = self._objects.get(key)
+        return None if data is None else len(data)
+
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
+        with self._lock:
+            first = bisect.bisect_right(self._keys, start_after) if start_after else bisect.bisect_left(
+                self._keys, prefix)
+            keys = []
+            for key in self._keys[first:]:
+                if key.startswith(prefix):
+                    keys.append(key)
+                elif key > prefix:
+                    break
+        return iter(keys)
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            if self._objects.pop(key, None) is not None:
+                self._keys.remove(key)
+
+    def check_access(self) -> None:
+        pass

@@ -1,0 +1,196 @@
+"""The file system layer (`ckptfs/files`) driven directly, without a kernel mount or a server: the
+lake on a MemoryStore, failures injected at the ObjectStore seam (FaultyStore), time from trio's
+MockClock where the code waits."""
+
+import errno
+import logging
+import os
+
+import pytest
+import trio
+import trio.testing
+
+from ckptfs.cache.chunkcache import ChunkCache
+from ckptfs.cache.journal import COMMITTED, Journal
+from ckptfs.cache.staging import Staging
+from ckptfs.daemon import rebuild_from_lake
+from ckptfs.engine.evictor import Evictor
+from ckptfs.engine.fetcher import Fetcher
+from ckptfs.engine.spill import Spill
+from ckptfs.engine.uploader import Uploader
+from ckptfs.errors import CkptfsError, FsError
+from ckptfs.files import Caller, FileSystem
+from ckptfs.lake import Lake
+from ckptfs.store import RetryingStore
+from ckptfs.store.faults import FaultyStore
+from ckptfs.store.memory import MemoryStore
+
+ROOT = 1
+MIB = 1 << 20
+ME = Caller(uid=os.getuid(), gid=os.getgid())
+
+
+def lake_on(store) -> Lake:
+    lake = Lake(RetryingStore(store, first_delay=0.001, max_delay=0.01, give_up_after=60))
+    lake.open()
+    return lake
+
+
+def files_on(tmp_path, name: str, lake: Lake, *, staging_limit: int | None = None) -> FileSystem:
+    cache = tmp_path / name
+    cache.mkdir()
+    journal = Journal(str(cache / "journal.sqlite"))
+    rebuild_from_lake(journal, lake)
+    staging = Staging(str(cache / "staging"))
+    fetcher = Fetcher(lake, ChunkCache(str(cache / "chunks"), 1 << 30))
+    spill = Spill(journal, staging, fetcher)
+    uploader = Uploader(journal, staging, lake, name, round_bytes=0, spill=spill)
+    evictor = Evictor(journal, staging, staging_limit) if staging_limit else None
+    if evictor is not None:
+        uploader.on_committed = evictor.committed
+    return FileSystem(journal, staging, uploader, fetcher, mount_id=name, evictor=evictor, spill=spill)
+
+
+async def save(files: FileSystem, name: bytes, data: bytes, block: int = MIB) -> int:
+    opened, attributes = files.handles.create(ROOT, name, 0o644, os.O_WRONLY, ME)
+    for offset in range(0, len(data), block):
+        assert await files.handles.write(opened.fh, offset, data[offset:offset + block]) == len(
+            data[offset:offset + block])
+    files.handles.flush(opened.fh)
+    files.handles.release(opened.fh)
+    return attributes.ino
+
+
+async def load(files: FileSystem, ino: int) -> bytes:
+    opened = await files.handles.open(ino, os.O_RDONLY)
+    try:
+        return await files.handles.read(opened.fh, 0, 1 << 30)
+    finally:
+        files.handles.release(opened.fh)
+
+
+async def published(files: FileSystem) -> None:
+    await files.uploader.wait_published(files.journal.outbox_tail())
+
+
+def test_save_upload_and_rebuild_on_a_memory_store(tmp_path):
+    store = MemoryStore()
+    lake = lake_on(store)
+    payload = os.urandom(5 * MIB + 3)
+
+    async def main():
+        files = files_on(tmp_path, "first", lake)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(files.uploader.run)
+            await nursery.start(files.fetcher.run)
+            files.tree.mkdir(ROOT, b"run", 0o755, ME)
+            ino = await save(files, b"model.pt", payload)
+            files.tree.link(ino, files.tree.lookup(ROOT, b"run").ino, b"same.pt")
+            await published(files)
+            assert files.control.status()["committed_versions"] == 1
+            nursery.cancel_scope.cancel()
+        fresh = files_on(tmp_path, "second", lake)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fresh.fetcher.run)
+            run = fresh.tree.lookup(ROOT, b"run")
+            first, second = fresh.tree.lookup(ROOT, b"model.pt"), fresh.tree.lookup(run.ino, b"same.pt")
+            assert first.ino == second.ino and first.nlink == 2
+            assert await load(fresh, first.ino) == payload
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert any(key.startswith("chunks/") for key in store.list(""))
+
+
+def test_temporary_put_failures_are_retried_until_everything_commits(tmp_path):
+    faulty = FaultyStore(MemoryStore())
+    lake = lake_on(faulty)
+    payload = os.urandom(6 * MIB)
+    faulty.fail("put", "chunks/", times=5)
+    faulty.fail("put", "manifests/", times=2)
+    faulty.fail("put", "log/", times=2)
+
+    async def main():
+        files = files_on(tmp_path, "only", lake)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(files.uploader.run)
+            ino = await save(files, b"f", payload)
+            await published(files)
+            version = files.journal.version(files.tree.inode(ino).version)
+            assert version.state == COMMITTED
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert all(fault.fired == fault.times for fault in faulty.faults)
+    stored = sum(1 for _ in faulty.inner.list(""))
+    assert faulty.calls["put"] >= stored + 9  # every failed PUT was sent again
+
+
+def test_a_corrupt_chunk_reads_as_an_error_naming_it(tmp_path, caplog):
+    faulty = FaultyStore(MemoryStore())
+    lake = lake_on(faulty)
+
+    async def main():
+        files = files_on(tmp_path, "writer", lake)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(files.uploader.run)
+            await save(files, b"f", os.urandom(3 * MIB))
+            await published(files)
+            nursery.cancel_scope.cancel()
+        faulty.fail("get", "chunks/", kind="corrupt")
+        reader = files_on(tmp_path, "reader", lake)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(reader.fetcher.run)
+            with pytest.raises(CkptfsError) as error:
+                await load(reader, reader.tree.lookup(ROOT, b"f").ino)
+            assert "chunk" in str(error.value)
+            nursery.cancel_scope.cancel()
+
+    with caplog.at_level(logging.WARNING):
+        trio.run(main)
+
+
+def test_backpressure_waits_for_uploads_and_never_fails_the_write(tmp_path):
+    """Writes beyond the staging budget wait (counted) while PUTs fail and are retried; time is
+    trio's MockClock, so the one-second waits cost nothing."""
+    faulty = FaultyStore(MemoryStore())
+    lake = lake_on(faulty)
+    faulty.fail("put", "chunks/", times=20)
+    files_data = [os.urandom(6 * MIB) for _ in range(4)]
+
+    async def main():
+        files = files_on(tmp_path, "only", lake, staging_limit=12 * MIB)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(files.uploader.run)
+            for index, data in enumerate(files_data):
+                await save(files, b"f%d" % index, data)
+            await published(files)
+            status = files.control.status()
+            assert status["committed_versions"] == len(files_data)
+            assert status["backpressure_waits"] >= 1
+            for index, data in enumerate(files_data):
+                assert await load(files, files.tree.lookup(ROOT, b"f%d" % index).ino) == data
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_requests_on_the_layer_answer_errno(tmp_path):
+    lake = lake_on(MemoryStore())
+
+    async def main():
+        files = files_on(tmp_path, "only", lake)
+        history = files.tree.lookup(ROOT, b".versions")
+        cases = [
+            (lambda: files.tree.mkdir(ROOT, b"x" * 256, 0o755, ME), errno.ENAMETOOLONG),
+            (lambda: files.tree.mkdir(ROOT, b"a/b", 0o755, ME), errno.EINVAL),
+            (lambda: files.tree.mkdir(history.ino, b"x", 0o755, ME), errno.EROFS),
+            (lambda: files.tree.unlink(ROOT, b"missing"), errno.ENOENT),
+            (lambda: files.tree.mkdir(ROOT, b".versions", 0o755, ME), errno.EEXIST),
+        ]
+        for call, code in cases:
+            with pytest.raises(FsError) as error:
+                call()
+            assert error.value.errno == code
+
+    trio.run(main)
