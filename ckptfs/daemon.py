@@ -39,6 +39,7 @@ from ckptfs.engine.prefix import MIN_ROUND_BYTES, default_round_bytes
 from ckptfs.engine.spill import Spill
 from ckptfs.engine.uploader import Uploader
 from ckptfs.errors import ConfigError
+from ckptfs.files import FileSystem
 from ckptfs.fs.operations import Operations
 from ckptfs.lake import Lake, namespace
 from ckptfs.store import ObjectStore, RetryingStore, open_store
@@ -265,8 +266,8 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
                             spill=spill)
         evictor = Evictor(cache.journal, cache.staging, cache.staging_budget)
         uploader.on_committed = evictor.committed
-        ops = Operations(cache.journal, cache.staging, uploader, fetcher, mount_id=mount_id,
-                         durability=config.durability, evictor=evictor, spill=spill)
+        ops = Operations(FileSystem(cache.journal, cache.staging, uploader, fetcher, mount_id=mount_id,
+                                    durability=config.durability, evictor=evictor, spill=spill))
         # nosuid, nodev: set-id bits and device nodes come from a lake other clients write to; they
         # are kept (and shown) but grant nothing on this node.
         options = set(pyfuse3.default_options) | {"fsname=ckptfs", "subtype=ckptfs", "nosuid", "nodev"}

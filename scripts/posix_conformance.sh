@@ -4,7 +4,7 @@
 # pass the directory (https://github.com/pjd/pjdfstest: autoreconf -ifs && ./configure && make pjdfstest).
 # As root: the suite changes owners and switches users. Needs `prove` (Debian's perl).
 #
-#   scripts/posix_conformance.sh /path/to/pjdfstest [extra mount arguments, e.g. s3://b/p --endpoint-url URL]
+#   scripts/posix_conformance.sh /path/to/pjdfstest [STORE_URL [mount options, e.g. --endpoint-url URL]]
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 suite="$(cd "${1:?usage: $0 PJDFSTEST_DIR [STORE_URL and mount options]}" && pwd)"
@@ -12,10 +12,10 @@ shift
 [ -x "$suite/pjdfstest" ] || { echo "no built pjdfstest in $suite (autoreconf -ifs && ./configure && make pjdfstest)"; exit 2; }
 work="$(mktemp -d)"
 mkdir "$work/mnt"
-store=("$@")
-[ ${#store[@]} -gt 0 ] || store=("file://$work/lake")
-python3 -m ckptfs mount "${store[@]}" "$work/mnt" --allow-other --foreground --cache-dir "$work/cache" \
-  --log-file "$work/daemon.log" &
+store="${1:-file://$work/lake}"
+[ $# -eq 0 ] || shift
+python3 -m ckptfs mount "$store" "$work/mnt" --allow-other --foreground --cache-dir "$work/cache" \
+  --log-file "$work/daemon.log" "$@" &
 daemon=$!
 cleanup() {
   fusermount3 -u "$work/mnt" 2>/dev/null || true
@@ -23,7 +23,10 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-for _ in $(seq 100); do mountpoint -q "$work/mnt" && break; sleep 0.1; done
+for _ in $(seq 300); do mountpoint -q "$work/mnt" && break; kill -0 "$daemon" 2>/dev/null || break; sleep 0.1; done
+if ! mountpoint -q "$work/mnt"; then
+  echo "the mount did not come up:"; cat "$work/daemon.log" 2>/dev/null; exit 1
+fi
 (cd "$work/mnt" && prove -r "$suite/tests" > "$work/prove.log" 2>&1) || true
 python3 - "$work/prove.log" <<'PY'
 import re, sys

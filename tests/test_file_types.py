@@ -108,6 +108,7 @@ def test_owners_modes_and_times_are_kept(mount, mounter):
     os.utime(mount.path("owned"), ns=(future - 10**9, future))
     os.symlink("owned", mount.path("link"))
     os.chown(mount.path("link"), 999, 998, follow_symlinks=False)
+    os.utime(mount.path("link"), ns=(10**18, 10**18 + 5), follow_symlinks=False)
     before = os.stat(mount.path("owned")).st_ctime_ns
     os.chmod(mount.path("owned"), 0o4750)
     assert os.stat(mount.path("owned")).st_ctime_ns > before  # every metadata change updates ctime
@@ -115,7 +116,8 @@ def test_owners_modes_and_times_are_kept(mount, mounter):
     info = os.stat(view.path("owned"))
     assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (4321, 8765, 0o4750)
     assert (info.st_atime_ns, info.st_mtime_ns) == (future - 10**9, future)
-    assert os.lstat(view.path("link")).st_uid == 999 and os.readlink(view.path("link")) == b"owned".decode()
+    link = os.lstat(view.path("link"))
+    assert link.st_uid == 999 and link.st_mtime_ns == 10**18 + 5 and os.readlink(view.path("link")) == "owned"
     shared = os.stat(view.path("shared"))
     assert (shared.st_uid, shared.st_gid, stat.S_IMODE(shared.st_mode)) == (1234, 5678, 0o2775)
     assert os.stat(view.path("shared", "sub")).st_gid == 5678

@@ -10,20 +10,14 @@ import pytest
 import trio
 import trio.testing
 
-from ckptfs.cache.chunkcache import ChunkCache
-from ckptfs.cache.journal import COMMITTED, Journal
-from ckptfs.cache.staging import Staging
-from ckptfs.daemon import rebuild_from_lake
-from ckptfs.engine.evictor import Evictor
-from ckptfs.engine.fetcher import Fetcher
-from ckptfs.engine.spill import Spill
-from ckptfs.engine.uploader import Uploader
+from ckptfs.cache.journal import COMMITTED
 from ckptfs.errors import CkptfsError, FsError
 from ckptfs.files import Caller, FileSystem
 from ckptfs.lake import Lake
 from ckptfs.store import RetryingStore
 from ckptfs.store.faults import FaultyStore
 from ckptfs.store.memory import MemoryStore
+from tests.layers import files_on
 
 ROOT = 1
 MIB = 1 << 20
@@ -34,21 +28,6 @@ def lake_on(store) -> Lake:
     lake = Lake(RetryingStore(store, first_delay=0.001, max_delay=0.01, give_up_after=60))
     lake.open()
     return lake
-
-
-def files_on(tmp_path, name: str, lake: Lake, *, staging_limit: int | None = None) -> FileSystem:
-    cache = tmp_path / name
-    cache.mkdir()
-    journal = Journal(str(cache / "journal.sqlite"))
-    rebuild_from_lake(journal, lake)
-    staging = Staging(str(cache / "staging"))
-    fetcher = Fetcher(lake, ChunkCache(str(cache / "chunks"), 1 << 30))
-    spill = Spill(journal, staging, fetcher)
-    uploader = Uploader(journal, staging, lake, name, round_bytes=0, spill=spill)
-    evictor = Evictor(journal, staging, staging_limit) if staging_limit else None
-    if evictor is not None:
-        uploader.on_committed = evictor.committed
-    return FileSystem(journal, staging, uploader, fetcher, mount_id=name, evictor=evictor, spill=spill)
 
 
 async def save(files: FileSystem, name: bytes, data: bytes, block: int = MIB) -> int:

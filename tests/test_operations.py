@@ -9,17 +9,11 @@ import pyfuse3
 import pytest
 import trio
 
-from ckptfs.cache.chunkcache import ChunkCache
 from ckptfs.cache.journal import COMMITTED, OPEN, SEALED, Journal
-from ckptfs.cache.staging import Staging
-from ckptfs.daemon import rebuild_from_lake
-from ckptfs.engine.evictor import Evictor
-from ckptfs.engine.fetcher import Fetcher
-from ckptfs.engine.spill import Spill
-from ckptfs.engine.uploader import Uploader
 from ckptfs.fs.operations import Operations
 from ckptfs.lake import Lake
 from ckptfs.store import LocalDirStore
+from tests.layers import files_on
 
 ROOT = pyfuse3.ROOT_INODE
 
@@ -46,15 +40,7 @@ class Fields:
 
 
 def build(tmp_path, name: str, lake: Lake) -> Operations:
-    cache = tmp_path / name
-    cache.mkdir()
-    journal = Journal(str(cache / "journal.sqlite"))
-    if journal.get_meta("mount_id") is None:
-        rebuild_from_lake(journal, lake)
-    staging = Staging(str(cache / "staging"))
-    uploader = Uploader(journal, staging, lake, name)
-    fetcher = Fetcher(lake, ChunkCache(str(cache / "chunks"), 1 << 30))
-    return Operations(journal, staging, uploader, fetcher, mount_id=name)
+    return Operations(files_on(tmp_path, name, lake))
 
 
 async def write_file(ops: Operations, parent: int, name: bytes, data: bytes) -> int:
@@ -152,16 +138,8 @@ def test_a_spilled_version_still_uploading_reads_back_and_copies_whole(tmp_path,
     """A file spilled while written (its prefix punched out of the staging file), then sealed while
     no upload runs: reads of it and a new version copied from it must get the prefix from the lake."""
     data = os.urandom(40 * MIB)
-    cache = tmp_path / "spill"
-    cache.mkdir()
-    journal = Journal(str(cache / "journal.sqlite"))
-    rebuild_from_lake(journal, lake)
-    staging = Staging(str(cache / "staging"))
-    fetcher = Fetcher(lake, ChunkCache(str(cache / "chunks"), 1 << 30))
-    spill = Spill(journal, staging, fetcher)
-    uploader = Uploader(journal, staging, lake, "spill", round_bytes=0, spill=spill)
-    ops = Operations(journal, staging, uploader, fetcher, mount_id="spill",
-                     evictor=Evictor(journal, staging, 16 * MIB), spill=spill)
+    ops = Operations(files_on(tmp_path, "spill", lake, staging_limit=16 * MIB))
+    journal, staging, fetcher, uploader = ops.files.journal, ops.files.staging, ops.files.fetcher, ops.files.uploader
 
     async def main():
         async with trio.open_nursery() as outer:
@@ -202,6 +180,7 @@ def test_a_schema_1_journal_is_migrated(tmp_path):
     database.execute("DROP TABLE prefix_chunks")
     for column in ("rdev", "node"):
         database.execute(f"ALTER TABLE inodes DROP COLUMN {column}")
+    database.execute("ALTER TABLE versions DROP COLUMN target")
     database.execute("UPDATE meta SET value='1' WHERE key='schema'")
     database.commit()
     database.close()

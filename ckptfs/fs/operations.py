@@ -18,12 +18,7 @@ from typing import Any
 
 import pyfuse3
 
-from ckptfs.cache.journal import ROOT_INODE, Journal
-from ckptfs.cache.staging import Staging
-from ckptfs.engine.evictor import Evictor
-from ckptfs.engine.fetcher import Fetcher
-from ckptfs.engine.spill import Spill
-from ckptfs.engine.uploader import Uploader
+from ckptfs.cache.journal import ROOT_INODE
 from ckptfs.errors import CkptfsError, FsError
 from ckptfs.files import FileSystem, history
 from ckptfs.files.attributes import AttributeChanges, Attributes
@@ -91,12 +86,9 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
 
-    def __init__(self, journal: Journal, staging: Staging, uploader: Uploader, fetcher: Fetcher, *,
-                 mount_id: str, durability: str = "local", evictor: Evictor | None = None,
-                 spill: Spill | None = None) -> None:
+    def __init__(self, files: FileSystem) -> None:
         super().__init__()
-        self.files = FileSystem(journal, staging, uploader, fetcher, mount_id=mount_id, durability=durability,
-                                evictor=evictor, spill=spill)
+        self.files = files
         self.tree = self.files.tree
         self.handles = self.files.handles
         self.control = self.files.control
