@@ -1,4 +1,4 @@
-"""The `ckptfs` command: mount, unmount, status, sync, fsck.
+"""The `ckptfs` command: mount, unmount, status, sync, refresh, fsck.
 
 Talks to a running mount only through extended attributes on the mount (no socket, no extra port), so
 `status` and `sync` work for any path under a mount. Every error is one line on stderr and a non-zero
@@ -82,7 +82,8 @@ def command_mount(args: argparse.Namespace) -> int:
                                 cache_size=args.cache_size, endpoint_url=args.endpoint_url,
                                 s3_timeout=args.s3_timeout, metrics_address=args.metrics_address,
                                 durability=args.durability, allow_other=args.allow_other,
-                                drain=not args.no_drain, upload_round_bytes=args.upload_while_writing)
+                                drain=not args.no_drain, upload_round_bytes=args.upload_while_writing,
+                                refresh_interval=args.refresh)
     config.resolve()
     daemon.check_mountpoint(config.mountpoint)
     daemon.check_cache_dir(config.cache_dir)
@@ -183,6 +184,18 @@ def wait_for_sync(path: str, timeout: float | None, quiet: bool = False) -> int:
 
 def command_sync(args: argparse.Namespace) -> int:
     return wait_for_sync(args.path, args.timeout)
+
+
+def command_refresh(args: argparse.Namespace) -> int:
+    """Apply now what other mounts published before this call (what a restart script runs before
+    it reads a checkpoint another node wrote)."""
+    done = read_xattr(mount_root(args.path), "user.ckptfs.refresh")
+    if args.json:
+        print(json.dumps(done, indent=2))
+    else:
+        print(f"ckptfs: {args.path} is up to date with the lake ({done['events']} new events from "
+              f"{done['segments']} segments of {done['mounts']} other mounts, {done['seconds']:.2f} s)")
+    return 0
 
 
 def command_unmount(args: argparse.Namespace) -> int:
@@ -328,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "new; 0 turns it off (default auto: 32M with 4 or more cores, else off)")
     mount.add_argument("--durability", choices=["local", "remote"], default="local",
                        help="what fsync() waits for: the local cache disk (default) or the lake")
+    mount.add_argument("--refresh", type=float, default=5.0, metavar="SECONDS",
+                       help="apply what other mounts publish every this many seconds (default 5; 0: only at "
+                            "start and on `ckptfs refresh`)")
     mount.add_argument("--allow-other", action="store_true", help="let other users in (implies default_permissions)")
     mount.add_argument("--no-drain", action="store_true", help="on unmount, leave pending uploads for the next mount")
     mount.add_argument("--foreground", action="store_true", help="stay attached; log to stderr")
@@ -350,6 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("path")
     sync.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
     sync.set_defaults(handler=command_sync)
+    refresh = commands.add_parser("refresh", help="apply now what other mounts published before this call")
+    refresh.add_argument("path")
+    refresh.add_argument("--json", action="store_true")
+    refresh.set_defaults(handler=command_refresh)
+
     check = commands.add_parser("fsck", help="check a lake and/or a cache dir; --repair fixes a cache dir")
     check.add_argument("store_url", nargs="?", help="the lake to check (s3://bucket/prefix, file:///dir)")
     check.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"))

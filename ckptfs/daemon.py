@@ -35,6 +35,7 @@ from ckptfs.cache.journal import COMMITTED, OPEN, ROOT_INODE, Inode, Journal
 from ckptfs.cache.staging import Staging
 from ckptfs.engine.evictor import Evictor
 from ckptfs.engine.fetcher import Fetcher
+from ckptfs.engine.follower import Follower
 from ckptfs.engine.prefix import MIN_ROUND_BYTES, default_round_bytes
 from ckptfs.engine.spill import Spill
 from ckptfs.engine.uploader import Uploader
@@ -64,6 +65,7 @@ class MountConfig:
     allow_other: bool = False
     drain: bool = True
     upload_round_bytes: int | None = None  # None: on where the machine has cores to spare
+    refresh_interval: float = 5.0  # seconds between reads of what other mounts published; 0: on demand
 
     def resolve(self) -> None:
         self.mountpoint = os.path.abspath(self.mountpoint)
@@ -181,6 +183,13 @@ def rebuild_from_lake(journal: Journal, lake: Lake) -> int:
             ino = by_entry[id(entry)] = _inode_for_entry(journal, path, entry, version_for).ino
         journal.add_dirent(inodes[parent_path], name, ino)
         inodes[path] = ino
+    # What a running mount needs to follow the lake from here (engine/follower.py).
+    for path, (time_ns, mount) in tree.stamps.items():
+        journal.set_stamp(path, time_ns, mount)
+    for mount, seq in tree.cursors.items():
+        journal.set_cursor(mount, seq)
+    if tree.stamps:
+        journal.set_meta("newest_seen_ns", str(max(time_ns for time_ns, _ in tree.stamps.values())))
     return len(tree.entries) - 1
 
 
@@ -229,6 +238,8 @@ def prepare_journal(cache: CacheDir, lake: Lake) -> str:
     for ino in journal.orphan_inodes():
         inode = journal.inode(ino)
         if inode and inode.version is not None and (v := journal.version(inode.version)) and v.state == OPEN:
+            log.info("dropping open version %x (%d bytes): its file was unlinked while open before a crash",
+                     v.id, staging.sizes.get(v.id, 0))
             staging.remove(v.id)
             journal.delete_version(v.id)
         journal.delete_inode(ino)
@@ -268,6 +279,9 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
         uploader.on_committed = evictor.committed
         ops = Operations(FileSystem(cache.journal, cache.staging, uploader, fetcher, mount_id=mount_id,
                                     durability=config.durability, evictor=evictor, spill=spill))
+        ops.follower = ops.control.follower = Follower(lake, cache.journal, mount_id, ops.apply_remote,
+                                                       interval=config.refresh_interval)
+        lake.register_mount(mount_id)
         # nosuid, nodev: set-id bits and device nodes come from a lake other clients write to; they
         # are kept (and shown) but grant nothing on this node.
         options = set(pyfuse3.default_options) | {"fsname=ckptfs", "subtype=ckptfs", "nosuid", "nodev"}
@@ -292,6 +306,11 @@ async def _main(config: MountConfig, ops: Operations, uploader: Uploader, fetche
     async with trio.open_nursery() as nursery:
         await nursery.start(fetcher.run)
         await nursery.start(uploader.run)
+        caught_up = await ops.follower.refresh()  # a remount shows what others published meanwhile
+        if caught_up["events"]:
+            log.info("caught up with the lake: %d events from %d segments", caught_up["events"],
+                     caught_up["segments"])
+        await nursery.start(ops.follower.run)
         nursery.start_soon(_commit_periodically, ops)
         if ops.files.evictor is not None:
             nursery.start_soon(ops.files.evictor.run)

@@ -25,6 +25,7 @@ class Control:
         self.mount_id = mount_id
         self.evictor = evictor
         self.no_drain = False  # set through the control interface: unmount leaves uploads queued
+        self.follower = None  # engine/follower.py, set by the daemon: its figures join the status
 
     def state_of(self, inode: Inode) -> str:
         if not inode.is_file or inode.version is None:
@@ -94,4 +95,15 @@ class Control:
             "last_error": self.uploader.last_error,
             **self._store_health(),
             "no_drain": self.no_drain,
+            **self._follower_figures(),
         }
+
+    def _follower_figures(self) -> dict[str, Any]:
+        follower = self.follower
+        if follower is None:
+            return {}
+        return {"refresh_interval_s": follower.interval, "refreshes": follower.refreshes,
+                "refresh_list_requests": follower.lists, "refresh_get_requests": follower.gets,
+                "remote_events": follower.events_applied,
+                "last_refresh_s": round(follower.last_refresh_s, 3) if follower.last_refresh_s is not None else None,
+                "refresh_error": follower.last_error}

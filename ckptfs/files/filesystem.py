@@ -19,6 +19,7 @@ from ckptfs.files.control import Control
 from ckptfs.files.handles import Handles
 from ckptfs.files.lifecycle import Lifecycle
 from ckptfs.files.outbox import Outbox
+from ckptfs.files.remote import RemoteChanges
 from ckptfs.files.tree import Tree
 
 
@@ -36,6 +37,7 @@ class FileSystem:
         self.tree = Tree(journal, staging, self.outbox, self.lifecycle)
         self.handles = Handles(journal, staging, uploader, self.tree, self.lifecycle, durability=durability)
         self.control = Control(journal, staging, uploader, self.lifecycle, mount_id, evictor)
+        self.remote = RemoteChanges(journal, staging, self.tree, self.lifecycle, self.outbox)
 
     def commit(self, *, durable: bool = False) -> None:
         self.tree.commit(durable=durable)

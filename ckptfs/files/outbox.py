@@ -1,5 +1,6 @@
 """This mount's namespace events: their times, the inode identities they name, and their queueing in
-the journal's outbox for the uploader to publish in order.
+the journal's outbox for the uploader to publish in order, with the stamp each leaves on its paths
+(files/remote.py compares other mounts' events with them).
 
 Event times strictly increase within a mount: they order its log (docs/FORMAT.md).
 """
@@ -19,11 +20,20 @@ class Outbox:
         self.journal = journal
         self.uploader = uploader
         self.mount_id = mount_id
-        self._last_event_ns = 0
+        self._last_event_ns = int(journal.get_meta("newest_seen_ns") or 0)
 
     def event_time(self) -> int:
+        """A hybrid logical clock: the wall clock, but never at or below a time this mount has seen
+        (its own events or another mount's), so a node whose clock is behind still stamps its new
+        changes after everything it has read."""
         self._last_event_ns = max(time.time_ns(), self._last_event_ns + 1)
         return self._last_event_ns
+
+    def observe(self, time_ns: int) -> None:
+        """Another mount's event at `time_ns` was read."""
+        if time_ns > self._last_event_ns:
+            self._last_event_ns = time_ns
+            self.journal.set_meta("newest_seen_ns", str(time_ns))
 
     def node_id(self, inode: Inode) -> str:
         """The inode's identity in the lake: kept across rebuilds, shared by its hard links."""
@@ -33,6 +43,9 @@ class Outbox:
         """Queue an event at a time the caller took from event_time(); a `put` names its version,
         which the uploader commits before it publishes the event."""
         self.journal.enqueue(events.record(op, path, time_ns, **fields), version)
+        for changed in (path, fields.get("dst")):
+            if changed is not None:
+                self.journal.set_stamp(changed, time_ns, self.mount_id)
         if version is None:
             self.uploader.poke()
 

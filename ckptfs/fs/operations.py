@@ -17,18 +17,21 @@ import sqlite3
 from typing import Any
 
 import pyfuse3
+import trio
 
 from ckptfs.cache.journal import ROOT_INODE
+from ckptfs.engine.follower import Follower
 from ckptfs.errors import CkptfsError, FsError
 from ckptfs.files import FileSystem, history
 from ckptfs.files.attributes import AttributeChanges, Attributes
-from ckptfs.lake.events import NAME_MAX
+from ckptfs.lake.events import NAME_MAX, Event
 
 log = logging.getLogger(__name__)
 XATTR_STATE = b"user.ckptfs.state"
 XATTR_STATUS = b"user.ckptfs.status"
 XATTR_BARRIER = b"user.ckptfs.barrier"
 XATTR_NO_DRAIN = b"user.ckptfs.no_drain"
+XATTR_REFRESH = b"user.ckptfs.refresh"
 ATTR_TIMEOUT = 1.0
 BLOCK_SIZE = 1 << 20
 
@@ -63,6 +66,13 @@ def _translate_errors(method):
     return wrapper
 
 
+def _forget_inode(ino: int) -> None:
+    try:
+        pyfuse3.invalidate_inode(ino)
+    except OSError:
+        pass  # the kernel does not know it: nothing to forget
+
+
 def _entry(attributes: Attributes) -> pyfuse3.EntryAttributes:
     entry = pyfuse3.EntryAttributes()
     entry.st_ino = attributes.ino
@@ -89,6 +99,7 @@ class Operations(pyfuse3.Operations):
     def __init__(self, files: FileSystem) -> None:
         super().__init__()
         self.files = files
+        self.follower: Follower | None = None  # set by the daemon: reads what other mounts publish
         self.tree = self.files.tree
         self.handles = self.files.handles
         self.control = self.files.control
@@ -210,6 +221,20 @@ class Operations(pyfuse3.Operations):
     async def fsync(self, fh: int, datasync: bool) -> None:
         await self.handles.fsync(fh)
 
+    # -- other mounts' changes --------------------------------------------------------------
+    async def apply_remote(self, changes: list[Event]) -> None:
+        """Apply other mounts' events (engine/follower.py), then make the kernel forget what they
+        changed, so that ls, stat and open see it at once rather than after the attribute timeout."""
+        for change in changes:
+            self.files.remote.apply(change)
+        self.files.commit()
+        stale = self.files.remote.take_invalidations()
+        for parent, name in stale.entries:
+            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+        for ino in stale.inodes:
+            # In a thread: the kernel may wait for a request on this inode that this loop answers.
+            await trio.to_thread.run_sync(_forget_inode, ino)
+
     # -- extended attributes: per-file state and the control interface of the CLI -------------
     async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
         if history.is_virtual(inode):
@@ -221,6 +246,8 @@ class Operations(pyfuse3.Operations):
             return json.dumps(self.control.status()).encode()
         if name == XATTR_BARRIER:
             return json.dumps(self.control.barrier(node)).encode()
+        if name == XATTR_REFRESH and inode == ROOT_INODE and self.follower is not None:
+            return json.dumps(await self.follower.refresh()).encode()
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any = None) -> None:

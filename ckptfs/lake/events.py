@@ -43,7 +43,9 @@ class Event:
     op: str
     path: bytes
     time_ns: int
-    mount: str = ""  # the mount whose segment holds it (set by the reader)
+    mount: str = ""  # the mount whose segment holds it, its seq and position there (set by the reader)
+    seq: int = 0
+    position: int = 0
     dst: bytes | None = None  # rename: the new path; link: the new name
     manifest: str | None = None  # put
     size: int = 0  # put
@@ -56,6 +58,12 @@ class Event:
     kind: str | None = None  # mknod: one of SPECIAL_KINDS
     rdev: int = 0  # mknod of a device
     node: str | None = None  # identity of the file's inode, shared by its hard links
+
+    @property
+    def order(self) -> tuple[int, str, int, int]:
+        """The replay order of all mounts' events (docs/FORMAT.md); (time_ns, mount) is the stamp
+        that decides which of two changes to one path is the later."""
+        return (self.time_ns, self.mount, self.seq, self.position)
 
 
 def path_problem(path: bytes) -> str | None:
@@ -111,14 +119,14 @@ def _path(raw: dict[str, Any], name: str) -> bytes:
     return value
 
 
-def _parse(raw: Any, mount: str) -> Event:
+def _parse(raw: Any, mount: str, seq: int, position: int) -> Event:
     if not isinstance(raw, dict):
         raise ValueError("not an object")
     op = raw.get("op")
     if op not in OPS:
         raise ValueError(f"unknown op {op!r:.40}")
     fields: dict[str, Any] = {
-        "op": op, "path": _path(raw, "path"), "mount": mount,
+        "op": op, "path": _path(raw, "path"), "mount": mount, "seq": seq, "position": position,
         "time_ns": _integer(raw, "time_ns", 0, _TIME_LIMIT, required=True),
         "mtime_ns": _integer(raw, "mtime_ns", -_TIME_LIMIT, _TIME_LIMIT),
         "atime_ns": _integer(raw, "atime_ns", -_TIME_LIMIT, _TIME_LIMIT),
@@ -155,10 +163,10 @@ def _parse(raw: Any, mount: str) -> Event:
     return Event(**fields)
 
 
-def parse(raw: Any, *, mount: str = "", where: str = "event") -> Event:
+def parse(raw: Any, *, mount: str = "", seq: int = 0, position: int = 0, where: str = "event") -> Event:
     """A validated Event from a raw one; InvalidEvent naming `where`, the op and the path otherwise."""
     try:
-        return _parse(raw, mount)
+        return _parse(raw, mount, seq, position)
     except ValueError as error:
         op = raw.get("op") if isinstance(raw, dict) else None
         path = raw.get("path") if isinstance(raw, dict) else None

@@ -5,6 +5,8 @@ Keys (docs/FORMAT.md):
     chunks/<3 hex>/<32 hex>          chunk objects (codec.py), keyed by xxh3-128 of the raw bytes
     manifests/<3 hex>/<32 hex>       manifests (manifest.py), keyed by xxh3-128 of their bytes
     log/<mount id>/<16 hex seq>      namespace log segments (namespace.py)
+    mounts/<mount id>                one small object per mount that ever published: running mounts
+                                     find new logs with one LIST of mounts/
 No key is ever derived from a user-supplied name.
 """
 
@@ -131,47 +133,73 @@ class Lake:
                 raise CorruptObjectError(f"{key} already holds other events: is another daemon using "
                                          "this mount id?") from None
 
-    def segments(self) -> Iterator[tuple[str, int, str]]:
-        for key in self.store.list("log/"):
+    def segments(self, mount: str | None = None, after: int = -1) -> Iterator[tuple[str, int, str]]:
+        """(mount, seq, key) of the log segments, of every mount or of one after seq `after` (one
+        LIST from there: what a running mount asks for to follow another)."""
+        if mount is None:
+            keys = self.store.list("log/")
+        else:
+            keys = self.store.list(f"log/{mount}/",
+                                   start_after=namespace.segment_key(mount, after) if after >= 0 else None)
+        for key in keys:
             parsed = namespace.parse_segment_key(key)
-            if parsed is None:
+            if parsed is None or (mount is not None and parsed[0] != mount):
                 log.warning("ignoring unexpected key %s in the namespace log", key)
                 continue
             yield parsed[0], parsed[1], key
 
-    def read_events(self, on_damaged: Callable[[str, Exception], None] | None = None) -> list[events.Event]:
-        """All published events of all mounts, validated, in replay order.
-
-        A segment that cannot be read or parsed, or an event in it that is not valid
-        (`events.parse`), is reported to `on_damaged` with the key (by default: an error in the log
-        naming it) and skipped, so one damaged object or event does not make the lake unreadable.
-        """
-        def damaged(key: str, error: Exception) -> None:
+    def read_segment(self, mount: str, seq: int, key: str,
+                     on_damaged: Callable[[str, Exception], None] | None = None) -> list[events.Event]:
+        """The valid events of one segment, in order. A segment that cannot be read or parsed, or
+        an event in it that is not valid (`events.parse`), is reported to `on_damaged` with the key
+        (by default: an error in the log naming it) and skipped, so one damaged object or event does
+        not make the lake unreadable."""
+        def damaged(error: Exception) -> None:
             if on_damaged is None:
                 what = "an invalid event of" if isinstance(error, events.InvalidEvent) else "damaged namespace segment"
                 log.error("skipping %s %s: %s", what, key, error)
             else:
                 on_damaged(key, error)
 
+        try:
+            raw_events = namespace.decode_segment(self.store.get(key), key)
+        except (CorruptObjectError, ObjectNotFound) as error:
+            damaged(error)
+            return []
+        valid = []
+        for position, raw in enumerate(raw_events):
+            try:
+                valid.append(events.parse(raw, mount=mount, seq=seq, position=position,
+                                          where=f"{key} event {position}"))
+            except events.InvalidEvent as error:
+                damaged(error)
+        return valid
+
+    def read_events(self, on_damaged: Callable[[str, Exception], None] | None = None,
+                    cursors: dict[str, int] | None = None) -> list[events.Event]:
+        """All published events of all mounts, validated, in replay order (`Event.order`).
+        `cursors`, if given, receives the last seq read of each mount."""
         ordered = []
         for mount, seq, key in self.segments():
-            try:
-                raw_events = namespace.decode_segment(self.store.get(key), key)
-            except (CorruptObjectError, ObjectNotFound) as error:
-                damaged(key, error)
-                continue
-            for position, raw in enumerate(raw_events):
-                try:
-                    change = events.parse(raw, mount=mount, where=f"{key} event {position}")
-                except events.InvalidEvent as error:
-                    damaged(key, error)
-                    continue
-                ordered.append(((change.time_ns, mount, seq, position), change))
-        ordered.sort(key=lambda item: item[0])
-        return [change for _, change in ordered]
+            ordered.extend(self.read_segment(mount, seq, key, on_damaged))
+            if cursors is not None:
+                cursors[mount] = max(cursors.get(mount, -1), seq)
+        ordered.sort(key=lambda change: change.order)
+        return ordered
 
     def read_namespace(self, on_damaged: Callable[[str, Exception], None] | None = None) -> namespace.Namespace:
         tree = namespace.Namespace()
-        for change in self.read_events(on_damaged):
+        for change in self.read_events(on_damaged, tree.cursors):
             tree.apply(change)
         return tree
+
+    # -- mounts -------------------------------------------------------------------------------
+    def register_mount(self, mount: str) -> None:
+        """Announce a mount, so that running mounts find its log with one small LIST (`mounts/`)."""
+        key = f"mounts/{mount}"
+        if self.store.size(key) is None:
+            self.store.put(key, json.dumps({"mount": mount, "created_ns": time.time_ns()}).encode())
+
+    def mounts(self) -> list[str]:
+        found = [key.rsplit("/", 1)[-1] for key in self.store.list("mounts/")]
+        return [mount for mount in found if namespace.valid_mount_id(mount)]

@@ -13,6 +13,7 @@ below takes only validated events.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,15 +24,20 @@ from ckptfs.lake.events import record as event  # noqa: F401 - the writers' name
 FORMAT = 2  # 2: owners, times, special files and hard links; format 1 segments read the same way
 READABLE_FORMATS = (1, 2)
 MAX_SEGMENT = 64 * 1024 * 1024
+_MOUNT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
 
 def segment_key(mount: str, seq: int) -> str:
     return f"log/{mount}/{seq:016x}"
 
 
+def valid_mount_id(mount: str) -> bool:
+    return _MOUNT_ID.match(mount) is not None
+
+
 def parse_segment_key(key: str) -> tuple[str, int] | None:
     parts = key.split("/")
-    if len(parts) != 3 or parts[0] != "log":
+    if len(parts) != 3 or parts[0] != "log" or not valid_mount_id(parts[1]):
         return None
     try:
         return parts[1], int(parts[2], 16)
@@ -97,6 +103,8 @@ class Namespace:
     entries: dict[bytes, Entry] = field(default_factory=lambda: {b"": Entry("dir", 0o755, 0, names={b""})})
     history: dict[bytes, list[State]] = field(default_factory=dict)
     nodes: dict[str, Entry] = field(default_factory=dict)  # node id -> its entry, while it has a name
+    stamps: dict[bytes, tuple[int, str]] = field(default_factory=dict)  # path -> (time, mount) of its last change
+    cursors: dict[str, int] = field(default_factory=dict)  # mount -> last seq read (Lake.read_namespace)
 
     # -- building blocks -----------------------------------------------------------------------
     def _bind(self, path: bytes, entry: Entry) -> None:
@@ -145,6 +153,10 @@ class Namespace:
     # -- replay --------------------------------------------------------------------------------
     def apply(self, change: Event) -> None:
         op, path, time_ns = change.op, change.path, change.time_ns
+        for changed in (path, change.dst):
+            if changed is not None:
+                self.stamps[changed] = max(self.stamps.get(changed, (0, "")), (time_ns, change.mount))
+
         if op == "put":
             self._put(change)
         elif op == "symlink":

@@ -41,8 +41,9 @@ class MemoryStore(ObjectStore):
 
     def list(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
         with self._lock:
-            first = bisect.bisect_right(self._keys, start_after) if start_after else bisect.bisect_left(
-                self._keys, prefix)
+            first = bisect.bisect_left(self._keys, prefix)
+            if start_after is not None:
+                first = max(first, bisect.bisect_right(self._keys, start_after))
             keys = []
             for key in self._keys[first:]:
                 if key.startswith(prefix):

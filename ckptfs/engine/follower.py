@@ -1,0 +1,100 @@
+"""Following the lake: what other mounts publish reaches this mount's tree within a refresh interval.
+
+Each refresh LISTs `mounts/` (one small object per mount) and, for every other mount, its log from
+the segment after the last one applied here (`LIST log/<mount>/` with StartAfter), GETs the new
+segments in parallel and hands their validated events, in replay order, to `apply`; then the
+cursors move. The cost grows with what is new, not with the history: an idle refresh is 1 + (number
+of other mounts) LISTs. `refresh()` is also what `ckptfs refresh` and a starting mount wait for.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from ckptfs.cache.journal import Journal
+from ckptfs.lake import Lake
+from ckptfs.lake.events import Event
+from ckptfs.store import StoreError
+
+log = logging.getLogger(__name__)
+
+
+class Follower:
+    def __init__(self, lake: Lake, journal: Journal, mount_id: str,
+                 apply: Callable[[list[Event]], Awaitable[None]], *, interval: float = 5.0,
+                 network_threads: int = 8) -> None:
+        self.lake = lake
+        self.journal = journal
+        self.mount_id = mount_id
+        self.apply = apply
+        self.interval = interval
+        self.network = trio.CapacityLimiter(network_threads)
+        self._lock = trio.Lock()
+        self.refreshes = 0
+        self.lists = 0
+        self.gets = 0
+        self.events_applied = 0
+        self.last_refresh_s: float | None = None
+        self.last_error: str | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        if self.interval <= 0:
+            return
+        while True:
+            await trio.sleep(self.interval)
+            try:
+                await self.refresh()
+            except Exception as error:  # noqa: BLE001 - the follower must survive anything; it retries
+                if not isinstance(error, (StoreError, OSError)):
+                    log.exception("unexpected failure following the lake")
+                self.last_error = str(error)
+                log.warning("following the lake: %s (next try in %.0f s)", error, self.interval)
+
+    async def refresh(self) -> dict[str, int | float]:
+        """Apply everything other mounts published before this call. Returns what it did."""
+        async with self._lock:  # a refresh asked for while one runs waits for it and runs anew
+            started = time.monotonic()
+            cursors = self.journal.cursors()
+            found = await trio.to_thread.run_sync(self.lake.mounts, limiter=self.network)
+            self.lists += 1
+            others = sorted((set(found) | set(cursors)) - {self.mount_id})
+            new: dict[str, list[tuple[int, str]]] = {}
+
+            async def list_one(mount: str) -> None:
+                after = cursors.get(mount, -1)
+                segments = await trio.to_thread.run_sync(
+                    lambda: [(seq, key) for _, seq, key in self.lake.segments(mount, after)], limiter=self.network)
+                self.lists += 1
+                if segments:
+                    new[mount] = segments
+
+            async with trio.open_nursery() as nursery:
+                for mount in others:
+                    nursery.start_soon(list_one, mount)
+            fetched: list[Event] = []
+
+            async def get_one(mount: str, seq: int, key: str) -> None:
+                fetched.extend(await trio.to_thread.run_sync(self.lake.read_segment, mount, seq, key,
+                                                             limiter=self.network))
+                self.gets += 1
+
+            async with trio.open_nursery() as nursery:
+                for mount, segments in new.items():
+                    for seq, key in segments:
+                        nursery.start_soon(get_one, mount, seq, key)
+            fetched.sort(key=lambda change: change.order)
+            await self.apply(fetched)
+            for mount, segments in new.items():
+                self.journal.set_cursor(mount, max(seq for seq, _ in segments))
+            self.journal.commit(durable=True)
+            self.refreshes += 1
+            self.events_applied += len(fetched)
+            self.last_refresh_s = time.monotonic() - started
+            self.last_error = None
+            return {"mounts": len(others), "segments": sum(len(s) for s in new.values()), "events": len(fetched),
+                    "seconds": round(self.last_refresh_s, 3)}
