@@ -147,8 +147,8 @@ class CacheDir:
         self._lock.close()
 
 
-def rebuild_from_lake(journal: Journal, lake: Lake) -> int:
-    """Fill an empty journal with the lake's tree and history. Returns the number of entries."""
+def rebuild_from_lake(journal: Journal, lake: Lake) -> namespace.Namespace:
+    """Fill an empty journal with the lake's tree and history. Returns the replayed tree."""
     tree = lake.read_namespace()
     # Dedup against everything already in the lake without a HEAD per chunk.
     journal.add_known_chunks(lake.chunk_ids())
@@ -183,14 +183,9 @@ def rebuild_from_lake(journal: Journal, lake: Lake) -> int:
             ino = by_entry[id(entry)] = _inode_for_entry(journal, path, entry, version_for).ino
         journal.add_dirent(inodes[parent_path], name, ino)
         inodes[path] = ino
-    # What a running mount needs to follow the lake from here (engine/follower.py).
-    for path, (time_ns, mount) in tree.stamps.items():
-        journal.set_stamp(path, time_ns, mount)
-    for mount, seq in tree.cursors.items():
-        journal.set_cursor(mount, seq)
-    if tree.stamps:
-        journal.set_meta("newest_seen_ns", str(max(time_ns for time_ns, _ in tree.stamps.values())))
-    return len(tree.entries) - 1
+    if tree.events:
+        journal.set_meta("newest_seen_ns", str(tree.events[-1].time_ns))  # the clock starts after them
+    return tree
 
 
 _KIND_TYPES = {"dir": stat.S_IFDIR, "symlink": stat.S_IFLNK, "file": stat.S_IFREG, "fifo": stat.S_IFIFO,
@@ -216,17 +211,19 @@ def _inode_for_entry(journal: Journal, path: bytes, entry: namespace.Entry, vers
     return inode
 
 
-def prepare_journal(cache: CacheDir, lake: Lake) -> str:
-    """Return this cache dir's mount id, rebuilding from the lake or repairing after a crash."""
+def prepare_journal(cache: CacheDir, lake: Lake) -> tuple[str, namespace.Namespace | None]:
+    """Return this cache dir's mount id, and the lake's replayed tree if the cache dir was new and
+    rebuilt from it (None after a repair of an existing one)."""
     journal, staging = cache.journal, cache.staging
     mount_id = journal.get_meta("mount_id")
     if mount_id is None:
-        count = rebuild_from_lake(journal, lake)
+        tree = rebuild_from_lake(journal, lake)
         mount_id = uuid.uuid4().hex[:16]
         journal.set_meta("mount_id", mount_id)
         journal.commit(durable=True)
-        log.info("new cache dir: %d entries rebuilt from %s; mount id %s", count, lake.store.url, mount_id)
-        return mount_id
+        log.info("new cache dir: %d entries rebuilt from %s; mount id %s", len(tree.entries) - 1, lake.store.url,
+                 mount_id)
+        return mount_id, tree
     known = set()
     for version in journal.staged_versions():
         known.add(version.id)
@@ -244,7 +241,7 @@ def prepare_journal(cache: CacheDir, lake: Lake) -> str:
             journal.delete_version(v.id)
         journal.delete_inode(ino)
     journal.commit(durable=True)
-    return mount_id
+    return mount_id, None
 
 
 async def drain(uploader: Uploader, journal: Journal) -> None:
@@ -270,7 +267,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
     lake.store = RetryingStore(lake.store, max_delay=10)
     cache = CacheDir(config.cache_dir, config.cache_size)
     try:
-        mount_id = prepare_journal(cache, lake)
+        mount_id, rebuilt = prepare_journal(cache, lake)
         fetcher = Fetcher(lake, cache.chunks)
         spill = Spill(cache.journal, cache.staging, fetcher)
         uploader = Uploader(cache.journal, cache.staging, lake, mount_id, round_bytes=config.upload_round_bytes,
@@ -279,8 +276,17 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
         uploader.on_committed = evictor.committed
         ops = Operations(FileSystem(cache.journal, cache.staging, uploader, fetcher, mount_id=mount_id,
                                     durability=config.durability, evictor=evictor, spill=spill))
-        ops.follower = ops.control.follower = Follower(lake, cache.journal, mount_id, ops.apply_remote,
+        ops.follower = ops.control.follower = Follower(lake, mount_id, ops.apply_remote,
                                                        interval=config.refresh_interval)
+        def published(seq: int, raw_events: list[dict]) -> None:
+            ops.files.remote.published(seq, raw_events)
+            ops.follower.published(seq)
+
+        uploader.publisher.on_published = published
+        if rebuilt is not None:  # what the rebuild read is where following starts
+            ops.files.remote.add(rebuilt.events)
+            ops.files.remote.apply([])  # nothing to reconcile: the journal was built from the same replay
+            ops.follower.cursors = rebuilt.cursors
         lake.register_mount(mount_id)
         # nosuid, nodev: set-id bits and device nodes come from a lake other clients write to; they
         # are kept (and shown) but grant nothing on this node.
@@ -310,6 +316,7 @@ async def _main(config: MountConfig, ops: Operations, uploader: Uploader, fetche
         if caught_up["events"]:
             log.info("caught up with the lake: %d events from %d segments", caught_up["events"],
                      caught_up["segments"])
+        ops.kernel_caches = True
         await nursery.start(ops.follower.run)
         nursery.start_soon(_commit_periodically, ops)
         if ops.files.evictor is not None:

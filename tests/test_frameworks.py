@@ -82,13 +82,16 @@ DCP_WORKER = textwrap.dedent("""
 """)
 
 
-def run_dcp(tmp_path, directory: str, mode: str, world: int = 3) -> None:
+def run_dcp(tmp_path, directory: str | list[str], mode: str, world: int = 3) -> None:
+    """Run a DCP save or load with `world` processes; `directory` may name one per rank (each rank
+    on its own mount, as on a multi-node job)."""
     from tests.helpers import free_port
 
     script = tmp_path / "dcp_worker.py"
     script.write_text(DCP_WORKER)
     port = str(free_port())
-    processes = [subprocess.Popen([sys.executable, str(script), str(rank), str(world), port, directory, mode],
+    directories = directory if isinstance(directory, list) else [directory] * world
+    processes = [subprocess.Popen([sys.executable, str(script), str(rank), str(world), port, directories[rank], mode],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE) for rank in range(world)]
     failures = []
     for process in processes:

@@ -178,6 +178,7 @@ def test_a_schema_1_journal_is_migrated(tmp_path):
     for column in ("prefix_end", "hole_end", "prefix_new", "prefix_stored"):
         database.execute(f"ALTER TABLE versions DROP COLUMN {column}")
     database.execute("DROP TABLE prefix_chunks")
+    database.execute("DROP INDEX inodes_by_node")
     for column in ("rdev", "node"):
         database.execute(f"ALTER TABLE inodes DROP COLUMN {column}")
     database.execute("ALTER TABLE versions DROP COLUMN target")

@@ -5,6 +5,7 @@ import errno
 import mmap
 import os
 import stat
+import subprocess
 
 import pytest
 
@@ -212,3 +213,15 @@ def test_statfs_and_state_xattr(mount):
     write(mount.path("f"), b"x" * 1000)
     mount.sync()
     assert os.getxattr(mount.path("f"), "user.ckptfs.state") == b"committed pending_bytes=0"
+
+
+def test_a_forked_child_closing_the_file_seals_what_it_holds(mount):
+    """Every close() seals, also the one a forked child makes at exec or exit while the parent
+    still writes: the parent's next write starts a new version, and nothing is lost."""
+    with open(mount.path("f"), "wb") as file:
+        file.write(b"first half ")
+        file.flush()
+        subprocess.run(["true"], check=True)  # fork + exec closes the inherited descriptor: a FLUSH
+        file.write(b"second half")
+    assert read(mount.path("f")) == b"first half second half"
+    assert len(os.listdir(mount.path(".versions", "f"))) == 2

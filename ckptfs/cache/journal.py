@@ -51,9 +51,6 @@ CREATE INDEX IF NOT EXISTS history_by_path ON history(path, time_ns);
 CREATE TABLE IF NOT EXISTS outbox(seq INTEGER PRIMARY KEY AUTOINCREMENT, event TEXT NOT NULL, version INTEGER);
 CREATE TABLE IF NOT EXISTS known_chunks(id BLOB PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS stamps(path BLOB PRIMARY KEY, time_ns INTEGER NOT NULL, mount TEXT NOT NULL)
-    WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS cursors(mount TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS prefix_chunks(
     version INTEGER NOT NULL, seq INTEGER NOT NULL, id BLOB NOT NULL, length INTEGER NOT NULL,
     PRIMARY KEY(version, seq)) WITHOUT ROWID;
@@ -392,42 +389,17 @@ class Journal:
     def drop_outbox(self, upto: int) -> None:
         self.db.execute("DELETE FROM outbox WHERE seq<=?", (upto,))
 
-    # -- following other mounts --------------------------------------------------------------
-    def stamp(self, path: bytes) -> tuple[int, str] | None:
-        """(time_ns, mount) of the last event that changed `path` (created, replaced, removed it)."""
-        row = self.db.execute("SELECT time_ns, mount FROM stamps WHERE path=?", (path,)).fetchone()
-        return (row[0], row[1]) if row else None
-
-    def newest_stamp(self, path: bytes) -> tuple[int, str] | None:
-        """The latest stamp of `path` and of its ancestors: a change under a directory that was
-        replaced or removed later does not apply."""
-        parts = path.split(b"/")
-        stamps = [self.stamp(b"/".join(parts[:depth])) for depth in range(1, len(parts) + 1)]
-        return max((stamp for stamp in stamps if stamp is not None), default=None)
-
-    def set_stamp(self, path: bytes, time_ns: int, mount: str) -> None:
-        self.db.execute("INSERT INTO stamps(path, time_ns, mount) VALUES (?,?,?) ON CONFLICT(path) DO UPDATE "
-                        "SET time_ns=excluded.time_ns, mount=excluded.mount WHERE excluded.time_ns > stamps.time_ns "
-                        "OR (excluded.time_ns = stamps.time_ns AND excluded.mount > stamps.mount)",
-                        (path, time_ns, mount))
-
-    def cursors(self) -> dict[str, int]:
-        """The last seq of each other mount's log applied here."""
-        return dict(self.db.execute("SELECT mount, seq FROM cursors"))
-
-    def set_cursor(self, mount: str, seq: int) -> None:
-        self.db.execute("INSERT OR REPLACE INTO cursors(mount, seq) VALUES (?,?)", (mount, seq))
-
+    # -- other mounts' inodes ------------------------------------------------------------------
     def inode_by_node(self, node: str, mount_id: str) -> int | None:
         """The live inode with lake identity `node` (this mount's own inodes carry none: theirs is
         `<mount id>.<ino hex>`)."""
         own, _, number = node.partition(".")
         if own == mount_id and number:
             try:
-                ino = int(number, 16)
+                inode = self.inode(int(number, 16))
             except ValueError:
                 return None
-            return ino if self.inode(ino) is not None else None
+            return inode.ino if inode is not None and inode.node in (None, node) else None
         row = self.db.execute("SELECT ino FROM inodes WHERE node=? LIMIT 1", (node,)).fetchone()
         return row[0] if row else None
 

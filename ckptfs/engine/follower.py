@@ -1,10 +1,12 @@
 """Following the lake: what other mounts publish reaches this mount's tree within a refresh interval.
 
-Each refresh LISTs `mounts/` (one small object per mount) and, for every other mount, its log from
-the segment after the last one applied here (`LIST log/<mount>/` with StartAfter), GETs the new
-segments in parallel and hands their validated events, in replay order, to `apply`; then the
-cursors move. The cost grows with what is new, not with the history: an idle refresh is 1 + (number
-of other mounts) LISTs. `refresh()` is also what `ckptfs refresh` and a starting mount wait for.
+Each refresh LISTs `mounts/` (one small object per mount) and, for every mount (this one too: the
+replay needs its published events in their place), its log from the segment after the last one
+read (`LIST log/<mount>/` with StartAfter), GETs the new segments in parallel and hands their
+validated events to `apply` (files/remote.py); then the cursors move. An idle refresh is
+1 + (number of mounts) LISTs and nothing else. The cursors start where the rebuild of a new cache
+dir stopped reading, or at the beginning: a restarted mount reads the whole log once.
+`refresh()` is also what `ckptfs refresh` and a starting mount wait for.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from ckptfs.cache.journal import Journal
 from ckptfs.lake import Lake
 from ckptfs.lake.events import Event
 from ckptfs.store import StoreError
@@ -24,12 +25,12 @@ log = logging.getLogger(__name__)
 
 
 class Follower:
-    def __init__(self, lake: Lake, journal: Journal, mount_id: str,
+    def __init__(self, lake: Lake, mount_id: str,
                  apply: Callable[[list[Event]], Awaitable[None]], *, interval: float = 5.0,
                  network_threads: int = 8) -> None:
         self.lake = lake
-        self.journal = journal
         self.mount_id = mount_id
+        self.cursors: dict[str, int] = {}  # mount -> last seq read
         self.apply = apply
         self.interval = interval
         self.network = trio.CapacityLimiter(network_threads)
@@ -40,6 +41,10 @@ class Follower:
         self.events_applied = 0
         self.last_refresh_s: float | None = None
         self.last_error: str | None = None
+
+    def published(self, seq: int) -> None:
+        """This mount published segment `seq` (its events reached the replay directly)."""
+        self.cursors[self.mount_id] = max(self.cursors.get(self.mount_id, -1), seq)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -59,10 +64,10 @@ class Follower:
         """Apply everything other mounts published before this call. Returns what it did."""
         async with self._lock:  # a refresh asked for while one runs waits for it and runs anew
             started = time.monotonic()
-            cursors = self.journal.cursors()
+            cursors = dict(self.cursors)
             found = await trio.to_thread.run_sync(self.lake.mounts, limiter=self.network)
             self.lists += 1
-            others = sorted((set(found) | set(cursors)) - {self.mount_id})
+            others = sorted(set(found) | set(cursors) | {self.mount_id})
             new: dict[str, list[tuple[int, str]]] = {}
 
             async def list_one(mount: str) -> None:
@@ -87,14 +92,12 @@ class Follower:
                 for mount, segments in new.items():
                     for seq, key in segments:
                         nursery.start_soon(get_one, mount, seq, key)
-            fetched.sort(key=lambda change: change.order)
             await self.apply(fetched)
             for mount, segments in new.items():
-                self.journal.set_cursor(mount, max(seq for seq, _ in segments))
-            self.journal.commit(durable=True)
+                self.cursors[mount] = max([self.cursors.get(mount, -1)] + [seq for seq, _ in segments])
             self.refreshes += 1
             self.events_applied += len(fetched)
             self.last_refresh_s = time.monotonic() - started
             self.last_error = None
-            return {"mounts": len(others), "segments": sum(len(s) for s in new.values()), "events": len(fetched),
+            return {"mounts": len(others) - 1, "segments": sum(len(s) for s in new.values()), "events": len(fetched),
                     "seconds": round(self.last_refresh_s, 3)}

@@ -31,6 +31,10 @@ class Publisher:
         self.progress = progress
         self.network = network
         self.on_error = on_error
+        # Told of each segment as it leaves the outbox (seq, raw events): the follower's replay has
+        # this mount's events in their place from that moment, with no window where they are
+        # neither pending here nor known to have been published (files/remote.py).
+        self.on_published: Callable[[int, list[dict]], None] | None = None
         self._publish = trio.Event()
 
     def poke(self) -> None:
@@ -85,6 +89,8 @@ class Publisher:
         events = [self._complete(record, version) for _, record, version in rows]
         await trio.to_thread.run_sync(self.lake.append_log, self.mount_id, seq, events, limiter=self.network)
         self.journal.drop_outbox(upto)
+        if self.on_published is not None:
+            self.on_published(seq, events)
         self.journal.set_meta("next_segment", str(seq + 1))
         self.journal.delete_meta("pending_segment")
         self.journal.add_counter("events_published", len(events))

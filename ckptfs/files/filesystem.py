@@ -38,6 +38,7 @@ class FileSystem:
         self.handles = Handles(journal, staging, uploader, self.tree, self.lifecycle, durability=durability)
         self.control = Control(journal, staging, uploader, self.lifecycle, mount_id, evictor)
         self.remote = RemoteChanges(journal, staging, self.tree, self.lifecycle, self.outbox)
+        uploader.publisher.on_published = self.remote.published
 
     def commit(self, *, durable: bool = False) -> None:
         self.tree.commit(durable=durable)

@@ -1,6 +1,5 @@
 """This mount's namespace events: their times, the inode identities they name, and their queueing in
-the journal's outbox for the uploader to publish in order, with the stamp each leaves on its paths
-(files/remote.py compares other mounts' events with them).
+the journal's outbox for the uploader to publish in order.
 
 Event times strictly increase within a mount: they order its log (docs/FORMAT.md).
 """
@@ -43,9 +42,6 @@ class Outbox:
         """Queue an event at a time the caller took from event_time(); a `put` names its version,
         which the uploader commits before it publishes the event."""
         self.journal.enqueue(events.record(op, path, time_ns, **fields), version)
-        for changed in (path, fields.get("dst")):
-            if changed is not None:
-                self.journal.set_stamp(changed, time_ns, self.mount_id)
         if version is None:
             self.uploader.poke()
 

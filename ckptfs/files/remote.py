@@ -1,16 +1,20 @@
-"""Changes other mounts published, applied to this mount's tree (engine/follower.py fetches them).
+"""What other mounts published, reconciled into this mount's tree (engine/follower.py fetches it).
 
-Which change wins: every path carries the stamp (time, mount) of the last event that changed it,
-ours or another mount's (`journal.stamps`). A remote event applies to the live tree only if it is
-later than the stamps of its paths and of their ancestors, so every mount ends with the same tree
-whatever order the events reached it in (ties between mounts go to the larger mount id). A file
-version is added to its path's history either way: two mounts that write one path keep both
-versions. Event times are hybrid logical clocks (files/outbox.py): a mount never stamps below the
-newest time it has seen, so a node whose clock is behind cannot hide its newer checkpoint.
+The rule that makes every mount show the same tree: the live tree is the replay of the lake
+(`lake/namespace.py`, every mount's published events in (time, mount, seq, position) order),
+except where this mount has changes it has not published yet. So after each refresh that brought
+new events, the replay is recomputed from all events read so far and the journal's tree is brought
+in line with it, path by path, leaving alone:
+* paths named by events still in this mount's outbox (and everything under them), and
+* files this mount is writing (an OPEN version or an open handle): their close publishes them
+  later, and the lake then agrees.
+File versions and symlink targets other mounts published join the paths' history either way: two
+mounts that write one path keep both versions; the later one (by event time, then mount id) is
+shown everywhere. Event times are hybrid logical clocks (files/outbox.py), so a node whose clock is
+behind still stamps its new changes after everything it has read.
 
-What this mount has open for writing is never taken away: a remote replace or unlink of a file
-being written (OPEN version or open handle) leaves the local file, whose close publishes it again,
-later, so it wins everywhere. A remote rename moves it, and its close publishes it at the new path.
+What this costs: the replay is O(events read) and the comparison O(entries) per refresh that brings
+something new (nothing when idle); compacted snapshots are the planned bound (docs/DESIGN.md).
 """
 
 from __future__ import annotations
@@ -24,10 +28,14 @@ from ckptfs.cache.staging import Staging
 from ckptfs.files.lifecycle import Lifecycle
 from ckptfs.files.outbox import Outbox
 from ckptfs.files.tree import SPECIAL_TYPES, Tree
+from ckptfs.lake import events
 from ckptfs.lake.events import Event
+from ckptfs.lake.manifest import decode_path
+from ckptfs.lake.namespace import Entry, Namespace
 
 log = logging.getLogger(__name__)
-KIND_TYPES = {kind: type_bits for type_bits, kind in SPECIAL_TYPES.items()}
+KIND_TYPES = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK,
+              **{kind: type_bits for type_bits, kind in SPECIAL_TYPES.items()}}
 
 
 @dataclass
@@ -37,6 +45,11 @@ class Invalidations:
     inodes: set[int] = field(default_factory=set)
 
 
+def _kind(inode: Inode) -> str:
+    kind = stat.S_IFMT(inode.mode)
+    return next(name for name, bits in KIND_TYPES.items() if bits == kind)
+
+
 class RemoteChanges:
     def __init__(self, journal: Journal, staging: Staging, tree: Tree, lifecycle: Lifecycle, outbox: Outbox) -> None:
         self.journal = journal
@@ -44,260 +57,241 @@ class RemoteChanges:
         self.tree = tree
         self.lifecycle = lifecycle
         self.outbox = outbox
+        self.events: list[Event] = []  # every published event known here, in replay order
+        self.segments: set[tuple[str, int]] = set()  # (mount, seq) of the segments they came in
         self.pending = Invalidations()
-        self.applied = 0
-        self.skipped = 0
+        self.changed = 0  # entries created, replaced, updated or removed by reconciling
+        self._unreconciled = False
+
+    def add(self, changes: list[Event]) -> None:
+        """Events of whole segments (read from the lake, or this mount's own as it publishes them);
+        a segment known already is not added twice."""
+        fresh = [change for change in changes if (change.mount, change.seq) not in self.segments]
+        if not fresh:
+            return
+        self.segments.update((change.mount, change.seq) for change in fresh)
+        for change in fresh:
+            self.outbox.observe(change.time_ns)
+        self.events.extend(fresh)
+        self.events.sort(key=lambda change: change.order)
+        self._unreconciled = True
+
+    def published(self, seq: int, raw_events: list[dict]) -> None:
+        """This mount's segment `seq` has just left its outbox."""
+        mount = self.outbox.mount_id
+        self.add([events.parse(raw, mount=mount, seq=seq, position=position, where=f"own segment {seq}")
+                  for position, raw in enumerate(raw_events)])
 
     def take_invalidations(self) -> Invalidations:
         taken, self.pending = self.pending, Invalidations()
         return taken
 
     # -- entry point --------------------------------------------------------------------------
-    def apply(self, change: Event) -> bool:
-        """Apply one validated remote event; returns whether it changed the live tree."""
-        self.outbox.observe(change.time_ns)
-        stamp = (change.time_ns, change.mount)
-        paths = [change.path] + ([change.dst] if change.dst is not None else [])
-        newest = [self.journal.newest_stamp(path) for path in paths]
-        if any(later is not None and later > stamp for later in newest):
-            if change.op == "put":
-                self._remember_version(change)  # both versions are kept, the later one is shown
-            self.skipped += 1
-            return False
-        handlers = {"put": self._put, "mkdir": self._mkdir, "symlink": self._symlink, "mknod": self._mknod,
-                    "unlink": self._unlink, "rmdir": self._unlink, "attr": self._attr, "link": self._hard_link,
-                    "rename": self._rename}
-        handlers[change.op](change)
-        for path in paths:
-            self.journal.set_stamp(path, change.time_ns, change.mount)
-        self.applied += 1
-        return True
+    def apply(self, new: list[Event]) -> int:
+        """Add newly read events and bring the tree in line with the replay. Returns the number of
+        entries changed."""
+        self.add(new)
+        if not self._unreconciled:
+            return 0
+        self._unreconciled = False
+        replay = Namespace()
+        for change in self.events:
+            replay.apply(change)
+        before = self.changed
+        held = self._held_paths()
+        actual = self._actual_tree()
+        self._remove_stale(replay, actual, held)
+        self._create_and_update(replay, held)
+        self._add_history(replay)
+        return self.changed - before
 
-    # -- lookups ------------------------------------------------------------------------------
-    def _locate(self, path: bytes) -> tuple[int | None, int | None]:
-        """(parent inode, inode) of a path; None where missing."""
-        parent = ROOT_INODE
+    # -- what is not to be touched ------------------------------------------------------------
+    def _held_paths(self) -> set[bytes]:
+        """Paths with changes this mount has not published, and files it is writing."""
+        held: set[bytes] = set()
+        for _, record, _ in self.journal.outbox(limit=1 << 30):
+            for name in ("path", "dst"):
+                if isinstance(record.get(name), str):
+                    held.add(decode_path(record[name]))
+        for version in self.journal.versions_in_state(OPEN):
+            if version.ino is not None:
+                held.update(self.journal.paths_of(version.ino))
+        for ino, count in self.lifecycle.open_count.items():
+            inode = self.journal.inode(ino)
+            if count and inode is not None and inode.is_file:
+                held.update(self.journal.paths_of(ino))
+        return held
+
+    @staticmethod
+    def _touches(path: bytes, held: set[bytes]) -> bool:
+        """Whether changing `path` would change a held path (it, above it, or below it)."""
+        if path in held:
+            return True
         parts = path.split(b"/")
-        for part in parts[:-1]:
-            child = self.journal.lookup(parent, part)
-            if child is None:
-                return None, None
-            parent = child
-        return parent, self.journal.lookup(parent, parts[-1])
+        if any(b"/".join(parts[:depth]) in held for depth in range(1, len(parts))):
+            return True
+        prefix = path + b"/"
+        return any(other.startswith(prefix) for other in held)
 
-    def _busy(self, ino: int) -> bool:
-        """A file this mount is writing (or has open): never removed or replaced from outside."""
-        inode = self.journal.inode(ino)
-        if inode is None or not inode.is_file:
+    def _actual_tree(self) -> dict[bytes, tuple[int, int]]:
+        """path -> (parent inode, inode) of every entry of the journal's tree."""
+        found: dict[bytes, tuple[int, int]] = {}
+        stack = [(b"", ROOT_INODE)]
+        while stack:
+            prefix, directory = stack.pop()
+            for name, ino in self.journal.children(directory):
+                path = prefix + name
+                found[path] = (directory, ino)
+                inode = self.journal.inode(ino)
+                if inode is not None and inode.is_dir:
+                    stack.append((path + b"/", ino))
+        return found
+
+    # -- bringing the tree in line ------------------------------------------------------------
+    def _same(self, inode: Inode, entry: Entry) -> bool:
+        """Whether the inode shows the entry (same kind and content; metadata is updated in place)."""
+        if _kind(inode) != entry.kind:
             return False
-        current = self.lifecycle.current(inode)
-        return bool(self.lifecycle.open_count.get(ino)) or (current is not None and current.state == OPEN)
+        if entry.kind == "file":
+            current = self.lifecycle.current(inode)
+            return (current.manifest if current is not None else None) == entry.manifest
+        if entry.kind == "symlink":
+            return inode.target == entry.target
+        return entry.kind == "dir" or inode.rdev == entry.rdev
 
-    def _parent_dir(self, path: bytes, change: Event) -> int | None:
-        """The inode of the directory `path` goes into, creating missing ones; None if a busy file
-        stands in the way."""
-        parent = ROOT_INODE
-        prefix = b""
-        for part in path.split(b"/")[:-1]:
-            prefix = prefix + b"/" + part if prefix else part
-            child = self.journal.lookup(parent, part)
-            if child is not None and not self.tree.inode(child).is_dir:
-                if not self._remove(parent, part, prefix, change.time_ns):
-                    return None
-                child = None
-            if child is None:
-                directory = self._new_inode(stat.S_IFDIR | 0o755, change)
-                self._link(parent, part, directory.ino)
-                child = directory.ino
-            parent = child
-        return parent
+    def _keeps(self, inode: Inode, entry: Entry | None, replay: Namespace) -> bool:
+        """Whether the inode can show the replayed entry by an update in place: same kind, and for a
+        file, the same inode in the lake, or one that the replay wants nowhere else and that no
+        other name here shares (it then takes the lake's identity)."""
+        if entry is None or _kind(inode) != entry.kind:
+            return False
+        if entry.kind != "file" or entry.node is None:
+            return True
+        identity = self.outbox.node_id(inode)
+        if identity == entry.node:
+            return True
+        return identity not in replay.nodes and self.journal.link_count(inode.ino) <= 1
 
-    # -- building blocks ----------------------------------------------------------------------
-    def _new_inode(self, mode: int, change: Event, **fields) -> Inode:
+    def _remove_stale(self, replay: Namespace, actual: dict[bytes, tuple[int, int]], held: set[bytes]) -> None:
+        """Remove what the replay does not have (or has as another kind), deepest first."""
+        for path in sorted(actual, key=lambda p: -p.count(b"/")):
+            parent, ino = actual[path]
+            inode = self.journal.inode(ino)
+            if inode is None or self._keeps(inode, replay.entries.get(path), replay) or self._touches(path, held):
+                continue
+            if inode.is_dir and self.journal.has_children(ino):
+                continue  # something held is left in it
+            name = path.rpartition(b"/")[2]
+            self.journal.remove_dirent(parent, name)
+            self.tree.touch(self.tree.inode(parent))
+            self.pending.entries.add((parent, name))
+            self.pending.inodes.add(parent)
+            self.tree.maybe_delete_inode(ino)
+            self.changed += 1
+
+    def _create_and_update(self, replay: Namespace, held: set[bytes]) -> None:
+        placed: dict[int, int] = {}  # id(entry) -> inode: hard links are one entry under several paths
+        for path in sorted(replay.entries, key=lambda p: (p.count(b"/"), p)):
+            if not path or self._touches(path, held):
+                continue
+            entry = replay.entries[path]
+            parent_path, _, name = path.rpartition(b"/")
+            parent = self._lookup(parent_path)
+            if parent is None or not self.tree.inode(parent).is_dir:
+                continue  # its parent is held in another shape
+            ino = self.journal.lookup(parent, name)
+            if ino is not None:
+                inode = self.tree.inode(ino)
+                placed.setdefault(id(entry), ino)
+                if self._keeps(inode, entry, replay):
+                    self._update(inode, entry, path)
+                continue
+            ino = placed.get(id(entry))
+            if ino is None and entry.node is not None:
+                ino = self.journal.inode_by_node(entry.node, self.outbox.mount_id)
+            if ino is None or self.journal.inode(ino) is None or _kind(self.tree.inode(ino)) != entry.kind:
+                ino = self._new_inode(entry, path).ino
+            else:
+                self._update(self.tree.inode(ino), entry, path)
+            placed[id(entry)] = ino
+            self.journal.add_dirent(parent, name, ino)
+            self.tree.touch(self.tree.inode(parent))
+            self.pending.entries.add((parent, name))
+            self.pending.inodes.add(parent)
+            self.changed += 1
+
+    def _lookup(self, path: bytes) -> int | None:
+        ino = ROOT_INODE
+        for part in path.split(b"/") if path else []:
+            ino = self.journal.lookup(ino, part)
+            if ino is None:
+                return None
+        return ino
+
+    def _new_inode(self, entry: Entry, path: bytes) -> Inode:
         root = self.tree.inode(ROOT_INODE)
-        uid = change.uid if change.uid is not None else root.uid
-        gid = change.gid if change.gid is not None else root.gid
-        inode = self.journal.create_inode(mode, uid, gid, time_ns=change.mtime_ns or change.time_ns, **fields)
-        if change.atime_ns is not None:
-            inode.atime_ns = change.atime_ns
-        inode.ctime_ns = change.time_ns
-        self.journal.save_inode(inode)
+        mode = KIND_TYPES[entry.kind] | (0o777 if entry.kind == "symlink" else entry.mode)
+        inode = self.journal.create_inode(mode, entry.uid if entry.uid is not None else root.uid,
+                                          entry.gid if entry.gid is not None else root.gid, target=entry.target,
+                                          time_ns=entry.mtime_ns, rdev=entry.rdev, node=entry.node)
+        self._update(inode, entry, path, new=True)
         return inode
 
-    def _link(self, parent: int, name: bytes, ino: int) -> None:
-        self.journal.add_dirent(parent, name, ino)
-        self.tree.touch(self.tree.inode(parent))
-        self.pending.entries.add((parent, name))
-        self.pending.inodes.add(parent)
-
-    def _remove(self, parent: int, name: bytes, path: bytes, time_ns: int) -> bool:
-        """Remove an entry and everything under it that nobody here is writing; returns whether the
-        entry is gone (a directory stays if a busy file is left in it)."""
-        ino = self.journal.lookup(parent, name)
-        if ino is None:
-            return True
-        inode = self.tree.inode(ino)
-        if inode.is_dir:
-            for child_name, _ in self.journal.children(ino):
-                self._remove(ino, child_name, path + b"/" + child_name, time_ns)
-            if self.journal.has_children(ino):
-                return False
-        elif self._busy(ino):
-            return False
-        elif self.journal.history(path):
-            self.journal.add_history(path, time_ns, None)
-        self.journal.remove_dirent(parent, name)
-        self.tree.touch(self.tree.inode(parent))
-        self.pending.entries.add((parent, name))
-        self.pending.inodes.add(parent)
-        self.tree.maybe_delete_inode(ino)
-        return True
-
-    def _replace(self, change: Event) -> int | None:
-        """Clear the path for a new entry; its parent directory's inode, or None if it cannot be
-        cleared (a busy file stands there)."""
-        parent = self._parent_dir(change.path, change)
-        if parent is None:
-            return None
-        name = change.path.rpartition(b"/")[2]
-        if not self._remove(parent, name, change.path, change.time_ns):
-            return None
-        return parent
-
-    # -- file versions ------------------------------------------------------------------------
-    def _remember_version(self, change: Event) -> int:
-        for time_ns, known in self.journal.history(change.path):
-            if time_ns == change.time_ns and known is not None:
-                version = self.journal.version(known)
-                if version is not None and version.manifest == change.manifest:
-                    return known  # applied before (a cache dir older than its cursors): once is enough
-        version = self.journal.new_version(None, state=COMMITTED, staged=False, size=change.size,
-                                           mode=change.mode or 0o644, mtime_ns=change.mtime_ns or change.time_ns,
-                                           manifest=change.manifest, path=change.path, sealed_ns=change.time_ns)
-        self.journal.add_history(change.path, change.time_ns, version)
-        return version
-
-    def _put(self, change: Event) -> None:
-        """A new version of a file: of the inode with the event's node id if this mount has it (hard
-        links: every name gets it), else of a new inode at the path."""
-        target = self.journal.inode_by_node(change.node, self.outbox.mount_id) if change.node else None
-        if target is not None and not self.tree.inode(target).is_file:
-            target = None
-        _, at_path = self._locate(change.path)
-        if target is None and change.node is None and at_path is not None and self.tree.inode(at_path).is_file:
-            target = at_path  # format 1 events name no inode: the file at the path gets the version
-        if (target is not None and self._busy(target)) or (at_path is not None and self._busy(at_path)):
-            self._remember_version(change)
-            return  # written here: its close publishes a later version
-        if at_path is None or at_path != target:
-            parent = self._replace(change)
-            if parent is None:
-                self._remember_version(change)
+    def _update(self, inode: Inode, entry: Entry, path: bytes, *, new: bool = False) -> None:
+        """Content and metadata of an inode from the replayed entry (never a file being written)."""
+        changed = new
+        if entry.node is not None and self.outbox.node_id(inode) != entry.node:
+            inode.node, changed = entry.node, True  # it is that inode of the lake from now on
+        if entry.kind == "file" and not self._same(inode, entry):
+            current = self.lifecycle.current(inode)
+            if current is not None and current.state == OPEN:
                 return
-            if target is None:
-                target = self._new_inode(stat.S_IFREG | (change.mode or 0o644), change, node=change.node).ino
-            self._link(parent, change.path.rpartition(b"/")[2], target)
-        version = self._remember_version(change)  # after the replacement, so it is the path's last state
-        inode = self.tree.inode(target)
-        inode.version, inode.size = version, change.size
-        inode.mode = stat.S_IFREG | (change.mode if change.mode is not None else stat.S_IMODE(inode.mode))
-        inode.mtime_ns = change.mtime_ns or change.time_ns
-        inode.ctime_ns = change.time_ns
-        if change.uid is not None:
-            inode.uid = change.uid
-        if change.gid is not None:
-            inode.gid = change.gid
-        if change.atime_ns is not None:
-            inode.atime_ns = change.atime_ns
-        self.journal.save_inode(inode)
-        for path in self.journal.paths_of(target):
-            if path != change.path:
-                self.journal.add_history(path, change.time_ns, version)  # hard links share the version
-        self.pending.inodes.add(target)
+            inode.version = self._version_of(path, entry) if entry.manifest is not None else None
+            inode.size = entry.size
+            changed = True
+        wanted = {"uid": entry.uid, "gid": entry.gid, "mtime_ns": entry.mtime_ns, "atime_ns": entry.atime_ns}
+        for name, value in wanted.items():
+            if value is not None and getattr(inode, name) != value:
+                setattr(inode, name, value)
+                changed = True
+        mode = stat.S_IFMT(inode.mode) | (0o777 if entry.kind == "symlink" else entry.mode)
+        if inode.mode != mode:
+            inode.mode, changed = mode, True
+        if changed:
+            inode.ctime_ns = max(inode.ctime_ns, entry.ctime_ns)
+            self.journal.save_inode(inode)
+            self.pending.inodes.add(inode.ino)
+            if not new:
+                self.changed += 1
 
-    # -- the other operations -----------------------------------------------------------------
-    def _mkdir(self, change: Event) -> None:
-        _, existing = self._locate(change.path)
-        if existing is not None and self.tree.inode(existing).is_dir:
-            return
-        parent = self._replace(change)
-        if parent is not None:
-            directory = self._new_inode(stat.S_IFDIR | (change.mode if change.mode is not None else 0o755), change)
-            self._link(parent, change.path.rpartition(b"/")[2], directory.ino)
+    def _version_of(self, path: bytes, entry: Entry) -> int:
+        """A committed version row for the entry's manifest (one per manifest and path)."""
+        for _, known in reversed(self.journal.history(path)):
+            version = self.journal.version(known) if known is not None else None
+            if version is not None and version.manifest == entry.manifest:
+                return version.id
+        return self.journal.new_version(None, state=COMMITTED, staged=False, size=entry.size, mode=entry.mode,
+                                        mtime_ns=entry.mtime_ns, manifest=entry.manifest, path=path,
+                                        sealed_ns=entry.ctime_ns)
 
-    def _symlink(self, change: Event) -> None:
-        parent = self._replace(change)
-        if parent is None:
-            return
-        assert change.target is not None
-        link = self._new_inode(stat.S_IFLNK | 0o777, change, target=change.target)
-        self._link(parent, change.path.rpartition(b"/")[2], link.ino)
-        version = self.journal.new_version(link.ino, state=COMMITTED, staged=False, size=len(change.target),
-                                           mode=0o777, mtime_ns=link.mtime_ns, path=change.path,
-                                           sealed_ns=change.time_ns, target=change.target)
-        self.journal.add_history(change.path, change.time_ns, version)
+    def _add_history(self, replay: Namespace) -> None:
+        """Every state the lake records for a path is in its history here too (once)."""
+        for path, states in replay.history.items():
+            known = set()
+            for time_ns, version_id in self.journal.history(path):
+                version = self.journal.version(version_id) if version_id is not None else None
+                known.add((time_ns, version.manifest if version else None, version.target if version else None))
+            for state in states:
+                if (state.time_ns, state.manifest, state.target) in known:
+                    continue
+                version_id = None
+                if not state.deleted:
+                    version_id = self.journal.new_version(
+                        None, state=COMMITTED, staged=False,
+                        size=state.size if state.target is None else len(state.target),
+                        mode=state.mode if state.target is None else 0o777, mtime_ns=state.time_ns,
+                        manifest=state.manifest, path=path, sealed_ns=state.time_ns, target=state.target)
+                self.journal.add_history(path, state.time_ns, version_id)
+                known.add((state.time_ns, state.manifest, state.target))
 
-    def _mknod(self, change: Event) -> None:
-        parent = self._replace(change)
-        if parent is not None:
-            node = self._new_inode(KIND_TYPES[change.kind or "fifo"] | (change.mode or 0o644), change,
-                                   rdev=change.rdev, node=change.node)
-            self._link(parent, change.path.rpartition(b"/")[2], node.ino)
 
-    def _unlink(self, change: Event) -> None:
-        parent, existing = self._locate(change.path)
-        if parent is not None and existing is not None:
-            self._remove(parent, change.path.rpartition(b"/")[2], change.path, change.time_ns)
-
-    def _attr(self, change: Event) -> None:
-        _, existing = self._locate(change.path)
-        if existing is None or self._busy(existing):
-            return
-        inode = self.tree.inode(existing)
-        if change.mode is not None:
-            inode.mode = stat.S_IFMT(inode.mode) | change.mode
-        for name in ("uid", "gid", "mtime_ns", "atime_ns"):
-            if getattr(change, name) is not None:
-                setattr(inode, name, getattr(change, name))
-        inode.ctime_ns = change.time_ns
-        self.journal.save_inode(inode)
-        self.pending.inodes.add(existing)
-
-    def _hard_link(self, change: Event) -> None:
-        assert change.dst is not None
-        source = self.journal.inode_by_node(change.node, self.outbox.mount_id) if change.node else None
-        if source is None:
-            _, source = self._locate(change.path)
-        if source is None or self.tree.inode(source).is_dir:
-            return
-        parent = self._replace(Event("link", change.dst, change.time_ns, mount=change.mount))
-        if parent is None:
-            return
-        self._link(parent, change.dst.rpartition(b"/")[2], source)
-        current = self.journal.inode(source).version
-        if current is not None and self.journal.version(current).state != OPEN:
-            self.journal.add_history(change.dst, change.time_ns, current)
-        self.pending.inodes.add(source)
-
-    def _rename(self, change: Event) -> None:
-        assert change.dst is not None
-        source_parent, moved = self._locate(change.path)
-        if moved is None or change.dst.startswith(change.path + b"/"):
-            return
-        _, at_destination = self._locate(change.dst)
-        if at_destination == moved:
-            return
-        parent = self._replace(Event("rename", change.dst, change.time_ns, mount=change.mount))
-        if parent is None:
-            return
-        inode = self.tree.inode(moved)
-        files = [(b"", moved)] if not inode.is_dir else [(b"/" + p, i) for p, i in self.journal.walk_files(moved)]
-        for suffix, _ in files:
-            states = self.journal.history(change.path + suffix)
-            if states and states[-1][1] is not None:
-                self.journal.add_history(change.dst + suffix, change.time_ns, states[-1][1])
-                self.journal.add_history(change.path + suffix, change.time_ns, None)
-        name_old, name_new = change.path.rpartition(b"/")[2], change.dst.rpartition(b"/")[2]
-        self.journal.move_dirent(source_parent, name_old, parent, name_new)
-        self.pending.entries.update({(source_parent, name_old), (parent, name_new)})
-        self.pending.inodes.update({source_parent, parent, moved})

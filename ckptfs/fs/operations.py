@@ -100,6 +100,7 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.files = files
         self.follower: Follower | None = None  # set by the daemon: reads what other mounts publish
+        self.kernel_caches = False  # set once the kernel can have cached something (after the catch-up)
         self.tree = self.files.tree
         self.handles = self.files.handles
         self.control = self.files.control
@@ -225,10 +226,11 @@ class Operations(pyfuse3.Operations):
     async def apply_remote(self, changes: list[Event]) -> None:
         """Apply other mounts' events (engine/follower.py), then make the kernel forget what they
         changed, so that ls, stat and open see it at once rather than after the attribute timeout."""
-        for change in changes:
-            self.files.remote.apply(change)
-        self.files.commit()
+        self.files.remote.apply(changes)
+        self.files.commit(durable=True)
         stale = self.files.remote.take_invalidations()
+        if not self.kernel_caches:
+            return  # the start-up catch-up: the kernel has nothing of ours cached yet
         for parent, name in stale.entries:
             pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
         for ino in stale.inodes:

@@ -61,8 +61,7 @@ class Event:
 
     @property
     def order(self) -> tuple[int, str, int, int]:
-        """The replay order of all mounts' events (docs/FORMAT.md); (time_ns, mount) is the stamp
-        that decides which of two changes to one path is the later."""
+        """The replay order of all mounts' events (docs/FORMAT.md)."""
         return (self.time_ns, self.mount, self.seq, self.position)
 
 

@@ -189,7 +189,8 @@ class Lake:
 
     def read_namespace(self, on_damaged: Callable[[str, Exception], None] | None = None) -> namespace.Namespace:
         tree = namespace.Namespace()
-        for change in self.read_events(on_damaged, tree.cursors):
+        tree.events = self.read_events(on_damaged, tree.cursors)
+        for change in tree.events:
             tree.apply(change)
         return tree
 

@@ -103,8 +103,8 @@ class Namespace:
     entries: dict[bytes, Entry] = field(default_factory=lambda: {b"": Entry("dir", 0o755, 0, names={b""})})
     history: dict[bytes, list[State]] = field(default_factory=dict)
     nodes: dict[str, Entry] = field(default_factory=dict)  # node id -> its entry, while it has a name
-    stamps: dict[bytes, tuple[int, str]] = field(default_factory=dict)  # path -> (time, mount) of its last change
     cursors: dict[str, int] = field(default_factory=dict)  # mount -> last seq read (Lake.read_namespace)
+    events: list[Event] = field(default_factory=list)  # what was replayed, in order (Lake.read_namespace)
 
     # -- building blocks -----------------------------------------------------------------------
     def _bind(self, path: bytes, entry: Entry) -> None:
@@ -153,9 +153,6 @@ class Namespace:
     # -- replay --------------------------------------------------------------------------------
     def apply(self, change: Event) -> None:
         op, path, time_ns = change.op, change.path, change.time_ns
-        for changed in (path, change.dst):
-            if changed is not None:
-                self.stamps[changed] = max(self.stamps.get(changed, (0, "")), (time_ns, change.mount))
 
         if op == "put":
             self._put(change)

@@ -1,0 +1,275 @@
+"""Several mounts on one lake, at the file system layer (no kernel mount): each follows what the
+others publish (engine/follower.py + files/remote.py), conflicts resolve the same way everywhere,
+and nothing a mount is writing is lost. A randomized model drives three mounts at once."""
+
+import os
+import stat
+from contextlib import asynccontextmanager
+
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ckptfs.engine.follower import Follower
+from ckptfs.errors import FsError
+from ckptfs.files import Caller, FileSystem
+from ckptfs.lake import Lake
+from ckptfs.store import RetryingStore
+from ckptfs.store.memory import MemoryStore
+from tests.layers import files_on
+
+ROOT = 1
+ME = Caller(uid=os.getuid(), gid=os.getgid())
+
+
+def new_lake() -> Lake:
+    lake = Lake(RetryingStore(MemoryStore(), first_delay=0.001, max_delay=0.01))
+    lake.open()
+    return lake
+
+
+class Node:
+    """One mount: its file system layer, its follower, and helpers that act like a user."""
+
+    def __init__(self, files: FileSystem, lake: Lake, name: str) -> None:
+        self.files = files
+        self.name = name
+        lake.register_mount(name)
+
+        async def apply(changes):
+            files.remote.apply(changes)
+            files.commit()
+            files.remote.take_invalidations()
+
+        self.follower = Follower(lake, name, apply, interval=0)
+
+    def ino(self, path: bytes) -> int:
+        ino = ROOT
+        for part in path.split(b"/"):
+            ino = self.files.tree.lookup(ino, part).ino
+        return ino
+
+    def parent(self, path: bytes, *, create: bool = True) -> int:
+        ino = ROOT
+        for part in path.split(b"/")[:-1]:
+            try:
+                ino = self.files.tree.lookup(ino, part).ino
+            except FsError:
+                if not create:
+                    raise
+                ino = self.files.tree.mkdir(ino, part, 0o755, ME).ino
+        return ino
+
+    async def write(self, path: bytes, data: bytes) -> None:
+        parent = self.parent(path)
+        name = path.rpartition(b"/")[2]
+        try:
+            opened = await self.files.handles.open(self.files.tree.lookup(parent, name).ino, os.O_WRONLY | os.O_TRUNC)
+        except FsError:
+            opened, _ = self.files.handles.create(parent, name, 0o644, os.O_WRONLY, ME)
+        await self.files.handles.write(opened.fh, 0, data)
+        self.files.handles.flush(opened.fh)
+        self.files.handles.release(opened.fh)
+
+    async def read(self, path: bytes) -> bytes:
+        opened = await self.files.handles.open(self.ino(path), os.O_RDONLY)
+        try:
+            return await self.files.handles.read(opened.fh, 0, 1 << 30)
+        finally:
+            self.files.handles.release(opened.fh)
+
+    async def sync(self) -> None:
+        await self.files.uploader.wait_published(self.files.journal.outbox_tail())
+
+    def tree(self) -> dict[bytes, tuple[str, object]]:
+        """path -> (kind, manifest or target) of every entry, from the journal."""
+        found = {}
+        stack = [(b"", ROOT)]
+        while stack:
+            prefix, directory = stack.pop()
+            for name, ino in self.files.journal.children(directory):
+                path = prefix + name
+                inode = self.files.journal.inode(ino)
+                if inode.is_dir:
+                    found[path] = ("dir", None)
+                    stack.append((path + b"/", ino))
+                elif inode.is_symlink:
+                    found[path] = ("symlink", inode.target)
+                else:
+                    version = self.files.journal.version(inode.version) if inode.version else None
+                    found[path] = ("file", version.manifest if version else None)
+        return found
+
+
+@asynccontextmanager
+async def mounts(tmp_path, lake: Lake, count: int):
+    nodes = [Node(files_on(tmp_path, f"m{index}", lake), lake, f"m{index}") for index in range(count)]
+    async with trio.open_nursery() as nursery:
+        for node in nodes:
+            await nursery.start(node.files.uploader.run)
+            await nursery.start(node.files.fetcher.run)
+        yield nodes
+        nursery.cancel_scope.cancel()
+
+
+def lake_tree(lake: Lake) -> dict[bytes, tuple[str, object]]:
+    namespace = lake.read_namespace()
+    return {path: (entry.kind, entry.manifest if entry.kind == "file" else entry.target)
+            for path, entry in namespace.entries.items() if path}
+
+
+async def settle(nodes: list[Node]) -> None:
+    for node in nodes:
+        await node.sync()
+    for node in nodes:
+        await node.follower.refresh()
+
+
+def test_a_mount_follows_what_another_publishes(tmp_path):
+    lake = new_lake()
+
+    async def main():
+        async with mounts(tmp_path, lake, 2) as (a, b):
+            await a.write(b"run/step-1/model.pt", b"weights")
+            await a.sync()
+            assert (await b.follower.refresh())["events"] >= 2
+            assert await b.read(b"run/step-1/model.pt") == b"weights"
+            await b.write(b"run/step-1/model.pt", b"better")
+            files = b.files
+            files.tree.rename(b.parent(b"run/x"), b"step-1", b.parent(b"run/x"), b"step-2")
+            await settle([a, b])
+            assert await a.read(b"run/step-2/model.pt") == b"better"
+            assert a.tree() == b.tree() == lake_tree(lake)
+            history = a.files.journal.history(b"run/step-2/model.pt")
+            assert len([version for _, version in history if version is not None]) == 1  # moved with the rename
+            a.files.tree.unlink(a.parent(b"run/step-2/model.pt"), b"model.pt")
+            await settle([a, b])
+            assert b"run/step-2/model.pt" not in b.tree()
+            idle = await b.follower.refresh()
+            assert (idle["segments"], idle["events"]) == (0, 0)
+
+    trio.run(main)
+
+
+def test_two_mounts_writing_one_path_keep_both_versions_and_show_the_same_one(tmp_path):
+    lake = new_lake()
+
+    async def main():
+        async with mounts(tmp_path, lake, 2) as (a, b):
+            await a.write(b"last.ckpt", b"from a")
+            await b.write(b"last.ckpt", b"from b")  # later: b's clock and stamp are after a's
+            await settle([a, b])
+            assert await a.read(b"last.ckpt") == await b.read(b"last.ckpt") == b"from b"
+            for node in (a, b):
+                versions = [v for _, v in node.files.journal.history(b"last.ckpt") if v is not None]
+                assert len(versions) == 2
+            assert a.tree() == b.tree() == lake_tree(lake)
+
+    trio.run(main)
+
+
+def test_a_file_being_written_survives_another_mounts_unlink_and_wins(tmp_path):
+    lake = new_lake()
+
+    async def main():
+        async with mounts(tmp_path, lake, 2) as (a, b):
+            await a.write(b"f", b"old")
+            await settle([a, b])
+            opened = await a.files.handles.open(a.ino(b"f"), os.O_WRONLY | os.O_TRUNC)
+            await a.files.handles.write(opened.fh, 0, b"new data")
+            b.files.tree.unlink(ROOT, b"f")
+            await settle([a, b])
+            assert await a.read(b"f") == b"new data"  # still here, still open for writing
+            a.files.handles.flush(opened.fh)
+            a.files.handles.release(opened.fh)
+            await settle([a, b])
+            assert await b.read(b"f") == b"new data"
+            assert a.tree() == b.tree() == lake_tree(lake)
+
+    trio.run(main)
+
+
+def test_a_mount_never_stamps_below_what_it_has_seen(tmp_path):
+    """A node whose clock is behind: after reading an event from the future, its own next change
+    is stamped later, so its newer checkpoint is not hidden behind an older one."""
+    lake = new_lake()
+
+    async def main():
+        async with mounts(tmp_path, lake, 2) as (a, b):
+            future = a.files.outbox.event_time() + 3600 * 10**9  # a's clock an hour ahead
+            a.files.outbox.observe(future)
+            await a.write(b"x", b"from a, an hour ahead")
+            await settle([a, b])
+            await b.write(b"x", b"from b, written after it")
+            await settle([a, b])
+            assert await a.read(b"x") == await b.read(b"x") == b"from b, written after it"
+
+    trio.run(main)
+
+
+def test_a_remount_on_its_cache_dir_catches_up(tmp_path):
+    lake = new_lake()
+
+    async def main():
+        async with mounts(tmp_path, lake, 2) as (a, b):
+            await a.write(b"before", b"1")
+            await settle([a, b])
+        again = Node(files_on(tmp_path, "m1", lake), lake, "m1")  # m1's cache dir, m0 writes meanwhile
+        first = Node(files_on(tmp_path, "m0", lake), lake, "m0")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(first.files.uploader.run)
+            await first.write(b"while away", b"2")
+            await first.sync()
+            await again.follower.refresh()
+            assert again.tree().keys() == {b"before", b"while away"}
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+OPERATIONS = st.lists(st.tuples(st.integers(0, 2), st.sampled_from(["write", "unlink", "rename", "mkdir", "link"]),
+                                st.sampled_from([b"a", b"b", b"d/x", b"d/y", b"e"]),
+                                st.sampled_from([b"a", b"b", b"d/x", b"d/y", b"e"]),
+                                st.binary(min_size=1, max_size=64), st.booleans()),
+                      min_size=1, max_size=25)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(operations=OPERATIONS)
+def test_three_mounts_converge_on_the_lake_s_tree(tmp_path_factory, operations):
+    """Random changes on three mounts, some published and followed at once, some later: once every
+    mount has published and refreshed, all three show exactly the tree the lake replays to."""
+    tmp_path = tmp_path_factory.mktemp("model")
+    lake = new_lake()
+
+    async def main():
+        async with mounts(tmp_path, lake, 3) as nodes:
+            for index, op, path, other, data, settle_now in operations:
+                node = nodes[index]
+                try:
+                    if op == "write":
+                        await node.write(path, data)
+                    elif op == "unlink":
+                        node.files.tree.unlink(node.parent(path, create=False), path.rpartition(b"/")[2])
+                    elif op == "mkdir":
+                        node.files.tree.mkdir(node.parent(path), path.rpartition(b"/")[2], 0o755, ME)
+                    elif op == "link":
+                        node.files.tree.link(node.ino(path), node.parent(other), other.rpartition(b"/")[2])
+                    else:
+                        node.files.tree.rename(node.parent(path, create=False), path.rpartition(b"/")[2],
+                                               node.parent(other), other.rpartition(b"/")[2])
+                except FsError:
+                    continue  # the model allows what the file system refuses (missing, exists, not a dir)
+                if settle_now:
+                    await node.sync()
+                    await nodes[(index + 1) % 3].follower.refresh()
+            await settle(nodes)
+            await settle(nodes)  # a second round: every mount has seen every other's last events
+            expected = lake_tree(lake)
+            for node in nodes:
+                assert node.tree() == expected, node.name
+                for path, (kind, _) in expected.items():
+                    if kind == "file":
+                        assert stat.S_ISREG(node.files.tree.attributes(node.ino(path)).mode)
+
+    trio.run(main)
