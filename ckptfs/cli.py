@@ -1,4 +1,4 @@
-"""The `ckptfs` command: mount, unmount, status, sync, refresh, fsck.
+"""The `ckptfs` command: mount, unmount, status, sync, refresh, latest, fsck.
 
 Talks to a running mount only through extended attributes on the mount (no socket, no extra port), so
 `status` and `sync` work for any path under a mount. Every error is one line on stderr and a non-zero
@@ -186,6 +186,31 @@ def command_sync(args: argparse.Namespace) -> int:
     return wait_for_sync(args.path, args.timeout)
 
 
+def command_latest(args: argparse.Namespace) -> int:
+    """The newest checkpoint under PATH whose every file is committed in the lake (ckptfs/latest.py),
+    after applying what other mounts published."""
+    from ckptfs.latest import latest
+
+    path = os.path.realpath(args.path)
+    if not os.path.isdir(path):
+        return fail(f"{path} is not a directory")
+    if not args.no_refresh:
+        read_xattr(mount_root(path), "user.ckptfs.refresh")
+    best, passed = latest(path)
+    if args.json:
+        print(json.dumps({"latest": best.as_dict() if best else None,
+                          "passed_over": [checkpoint.as_dict() for checkpoint in passed]}, indent=2))
+    elif best is not None:
+        print(best.path)
+    for checkpoint in passed if not args.json else []:
+        lacks = (f"missing {', '.join(checkpoint.missing[:3])}" if checkpoint.missing
+                 else f"not committed: {', '.join(checkpoint.uncommitted[:3])}")
+        print(f"ckptfs: skipped {checkpoint.path} ({lacks})", file=sys.stderr)
+    if best is None:
+        return fail(f"no complete checkpoint under {path}")
+    return 0
+
+
 def command_refresh(args: argparse.Namespace) -> int:
     """Apply now what other mounts published before this call (what a restart script runs before
     it reads a checkpoint another node wrote)."""
@@ -366,6 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("path")
     sync.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
     sync.set_defaults(handler=command_sync)
+    newest = commands.add_parser("latest", help="the newest checkpoint under PATH committed in the lake, whole")
+    newest.add_argument("path")
+    newest.add_argument("--json", action="store_true")
+    newest.add_argument("--no-refresh", action="store_true", help="do not first apply what other mounts published")
+    newest.set_defaults(handler=command_latest)
+
     refresh = commands.add_parser("refresh", help="apply now what other mounts published before this call")
     refresh.add_argument("path")
     refresh.add_argument("--json", action="store_true")

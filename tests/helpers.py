@@ -138,6 +138,20 @@ class Mount:
                 pytest.fail(f"unexpected error in the daemon log: {line}\n{self.log()[-4000:]}")
 
 
+def cli_in_process(*args: str) -> tuple[int, str, str]:
+    """Run the ckptfs command in this process: (exit code, stdout, stderr). A subprocess would close
+    this process's open files at its exec, and on a mount every close seals the file."""
+    import contextlib
+    import io
+
+    from ckptfs import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
 class MotoServer:
     def __init__(self) -> None:
         self.port = free_port()

@@ -7,8 +7,6 @@ Upload while writing is left at its default (off on a 2-core machine): spilling 
 Results are read back from a fresh mount with an empty cache, so what is checked is what the lake holds.
 """
 
-import contextlib
-import io
 import json
 import os
 import threading
@@ -16,7 +14,7 @@ import time
 
 import pytest
 
-from ckptfs import cli
+from tests.helpers import cli_in_process
 
 MIB = 1024 * 1024
 CACHE = ["--cache-size", "64M"]
@@ -66,13 +64,6 @@ def write_in_blocks(file, data: bytes) -> None:
         file.write(data[start:start + MIB])
 
 
-def status_json(mountpoint: str) -> dict:
-    output = io.StringIO()
-    with contextlib.redirect_stdout(output):
-        assert cli.main(["status", "--json", mountpoint]) == 0
-    return json.loads(output.getvalue())
-
-
 def test_a_file_larger_than_the_cache_stays_within_cache_size_and_reads_back(mounter, lake_url):
     store_url, extra = lake_url
     mount = mounter(store_url, extra + CACHE)
@@ -85,7 +76,9 @@ def test_a_file_larger_than_the_cache_stays_within_cache_size_and_reads_back(mou
         assert status["dirty_files"] == 1
         # What the status command reports, read as JSON (the table wraps with the terminal's width),
         # run in this process: a child's exec would close the open file, and a close seals.
-        shown = status_json(mount.mountpoint)
+        code, output, _ = cli_in_process("status", "--json", mount.mountpoint)
+        shown = json.loads(output)
+        assert code == 0
         assert shown["spilled_bytes"] > 64 * MIB and shown["staged_bytes"] <= 64 * MIB
         # Still open for writing: its spilled prefix reads back through the mount.
         with open(mount.path("big.ckpt"), "rb") as reader:

@@ -1,0 +1,123 @@
+"""`ckptfs latest PATH`: the newest checkpoint under PATH whose every file is committed in the lake.
+
+What a restart script calls after `ckptfs refresh`: it must never name a checkpoint a crashed node
+left half-uploaded. A checkpoint is complete when every file it needs exists here (other mounts'
+files exist once they are published) and is `committed` (`user.ckptfs.state`). The layouts known:
+
+* PyTorch Distributed Checkpoint: a directory with `.metadata`; it needs `.metadata` and every file
+  the metadata names (read with torch when torch is installed; without it, every file present).
+* Hugging Face: `checkpoint-N` with `trainer_state.json` (the Trainer writes it last).
+* Lightning and plain `torch.save`: a file (`.ckpt`, `.pt`, `.pth`, `.bin`, `.safetensors`).
+* Anything else: a directory all of whose files are committed.
+
+Checkpoints are ordered by the step in their name (`step-100`, `checkpoint-100`, `epoch=3-step=100`,
+`global_step100`), then by modification time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+STATE_XATTR = "user.ckptfs.state"
+CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
+_STEP = re.compile(r"(?:step|checkpoint|global_step|iter)[=_-]?(\d+)", re.IGNORECASE)
+_NUMBER = re.compile(r"(\d+)")
+
+
+@dataclass
+class Checkpoint:
+    path: str
+    layout: str  # "dcp", "huggingface", "file", "directory"
+    step: int | None
+    mtime_ns: int
+    files: list[str] = field(default_factory=list)  # relative to path (empty for a file)
+    missing: list[str] = field(default_factory=list)  # needed, not here
+    uncommitted: list[str] = field(default_factory=list)  # here, not committed in the lake
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing and not self.uncommitted
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "layout": self.layout, "step": self.step, "complete": self.complete,
+                "files": len(self.files) or 1, "missing": self.missing[:20], "uncommitted": self.uncommitted[:20]}
+
+
+def step_of(name: str) -> int | None:
+    match = _STEP.search(name) or _NUMBER.search(name)
+    return int(match.group(1)) if match else None
+
+
+def committed(path: str) -> bool:
+    try:
+        return os.getxattr(path, STATE_XATTR).startswith(b"committed")
+    except OSError:
+        return False
+
+
+def _files_under(directory: str) -> list[str]:
+    found = []
+    for root, _, names in os.walk(directory):
+        found += [os.path.relpath(os.path.join(root, name), directory) for name in names]
+    return sorted(found)
+
+
+def dcp_files(directory: str) -> list[str] | None:
+    """The files a DCP checkpoint's `.metadata` names (relative), or None without torch."""
+    try:
+        from torch.distributed.checkpoint import FileSystemReader
+    except ImportError:
+        return None
+    metadata = FileSystemReader(directory).read_metadata()
+    return sorted({info.relative_path for info in (metadata.storage_data or {}).values()})
+
+
+def examine(path: str) -> Checkpoint | None:
+    """The checkpoint at `path`, with what it lacks; None if `path` is not one."""
+    name = os.path.basename(path)
+    info = os.stat(path)
+    if os.path.isfile(path):
+        if not name.endswith(CHECKPOINT_SUFFIXES):
+            return None
+        return Checkpoint(path, "file", step_of(name), info.st_mtime_ns,
+                          uncommitted=[] if committed(path) else [name])
+    if not os.path.isdir(path):
+        return None
+    present = _files_under(path)
+    if not present:
+        return None
+    if ".metadata" in present:
+        needed = [".metadata"] + (dcp_files(path) or [])
+        layout = "dcp"
+    elif "trainer_state.json" in present or name.startswith("checkpoint-"):
+        needed = ["trainer_state.json"]
+        layout = "huggingface"
+    else:
+        needed, layout = [], "directory"
+    files = sorted(set(present) | set(needed))
+    missing = [file for file in needed if file not in present]
+    uncommitted = [file for file in present if not committed(os.path.join(path, file))]
+    return Checkpoint(path, layout, step_of(name), info.st_mtime_ns, files, missing, uncommitted)
+
+
+def checkpoints(top: str) -> list[Checkpoint]:
+    """Every checkpoint directly under `top`, newest first."""
+    found = []
+    for entry in sorted(os.listdir(top)):
+        checkpoint = examine(os.path.join(top, entry))
+        if checkpoint is not None:
+            found.append(checkpoint)
+    found.sort(key=lambda c: (c.step if c.step is not None else -1, c.mtime_ns), reverse=True)
+    return found
+
+
+def latest(top: str) -> tuple[Checkpoint | None, list[Checkpoint]]:
+    """The newest complete checkpoint under `top`, and the newer incomplete ones it passed over."""
+    passed = []
+    for checkpoint in checkpoints(top):
+        if checkpoint.complete:
+            return checkpoint, passed
+        passed.append(checkpoint)
+    return None, passed
