@@ -219,7 +219,7 @@ def command_refresh(args: argparse.Namespace) -> int:
         print(json.dumps(done, indent=2))
     else:
         print(f"ckptfs: {args.path} is up to date with the lake ({done['events']} new events from "
-              f"{done['segments']} segments of {done['mounts']} other mounts, {done['seconds']:.2f} s)")
+              f"{done['segments']} segments of {done['mounts']} mounts, {done['seconds']:.2f} s)")
     return 0
 
 

@@ -312,7 +312,7 @@ async def _main(config: MountConfig, ops: Operations, uploader: Uploader, fetche
     async with trio.open_nursery() as nursery:
         await nursery.start(fetcher.run)
         await nursery.start(uploader.run)
-        caught_up = await ops.follower.refresh()  # a remount shows what others published meanwhile
+        caught_up = await ops.follower.refresh(sweep=True)  # a remount shows what others published meanwhile
         if caught_up["events"]:
             log.info("caught up with the lake: %d events from %d segments", caught_up["events"],
                      caught_up["segments"])

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from ckptfs.engine.follower import Follower
 from ckptfs.errors import FsError
 from ckptfs.files import Caller, FileSystem
-from ckptfs.lake import Lake
+from ckptfs.lake import Lake, namespace
 from ckptfs.store import RetryingStore
 from ckptfs.store.memory import MemoryStore
 from tests.layers import files_on
@@ -271,5 +271,32 @@ def test_three_mounts_converge_on_the_lake_s_tree(tmp_path_factory, operations):
                 for path, (kind, _) in expected.items():
                     if kind == "file":
                         assert stat.S_ISREG(node.files.tree.attributes(node.ino(path)).mode)
+
+    trio.run(main)
+
+
+def test_an_idle_refresh_is_one_list_and_a_sweep_finds_what_the_feed_missed(tmp_path):
+    lake = new_lake()
+    store = lake.store.inner
+
+    async def main():
+        async with mounts(tmp_path, lake, 2) as (a, b):
+            await b.follower.refresh()  # the first one sweeps every log
+            before = b.follower.lists
+            for _ in range(3):
+                assert (await b.follower.refresh())["segments"] == 0
+            assert b.follower.lists - before == 3  # one LIST of the feed each, whatever the mounts
+            # A writer whose clock is far behind: its marker falls before the feed's look-back.
+            await a.write(b"late", b"1")
+            await a.sync()
+            for key in list(store.list("feed/")):
+                when, mount, seq = namespace.parse_feed_key(key)
+                if mount == "m0":
+                    store.delete(key)
+                    store.put(namespace.feed_key(when - 3600 * 10**9, mount, seq), b"")
+            await b.follower.refresh()
+            assert b"late" not in b.tree()
+            await b.follower.refresh(sweep=True)  # what ckptfs refresh does, and every few minutes
+            assert await b.read(b"late") == b"1"
 
     trio.run(main)

@@ -1,10 +1,12 @@
 """Following the lake: what other mounts publish reaches this mount's tree within a refresh interval.
 
-Each refresh LISTs `mounts/` (one small object per mount) and, for every mount (this one too: the
-replay needs its published events in their place), its log from the segment after the last one
-read (`LIST log/<mount>/` with StartAfter), GETs the new segments in parallel and hands their
-validated events to `apply` (files/remote.py); then the cursors move. An idle refresh is
-1 + (number of mounts) LISTs and nothing else. The cursors start where the rebuild of a new cache
+A periodic refresh LISTs the change feed (`feed/`, one empty marker per published segment, keyed by
+the writer's clock) from a little before the newest marker it saw; for the mounts with new segments
+it LISTs their log from the segment after the last one read (StartAfter), GETs the new segments in
+parallel and hands their validated events to `apply` (files/remote.py); then the cursors move. An
+idle refresh is one LIST. A sweep (at start, on `ckptfs refresh`, and every SWEEP_SECONDS) lists
+`mounts/` and every mount's log instead, so a marker that a skewed clock placed before the
+look-back window is found within minutes. The cursors start where the rebuild of a new cache
 dir stopped reading, or at the beginning: a restarted mount reads the whole log once.
 `refresh()` is also what `ckptfs refresh` and a starting mount wait for.
 """
@@ -22,6 +24,8 @@ from ckptfs.lake.events import Event
 from ckptfs.store import StoreError
 
 log = logging.getLogger(__name__)
+SWEEP_SECONDS = 300  # a full listing of every mount's log at least this often
+FEED_LOOKBACK_NS = 120 * 10**9  # markers written up to this long before the newest one seen are read again
 
 
 class Follower:
@@ -41,6 +45,8 @@ class Follower:
         self.events_applied = 0
         self.last_refresh_s: float | None = None
         self.last_error: str | None = None
+        self._last_sweep: float | None = None  # monotonic time of the last full listing
+        self._feed_from = 0  # feed markers after this time (ns, writers' clocks) are still to look at
 
     def published(self, seq: int) -> None:
         """This mount published segment `seq` (its events reached the replay directly)."""
@@ -60,14 +66,31 @@ class Follower:
                 self.last_error = str(error)
                 log.warning("following the lake: %s (next try in %.0f s)", error, self.interval)
 
-    async def refresh(self) -> dict[str, int | float]:
-        """Apply everything other mounts published before this call. Returns what it did."""
+    async def _mounts_to_read(self, sweep: bool) -> list[str]:
+        """The mounts whose logs may have new segments: all of them on a sweep, else the ones the
+        change feed names since the last look (one LIST)."""
+        now_ns = time.time_ns()
+        if sweep or self._last_sweep is None or time.monotonic() - self._last_sweep > SWEEP_SECONDS:
+            found = await trio.to_thread.run_sync(self.lake.mounts, limiter=self.network)
+            self.lists += 1
+            self._last_sweep = time.monotonic()
+            self._feed_from = max(self._feed_from, now_ns - FEED_LOOKBACK_NS)
+            return sorted(set(found) | set(self.cursors) | {self.mount_id})
+        markers = await trio.to_thread.run_sync(self.lake.feed_after, self._feed_from, limiter=self.network)
+        self.lists += 1
+        if markers:
+            self._feed_from = max(self._feed_from, max(when for when, _, _ in markers) - FEED_LOOKBACK_NS)
+        return sorted({mount for _, mount, seq in markers if seq > self.cursors.get(mount, -1)})
+
+    async def refresh(self, *, sweep: bool = False) -> dict[str, int | float]:
+        """Apply what other mounts published. With `sweep` (what `ckptfs refresh` and a starting
+        mount ask for), everything published before the call: every mount's log is listed. Without
+        it (the periodic refresh), what the change feed shows, with a sweep every few minutes in
+        case a writer's clock put its markers before the feed's look-back window."""
         async with self._lock:  # a refresh asked for while one runs waits for it and runs anew
             started = time.monotonic()
             cursors = dict(self.cursors)
-            found = await trio.to_thread.run_sync(self.lake.mounts, limiter=self.network)
-            self.lists += 1
-            others = sorted(set(found) | set(cursors) | {self.mount_id})
+            others = await self._mounts_to_read(sweep)
             new: dict[str, list[tuple[int, str]]] = {}
 
             async def list_one(mount: str) -> None:
@@ -99,5 +122,5 @@ class Follower:
             self.events_applied += len(fetched)
             self.last_refresh_s = time.monotonic() - started
             self.last_error = None
-            return {"mounts": len(others) - 1, "segments": sum(len(s) for s in new.values()), "events": len(fetched),
+            return {"mounts": len(others), "segments": sum(len(s) for s in new.values()), "events": len(fetched),
                     "seconds": round(self.last_refresh_s, 3)}

@@ -249,7 +249,7 @@ class Operations(pyfuse3.Operations):
         if name == XATTR_BARRIER:
             return json.dumps(self.control.barrier(node)).encode()
         if name == XATTR_REFRESH and inode == ROOT_INODE and self.follower is not None:
-            return json.dumps(await self.follower.refresh()).encode()
+            return json.dumps(await self.follower.refresh(sweep=True)).encode()
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any = None) -> None:

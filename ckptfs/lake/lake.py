@@ -6,7 +6,9 @@ Keys (docs/FORMAT.md):
     manifests/<3 hex>/<32 hex>       manifests (manifest.py), keyed by xxh3-128 of their bytes
     log/<mount id>/<16 hex seq>      namespace log segments (namespace.py)
     mounts/<mount id>                one small object per mount that ever published: running mounts
-                                     find new logs with one LIST of mounts/
+                                     find every log with one LIST of mounts/
+    feed/<16 hex time>-<mount>-<16 hex seq>   an empty marker per published segment, keyed by the
+                                     writer's clock: running mounts find new segments with one LIST
 No key is ever derived from a user-supplied name.
 """
 
@@ -132,6 +134,17 @@ class Lake:
             if existing != events:
                 raise CorruptObjectError(f"{key} already holds other events: is another daemon using "
                                          "this mount id?") from None
+        # The change feed: running mounts find new segments with one LIST of feed/ (engine/follower.py).
+        self.store.put(namespace.feed_key(time.time_ns(), mount, seq), b"")
+
+    def feed_after(self, time_ns: int) -> list[tuple[int, str, int]]:
+        """(time, mount, seq) of the feed markers written after `time_ns` (by their writers' clocks)."""
+        found = []
+        for key in self.store.list("feed/", start_after=namespace.feed_key(max(0, time_ns), "", 0)):
+            parsed = namespace.parse_feed_key(key)
+            if parsed is not None:
+                found.append(parsed)
+        return found
 
     def segments(self, mount: str | None = None, after: int = -1) -> Iterator[tuple[str, int, str]]:
         """(mount, seq, key) of the log segments, of every mount or of one after seq `after` (one

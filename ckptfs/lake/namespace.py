@@ -31,6 +31,21 @@ def segment_key(mount: str, seq: int) -> str:
     return f"log/{mount}/{seq:016x}"
 
 
+def feed_key(time_ns: int, mount: str, seq: int) -> str:
+    return f"feed/{time_ns:016x}-{mount}-{seq:016x}"
+
+
+def parse_feed_key(key: str) -> tuple[int, str, int] | None:
+    parts = key.removeprefix("feed/").split("-")
+    if not key.startswith("feed/") or len(parts) < 3:
+        return None
+    mount = "-".join(parts[1:-1])
+    try:
+        return (int(parts[0], 16), mount, int(parts[-1], 16)) if valid_mount_id(mount) else None
+    except ValueError:
+        return None
+
+
 def valid_mount_id(mount: str) -> bool:
     return _MOUNT_ID.match(mount) is not None
 
