@@ -300,3 +300,24 @@ def test_an_idle_refresh_is_one_list_and_a_sweep_finds_what_the_feed_missed(tmp_
             assert await b.read(b"late") == b"1"
 
     trio.run(main)
+
+
+def test_a_change_held_back_by_an_open_file_applies_once_it_is_closed(tmp_path):
+    """Open for reading and writing but never written: nothing of it is published, so no event
+    will touch the path again; the change left waiting is applied at the next refresh after close."""
+    lake = new_lake()
+
+    async def main():
+        async with mounts(tmp_path, lake, 2) as (a, b):
+            await a.write(b"f", b"data")
+            await settle([a, b])
+            opened = await a.files.handles.open(a.ino(b"f"), os.O_RDWR)
+            b.files.tree.unlink(ROOT, b"f")
+            await settle([a, b])
+            assert b"f" in a.tree()  # held: it is open for writing here
+            a.files.handles.release(opened.fh)
+            await a.follower.refresh()  # no new event; the deferred path is looked at again
+            assert b"f" not in a.tree()
+            assert a.tree() == b.tree() == lake_tree(lake)
+
+    trio.run(main)

@@ -13,8 +13,11 @@ mounts that write one path keep both versions; the later one (by event time, the
 shown everywhere. Event times are hybrid logical clocks (files/outbox.py), so a node whose clock is
 behind still stamps its new changes after everything it has read.
 
-What this costs: the replay is O(events read) and the comparison O(entries) per refresh that brings
-something new (nothing when idle); compacted snapshots are the planned bound (docs/DESIGN.md).
+What this costs: events that sort after everything replayed so far (the usual case) extend the
+replay in place, and only the paths they touch (with those above and below them, and the paths left
+alone last time because they were held) are compared. An event that sorts earlier (published
+late) makes the next reconciliation a full one: replay everything, compare everything. Nothing is
+done when idle. Memory holds every event read; compacted snapshots are the planned bound.
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ class RemoteChanges:
         self.lifecycle = lifecycle
         self.outbox = outbox
         self.events: list[Event] = []  # every published event known here, in replay order
+        self._replay: Namespace | None = None  # their replay (None: to be done from scratch)
+        self._scope: set[bytes] | None = None  # paths changed since the last reconciliation (None: all)
+        self._deferred: set[bytes] = set()  # paths left alone last time because this mount held them
         self.segments: set[tuple[str, int]] = set()  # (mount, seq) of the segments they came in
         self.pending = Invalidations()
         self.changed = 0  # entries created, replaced, updated or removed by reconciling
@@ -65,16 +71,31 @@ class RemoteChanges:
 
     def add(self, changes: list[Event]) -> None:
         """Events of whole segments (read from the lake, or this mount's own as it publishes them);
-        a segment known already is not added twice."""
-        fresh = [change for change in changes if (change.mount, change.seq) not in self.segments]
+        a segment known already is not added twice. Events that all sort after the last one
+        replayed extend the replay in place; an earlier one (published late) means a full replay."""
+        fresh = sorted((change for change in changes if (change.mount, change.seq) not in self.segments),
+                       key=lambda change: change.order)
         if not fresh:
             return
         self.segments.update((change.mount, change.seq) for change in fresh)
         for change in fresh:
             self.outbox.observe(change.time_ns)
+        in_order = self._replay is not None and (not self.events or fresh[0].order > self.events[-1].order)
         self.events.extend(fresh)
-        self.events.sort(key=lambda change: change.order)
         self._unreconciled = True
+        if not in_order:
+            self.events.sort(key=lambda change: change.order)
+            self._replay, self._scope = None, None
+            return
+        assert self._replay is not None
+        for change in fresh:
+            self._replay.apply(change)
+            if self._scope is not None:
+                for path in (change.path, change.dst):
+                    if path is not None:
+                        self._scope.add(path)
+                        entry = self._replay.entries.get(path)
+                        self._scope.update(entry.names if entry is not None else ())  # hard links
 
     def published(self, seq: int, raw_events: list[dict]) -> None:
         """This mount's segment `seq` has just left its outbox."""
@@ -88,22 +109,39 @@ class RemoteChanges:
 
     # -- entry point --------------------------------------------------------------------------
     def apply(self, new: list[Event]) -> int:
-        """Add newly read events and bring the tree in line with the replay. Returns the number of
-        entries changed."""
+        """Add newly read events and bring the tree in line with the replay: the paths the new
+        events touched (and those left alone last time because they were held), or everything
+        after a full replay. Returns the number of entries changed."""
         self.add(new)
-        if not self._unreconciled:
+        if not self._unreconciled and not self._deferred:
             return 0
         self._unreconciled = False
-        replay = Namespace()
-        for change in self.events:
-            replay.apply(change)
+        if self._replay is None:
+            self._replay = Namespace()
+            for change in self.events:
+                self._replay.apply(change)
+        scope, self._scope = self._scope, set()
+        if scope is not None:
+            scope |= self._deferred
         before = self.changed
         held = self._held_paths()
-        actual = self._actual_tree()
-        self._remove_stale(replay, actual, held)
-        self._create_and_update(replay, held)
-        self._add_history(replay)
+        actual = self._actual_tree(scope)
+        self._deferred = set()
+        self._remove_stale(self._replay, actual, held)
+        self._create_and_update(self._replay, held, scope)
+        self._add_history(self._replay, scope)
         return self.changed - before
+
+    @staticmethod
+    def _within(path: bytes, scope: set[bytes] | None) -> bool:
+        """Whether `path` is one of the scope's paths, under one, or above one."""
+        if scope is None or path in scope:
+            return True
+        parts = path.split(b"/")
+        if any(b"/".join(parts[:depth]) in scope for depth in range(1, len(parts))):
+            return True
+        prefix = path + b"/"
+        return any(other.startswith(prefix) for other in scope)
 
     # -- what is not to be touched ------------------------------------------------------------
     def _held_paths(self) -> set[bytes]:
@@ -133,14 +171,16 @@ class RemoteChanges:
         prefix = path + b"/"
         return any(other.startswith(prefix) for other in held)
 
-    def _actual_tree(self) -> dict[bytes, tuple[int, int]]:
-        """path -> (parent inode, inode) of every entry of the journal's tree."""
+    def _actual_tree(self, scope: set[bytes] | None) -> dict[bytes, tuple[int, int]]:
+        """path -> (parent inode, inode) of the journal's entries within the scope (all if None)."""
         found: dict[bytes, tuple[int, int]] = {}
         stack = [(b"", ROOT_INODE)]
         while stack:
             prefix, directory = stack.pop()
             for name, ino in self.journal.children(directory):
                 path = prefix + name
+                if not self._within(path, scope):
+                    continue
                 found[path] = (directory, ino)
                 inode = self.journal.inode(ino)
                 if inode is not None and inode.is_dir:
@@ -177,7 +217,10 @@ class RemoteChanges:
         for path in sorted(actual, key=lambda p: -p.count(b"/")):
             parent, ino = actual[path]
             inode = self.journal.inode(ino)
-            if inode is None or self._keeps(inode, replay.entries.get(path), replay) or self._touches(path, held):
+            if inode is None or self._keeps(inode, replay.entries.get(path), replay):
+                continue
+            if self._touches(path, held):
+                self._deferred.add(path)
                 continue
             if inode.is_dir and self.journal.has_children(ino):
                 continue  # something held is left in it
@@ -189,10 +232,13 @@ class RemoteChanges:
             self.tree.maybe_delete_inode(ino)
             self.changed += 1
 
-    def _create_and_update(self, replay: Namespace, held: set[bytes]) -> None:
+    def _create_and_update(self, replay: Namespace, held: set[bytes], scope: set[bytes] | None) -> None:
         placed: dict[int, int] = {}  # id(entry) -> inode: hard links are one entry under several paths
         for path in sorted(replay.entries, key=lambda p: (p.count(b"/"), p)):
-            if not path or self._touches(path, held):
+            if not path or not self._within(path, scope):
+                continue
+            if self._touches(path, held):
+                self._deferred.add(path)
                 continue
             entry = replay.entries[path]
             parent_path, _, name = path.rpartition(b"/")
@@ -274,9 +320,11 @@ class RemoteChanges:
                                         mtime_ns=entry.mtime_ns, manifest=entry.manifest, path=path,
                                         sealed_ns=entry.ctime_ns)
 
-    def _add_history(self, replay: Namespace) -> None:
+    def _add_history(self, replay: Namespace, scope: set[bytes] | None) -> None:
         """Every state the lake records for a path is in its history here too (once)."""
         for path, states in replay.history.items():
+            if not self._within(path, scope):
+                continue
             known = set()
             for time_ns, version_id in self.journal.history(path):
                 version = self.journal.version(version_id) if version_id is not None else None
