@@ -111,9 +111,15 @@ def check_cache_dir(path: str) -> None:
     os.chmod(path, 0o700)
 
 
+START_RETRY_SECONDS = 10
+
+
 def open_lake(config: MountConfig) -> Lake:
-    """Check the store is reachable and holds a lake we can read; a clear ConfigError otherwise."""
-    store = open_store(config.store_url, endpoint_url=config.endpoint_url, timeout=config.s3_timeout)
+    """Check the store is reachable and holds a lake we can read; a clear error otherwise. A slow or
+    dropped response is asked again for START_RETRY_SECONDS (a store that answers 1 in 5 requests
+    late must not fail the mount), a permanent error (no bucket, no credentials) is reported at once."""
+    store = RetryingStore(open_store(config.store_url, endpoint_url=config.endpoint_url, timeout=config.s3_timeout),
+                          give_up_after=START_RETRY_SECONDS, max_delay=2, retry_log_level=logging.DEBUG)
     store.check_access()
     lake = Lake(store)
     lake.open(create=True)
@@ -264,7 +270,11 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
     check_mountpoint(config.mountpoint)
     check_cache_dir(config.cache_dir)
     lake = Lake(store) if store is not None else open_lake(config)
-    lake.store = RetryingStore(lake.store, max_delay=10)
+    if isinstance(lake.store, RetryingStore):  # from open_lake: retry as long as a running mount does
+        lake.store.give_up_after, lake.store.max_delay = RetryingStore(lake.store.inner).give_up_after, 10
+        lake.store.retry_log_level = logging.WARNING
+    else:
+        lake.store = RetryingStore(lake.store, max_delay=10)
     cache = CacheDir(config.cache_dir, config.cache_size)
     try:
         mount_id, rebuilt = prepare_journal(cache, lake)

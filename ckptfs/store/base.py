@@ -75,8 +75,9 @@ class RetryingStore(ObjectStore):
 
     def __init__(self, inner: ObjectStore, *, give_up_after: float = 300.0, first_delay: float = 0.2,
                  max_delay: float = 20.0, on_retry: Callable[[str, Exception], None] | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, retry_log_level: int = logging.WARNING) -> None:
         self.inner = inner
+        self.retry_log_level = retry_log_level
         self.url = inner.url
         self.give_up_after = give_up_after
         self.first_delay = first_delay
@@ -105,7 +106,7 @@ class RetryingStore(ObjectStore):
                 delay = random.uniform(0, min(self.max_delay, self.first_delay * 2 ** attempt))
                 if time.monotonic() + delay > deadline:
                     raise
-                log.warning("%s failed (%s); retry %d in %.1fs", what, error, attempt, delay)
+                log.log(self.retry_log_level, "%s failed (%s); retry %d in %.1fs", what, error, attempt, delay)
                 if self.on_retry is not None:
                     self.on_retry(what, error)
                 self._sleep(delay)
@@ -127,4 +128,4 @@ class RetryingStore(ObjectStore):
         self._retry(f"DELETE {key}", lambda: self.inner.delete(key))
 
     def check_access(self) -> None:
-        self.inner.check_access()
+        self._retry("check access", self.inner.check_access)
