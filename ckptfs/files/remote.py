@@ -134,7 +134,7 @@ class RemoteChanges:
 
     @staticmethod
     def _within(path: bytes, scope: set[bytes] | None) -> bool:
-        """Whether `path` is one of the scope's paths, under one, or above one."""
+        """Whether `path` is one of the paths of `scope`, under one, or above one (None: all)."""
         if scope is None or path in scope:
             return True
         parts = path.split(b"/")
@@ -160,16 +160,10 @@ class RemoteChanges:
                 held.update(self.journal.paths_of(ino))
         return held
 
-    @staticmethod
-    def _touches(path: bytes, held: set[bytes]) -> bool:
+    @classmethod
+    def _touches(cls, path: bytes, held: set[bytes]) -> bool:
         """Whether changing `path` would change a held path (it, above it, or below it)."""
-        if path in held:
-            return True
-        parts = path.split(b"/")
-        if any(b"/".join(parts[:depth]) in held for depth in range(1, len(parts))):
-            return True
-        prefix = path + b"/"
-        return any(other.startswith(prefix) for other in held)
+        return cls._within(path, held)
 
     def _actual_tree(self, scope: set[bytes] | None) -> dict[bytes, tuple[int, int]]:
         """path -> (parent inode, inode) of the journal's entries within the scope (all if None)."""
