@@ -53,7 +53,7 @@ def test_a_fifth_of_requests_failing_in_every_way(mounter, s3_url, proxy, moto_s
     digests = write_files(mount, 12, 3_000_000, "f")
     mount.cli("sync", "--timeout", "300", mount.mountpoint)
     status = mount.status()
-    assert status["store_retries"] > 0
+    assert status["store_retries"] > 0, f"faults injected: {dict(proxy.counts)}"
     assert_committed_and_identical(mount, digests)
     # A fresh mount reads everything back through the same faults.
     mount.unmount()

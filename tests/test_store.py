@@ -59,6 +59,39 @@ def test_s3_unreachable_endpoint_is_temporary_and_retries_give_up():
     assert retries
 
 
+def test_every_s3_request_is_one_attempt_and_every_retry_is_counted(s3_url):
+    """boto3 does not retry behind our back: each failure reaches RetryingStore, which paces and
+    counts it (a hidden retry once made 12 injected faults show as 0 retries)."""
+    from tests.faultproxy import FaultProxy
+
+    url, endpoint = s3_url
+    upstream_port = int(endpoint.rsplit(":", 1)[1])
+    proxy = FaultProxy(upstream_port)
+    try:
+        proxy.kinds = ("500",)
+        proxy.fault_rate = 1.0
+        store = open_store(url, endpoint_url=proxy.endpoint)
+        with pytest.raises(TemporaryStoreError):
+            store.get("anything")
+        assert proxy.counts["requests"] == 1
+        proxy.fault_rate = 0.0
+        store.put("k", b"v")
+        proxy.counts.clear()
+        proxy.fault_rate = 1.0
+        retrying = RetryingStore(store, give_up_after=60, first_delay=0.001, max_delay=0.01)
+        proxy_faults_then_ok = iter([True, True, True, False])
+
+        def choose_next(original=proxy._choose):
+            proxy.fault_rate = 1.0 if next(proxy_faults_then_ok) else 0.0
+            return original()
+
+        proxy._choose = choose_next
+        assert retrying.get("k") == b"v"
+        assert proxy.counts["requests"] == 4 and retrying.retries == 3
+    finally:
+        proxy.stop()
+
+
 def test_unknown_store_urls_are_rejected():
     for url in ("ftp://x/y", "s3:///nobucket", "file://remotehost/x"):
         with pytest.raises(ConfigError):

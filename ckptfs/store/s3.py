@@ -70,7 +70,9 @@ class S3Store(ObjectStore):
         self.url = f"s3://{bucket}/{self.prefix}"
         config = botocore.config.Config(
             max_pool_connections=max_connections,
-            retries={"max_attempts": 1, "mode": "standard"},
+            # One attempt per call: `max_attempts` counts retries (1 would be a hidden second try,
+            # uncounted and unpaced); RetryingStore retries with backoff and counts every one.
+            retries={"total_max_attempts": 1, "mode": "standard"},
             connect_timeout=min(10, timeout), read_timeout=timeout,
         )
         session = boto3.session.Session()
