@@ -1,4 +1,4 @@
-"""The `ckptfs` command: mount, unmount, status, sync, refresh, latest, fsck.
+"""The `ckptfs` command: mount, unmount, status, sync, refresh, snapshot, latest, fsck.
 
 Talks to a running mount only through extended attributes on the mount (no socket, no extra port), so
 `status` and `sync` work for any path under a mount. Every error is one line on stderr and a non-zero
@@ -223,6 +223,18 @@ def command_refresh(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_snapshot(args: argparse.Namespace) -> int:
+    """Write a namespace snapshot of the lake now (mounts also write them on their own as the log
+    grows), so that mounts starting after it read it and the segments after it."""
+    done = read_xattr(mount_root(args.path), "user.ckptfs.snapshot")
+    if args.json:
+        print(json.dumps(done, indent=2))
+    else:
+        print(f"ckptfs: wrote {done['written']} ({done['entries']} entries, {done['segments']} segments, "
+              f"{done['tail_events']} events after its horizon, {done['seconds']:.2f} s)")
+    return 0
+
+
 def command_unmount(args: argparse.Namespace) -> int:
     root = os.path.realpath(args.mountpoint)
     if not os.path.ismount(root):
@@ -401,6 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
     refresh.add_argument("path")
     refresh.add_argument("--json", action="store_true")
     refresh.set_defaults(handler=command_refresh)
+
+    snap = commands.add_parser("snapshot", help="write a namespace snapshot of the lake now (starting mounts read "
+                                                "it instead of every log segment)")
+    snap.add_argument("path")
+    snap.add_argument("--json", action="store_true")
+    snap.set_defaults(handler=command_snapshot)
 
     check = commands.add_parser("fsck", help="check a lake and/or a cache dir; --repair fixes a cache dir")
     check.add_argument("store_url", nargs="?", help="the lake to check (s3://bucket/prefix, file:///dir)")

@@ -37,12 +37,14 @@ from ckptfs.engine.evictor import Evictor
 from ckptfs.engine.fetcher import Fetcher
 from ckptfs.engine.follower import Follower
 from ckptfs.engine.prefix import MIN_ROUND_BYTES, default_round_bytes
+from ckptfs.engine.snapshots import Snapshots
 from ckptfs.engine.spill import Spill
 from ckptfs.engine.uploader import Uploader
 from ckptfs.errors import ConfigError
 from ckptfs.files import FileSystem
 from ckptfs.fs.operations import Operations
 from ckptfs.lake import Lake, namespace
+from ckptfs.lake.lake import LogView
 from ckptfs.store import ObjectStore, RetryingStore, open_store
 
 log = logging.getLogger(__name__)
@@ -153,9 +155,10 @@ class CacheDir:
         self._lock.close()
 
 
-def rebuild_from_lake(journal: Journal, lake: Lake) -> namespace.Namespace:
-    """Fill an empty journal with the lake's tree and history. Returns the replayed tree."""
-    tree = lake.read_namespace()
+def rebuild_from_lake(journal: Journal, lake: Lake, view: LogView | None = None) -> namespace.Namespace:
+    """Fill an empty journal with the lake's tree and history (`view`: what was read of the lake,
+    read now if not given). Returns the replayed tree."""
+    tree = (view or lake.read_log()).replay()
     # Dedup against everything already in the lake without a HEAD per chunk.
     journal.add_known_chunks(lake.chunk_ids())
     by_manifest: dict[str, int] = {}
@@ -217,13 +220,13 @@ def _inode_for_entry(journal: Journal, path: bytes, entry: namespace.Entry, vers
     return inode
 
 
-def prepare_journal(cache: CacheDir, lake: Lake) -> tuple[str, namespace.Namespace | None]:
-    """Return this cache dir's mount id, and the lake's replayed tree if the cache dir was new and
-    rebuilt from it (None after a repair of an existing one)."""
+def prepare_journal(cache: CacheDir, lake: Lake, view: LogView) -> tuple[str, namespace.Namespace | None]:
+    """Return this cache dir's mount id, and the lake's replayed tree (from `view`) if the cache dir
+    was new and rebuilt from it (None after a repair of an existing one)."""
     journal, staging = cache.journal, cache.staging
     mount_id = journal.get_meta("mount_id")
     if mount_id is None:
-        tree = rebuild_from_lake(journal, lake)
+        tree = rebuild_from_lake(journal, lake, view)
         mount_id = uuid.uuid4().hex[:16]
         journal.set_meta("mount_id", mount_id)
         journal.commit(durable=True)
@@ -277,7 +280,11 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
         lake.store = RetryingStore(lake.store, max_delay=10)
     cache = CacheDir(config.cache_dir, config.cache_size)
     try:
-        mount_id, rebuilt = prepare_journal(cache, lake)
+        started = time.monotonic()
+        view = lake.read_log()  # a snapshot and the segments after it (lake/snapshot.py)
+        log.info("read the lake in %.1f s: %s and %d segments after it", time.monotonic() - started,
+                 view.snapshot_key or "no snapshot", view.segments_read)
+        mount_id, rebuilt = prepare_journal(cache, lake, view)
         fetcher = Fetcher(lake, cache.chunks)
         spill = Spill(cache.journal, cache.staging, fetcher)
         uploader = Uploader(cache.journal, cache.staging, lake, mount_id, round_bytes=config.upload_round_bytes,
@@ -288,15 +295,18 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
                                     durability=config.durability, evictor=evictor, spill=spill))
         ops.follower = ops.control.follower = Follower(lake, mount_id, ops.apply_remote,
                                                        interval=config.refresh_interval)
-        def published(seq: int, raw_events: list[dict]) -> None:
-            ops.files.remote.published(seq, raw_events)
+        ops.snapshots = ops.control.snapshots = Snapshots(lake, ops.files.remote, mount_id, ops.follower.network)
+        ops.follower.on_swept = ops.snapshots.swept
+
+        def published(seq: int, raw_events: list[dict], published_ns: int) -> None:
+            ops.files.remote.published(seq, raw_events, published_ns)
             ops.follower.published(seq)
 
         uploader.publisher.on_published = published
-        if rebuilt is not None:  # what the rebuild read is where following starts
-            ops.files.remote.add(rebuilt.events)
-            ops.files.remote.apply([])  # nothing to reconcile: the journal was built from the same replay
-            ops.follower.cursors = rebuilt.cursors
+        # Following starts where the reading stopped. A new cache dir was built from the same
+        # replay; an existing one is compared with it in full by the catch-up's reconciliation.
+        ops.files.remote.start_from(view.base, view.events, view.cursors, view.horizon_ns, replayed=rebuilt)
+        ops.follower.cursors = dict(view.cursors)
         lake.register_mount(mount_id)
         # nosuid, nodev: set-id bits and device nodes come from a lake other clients write to; they
         # are kept (and shown) but grant nothing on this node.

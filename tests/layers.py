@@ -21,8 +21,10 @@ def files_on(tmp_path, name: str, lake: Lake, *, staging_limit: int | None = Non
     cache = tmp_path / name
     cache.mkdir(exist_ok=True)
     journal = Journal(str(cache / "journal.sqlite"))
+    view = lake.read_log()  # what the daemon reads at start: a snapshot and the segments after it
+    replayed = None
     if journal.get_meta("mount_id") is None:
-        rebuild_from_lake(journal, lake)
+        replayed = rebuild_from_lake(journal, lake, view)
         journal.set_meta("mount_id", name)
     staging = Staging(str(cache / "staging"))
     fetcher = Fetcher(lake, ChunkCache(str(cache / "chunks"), 1 << 30))
@@ -31,4 +33,6 @@ def files_on(tmp_path, name: str, lake: Lake, *, staging_limit: int | None = Non
     evictor = Evictor(journal, staging, staging_limit) if staging_limit else None
     if evictor is not None:
         uploader.on_committed = evictor.committed
-    return FileSystem(journal, staging, uploader, fetcher, mount_id=name, evictor=evictor, spill=spill)
+    files = FileSystem(journal, staging, uploader, fetcher, mount_id=name, evictor=evictor, spill=spill)
+    files.remote.start_from(view.base, view.events, view.cursors, view.horizon_ns, replayed=replayed)
+    return files

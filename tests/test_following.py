@@ -2,6 +2,7 @@
 others publish (engine/follower.py + files/remote.py), conflicts resolve the same way everywhere,
 and nothing a mount is writing is lost. A randomized model drives three mounts at once."""
 
+import json
 import os
 import stat
 from contextlib import asynccontextmanager
@@ -11,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ckptfs.engine.follower import Follower
+from ckptfs.engine.snapshots import Snapshots
 from ckptfs.errors import FsError
 from ckptfs.files import Caller, FileSystem
 from ckptfs.lake import Lake, namespace
@@ -22,8 +24,12 @@ ROOT = 1
 ME = Caller(uid=os.getuid(), gid=os.getgid())
 
 
-def new_lake() -> Lake:
-    lake = Lake(RetryingStore(MemoryStore(), first_delay=0.001, max_delay=0.01))
+def new_lake(**descriptor) -> Lake:
+    """A lake in memory; `descriptor` fields (late_publish_s, max_clock_skew_s) go in its lake.json."""
+    store = MemoryStore()
+    if descriptor:
+        store.put("lake.json", json.dumps({"format": "ckptfs-lake", "version": 3, **descriptor}).encode())
+    lake = Lake(RetryingStore(store, first_delay=0.001, max_delay=0.01))
     lake.open()
     return lake
 
@@ -31,7 +37,7 @@ def new_lake() -> Lake:
 class Node:
     """One mount: its file system layer, its follower, and helpers that act like a user."""
 
-    def __init__(self, files: FileSystem, lake: Lake, name: str) -> None:
+    def __init__(self, files: FileSystem, lake: Lake, name: str, *, snapshot_every: int = 1000) -> None:
         self.files = files
         self.name = name
         lake.register_mount(name)
@@ -42,6 +48,9 @@ class Node:
             files.remote.take_invalidations()
 
         self.follower = Follower(lake, name, apply, interval=0)
+        self.follower.cursors = dict(files.remote.covered)  # where its start-up reading stopped
+        self.snapshots = Snapshots(lake, files.remote, name, self.follower.network, every=snapshot_every)
+        self.follower.on_swept = self.snapshots.swept
 
     def ino(self, path: bytes) -> int:
         ino = ROOT
@@ -102,8 +111,8 @@ class Node:
 
 
 @asynccontextmanager
-async def mounts(tmp_path, lake: Lake, count: int):
-    nodes = [Node(files_on(tmp_path, f"m{index}", lake), lake, f"m{index}") for index in range(count)]
+async def mounts(tmp_path, lake: Lake, count: int, **options):
+    nodes = [Node(files_on(tmp_path, f"m{index}", lake), lake, f"m{index}", **options) for index in range(count)]
     async with trio.open_nursery() as nursery:
         for node in nodes:
             await nursery.start(node.files.uploader.run)
@@ -113,7 +122,8 @@ async def mounts(tmp_path, lake: Lake, count: int):
 
 
 def lake_tree(lake: Lake) -> dict[bytes, tuple[str, object]]:
-    namespace = lake.read_namespace()
+    """The tree every segment of the log replays to (snapshots are not read)."""
+    namespace = lake.read_namespace(use_snapshot=False)
     return {path: (entry.kind, entry.manifest if entry.kind == "file" else entry.target)
             for path, entry in namespace.entries.items() if path}
 
@@ -271,6 +281,55 @@ def test_three_mounts_converge_on_the_lake_s_tree(tmp_path_factory, operations):
                 for path, (kind, _) in expected.items():
                     if kind == "file":
                         assert stat.S_ISREG(node.files.tree.attributes(node.ino(path)).mode)
+
+    trio.run(main)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(operations=OPERATIONS, snapshot_every=st.integers(1, 4))
+def test_mounts_that_snapshot_and_fold_as_they_go_converge_and_a_new_mount_starts_from_a_snapshot(
+        tmp_path_factory, operations, snapshot_every):
+    """The same model with snapshots: the lake places every event no earlier than its publication
+    (late_publish_s 0, no clock skew), so each sweep folds everything before it into the mount's
+    base and writes a snapshot every few segments. Every mount, and one that starts at the end
+    from the newest snapshot, shows the tree of the whole log replayed."""
+    tmp_path = tmp_path_factory.mktemp("snapshots")
+    lake = new_lake(late_publish_s=0, max_clock_skew_s=0)
+
+    async def main():
+        async with mounts(tmp_path, lake, 3, snapshot_every=snapshot_every) as nodes:
+            for step, (index, op, path, other, data, settle_now) in enumerate(operations):
+                node = nodes[index]
+                try:
+                    if op == "write":
+                        await node.write(path, data)
+                    elif op == "unlink":
+                        node.files.tree.unlink(node.parent(path, create=False), path.rpartition(b"/")[2])
+                    elif op == "mkdir":
+                        node.files.tree.mkdir(node.parent(path), path.rpartition(b"/")[2], 0o755, ME)
+                    elif op == "link":
+                        node.files.tree.link(node.ino(path), node.parent(other), other.rpartition(b"/")[2])
+                    else:
+                        node.files.tree.rename(node.parent(path, create=False), path.rpartition(b"/")[2],
+                                               node.parent(other), other.rpartition(b"/")[2])
+                except FsError:
+                    continue
+                if settle_now:
+                    await node.sync()
+                    await nodes[(index + 1) % 3].follower.refresh(sweep=step % 2 == 0)
+            await settle(nodes)
+            for node in nodes:
+                await node.follower.refresh(sweep=True)
+            expected = lake_tree(lake)
+            for node in nodes:
+                assert node.tree() == expected, node.name
+                assert not node.files.remote.events  # all folded: memory holds the tree, not the log
+            if lake.snapshots():
+                fresh = Node(files_on(tmp_path, "fresh", lake), lake, "fresh")
+                assert fresh.files.remote.base.entries.keys() - {b""} or not expected  # read from the snapshot
+                assert fresh.tree() == expected
+                await fresh.follower.refresh(sweep=True)
+                assert fresh.tree() == expected and fresh.files.remote.changed == 0
 
     trio.run(main)
 

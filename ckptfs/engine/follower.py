@@ -6,9 +6,9 @@ it LISTs their log from the segment after the last one read (StartAfter), GETs t
 parallel and hands their validated events to `apply` (files/remote.py); then the cursors move. An
 idle refresh is one LIST. A sweep (at start, on `ckptfs refresh`, and every SWEEP_SECONDS) lists
 `mounts/` and every mount's log instead, so a marker that a skewed clock placed before the
-look-back window is found within minutes. The cursors start where the rebuild of a new cache
-dir stopped reading, or at the beginning: a restarted mount reads the whole log once.
-`refresh()` is also what `ckptfs refresh` and a starting mount wait for.
+look-back window is found within minutes.
+`refresh()` is also what `ckptfs refresh` and a starting mount wait for. The cursors start where
+the starting mount's reading of the lake stopped (its snapshot and the segments after it).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
@@ -47,6 +48,9 @@ class Follower:
         self.last_error: str | None = None
         self._last_sweep: float | None = None  # monotonic time of the last full listing
         self._feed_from = 0  # feed markers after this time (ns, writers' clocks) are still to look at
+        # Told after each sweep, with the wall-clock time it started: every segment published
+        # before then has been applied (engine/snapshots.py folds and snapshots up to there).
+        self.on_swept: Callable[[int], Awaitable[Any]] | None = None
 
     def published(self, seq: int) -> None:
         """This mount published segment `seq` (its events reached the replay directly)."""
@@ -66,31 +70,37 @@ class Follower:
                 self.last_error = str(error)
                 log.warning("following the lake: %s (next try in %.0f s)", error, self.interval)
 
-    async def _mounts_to_read(self, sweep: bool) -> list[str]:
-        """The mounts whose logs may have new segments: all of them on a sweep, else the ones the
-        change feed names since the last look (one LIST)."""
+    async def _mounts_to_read(self, sweep: bool) -> tuple[list[str], int | None]:
+        """The mounts whose logs may have new segments: all of them on a sweep (and the time it
+        started), else the ones the change feed names since the last look (one LIST)."""
         now_ns = time.time_ns()
         if sweep or self._last_sweep is None or time.monotonic() - self._last_sweep > SWEEP_SECONDS:
             found = await trio.to_thread.run_sync(self.lake.mounts, limiter=self.network)
             self.lists += 1
             self._last_sweep = time.monotonic()
             self._feed_from = max(self._feed_from, now_ns - FEED_LOOKBACK_NS)
-            return sorted(set(found) | set(self.cursors) | {self.mount_id})
+            return sorted(set(found) | set(self.cursors) | {self.mount_id}), now_ns
         markers = await trio.to_thread.run_sync(self.lake.feed_after, self._feed_from, limiter=self.network)
         self.lists += 1
         if markers:
             self._feed_from = max(self._feed_from, max(when for when, _, _ in markers) - FEED_LOOKBACK_NS)
-        return sorted({mount for _, mount, seq in markers if seq > self.cursors.get(mount, -1)})
+        return sorted({mount for _, mount, seq in markers if seq > self.cursors.get(mount, -1)}), None
 
-    async def refresh(self, *, sweep: bool = False) -> dict[str, int | float]:
+    async def refresh(self, *, sweep: bool = False) -> dict[str, Any]:
         """Apply what other mounts published. With `sweep` (what `ckptfs refresh` and a starting
         mount ask for), everything published before the call: every mount's log is listed. Without
         it (the periodic refresh), what the change feed shows, with a sweep every few minutes in
         case a writer's clock put its markers before the feed's look-back window."""
+        result = await self._refresh(sweep)
+        if result["swept_at_ns"] is not None and self.on_swept is not None:
+            await self.on_swept(result["swept_at_ns"])
+        return result
+
+    async def _refresh(self, sweep: bool) -> dict[str, Any]:
         async with self._lock:  # a refresh asked for while one runs waits for it and runs anew
             started = time.monotonic()
             cursors = dict(self.cursors)
-            others = await self._mounts_to_read(sweep)
+            others, swept_at = await self._mounts_to_read(sweep)
             new: dict[str, list[tuple[int, str]]] = {}
 
             async def list_one(mount: str) -> None:
@@ -123,4 +133,4 @@ class Follower:
             self.last_refresh_s = time.monotonic() - started
             self.last_error = None
             return {"mounts": len(others), "segments": sum(len(s) for s in new.values()), "events": len(fetched),
-                    "seconds": round(self.last_refresh_s, 3)}
+                    "seconds": round(self.last_refresh_s, 3), "swept_at_ns": swept_at}

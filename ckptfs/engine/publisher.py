@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 
 import trio
@@ -34,7 +35,7 @@ class Publisher:
         # Told of each segment as it leaves the outbox (seq, raw events): the follower's replay has
         # this mount's events in their place from that moment, with no window where they are
         # neither pending here nor known to have been published (files/remote.py).
-        self.on_published: Callable[[int, list[dict]], None] | None = None
+        self.on_published: Callable[[int, list[dict], int], None] | None = None
         self._publish = trio.Event()
 
     def poke(self) -> None:
@@ -70,8 +71,9 @@ class Publisher:
     async def _publish_once(self) -> bool:
         pending = self.journal.get_meta("pending_segment")
         if pending is not None:
-            seq, upto = json.loads(pending)
+            seq, upto, *published = json.loads(pending)
             rows = self.journal.outbox(upto=upto)
+            published_ns = published[0] if published else self._publication_time(rows)
         else:
             rows = []
             for row in self.journal.outbox(limit=SEGMENT_EVENTS):
@@ -83,19 +85,29 @@ class Publisher:
             if not rows:
                 return False
             seq, upto = int(self.journal.get_meta("next_segment") or 0), rows[-1][0]
+            published_ns = self._publication_time(rows)
             # Remember the exact batch first: after a crash the same seq must carry the same events.
-            self.journal.set_meta("pending_segment", json.dumps([seq, upto]))
+            self.journal.set_meta("pending_segment", json.dumps([seq, upto, published_ns]))
             self.journal.commit(durable=True)
         events = [self._complete(record, version) for _, record, version in rows]
-        await trio.to_thread.run_sync(self.lake.append_log, self.mount_id, seq, events, limiter=self.network)
+        await trio.to_thread.run_sync(self.lake.append_log, self.mount_id, seq, events, published_ns,
+                                      limiter=self.network)
         self.journal.drop_outbox(upto)
         if self.on_published is not None:
-            self.on_published(seq, events)
+            self.on_published(seq, events, published_ns)
+        self.journal.set_meta("last_published_ns", str(published_ns))
         self.journal.set_meta("next_segment", str(seq + 1))
         self.journal.delete_meta("pending_segment")
         self.journal.add_counter("events_published", len(events))
         self.journal.commit(durable=True)
         return True
+
+    def _publication_time(self, rows: list) -> int:
+        """The segment's publication time: the wall clock, but after its events and after this
+        mount's previous segment, so that placement (events.placement) keeps the mount's order."""
+        newest_event = max((record["time_ns"] for _, record, _ in rows), default=0)
+        previous = int(self.journal.get_meta("last_published_ns") or 0)
+        return max(time.time_ns(), newest_event, previous + 1)
 
     def _complete(self, record: dict, version_id: int | None) -> dict:
         if version_id is None:

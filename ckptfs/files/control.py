@@ -26,6 +26,7 @@ class Control:
         self.evictor = evictor
         self.no_drain = False  # set through the control interface: unmount leaves uploads queued
         self.follower = None  # engine/follower.py, set by the daemon: its figures join the status
+        self.snapshots = None  # engine/snapshots.py, likewise
 
     def state_of(self, inode: Inode) -> str:
         if not inode.is_file or inode.version is None:
@@ -106,4 +107,7 @@ class Control:
                 "refresh_list_requests": follower.lists, "refresh_get_requests": follower.gets,
                 "remote_events": follower.events_applied,
                 "last_refresh_s": round(follower.last_refresh_s, 3) if follower.last_refresh_s is not None else None,
-                "refresh_error": follower.last_error}
+                "refresh_error": follower.last_error,
+                **({"snapshots_written": self.snapshots.written, "last_snapshot": self.snapshots.last_written,
+                    "events_in_memory": len(self.snapshots.remote.events),
+                    "events_folded": self.snapshots.folded} if self.snapshots is not None else {})}

@@ -37,7 +37,8 @@ class FileSystem:
         self.tree = Tree(journal, staging, self.outbox, self.lifecycle)
         self.handles = Handles(journal, staging, uploader, self.tree, self.lifecycle, durability=durability)
         self.control = Control(journal, staging, uploader, self.lifecycle, mount_id, evictor)
-        self.remote = RemoteChanges(journal, staging, self.tree, self.lifecycle, self.outbox)
+        self.remote = RemoteChanges(journal, staging, self.tree, self.lifecycle, self.outbox,
+                                    late_ns=uploader.lake.late_ns)
         uploader.publisher.on_published = self.remote.published
 
     def commit(self, *, durable: bool = False) -> None:

@@ -17,11 +17,13 @@ What this costs: events that sort after everything replayed so far (the usual ca
 replay in place, and only the paths they touch (with those above and below them, and the paths left
 alone last time because they were held) are compared. An event that sorts earlier (published
 late) makes the next reconciliation a full one: replay everything, compare everything. Nothing is
-done when idle. Memory holds every event read; compacted snapshots are the planned bound.
+done when idle. Memory: a base tree (a snapshot's, lake/snapshot.py) and the events after it; the
+events placed before a horizon that no late event can reach any more are folded into the base.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import stat
 from dataclasses import dataclass, field
@@ -54,32 +56,72 @@ def _kind(inode: Inode) -> str:
 
 
 class RemoteChanges:
-    def __init__(self, journal: Journal, staging: Staging, tree: Tree, lifecycle: Lifecycle, outbox: Outbox) -> None:
+    def __init__(self, journal: Journal, staging: Staging, tree: Tree, lifecycle: Lifecycle, outbox: Outbox,
+                 *, late_ns: int = 0) -> None:
         self.journal = journal
         self.staging = staging
         self.tree = tree
         self.lifecycle = lifecycle
         self.outbox = outbox
-        self.events: list[Event] = []  # every published event known here, in replay order
-        self._replay: Namespace | None = None  # their replay (None: to be done from scratch)
+        self.late_ns = late_ns  # the lake's lateness bound, for this mount's own events (events.placement)
+        self.base = Namespace()  # the replay of the events folded in (a snapshot's, then compacted here)
+        self.covered: dict[str, int] = {}  # mount -> seq: its segments up to seq are in `base` or `events`
+        self.segments: set[tuple[str, int]] = set()  # (mount, seq) known beyond `covered` (out of order)
+        self.events: list[Event] = []  # the published events known here after `base`, in replay order
+        self.horizon_ns: int | None = None  # every event placed before it is folded into `base`
+        self._replay: Namespace | None = None  # base + events replayed (None: to be done from scratch)
         self._scope: set[bytes] | None = None  # paths changed since the last reconciliation (None: all)
         self._deferred: set[bytes] = set()  # paths left alone last time because this mount held them
-        self.segments: set[tuple[str, int]] = set()  # (mount, seq) of the segments they came in
         self.pending = Invalidations()
         self.changed = 0  # entries created, replaced, updated or removed by reconciling
         self._unreconciled = False
+
+    def start_from(self, base: Namespace, tail: list[Event], covered: dict[str, int], horizon_ns: int | None,
+                   *, replayed: Namespace | None = None) -> None:
+        """Start from what was read of the lake (Lake.read_log): a snapshot's tree, the events after
+        it, and the segments they cover. `replayed`: their replay, if the journal's tree was just
+        built from it (nothing to reconcile); otherwise the next reconciliation compares everything."""
+        self.base, self.covered, self.segments, self.horizon_ns = base, dict(covered), set(), horizon_ns
+        self.events = sorted(tail, key=lambda change: change.order)
+        for change in self.events:
+            self.outbox.observe(max(change.time_ns, change.placed_ns))
+        self._replay, self._scope, self._unreconciled = replayed, (set() if replayed else None), replayed is None
+
+    def known(self, mount: str, seq: int) -> bool:
+        return seq <= self.covered.get(mount, -1) or (mount, seq) in self.segments
+
+    def _cover(self, mount: str, seq: int) -> None:
+        self.segments.add((mount, seq))
+        while (mount, self.covered.get(mount, -1) + 1) in self.segments:
+            self.covered[mount] = self.covered.get(mount, -1) + 1
+            self.segments.discard((mount, self.covered[mount]))
+
+    def compact(self, horizon_ns: int) -> int:
+        """Fold the events placed before `horizon_ns` into the base and forget them (the caller
+        knows that no event placed before it can still arrive: lake/snapshot.py). Returns how many."""
+        count = bisect.bisect_left(self.events, horizon_ns, key=lambda change: change.placed_ns)
+        for change in self.events[:count]:
+            self.base.apply(change)
+        del self.events[:count]
+        self.horizon_ns = max(self.horizon_ns or 0, horizon_ns)
+        return count
 
     def add(self, changes: list[Event]) -> None:
         """Events of whole segments (read from the lake, or this mount's own as it publishes them);
         a segment known already is not added twice. Events that all sort after the last one
         replayed extend the replay in place; an earlier one (published late) means a full replay."""
-        fresh = sorted((change for change in changes if (change.mount, change.seq) not in self.segments),
+        fresh = sorted((change for change in changes if not self.known(change.mount, change.seq)),
                        key=lambda change: change.order)
         if not fresh:
             return
-        self.segments.update((change.mount, change.seq) for change in fresh)
+        for mount, seq in {(change.mount, change.seq) for change in fresh}:
+            self._cover(mount, seq)
         for change in fresh:
-            self.outbox.observe(change.time_ns)
+            self.outbox.observe(max(change.time_ns, change.placed_ns))
+        if self.horizon_ns is not None and fresh[0].placed_ns < self.horizon_ns:
+            log.warning("an event of %s segment %d is placed before the horizon %d already folded; applied "
+                        "after it (a clock skewed beyond the lake's max_clock_skew_s?)", fresh[0].mount,
+                        fresh[0].seq, self.horizon_ns)
         in_order = self._replay is not None and (not self.events or fresh[0].order > self.events[-1].order)
         self.events.extend(fresh)
         self._unreconciled = True
@@ -97,10 +139,11 @@ class RemoteChanges:
                         entry = self._replay.entries.get(path)
                         self._scope.update(entry.names if entry is not None else ())  # hard links
 
-    def published(self, seq: int, raw_events: list[dict]) -> None:
+    def published(self, seq: int, raw_events: list[dict], published_ns: int | None = None) -> None:
         """This mount's segment `seq` has just left its outbox."""
         mount = self.outbox.mount_id
-        self.add([events.parse(raw, mount=mount, seq=seq, position=position, where=f"own segment {seq}")
+        self.add([events.parse(raw, mount=mount, seq=seq, position=position, where=f"own segment {seq}",
+                               published_ns=published_ns, late_ns=self.late_ns)
                   for position, raw in enumerate(raw_events)])
 
     def take_invalidations(self) -> Invalidations:
@@ -117,7 +160,7 @@ class RemoteChanges:
             return 0
         self._unreconciled = False
         if self._replay is None:
-            self._replay = Namespace()
+            self._replay = self.base.copy()
             for change in self.events:
                 self._replay.apply(change)
         scope, self._scope = self._scope, set()

@@ -21,6 +21,7 @@ import trio
 
 from ckptfs.cache.journal import ROOT_INODE
 from ckptfs.engine.follower import Follower
+from ckptfs.engine.snapshots import Snapshots
 from ckptfs.errors import CkptfsError, FsError
 from ckptfs.files import FileSystem, history
 from ckptfs.files.attributes import AttributeChanges, Attributes
@@ -32,6 +33,7 @@ XATTR_STATUS = b"user.ckptfs.status"
 XATTR_BARRIER = b"user.ckptfs.barrier"
 XATTR_NO_DRAIN = b"user.ckptfs.no_drain"
 XATTR_REFRESH = b"user.ckptfs.refresh"
+XATTR_SNAPSHOT = b"user.ckptfs.snapshot"
 ATTR_TIMEOUT = 1.0
 BLOCK_SIZE = 1 << 20
 
@@ -100,6 +102,7 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.files = files
         self.follower: Follower | None = None  # set by the daemon: reads what other mounts publish
+        self.snapshots: Snapshots | None = None  # set by the daemon: writes namespace snapshots
         self.kernel_caches = False  # set once the kernel can have cached something (after the catch-up)
         self.tree = self.files.tree
         self.handles = self.files.handles
@@ -250,6 +253,9 @@ class Operations(pyfuse3.Operations):
             return json.dumps(self.control.barrier(node)).encode()
         if name == XATTR_REFRESH and inode == ROOT_INODE and self.follower is not None:
             return json.dumps(await self.follower.refresh(sweep=True)).encode()
+        if name == XATTR_SNAPSHOT and inode == ROOT_INODE and self.follower is not None and self.snapshots:
+            swept = await self.follower.refresh(sweep=True)
+            return json.dumps(await self.snapshots.swept(swept["swept_at_ns"], force=True)).encode()
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any = None) -> None:

@@ -28,10 +28,10 @@ HISTORY_NAME = b".versions"
 # File types besides regular files, directories and symlinks, created with mknod(2).
 SPECIAL_KINDS = ("fifo", "socket", "char", "block")
 OPS = {"put", "unlink", "mkdir", "rmdir", "symlink", "rename", "attr", "mknod", "link"}
-_MANIFEST_ID = re.compile(r"[0-9a-f]{32}\Z")
-_TIME_LIMIT = 1 << 63  # nanoseconds since the epoch in a signed 64-bit integer: years 1678-2262
-_ID_LIMIT = 1 << 32
-_NODE_MAX = 64
+MANIFEST_ID = re.compile(r"[0-9a-f]{32}\Z")
+TIME_LIMIT = 1 << 63  # nanoseconds since the epoch in a signed 64-bit integer: years 1678-2262
+ID_LIMIT = 1 << 32
+NODE_MAX = 64
 
 
 class InvalidEvent(CorruptObjectError):
@@ -58,11 +58,24 @@ class Event:
     kind: str | None = None  # mknod: one of SPECIAL_KINDS
     rdev: int = 0  # mknod of a device
     node: str | None = None  # identity of the file's inode, shared by its hard links
+    published_ns: int | None = None  # when its segment was published (None: the segment does not say)
+    placed_ns: int = -1  # where it sorts: its time, or later if it was published late (`placement`)
 
     @property
     def order(self) -> tuple[int, str, int, int]:
         """The replay order of all mounts' events (docs/FORMAT.md)."""
-        return (self.time_ns, self.mount, self.seq, self.position)
+        return (self.placed_ns, self.mount, self.seq, self.position)
+
+
+def placement(time_ns: int, published_ns: int | None, late_ns: int) -> int:
+    """Where an event sorts: at its time, unless its segment reached the lake more than `late_ns`
+    after it (an outage or a crash kept it in an outbox); then at `late_ns` before the segment's
+    publication. So no event sorts before (publication - late_ns): a snapshot of everything placed
+    before a horizon stays complete once every segment published before horizon + late_ns (+ the
+    clocks' skew) is read (lake/snapshot.py)."""
+    if published_ns is None:
+        return time_ns
+    return max(time_ns, published_ns - late_ns)
 
 
 def path_problem(path: bytes) -> str | None:
@@ -96,7 +109,7 @@ def record(op: str, path: bytes, time_ns: int, **fields: Any) -> dict[str, Any]:
     return raw
 
 
-def _integer(raw: dict[str, Any], name: str, low: int, high: int, *, required: bool = False) -> int | None:
+def integer_field(raw: dict[str, Any], name: str, low: int, high: int, *, required: bool = False) -> int | None:
     value = raw.get(name)
     if value is None:
         if required:
@@ -107,7 +120,7 @@ def _integer(raw: dict[str, Any], name: str, low: int, high: int, *, required: b
     return value
 
 
-def _path(raw: dict[str, Any], name: str) -> bytes:
+def path_field(raw: dict[str, Any], name: str) -> bytes:
     text = raw.get(name)
     if not isinstance(text, str):
         raise ValueError(f"missing {name}")
@@ -118,33 +131,33 @@ def _path(raw: dict[str, Any], name: str) -> bytes:
     return value
 
 
-def _parse(raw: Any, mount: str, seq: int, position: int) -> Event:
+def _parse(raw: Any, mount: str, seq: int, position: int, published_ns: int | None, late_ns: int) -> Event:
     if not isinstance(raw, dict):
         raise ValueError("not an object")
     op = raw.get("op")
     if op not in OPS:
         raise ValueError(f"unknown op {op!r:.40}")
     fields: dict[str, Any] = {
-        "op": op, "path": _path(raw, "path"), "mount": mount, "seq": seq, "position": position,
-        "time_ns": _integer(raw, "time_ns", 0, _TIME_LIMIT, required=True),
-        "mtime_ns": _integer(raw, "mtime_ns", -_TIME_LIMIT, _TIME_LIMIT),
-        "atime_ns": _integer(raw, "atime_ns", -_TIME_LIMIT, _TIME_LIMIT),
-        "uid": _integer(raw, "uid", 0, _ID_LIMIT), "gid": _integer(raw, "gid", 0, _ID_LIMIT),
-        "mode": _integer(raw, "mode", 0, 0o10000, required=op in ("put", "mknod")),
+        "op": op, "path": path_field(raw, "path"), "mount": mount, "seq": seq, "position": position,
+        "time_ns": integer_field(raw, "time_ns", 0, TIME_LIMIT, required=True),
+        "mtime_ns": integer_field(raw, "mtime_ns", -TIME_LIMIT, TIME_LIMIT),
+        "atime_ns": integer_field(raw, "atime_ns", -TIME_LIMIT, TIME_LIMIT),
+        "uid": integer_field(raw, "uid", 0, ID_LIMIT), "gid": integer_field(raw, "gid", 0, ID_LIMIT),
+        "mode": integer_field(raw, "mode", 0, 0o10000, required=op in ("put", "mknod")),
     }
     node = raw.get("node")
     if node is not None:
-        if not isinstance(node, str) or not 0 < len(node) <= _NODE_MAX:
+        if not isinstance(node, str) or not 0 < len(node) <= NODE_MAX:
             raise ValueError("bad node id")
         fields["node"] = node
     if op == "put":
         manifest = raw.get("manifest")
-        if not isinstance(manifest, str) or not _MANIFEST_ID.match(manifest):
+        if not isinstance(manifest, str) or not MANIFEST_ID.match(manifest):
             raise ValueError("bad manifest id")
         fields["manifest"] = manifest
-        fields["size"] = _integer(raw, "size", 0, MAX_FILE_SIZE + 1, required=True)
+        fields["size"] = integer_field(raw, "size", 0, MAX_FILE_SIZE + 1, required=True)
     elif op in ("rename", "link"):
-        fields["dst"] = _path(raw, "dst")
+        fields["dst"] = path_field(raw, "dst")
     elif op == "symlink":
         target = raw.get("target")
         if not isinstance(target, str):
@@ -156,16 +169,19 @@ def _parse(raw: Any, mount: str, seq: int, position: int) -> Event:
         if raw.get("kind") not in SPECIAL_KINDS:
             raise ValueError(f"unknown kind {raw.get('kind')!r:.40}")
         fields["kind"] = raw["kind"]
-        fields["rdev"] = _integer(raw, "rdev", 0, 1 << 64) or 0
+        fields["rdev"] = integer_field(raw, "rdev", 0, 1 << 64) or 0
     elif op == "attr" and all(fields[name] is None for name in ("mode", "mtime_ns", "atime_ns", "uid", "gid")):
         raise ValueError("attr changes nothing")
-    return Event(**fields)
+    return Event(**fields, published_ns=published_ns, placed_ns=placement(fields["time_ns"], published_ns, late_ns))
 
 
-def parse(raw: Any, *, mount: str = "", seq: int = 0, position: int = 0, where: str = "event") -> Event:
-    """A validated Event from a raw one; InvalidEvent naming `where`, the op and the path otherwise."""
+def parse(raw: Any, *, mount: str = "", seq: int = 0, position: int = 0, where: str = "event",
+          published_ns: int | None = None, late_ns: int = 0) -> Event:
+    """A validated Event from a raw one; InvalidEvent naming `where`, the op and the path otherwise.
+    `published_ns` is its segment's publication time (None in segments that do not record it),
+    `late_ns` the lake's lateness bound (`placement`)."""
     try:
-        return _parse(raw, mount, seq, position)
+        return _parse(raw, mount, seq, position, published_ns, late_ns)
     except ValueError as error:
         op = raw.get("op") if isinstance(raw, dict) else None
         path = raw.get("path") if isinstance(raw, dict) else None

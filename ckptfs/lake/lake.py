@@ -9,32 +9,61 @@ Keys (docs/FORMAT.md):
                                      find every log with one LIST of mounts/
     feed/<16 hex time>-<mount>-<16 hex seq>   an empty marker per published segment, keyed by the
                                      writer's clock: running mounts find new segments with one LIST
+    snapshots/<16 hex horizon>-<mount>-<16 hex segments>   the replayed namespace up to a horizon
+                                     (snapshot.py): a starting mount reads it and what follows
 No key is ever derived from a user-supplied name.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from ckptfs.errors import CorruptObjectError
-from ckptfs.lake import chunker, codec, events, manifest, namespace
+from ckptfs.lake import chunker, codec, events, manifest, namespace, snapshot
 from ckptfs.store import ObjectNotFound, ObjectStore, PreconditionFailed
 
 log = logging.getLogger(__name__)
 DESCRIPTOR_KEY = "lake.json"
 FORMAT_NAME = "ckptfs-lake"
-FORMAT_VERSION = 2  # 2: namespace events with owners, times, special files and hard links
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # 2: events with owners, times, special files, hard links; 3: placement, snapshots
+READABLE_VERSIONS = (1, 2, 3)
+# How late a segment may reach the lake and its events keep their time in the replay order, and the
+# clock skew between mounts that snapshots allow for (events.placement, lake/snapshot.py). Lake-wide:
+# every mount must place events alike, so they live in the descriptor; these are the defaults.
+LATE_PUBLISH_S = 600
+MAX_CLOCK_SKEW_S = 300
+
+
+@dataclass
+class LogView:
+    """What a mount reads to start: a snapshot's tree (or an empty one) and the events after it."""
+    base: namespace.Namespace
+    events: list[events.Event]  # after the base, in replay order
+    cursors: dict[str, int]  # mount -> highest seq read (every lower one read too, or in the snapshot)
+    horizon_ns: int | None = None
+    snapshot_key: str | None = None
+    segments_read: int = 0
+
+    def replay(self) -> namespace.Namespace:
+        tree = self.base.copy()
+        for change in self.events:
+            tree.apply(change)
+        tree.events, tree.cursors = self.events, self.cursors
+        return tree
 
 
 class Lake:
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
         self.chunking_profile = chunker.PROFILE  # the lake's own, once open() has read its descriptor
+        self.late_ns = LATE_PUBLISH_S * 10**9
+        self.skew_ns = MAX_CLOCK_SKEW_S * 10**9
 
     # -- descriptor ---------------------------------------------------------------------------
     def open(self, *, create: bool = True) -> dict[str, Any]:
@@ -66,6 +95,13 @@ class Lake:
             raise CorruptObjectError(f"{self.store.url} is chunked with profile {profile!r}; this ckptfs "
                                      f"knows profiles {', '.join(map(str, chunker.PROFILES))}")
         self.chunking_profile = profile
+        for name, default in (("late_publish_s", LATE_PUBLISH_S), ("max_clock_skew_s", MAX_CLOCK_SKEW_S)):
+            value = descriptor.get(name, default)
+            if type(value) is not int or not 0 <= value <= 7 * 24 * 3600:
+                raise CorruptObjectError(f"{self.store.url}{DESCRIPTOR_KEY}: {name} {value!r:.40} is not a "
+                                         "number of seconds up to a week")
+        self.late_ns = descriptor.get("late_publish_s", LATE_PUBLISH_S) * 10**9
+        self.skew_ns = descriptor.get("max_clock_skew_s", MAX_CLOCK_SKEW_S) * 10**9
         if create and version < FORMAT_VERSION:
             # A mount writes events of the current format: older readers must refuse the lake with
             # a clear message rather than skip those events. The upgraded descriptor is the same
@@ -124,10 +160,10 @@ class Lake:
         return manifest.decode(blob, f"manifest {identifier}")
 
     # -- namespace log ------------------------------------------------------------------------
-    def append_log(self, mount: str, seq: int, events: list[dict[str, Any]]) -> None:
+    def append_log(self, mount: str, seq: int, events: list[dict[str, Any]], published_ns: int | None = None) -> None:
         key = namespace.segment_key(mount, seq)
         try:
-            self.store.put(key, namespace.encode_segment(mount, seq, events), if_absent=True)
+            self.store.put(key, namespace.encode_segment(mount, seq, events, published_ns), if_absent=True)
         except PreconditionFailed:
             # A retried PUT whose first attempt landed: fine if it holds what we meant to write.
             existing = namespace.decode_segment(self.store.get(key), key)
@@ -145,6 +181,15 @@ class Lake:
             if parsed is not None:
                 found.append(parsed)
         return found
+
+    def prune_feed(self, before_ns: int) -> int:
+        """Delete the feed markers written before `before_ns` (by their writers' clocks): followers
+        look back minutes, and a starting mount reads the logs themselves. Returns how many."""
+        old = [key for key in self.store.list("feed/")
+               if (parsed := namespace.parse_feed_key(key)) is not None and parsed[0] < before_ns]
+        for key in old:
+            self.store.delete(key)
+        return len(old)
 
     def segments(self, mount: str | None = None, after: int = -1) -> Iterator[tuple[str, int, str]]:
         """(mount, seq, key) of the log segments, of every mount or of one after seq `after` (one
@@ -175,37 +220,86 @@ class Lake:
                 on_damaged(key, error)
 
         try:
-            raw_events = namespace.decode_segment(self.store.get(key), key)
+            raw_events, published_ns = namespace.decode_segment_envelope(self.store.get(key), key)
         except (CorruptObjectError, ObjectNotFound) as error:
             damaged(error)
             return []
+        return self.parse_segment(mount, seq, key, raw_events, published_ns, damaged)
+
+    def parse_segment(self, mount: str, seq: int, key: str, raw_events: list[Any], published_ns: int | None,
+                      damaged: Callable[[Exception], None]) -> list[events.Event]:
+        """The valid events of a segment's raw events, placed by the lake's rule (events.placement)."""
         valid = []
         for position, raw in enumerate(raw_events):
             try:
                 valid.append(events.parse(raw, mount=mount, seq=seq, position=position,
-                                          where=f"{key} event {position}"))
+                                          where=f"{key} event {position}", published_ns=published_ns,
+                                          late_ns=self.late_ns))
             except events.InvalidEvent as error:
                 damaged(error)
         return valid
 
-    def read_events(self, on_damaged: Callable[[str, Exception], None] | None = None,
-                    cursors: dict[str, int] | None = None) -> list[events.Event]:
-        """All published events of all mounts, validated, in replay order (`Event.order`).
-        `cursors`, if given, receives the last seq read of each mount."""
-        ordered = []
-        for mount, seq, key in self.segments():
-            ordered.extend(self.read_segment(mount, seq, key, on_damaged))
-            if cursors is not None:
-                cursors[mount] = max(cursors.get(mount, -1), seq)
-        ordered.sort(key=lambda change: change.order)
-        return ordered
+    def read_log(self, on_damaged: Callable[[str, Exception], None] | None = None, *, use_snapshot: bool = True,
+                 threads: int = 16) -> LogView:
+        """What a starting mount reads: the newest snapshot that reads well (lake/snapshot.py), then
+        every segment after its cursors, GETs in parallel. Without a snapshot (or `use_snapshot`
+        False: fsck), every segment of `log/`."""
+        view = LogView(namespace.Namespace(), [], {})
+        snap = self.newest_snapshot() if use_snapshot else None
+        if snap is not None:
+            view.snapshot_key, found = snap
+            view.base, view.events, view.cursors = found.tree, list(found.tail), dict(found.cursors)
+            view.horizon_ns = found.horizon_ns
+            mounts = sorted(set(self.mounts()) | set(found.cursors))
+            with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+                listed = pool.map(lambda mount: list(self.segments(mount, found.cursors.get(mount, -1))), mounts)
+                keys = [segment for segments in listed for segment in segments]
+        else:
+            keys = list(self.segments())
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            for (mount, seq, _), read in zip(keys, pool.map(lambda item: self.read_segment(*item, on_damaged), keys)):
+                view.events.extend(read)
+                view.cursors[mount] = max(view.cursors.get(mount, -1), seq)
+        view.segments_read = len(keys)
+        view.events.sort(key=lambda change: change.order)
+        return view
 
-    def read_namespace(self, on_damaged: Callable[[str, Exception], None] | None = None) -> namespace.Namespace:
-        tree = namespace.Namespace()
-        tree.events = self.read_events(on_damaged, tree.cursors)
-        for change in tree.events:
-            tree.apply(change)
-        return tree
+    def read_namespace(self, on_damaged: Callable[[str, Exception], None] | None = None, *,
+                       use_snapshot: bool = True) -> namespace.Namespace:
+        """The lake's tree and history (`read_log` replayed)."""
+        return self.read_log(on_damaged, use_snapshot=use_snapshot).replay()
+
+    # -- snapshots ----------------------------------------------------------------------------
+    def snapshots(self) -> list[tuple[int, str, int, str]]:
+        """(horizon, writer, segments covered, key) of the snapshots in the lake, newest last."""
+        found = []
+        for key in self.store.list(snapshot.PREFIX):
+            parsed = snapshot.parse_key(key)
+            if parsed is not None:
+                found.append((*parsed, key))
+        return sorted(found, key=lambda item: (item[0], item[2], item[3]))
+
+    def read_snapshot(self, key: str) -> snapshot.Snapshot:
+        try:
+            blob = self.store.get(key)
+        except ObjectNotFound:
+            raise CorruptObjectError(f"{key} is gone (replaced by a newer snapshot?)") from None
+        return snapshot.decode(blob, key, self.late_ns)
+
+    def newest_snapshot(self, tries: int = 3) -> tuple[str, snapshot.Snapshot] | None:
+        """The newest snapshot that reads well; one that does not is reported and the one before
+        it tried, and after `tries` the whole log is read instead (None)."""
+        for _, _, _, key in reversed(self.snapshots()[-tries:]):
+            try:
+                return key, self.read_snapshot(key)
+            except CorruptObjectError as error:
+                log.error("skipping namespace snapshot: %s", error)
+        return None
+
+    def put_snapshot(self, value: snapshot.Snapshot, mount: str) -> str:
+        key = snapshot.key(value.horizon_ns, mount, value.segments)
+        self.store.put(key, snapshot.encode(value))
+        return key
 
     # -- mounts -------------------------------------------------------------------------------
     def register_mount(self, mount: str) -> None:

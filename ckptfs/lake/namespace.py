@@ -12,6 +12,7 @@ below takes only validated events.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -60,13 +61,20 @@ def parse_segment_key(key: str) -> tuple[str, int] | None:
         return None
 
 
-def encode_segment(mount: str, seq: int, events: list[dict[str, Any]]) -> bytes:
-    return json.dumps({"format": FORMAT, "mount": mount, "seq": seq, "events": events},
-                      separators=(",", ":")).encode()
+def encode_segment(mount: str, seq: int, events: list[dict[str, Any]], published_ns: int | None = None) -> bytes:
+    document: dict[str, Any] = {"format": FORMAT, "mount": mount, "seq": seq, "events": events}
+    if published_ns is not None:
+        document["published_ns"] = published_ns
+    return json.dumps(document, separators=(",", ":")).encode()
 
 
 def decode_segment(blob: bytes, key: str) -> list[Any]:
     """The raw events of a segment (each still to be validated with events.parse)."""
+    return decode_segment_envelope(blob, key)[0]
+
+
+def decode_segment_envelope(blob: bytes, key: str) -> tuple[list[Any], int | None]:
+    """The raw events of a segment and the time it was published (None if it does not say)."""
     try:
         document = json.loads(blob)
         if not isinstance(document, dict):
@@ -76,7 +84,10 @@ def decode_segment(blob: bytes, key: str) -> list[Any]:
         events = document["events"]
         if not isinstance(events, list):
             raise CorruptObjectError(f"{key}: malformed log segment (events is not a list)")
-        return events
+        published_ns = document.get("published_ns")
+        if published_ns is not None and (type(published_ns) is not int or not 0 <= published_ns < 1 << 63):
+            raise CorruptObjectError(f"{key}: malformed log segment (published_ns {published_ns!r:.40})")
+        return events, published_ns
     except (ValueError, KeyError, TypeError) as error:
         raise CorruptObjectError(f"{key}: malformed log segment ({error})") from None
 
@@ -120,6 +131,18 @@ class Namespace:
     nodes: dict[str, Entry] = field(default_factory=dict)  # node id -> its entry, while it has a name
     cursors: dict[str, int] = field(default_factory=dict)  # mount -> last seq read (Lake.read_namespace)
     events: list[Event] = field(default_factory=list)  # what was replayed, in order (Lake.read_namespace)
+
+    def copy(self) -> Namespace:
+        """An independent copy of the tree and the history (not of `events` and `cursors`)."""
+        twins: dict[int, Entry] = {}
+        entries = {}
+        for path, entry in self.entries.items():
+            twin = twins.get(id(entry))
+            if twin is None:
+                twin = twins[id(entry)] = dataclasses.replace(entry, names=set(entry.names))
+            entries[path] = twin
+        return Namespace(entries=entries, history={path: list(states) for path, states in self.history.items()},
+                         nodes={node: twins[id(entry)] for node, entry in self.nodes.items() if id(entry) in twins})
 
     # -- building blocks -----------------------------------------------------------------------
     def _bind(self, path: bytes, entry: Entry) -> None:
