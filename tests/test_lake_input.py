@@ -133,3 +133,12 @@ def test_a_lake_of_format_1_is_read_and_upgraded(mounter, tmp_path):
     assert os.stat(reader.path("run", "a")).st_uid == os.getuid()  # format 1 kept no owner
     assert json.loads((lake / "lake.json").read_bytes())["version"] == 3
     reader.assert_clean_log()
+
+
+def test_a_rename_over_its_own_ancestor_is_skipped_not_a_crash():
+    """rename("d/y", "d") is refused by rename(2); a lake that holds one anyway is still replayed."""
+    tree = namespace.Namespace()
+    for raw in [events.record("mkdir", b"d", 1), events.record("mknod", b"d/y", 2, kind="fifo", mode=0o600),
+                events.record("rename", b"d/y", 3, dst=b"d")]:
+        tree.apply(events.parse(raw))
+    assert set(tree.entries) == {b"", b"d", b"d/y"}

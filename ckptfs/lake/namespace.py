@@ -264,8 +264,8 @@ class Namespace:
     def _rename(self, source: bytes, destination: bytes, time_ns: int) -> None:
         if source not in self.entries or source == destination:
             return
-        if destination.startswith(source + b"/"):
-            return  # into itself: no mount publishes this
+        if destination.startswith(source + b"/") or source.startswith(destination + b"/"):
+            return  # into itself or over its own ancestor: rename(2) refuses both, no mount publishes them
         if self.entries.get(destination) is self.entries[source]:
             return  # two names of one inode: rename(2) does nothing
         moved = [source] + self.descendants(source)

@@ -77,11 +77,11 @@ def unparse(change: Event) -> dict[str, Any]:
 
 def encode(snapshot: Snapshot) -> bytes:
     tree = snapshot.tree
-    entries, seen = [], set()
+    entries, index = [], {}
     for path, entry in tree.entries.items():
-        if not path or id(entry) in seen:
+        if not path or id(entry) in index:
             continue  # the root is the same in every lake
-        seen.add(id(entry))
+        index[id(entry)] = len(entries)
         entries.append([entry.kind, entry.mode, entry.mtime_ns, entry.size, entry.manifest,
                         None if entry.target is None else encode_path(entry.target), entry.uid, entry.gid,
                         entry.atime_ns, entry.ctime_ns, entry.rdev, entry.node,
@@ -93,8 +93,11 @@ def encode(snapshot: Snapshot) -> bytes:
     for change in snapshot.tail:
         tail.setdefault((change.mount, change.seq), [change.mount, change.seq, change.published_ns, []])[3].append(
             [change.position, unparse(change)])
+    # Which entry each inode identity names is part of the state (the lake may hold two entries with
+    # one node id, and then the replay's choice decides where the next `put` of it goes).
+    nodes = [[node, index[id(entry)]] for node, entry in tree.nodes.items() if id(entry) in index]
     document = {"format": FORMAT, "horizon_ns": snapshot.horizon_ns, "cursors": snapshot.cursors,
-                "entries": entries, "history": history, "tail": list(tail.values())}
+                "entries": entries, "nodes": nodes, "history": history, "tail": list(tail.values())}
     return lz4.frame.compress(json.dumps(document, separators=(",", ":")).encode())
 
 
@@ -114,7 +117,7 @@ def decode(blob: bytes, name: str, late_ns: int) -> Snapshot:
         horizon = _integer(document.get("horizon_ns"), "horizon_ns", 0, events.TIME_LIMIT)
         cursors = _cursors(document.get("cursors"))
         tree = Namespace()
-        _entries(tree, document.get("entries"))
+        _entries(tree, document.get("entries"), document.get("nodes"))
         _history(tree, document.get("history"))
         tail = sorted(_tail(document.get("tail"), cursors, late_ns, name), key=lambda change: change.order)
     except (ValueError, TypeError, RuntimeError, events.InvalidEvent) as error:
@@ -167,10 +170,11 @@ def _cursors(value: Any) -> dict[str, int]:
     return dict(value)
 
 
-def _entries(tree: Namespace, rows: Any) -> None:
-    if not isinstance(rows, list):
-        raise ValueError("entries is not a list")
+def _entries(tree: Namespace, rows: Any, nodes: Any) -> None:
+    if not isinstance(rows, list) or not isinstance(nodes, list):
+        raise ValueError("entries or nodes is not a list")
     limit = events.TIME_LIMIT
+    made = []
     for row in rows:
         if not isinstance(row, list) or len(row) != 13:
             raise ValueError("malformed entry")
@@ -193,6 +197,14 @@ def _entries(tree: Namespace, rows: Any) -> None:
             if path in tree.entries:
                 raise ValueError(f"{text!r:.80} named twice")
             tree._bind(path, entry)
+        made.append(entry)
+    tree.nodes = {}
+    for item in nodes:
+        if not isinstance(item, list) or len(item) != 2 or type(item[1]) is not int or not 0 <= item[1] < len(made):
+            raise ValueError("malformed node index")
+        if made[item[1]].node != item[0] or item[0] in tree.nodes:
+            raise ValueError(f"node {item[0]!r:.40} indexed wrongly")
+        tree.nodes[item[0]] = made[item[1]]
     for path in tree.entries:
         parent = path.rpartition(b"/")[0]
         if path and tree.entries.get(parent, Entry("file", 0, 0)).kind != "dir":
