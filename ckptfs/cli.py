@@ -83,7 +83,7 @@ def command_mount(args: argparse.Namespace) -> int:
                                 s3_timeout=args.s3_timeout, metrics_address=args.metrics_address,
                                 durability=args.durability, allow_other=args.allow_other,
                                 drain=not args.no_drain, upload_round_bytes=args.upload_while_writing,
-                                refresh_interval=args.refresh)
+                                refresh_interval=args.refresh, snapshot_segments=args.snapshot_every)
     config.resolve()
     daemon.check_mountpoint(config.mountpoint)
     daemon.check_cache_dir(config.cache_dir)
@@ -226,7 +226,12 @@ def command_refresh(args: argparse.Namespace) -> int:
 def command_snapshot(args: argparse.Namespace) -> int:
     """Write a namespace snapshot of the lake now (mounts also write them on their own as the log
     grows), so that mounts starting after it read it and the segments after it."""
-    done = read_xattr(mount_root(args.path), "user.ckptfs.snapshot")
+    root = mount_root(args.path)
+    try:
+        os.setxattr(root, "user.ckptfs.snapshot", b"1")
+    except OSError as error:
+        raise CkptfsError(f"{root} is not on a running ckptfs mount ({error.strerror})") from None
+    done = read_xattr(root, "user.ckptfs.snapshot")
     if args.json:
         print(json.dumps(done, indent=2))
     else:
@@ -347,11 +352,12 @@ def fsck_lake(args: argparse.Namespace, output: dict) -> int:
     report = check_lake(Lake(RetryingStore(store, give_up_after=60)), verify_data=args.verify_data)
     output["lake"] = {"segments": report.segments, "versions": report.versions, "manifests": report.manifests,
                       "chunks": report.chunks, "chunk_bytes": report.chunk_bytes, "live_files": report.live_files,
+                      "snapshots": report.snapshots,
                       "problems": [vars(p) for p in report.problems]}
     if not args.json:
         print(f"lake {store.url}: {report.live_files} files, {report.versions} versions, {report.manifests} "
-              f"manifests, {report.chunks} chunks ({human(report.chunk_bytes)}), {report.segments} log segments"
-              + ("; chunk data verified" if args.verify_data else ""))
+              f"manifests, {report.chunks} chunks ({human(report.chunk_bytes)}), {report.segments} log segments, "
+              f"{report.snapshots} snapshots" + ("; chunk data verified" if args.verify_data else ""))
         for problem in report.problems:
             print(f"{problem.kind}: {problem.key}: {problem.detail}")
         print("ok" if report.ok else f"{len(report.problems)} problem(s)")
@@ -381,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--refresh", type=float, default=5.0, metavar="SECONDS",
                        help="apply what other mounts publish every this many seconds (default 5; 0: only at "
                             "start and on `ckptfs refresh`)")
+    mount.add_argument("--snapshot-every", type=int, default=500, metavar="SEGMENTS",
+                       help="write a namespace snapshot when the newest one is this many log segments (up to "
+                            "twice that) behind; mounts starting later read it instead (default 500)")
     mount.add_argument("--allow-other", action="store_true", help="let other users in (implies default_permissions)")
     mount.add_argument("--no-drain", action="store_true", help="on unmount, leave pending uploads for the next mount")
     mount.add_argument("--foreground", action="store_true", help="stay attached; log to stderr")

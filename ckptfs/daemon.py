@@ -37,7 +37,7 @@ from ckptfs.engine.evictor import Evictor
 from ckptfs.engine.fetcher import Fetcher
 from ckptfs.engine.follower import Follower
 from ckptfs.engine.prefix import MIN_ROUND_BYTES, default_round_bytes
-from ckptfs.engine.snapshots import Snapshots
+from ckptfs.engine.snapshots import SNAPSHOT_SEGMENTS, Snapshots
 from ckptfs.engine.spill import Spill
 from ckptfs.engine.uploader import Uploader
 from ckptfs.errors import ConfigError
@@ -68,6 +68,7 @@ class MountConfig:
     drain: bool = True
     upload_round_bytes: int | None = None  # None: on where the machine has cores to spare
     refresh_interval: float = 5.0  # seconds between reads of what other mounts published; 0: on demand
+    snapshot_segments: int = SNAPSHOT_SEGMENTS  # write a namespace snapshot when the newest is this far behind
 
     def resolve(self) -> None:
         self.mountpoint = os.path.abspath(self.mountpoint)
@@ -79,6 +80,8 @@ class MountConfig:
         self.cache_dir = os.path.abspath(self.cache_dir)
         if self.upload_round_bytes is None:
             self.upload_round_bytes = default_round_bytes()
+        if self.snapshot_segments < 1:
+            raise ConfigError("--snapshot-every must be at least 1 segment")
         if self.upload_round_bytes and self.upload_round_bytes < MIN_ROUND_BYTES:
             raise ConfigError(f"--upload-while-writing must be 0 (off) or at least {MIN_ROUND_BYTES >> 20}M")
 
@@ -295,8 +298,11 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
                                     durability=config.durability, evictor=evictor, spill=spill))
         ops.follower = ops.control.follower = Follower(lake, mount_id, ops.apply_remote,
                                                        interval=config.refresh_interval)
-        ops.snapshots = ops.control.snapshots = Snapshots(lake, ops.files.remote, mount_id, ops.follower.network)
+        ops.snapshots = ops.control.snapshots = Snapshots(lake, ops.files.remote, mount_id, ops.follower.network,
+                                                       every=config.snapshot_segments)
         ops.follower.on_swept = ops.snapshots.swept
+        ops.control.start_reading = {"start_snapshot": view.snapshot_key, "start_segments_read": view.segments_read,
+                                     "start_read_s": round(time.monotonic() - started, 3)}
 
         def published(seq: int, raw_events: list[dict], published_ns: int) -> None:
             ops.files.remote.published(seq, raw_events, published_ns)

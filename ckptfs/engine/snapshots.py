@@ -40,6 +40,7 @@ class Snapshots:
         self.written = 0
         self.last_written: str | None = None
         self.folded = 0
+        self.last_forced: dict[str, Any] = {}  # the answer to the last `ckptfs snapshot`
         self._lock = trio.Lock()
 
     async def swept(self, started_ns: int, *, force: bool = False) -> dict[str, Any]:

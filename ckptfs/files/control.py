@@ -27,6 +27,7 @@ class Control:
         self.no_drain = False  # set through the control interface: unmount leaves uploads queued
         self.follower = None  # engine/follower.py, set by the daemon: its figures join the status
         self.snapshots = None  # engine/snapshots.py, likewise
+        self.start_reading: dict[str, Any] = {}  # what the mount read of the lake at start (daemon.py)
 
     def state_of(self, inode: Inode) -> str:
         if not inode.is_file or inode.version is None:
@@ -97,6 +98,7 @@ class Control:
             **self._store_health(),
             "no_drain": self.no_drain,
             **self._follower_figures(),
+            **self.start_reading,
         }
 
     def _follower_figures(self) -> dict[str, Any]:

@@ -253,14 +253,18 @@ class Operations(pyfuse3.Operations):
             return json.dumps(self.control.barrier(node)).encode()
         if name == XATTR_REFRESH and inode == ROOT_INODE and self.follower is not None:
             return json.dumps(await self.follower.refresh(sweep=True)).encode()
-        if name == XATTR_SNAPSHOT and inode == ROOT_INODE and self.follower is not None and self.snapshots:
-            swept = await self.follower.refresh(sweep=True)
-            return json.dumps(await self.snapshots.swept(swept["swept_at_ns"], force=True)).encode()
+        if name == XATTR_SNAPSHOT and inode == ROOT_INODE and self.snapshots is not None:
+            return json.dumps(self.snapshots.last_forced).encode()  # what the last setxattr did
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any = None) -> None:
         if inode == ROOT_INODE and name == XATTR_NO_DRAIN:
             self.control.no_drain = value.strip() in (b"1", b"true", b"yes")
+            return
+        if inode == ROOT_INODE and name == XATTR_SNAPSHOT and self.follower is not None and self.snapshots:
+            # An action, so a set: the kernel may ask a get twice (once for the size).
+            swept = await self.follower.refresh(sweep=True)
+            self.snapshots.last_forced = await self.snapshots.swept(swept["swept_at_ns"], force=True)
             return
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 

@@ -2,8 +2,9 @@
 
 Every log segment must parse and every event in it be valid (`events.parse`); every version any
 history state names (live or not) must have a manifest that parses and matches its id; every chunk
-a manifest names must exist, and with `verify_data` must decode and hash to its id. Each problem
-names the object it concerns.
+a manifest names must exist, and with `verify_data` must decode and hash to its id. Every namespace
+snapshot must read, and the newest, with the segments after it, must replay to the same tree and
+history as the whole log. Each problem names the object it concerns.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 
 from ckptfs.errors import CorruptObjectError
-from ckptfs.lake import codec
+from ckptfs.lake import codec, namespace
 from ckptfs.lake.events import InvalidEvent
 from ckptfs.lake.lake import Lake
 from ckptfs.lake.manifest import manifest_key
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Problem:
-    kind: str      # "segment", "event", "manifest", "chunk-missing", "chunk-corrupt"
+    kind: str      # "segment", "event", "snapshot", "manifest", "chunk-missing", "chunk-corrupt"
     key: str       # the object concerned
     detail: str
 
@@ -36,6 +37,7 @@ class Report:
     chunks: int = 0
     chunk_bytes: int = 0
     live_files: int = 0
+    snapshots: int = 0
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -48,9 +50,10 @@ def check_lake(lake: Lake, *, verify_data: bool = False) -> Report:
     lake.open(create=False)
     report.segments = sum(1 for _ in lake.segments())
     tree = lake.read_namespace(
-        on_damaged=lambda key, error: report.problems.append(
+        use_snapshot=False, on_damaged=lambda key, error: report.problems.append(
             Problem("event" if isinstance(error, InvalidEvent) else "segment", key, str(error))))
     report.live_files = sum(1 for entry in tree.entries.values() if entry.kind == "file")
+    _check_snapshots(lake, tree, report)
     manifests: dict[str, bytes] = {}
     for path, states in tree.history.items():
         for state in states:
@@ -82,3 +85,23 @@ def check_lake(lake: Lake, *, verify_data: bool = False) -> Report:
                 except (CorruptObjectError, StoreError) as error:
                     report.problems.append(Problem("chunk-corrupt", key, str(error)))
     return report
+
+
+def _check_snapshots(lake: Lake, tree: namespace.Namespace, report: Report) -> None:
+    found = lake.snapshots()
+    report.snapshots = len(found)
+    readable = None
+    for _, _, _, key in found:
+        try:
+            lake.read_snapshot(key)
+            readable = key
+        except (CorruptObjectError, StoreError) as error:
+            report.problems.append(Problem("snapshot", key, str(error)))
+    if readable is None:
+        return
+    view = lake.read_log(on_damaged=lambda key, error: None)  # damaged segments are reported above
+    differing = view.replay().differences(tree)
+    if differing:
+        report.problems.append(Problem("snapshot", view.snapshot_key or readable,
+                                       "with the segments after it, replays to another tree than the whole log "
+                                       f"at {', '.join(repr(path) for path in differing)}"))

@@ -144,6 +144,24 @@ class Namespace:
         return Namespace(entries=entries, history={path: list(states) for path, states in self.history.items()},
                          nodes={node: twins[id(entry)] for node, entry in self.nodes.items() if id(entry) in twins})
 
+    def differences(self, other: Namespace, limit: int = 5) -> list[bytes]:
+        """Paths (at most `limit`) whose entry or history differs between two replays."""
+        def entry(tree: Namespace, path: bytes) -> tuple | None:
+            e = tree.entries.get(path)
+            return None if e is None else (e.kind, e.mode, e.mtime_ns, e.size, e.manifest, e.target, e.uid, e.gid,
+                                           e.atime_ns, e.ctime_ns, e.rdev, e.node, frozenset(e.names))
+
+        def states(tree: Namespace, path: bytes) -> list[tuple]:
+            return [(s.time_ns, s.manifest, s.size, s.mode, s.target) for s in tree.history.get(path, ())]
+
+        found = []
+        for path in sorted(set(self.entries) | set(other.entries) | set(self.history) | set(other.history)):
+            if entry(self, path) != entry(other, path) or states(self, path) != states(other, path):
+                found.append(path)
+                if len(found) >= limit:
+                    break
+        return found
+
     # -- building blocks -----------------------------------------------------------------------
     def _bind(self, path: bytes, entry: Entry) -> None:
         self.entries[path] = entry
