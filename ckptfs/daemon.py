@@ -259,6 +259,7 @@ def prepare_journal(cache: CacheDir, lake: Lake, view: LogView) -> tuple[str, na
 async def drain(uploader: Uploader, journal: Journal) -> None:
     """Wait until the outbox is empty, logging progress every few seconds."""
     last_log = 0.0
+    uploader.publisher.hurry(journal.outbox_tail())
     while journal.outbox_length() > 0:
         if time.monotonic() - last_log > 5:
             log.info("draining: %d events, %d bytes waiting for upload", journal.outbox_length(),

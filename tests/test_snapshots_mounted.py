@@ -106,3 +106,18 @@ def test_mounts_write_snapshots_as_the_log_grows_and_fsck_checks_them(mounter, t
     assert key in c.log() and "skipping namespace snapshot" in c.log()
     for mount in (a, b):
         mount.assert_clean_log()
+
+
+def test_files_closed_one_by_one_share_segments(mounter, tmp_path):
+    """Each close queues an event; the publisher lets them gather for up to half a second unless a
+    sync waits, so 300 files closed one by one make a few segments, not 300."""
+    mount = mounter(cache="c", name="m")
+    for index in range(300):
+        write(mount.path(f"shard-{index:03d}.pt"), b"x" * 100)
+    mount.sync()
+    status = mount.status()
+    assert status["events_published"] >= 300
+    assert status["segments_published"] <= 30, status["segments_published"]
+    segments = os.listdir(os.path.join(tmp_path, "lake", "log", status["mount_id"]))
+    assert len(segments) == status["segments_published"]
+    mount.assert_clean_log()

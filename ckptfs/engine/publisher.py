@@ -21,6 +21,10 @@ from ckptfs.store import StoreError
 
 log = logging.getLogger(__name__)
 SEGMENT_EVENTS = 1000
+# How long a change waits for others to share its segment, unless something waits for it (sync,
+# an fsync with remote durability, unmount). Without it, files closed one by one made one segment
+# each: 10,000 small files, 9,998 segments for every starting mount to read.
+PUBLISH_LINGER = 0.5
 
 
 class Publisher:
@@ -37,6 +41,13 @@ class Publisher:
         # neither pending here nor known to have been published (files/remote.py).
         self.on_published: Callable[[int, list[dict], int], None] | None = None
         self._publish = trio.Event()
+        self._hurry_upto = -1  # outbox seqs up to this one are waited for: publish without lingering
+        self._hurried = trio.Event()
+
+    def hurry(self, upto: int) -> None:
+        """Something waits for the events up to outbox seq `upto`: publish them now."""
+        self._hurry_upto = max(self._hurry_upto, upto)
+        self._hurried.set()
 
     def poke(self) -> None:
         """An event is ready to publish (or its version was just committed)."""
@@ -44,6 +55,7 @@ class Publisher:
 
     async def wait_published(self, upto: int) -> None:
         """Return once every outbox event with seq <= upto is published in the lake."""
+        self.hurry(upto)
         while self.outbox_head() <= upto:
             await self.progress.wait()
 
@@ -52,8 +64,20 @@ class Publisher:
         rows = self.journal.outbox(limit=1)
         return rows[0][0] if rows else self.journal.outbox_tail() + 1
 
+    async def _linger(self) -> None:
+        """Let changes gather into one segment for up to PUBLISH_LINGER, unless they are waited for."""
+        deadline = trio.current_time() + PUBLISH_LINGER
+        while trio.current_time() < deadline:
+            if (self.outbox_head() <= self._hurry_upto or self.journal.outbox_length() >= SEGMENT_EVENTS
+                    or self.journal.get_meta("pending_segment") is not None):
+                return
+            self._hurried = trio.Event()
+            with trio.move_on_at(deadline):
+                await self._hurried.wait()
+
     async def run(self) -> None:
         while True:
+            await self._linger()
             try:
                 published = await self._publish_once()
             except Exception as error:  # noqa: BLE001 - the publisher must survive anything
@@ -99,6 +123,7 @@ class Publisher:
         self.journal.set_meta("next_segment", str(seq + 1))
         self.journal.delete_meta("pending_segment")
         self.journal.add_counter("events_published", len(events))
+        self.journal.add_counter("segments_published", 1)
         self.journal.commit(durable=True)
         return True
 

@@ -52,7 +52,9 @@ class Control:
                 version = self.journal.version(inode.version)
                 if version and version.state == OPEN:
                     still_open.append(encode_path(path))
-        return {"upto": self.journal.outbox_tail(), "open_files": still_open[:20], "open_count": len(still_open)}
+        upto = self.journal.outbox_tail()
+        self.uploader.publisher.hurry(upto)  # `ckptfs sync` waits for these: no lingering
+        return {"upto": upto, "open_files": still_open[:20], "open_count": len(still_open)}
 
     def _store_health(self) -> dict[str, Any]:
         store = self.uploader.lake.store
@@ -89,6 +91,8 @@ class Control:
             "events_pending": self.journal.outbox_length(),
             "outbox_head": self.uploader.outbox_head(),
             "committed_versions": counters.get("versions_committed", 0),
+            "events_published": counters.get("events_published", 0),
+            "segments_published": counters.get("segments_published", 0),
             "committed_bytes": logical,
             "new_chunk_bytes": new_bytes,
             "stored_bytes": stored,
