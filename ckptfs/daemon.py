@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pyfuse3
 import trio
@@ -158,12 +159,14 @@ class CacheDir:
         self._lock.close()
 
 
-def rebuild_from_lake(journal: Journal, lake: Lake, view: LogView | None = None) -> namespace.Namespace:
+def rebuild_from_lake(journal: Journal, lake: Lake, view: LogView | None = None, *,
+                      known_chunks: bool = True) -> namespace.Namespace:
     """Fill an empty journal with the lake's tree and history (`view`: what was read of the lake,
-    read now if not given). Returns the replayed tree."""
+    read now if not given). Returns the replayed tree. `known_chunks`: also list the lake's chunks
+    now (the daemon does it after mounting: `learn_known_chunks`)."""
     tree = (view or lake.read_log()).replay()
-    # Dedup against everything already in the lake without a HEAD per chunk.
-    journal.add_known_chunks(lake.chunk_ids())
+    if known_chunks:
+        journal.add_known_chunks(lake.chunk_ids())
     by_manifest: dict[str, int] = {}
 
     def version_for(path: bytes, manifest: str, size: int, mode: int, mtime_ns: int, time_ns: int) -> int:
@@ -229,7 +232,7 @@ def prepare_journal(cache: CacheDir, lake: Lake, view: LogView) -> tuple[str, na
     journal, staging = cache.journal, cache.staging
     mount_id = journal.get_meta("mount_id")
     if mount_id is None:
-        tree = rebuild_from_lake(journal, lake, view)
+        tree = rebuild_from_lake(journal, lake, view, known_chunks=False)
         mount_id = uuid.uuid4().hex[:16]
         journal.set_meta("mount_id", mount_id)
         journal.commit(durable=True)
@@ -254,6 +257,22 @@ def prepare_journal(cache: CacheDir, lake: Lake, view: LogView) -> tuple[str, na
         journal.delete_inode(ino)
     journal.commit(durable=True)
     return mount_id, None
+
+
+async def learn_known_chunks(lake: Lake, journal: Journal) -> None:
+    """A new cache dir learns which chunks the lake holds, so that saving content already there
+    uploads nothing (a conditional PUT answers for a chunk not learnt yet, after sending its bytes).
+    One LIST per 1,000 chunks: a large lake takes a while, so this runs after the mount is ready."""
+    started = time.monotonic()
+    try:
+        found = await trio.to_thread.run_sync(lambda: list(lake.chunk_ids()))
+    except Exception as error:  # noqa: BLE001 - an optimisation: never fatal
+        log.warning("could not list the lake's chunks (%s); dedup against them waits for their uploads", error)
+        return
+    for start in range(0, len(found), 10_000):
+        journal.add_known_chunks(found[start:start + 10_000])
+        await trio.sleep(0)
+    log.info("learnt the lake's %d chunks in %.1f s", len(found), time.monotonic() - started)
 
 
 async def drain(uploader: Uploader, journal: Journal) -> None:
@@ -284,11 +303,12 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
         lake.store = RetryingStore(lake.store, max_delay=10)
     cache = CacheDir(config.cache_dir, config.cache_size)
     try:
-        started = time.monotonic()
+        started, listed_at_ns = time.monotonic(), time.time_ns()
         view = lake.read_log()  # a snapshot and the segments after it (lake/snapshot.py)
         log.info("read the lake in %.1f s: %s and %d segments after it", time.monotonic() - started,
                  view.snapshot_key or "no snapshot", view.segments_read)
         mount_id, rebuilt = prepare_journal(cache, lake, view)
+        state = {"closed": False, "new_cache": rebuilt is not None}
         fetcher = Fetcher(lake, cache.chunks)
         spill = Spill(cache.journal, cache.staging, fetcher)
         uploader = Uploader(cache.journal, cache.staging, lake, mount_id, round_bytes=config.upload_round_bytes,
@@ -313,7 +333,8 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
         # Following starts where the reading stopped. A new cache dir was built from the same
         # replay; an existing one is compared with it in full by the catch-up's reconciliation.
         ops.files.remote.start_from(view.base, view.events, view.cursors, view.horizon_ns, replayed=rebuilt)
-        ops.follower.cursors = dict(view.cursors)
+        ops.follower.start_from(view.cursors, listed_at_ns)
+        state["listed_at_ns"] = listed_at_ns
         lake.register_mount(mount_id)
         # nosuid, nodev: set-id bits and device nodes come from a lake other clients write to; they
         # are kept (and shown) but grant nothing on this node.
@@ -321,7 +342,6 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
         if config.allow_other:
             options |= {"allow_other", "default_permissions"}
         pyfuse3.init(ops, config.mountpoint, options)
-        state = {"closed": False}
         try:
             trio.run(_main, config, ops, uploader, fetcher, on_ready, state)
         finally:
@@ -332,18 +352,23 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
 
 
 async def _main(config: MountConfig, ops: Operations, uploader: Uploader, fetcher: Fetcher,
-                on_ready: Callable[[], None], state: dict[str, bool]) -> None:
+                on_ready: Callable[[], None], state: dict[str, Any]) -> None:
     sealed = ops.files.lifecycle.seal_unheld_versions()
     if sealed:
         log.info("sealed %d versions left open by a previous daemon", sealed)
     async with trio.open_nursery() as nursery:
         await nursery.start(fetcher.run)
         await nursery.start(uploader.run)
-        caught_up = await ops.follower.refresh(sweep=True)  # a remount shows what others published meanwhile
+        # What others published since the lake was read (the feed), and what that reading makes
+        # foldable (engine/snapshots.py: it counts as a sweep).
+        caught_up = await ops.follower.refresh()
+        await ops.snapshots.swept(state["listed_at_ns"])
         if caught_up["events"]:
             log.info("caught up with the lake: %d events from %d segments", caught_up["events"],
                      caught_up["segments"])
         ops.kernel_caches = True
+        if state["new_cache"]:
+            nursery.start_soon(learn_known_chunks, ops.follower.lake, ops.files.journal)
         await nursery.start(ops.follower.run)
         nursery.start_soon(_commit_periodically, ops)
         if ops.files.evictor is not None:

@@ -4,6 +4,10 @@ It forwards every request to the upstream server and, on a chosen fraction of th
 with 500 InternalError or 503 SlowDown, resets the connection, stalls past the client's read timeout,
 or dribbles the response body slowly. `outage` resets every connection; `deny` answers 403
 AccessDenied and `bucket_missing` 404 NoSuchBucket to everything. Listens on 127.0.0.1 only.
+
+It also shapes traffic like a remote object store (tests/s3model.py sets it up): `delay_seconds`
+before the first byte of every response, and `bandwidth` bytes per second per connection each way;
+`by_kind` counts requests as GET, PUT, LIST, HEAD, DELETE, POST.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ class FaultProxy:
         self.bucket_missing = False
         self.stall_seconds = stall_seconds
         self.delay_seconds = 0.0  # added to every forwarded request: a slow store
+        self.bandwidth = 0.0  # bytes per second per connection, each way (0: unlimited)
+        self.by_kind: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
         self._random = random.Random(seed)
         self._lock = threading.Lock()
@@ -69,8 +75,21 @@ class FaultProxy:
                 if self.command != "HEAD":
                     self.wfile.write(body)
 
+            def _pace(self, size: int, started: float) -> None:
+                if proxy.bandwidth:
+                    time.sleep(max(0.0, started + size / proxy.bandwidth - time.monotonic()))
+
+            def _kind(self) -> str:
+                if self.command == "GET" and ("list-type=" in self.path or self.path.rstrip("/").count("/") <= 1):
+                    return "LIST"
+                return self.command
+
             def _handle(self) -> None:
+                started = time.monotonic()
                 body = self._body()
+                self._pace(len(body), started)  # the upload took this long on a capped connection
+                with proxy._lock:
+                    proxy.by_kind[self._kind()] += 1
                 fault = proxy._choose()
                 if fault == "reset":
                     return self._reset()
@@ -108,6 +127,11 @@ class FaultProxy:
                         self.wfile.write(payload[start:start + 64 * 1024])
                         self.wfile.flush()
                         time.sleep(0.02)
+                elif proxy.bandwidth:
+                    sending = time.monotonic()
+                    for start in range(0, len(payload), 256 * 1024):
+                        self.wfile.write(payload[start:start + 256 * 1024])
+                        self._pace(start + 256 * 1024, sending)
                 else:
                     self.wfile.write(payload)
 

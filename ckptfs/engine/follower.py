@@ -52,6 +52,13 @@ class Follower:
         # before then has been applied (engine/snapshots.py folds and snapshots up to there).
         self.on_swept: Callable[[int], Awaitable[Any]] | None = None
 
+    def start_from(self, cursors: dict[str, int], listed_at_ns: int) -> None:
+        """The starting mount read every log up to `cursors`, listing them from `listed_at_ns` (wall
+        clock) on (Lake.read_log): that counts as a sweep."""
+        self.cursors = dict(cursors)
+        self._last_sweep = time.monotonic()
+        self._feed_from = max(self._feed_from, listed_at_ns - FEED_LOOKBACK_NS)
+
     def published(self, seq: int) -> None:
         """This mount published segment `seq` (its events reached the replay directly)."""
         self.cursors[self.mount_id] = max(self.cursors.get(self.mount_id, -1), seq)
