@@ -131,6 +131,7 @@ class Namespace:
     nodes: dict[str, Entry] = field(default_factory=dict)  # node id -> its entry, while it has a name
     cursors: dict[str, int] = field(default_factory=dict)  # mount -> last seq read (Lake.read_namespace)
     events: list[Event] = field(default_factory=list)  # what was replayed, in order (Lake.read_namespace)
+    children: dict[bytes, set[bytes]] = field(default_factory=dict)  # path -> paths of the entries in it
 
     def copy(self) -> Namespace:
         """An independent copy of the tree and the history (not of `events` and `cursors`)."""
@@ -142,7 +143,8 @@ class Namespace:
                 twin = twins[id(entry)] = dataclasses.replace(entry, names=set(entry.names))
             entries[path] = twin
         return Namespace(entries=entries, history={path: list(states) for path, states in self.history.items()},
-                         nodes={node: twins[id(entry)] for node, entry in self.nodes.items() if id(entry) in twins})
+                         nodes={node: twins[id(entry)] for node, entry in self.nodes.items() if id(entry) in twins},
+                         children={path: set(names) for path, names in self.children.items()})
 
     def differences(self, other: Namespace, limit: int = 5) -> list[bytes]:
         """Paths (at most `limit`) whose entry or history differs between two replays."""
@@ -168,10 +170,17 @@ class Namespace:
         entry.names.add(path)
         if entry.node is not None:
             self.nodes[entry.node] = entry
+        if path:
+            self.children.setdefault(path.rpartition(b"/")[0], set()).add(path)
 
     def _unbind(self, path: bytes) -> Entry:
         entry = self.entries.pop(path)
         entry.names.discard(path)
+        siblings = self.children.get(path.rpartition(b"/")[0])
+        if siblings is not None:
+            siblings.discard(path)
+            if not siblings:
+                del self.children[path.rpartition(b"/")[0]]
         if not entry.names and entry.node is not None and self.nodes.get(entry.node) is entry:
             del self.nodes[entry.node]
         return entry
@@ -187,10 +196,20 @@ class Namespace:
     def _remember(self, path: bytes, state: State) -> None:
         self.history.setdefault(path, []).append(state)
 
+    def _subtree(self, path: bytes) -> list[bytes]:
+        """The path (if it is an entry) and every entry under it, parents first."""
+        if path not in self.entries:
+            return []  # parents are always entries, so nothing is under a path that is not one
+        found, stack = [], [path]
+        while stack:
+            current = stack.pop()
+            found.append(current)
+            stack.extend(self.children.get(current, ()))
+        return found
+
     def _remove(self, path: bytes, time_ns: int) -> None:
         """Remove a path and everything under it, recording deletions of files."""
-        prefix = path + b"/"
-        for victim in [p for p in self.entries if p == path or p.startswith(prefix)]:
+        for victim in self._subtree(path):
             entry = self._unbind(victim)
             if entry.kind in ("file", "symlink"):
                 self._remember(victim, State(time_ns, None))
@@ -203,8 +222,7 @@ class Namespace:
         self._bind(path, entry)
 
     def descendants(self, path: bytes) -> list[bytes]:
-        prefix = path + b"/" if path else b""
-        return sorted(p for p in self.entries if p.startswith(prefix) and p != path)
+        return sorted(self._subtree(path)[1:])
 
     # -- replay --------------------------------------------------------------------------------
     def apply(self, change: Event) -> None:
