@@ -332,7 +332,8 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
         uploader.publisher.on_published = published
         # Following starts where the reading stopped. A new cache dir was built from the same
         # replay; an existing one is compared with it in full by the catch-up's reconciliation.
-        ops.files.remote.start_from(view.base, view.events, view.cursors, view.horizon_ns, replayed=rebuilt)
+        ops.files.remote.start_from(view.base, view.events, view.cursors, view.horizon_ns, replayed=rebuilt,
+                                     base_covers=view.base_covers)
         ops.follower.start_from(view.cursors, listed_at_ns)
         state["listed_at_ns"] = listed_at_ns
         lake.register_mount(mount_id)

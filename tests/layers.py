@@ -34,5 +34,6 @@ def files_on(tmp_path, name: str, lake: Lake, *, staging_limit: int | None = Non
     if evictor is not None:
         uploader.on_committed = evictor.committed
     files = FileSystem(journal, staging, uploader, fetcher, mount_id=name, evictor=evictor, spill=spill)
-    files.remote.start_from(view.base, view.events, view.cursors, view.horizon_ns, replayed=replayed)
+    files.remote.start_from(view.base, view.events, view.cursors, view.horizon_ns, replayed=replayed,
+                             base_covers=view.base_covers)
     return files

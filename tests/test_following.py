@@ -223,6 +223,8 @@ def test_a_remount_on_its_cache_dir_catches_up(tmp_path):
     async def main():
         async with mounts(tmp_path, lake, 2) as (a, b):
             await a.write(b"before", b"1")
+            for index in range(20):
+                await a.write(b"old/%d" % index, b"1")
             await settle([a, b])
         again = Node(files_on(tmp_path, "m1", lake), lake, "m1")  # m1's cache dir, m0 writes meanwhile
         first = Node(files_on(tmp_path, "m0", lake), lake, "m0")
@@ -231,7 +233,9 @@ def test_a_remount_on_its_cache_dir_catches_up(tmp_path):
             await first.write(b"while away", b"2")
             await first.sync()
             await again.follower.refresh()
-            assert again.tree().keys() == {b"before", b"while away"}
+            assert again.tree().keys() - {b"old"} - {b"old/%d" % i for i in range(20)} == {b"before", b"while away"}
+            # It compared only what changed since it last reconciled: one entry made, no full pass.
+            assert again.files.remote.changed == 1 and again.files.remote.compared <= 2, again.files.remote.compared
             nursery.cancel_scope.cancel()
 
     trio.run(main)
@@ -297,6 +301,7 @@ def test_mounts_that_snapshot_and_fold_as_they_go_converge_and_a_new_mount_start
     lake = new_lake(late_publish_s=0, max_clock_skew_s=0)
 
     async def main():
+        expected = None
         async with mounts(tmp_path, lake, 3, snapshot_every=snapshot_every) as nodes:
             for step, (index, op, path, other, data, settle_now) in enumerate(operations):
                 node = nodes[index]
@@ -330,6 +335,11 @@ def test_mounts_that_snapshot_and_fold_as_they_go_converge_and_a_new_mount_start
                 assert fresh.tree() == expected
                 await fresh.follower.refresh(sweep=True)
                 assert fresh.tree() == expected and fresh.files.remote.changed == 0
+        # Each mount restarted on its cache dir shows the same, comparing only what it has not seen.
+        for index in range(3):
+            again = Node(files_on(tmp_path, f"m{index}", lake), lake, f"m{index}")
+            await again.follower.refresh(sweep=True)
+            assert again.tree() == expected and again.files.remote.changed == 0
 
     trio.run(main)
 

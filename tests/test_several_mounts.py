@@ -76,8 +76,16 @@ def test_dcp_ranks_on_their_own_mounts_and_a_reader_that_follows(mounter, tmp_pa
     reader.assert_clean_log()
 
 
-def snapshot_of(mount) -> dict[str, bytes]:
-    """relative path -> content, or b'<dir>', of what a mount shows (history not included)."""
+def snapshot_of(mount) -> dict[str, bytes] | None:
+    """relative path -> content, or b'<dir>', of what a mount shows (history not included); None if
+    an entry went away while it was being read (the mount applied another change meanwhile)."""
+    try:
+        return _walk(mount)
+    except FileNotFoundError:
+        return None
+
+
+def _walk(mount) -> dict[str, bytes]:
     found = {}
     for top, dirs, files in os.walk(mount.mountpoint):
         if top == mount.mountpoint and ".versions" in dirs:

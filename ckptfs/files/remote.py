@@ -24,6 +24,7 @@ events placed before a horizon that no late event can reach any more are folded 
 from __future__ import annotations
 
 import bisect
+import json
 import logging
 import stat
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from ckptfs.files.outbox import Outbox
 from ckptfs.files.tree import SPECIAL_TYPES, Tree
 from ckptfs.lake import events
 from ckptfs.lake.events import Event
-from ckptfs.lake.manifest import decode_path
+from ckptfs.lake.manifest import decode_path, encode_path
 from ckptfs.lake.namespace import Entry, Namespace
 
 log = logging.getLogger(__name__)
@@ -74,18 +75,57 @@ class RemoteChanges:
         self._deferred: set[bytes] = set()  # paths left alone last time because this mount held them
         self.pending = Invalidations()
         self.changed = 0  # entries created, replaced, updated or removed by reconciling
+        self.compared = 0  # journal entries looked at by reconciling (what it costs)
         self._unreconciled = False
 
     def start_from(self, base: Namespace, tail: list[Event], covered: dict[str, int], horizon_ns: int | None,
-                   *, replayed: Namespace | None = None) -> None:
-        """Start from what was read of the lake (Lake.read_log): a snapshot's tree, the events after
-        it, and the segments they cover. `replayed`: their replay, if the journal's tree was just
-        built from it (nothing to reconcile); otherwise the next reconciliation compares everything."""
+                   *, replayed: Namespace | None = None, base_covers: dict[str, int] | None = None) -> None:
+        """Start from what was read of the lake (Lake.read_log): a base tree (a snapshot's, covering
+        `base_covers`), the events after it, and the segments they cover. `replayed`: their replay,
+        if the journal's tree was just built from it (nothing to reconcile). Otherwise the next
+        reconciliation compares what changed since this cache dir last reconciled (`reconciled`
+        in its journal), or everything if that cannot be told."""
         self.base, self.covered, self.segments, self.horizon_ns = base, dict(covered), set(), horizon_ns
         self.events = sorted(tail, key=lambda change: change.order)
         for change in self.events:
             self.outbox.observe(max(change.time_ns, change.placed_ns))
         self._replay, self._scope, self._unreconciled = replayed, (set() if replayed else None), replayed is None
+        if replayed is not None:
+            self._save_reconciled()
+            return
+        saved = self.journal.get_meta("reconciled")
+        if saved is not None:
+            self._replay = self.base.copy()
+            for change in self.events:
+                self._replay.apply(change)
+            self._scope = self._changed_since(json.loads(saved), base_covers or {})
+
+    def _changed_since(self, saved: dict, base_covers: dict[str, int]) -> set[bytes] | None:
+        """The paths to compare after a restart: those the events read since the journal's last
+        reconciliation touch, and those it left alone then; None (all) if an event it had not
+        seen is folded into the base or sorts before one it had."""
+        done: dict[str, int] = saved.get("cursors", {})
+        if any(seq > done.get(mount, -1) for mount, seq in base_covers.items()):
+            return None
+        old = [change for change in self.events if change.seq <= done.get(change.mount, -1)]
+        new = [change for change in self.events if change.seq > done.get(change.mount, -1)]
+        if new and old and min(change.order for change in new) < max(change.order for change in old):
+            return None
+        scope = {decode_path(path) for path in saved.get("deferred", [])}
+        assert self._replay is not None
+        for change in new:
+            for path in (change.path, change.dst):
+                if path is not None:
+                    scope.add(path)
+                    entry = self._replay.entries.get(path)
+                    scope.update(entry.names if entry is not None else ())
+        self._deferred = set(scope)
+        return scope
+
+    def _save_reconciled(self) -> None:
+        """What the journal's tree now agrees with (committed with the tree's changes)."""
+        self.journal.set_meta("reconciled", json.dumps({"cursors": self.covered,
+                                                        "deferred": sorted(encode_path(p) for p in self._deferred)}))
 
     def known(self, mount: str, seq: int) -> bool:
         return seq <= self.covered.get(mount, -1) or (mount, seq) in self.segments
@@ -169,10 +209,12 @@ class RemoteChanges:
         before = self.changed
         held = self._held_paths()
         actual = self._actual_tree(scope)
+        self.compared += len(actual)
         self._deferred = set()
         self._remove_stale(self._replay, actual, held)
         self._create_and_update(self._replay, held, scope)
         self._add_history(self._replay, scope)
+        self._save_reconciled()
         return self.changed - before
 
     @staticmethod

@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ckptfs.errors import CorruptObjectError
@@ -48,6 +48,7 @@ class LogView:
     cursors: dict[str, int]  # mount -> highest seq read (every lower one read too, or in the snapshot)
     horizon_ns: int | None = None
     snapshot_key: str | None = None
+    base_covers: dict[str, int] = field(default_factory=dict)  # the snapshot's cursors
     segments_read: int = 0
 
     def replay(self) -> namespace.Namespace:
@@ -249,7 +250,7 @@ class Lake:
         if snap is not None:
             view.snapshot_key, found = snap
             view.base, view.events, view.cursors = found.tree, list(found.tail), dict(found.cursors)
-            view.horizon_ns = found.horizon_ns
+            view.horizon_ns, view.base_covers = found.horizon_ns, dict(found.cursors)
             mounts = sorted(set(self.mounts()) | set(found.cursors))
             with concurrent.futures.ThreadPoolExecutor(threads) as pool:
                 listed = pool.map(lambda mount: list(self.segments(mount, found.cursors.get(mount, -1))), mounts)
