@@ -38,7 +38,7 @@ class InvalidEvent(CorruptObjectError):
     """An event of a log segment that does not describe a valid change of the tree."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     op: str
     path: bytes

@@ -92,7 +92,7 @@ def decode_segment_envelope(blob: bytes, key: str) -> tuple[list[Any], int | Non
         raise CorruptObjectError(f"{key}: malformed log segment ({error})") from None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Entry:
     """An inode of the replayed tree. Hard links are one Entry under several paths (`names`)."""
     kind: str  # "file", "dir", "symlink", or one of events.SPECIAL_KINDS
@@ -110,7 +110,7 @@ class Entry:
     names: set[bytes] = field(default_factory=set)
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class State:
     """One point in a path's history: a file version, a symlink's target, or the path's deletion."""
     time_ns: int
