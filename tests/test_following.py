@@ -80,6 +80,25 @@ class Node:
         self.files.handles.flush(opened.fh)
         self.files.handles.release(opened.fh)
 
+    async def change(self, op: str, path: bytes, other: bytes, data: bytes) -> bool:
+        """One operation of the randomized models; False if the file system refused it (missing,
+        exists, not a directory): the model allows what the file system does not."""
+        try:
+            if op == "write":
+                await self.write(path, data)
+            elif op == "unlink":
+                self.files.tree.unlink(self.parent(path, create=False), path.rpartition(b"/")[2])
+            elif op == "mkdir":
+                self.files.tree.mkdir(self.parent(path), path.rpartition(b"/")[2], 0o755, ME)
+            elif op == "link":
+                self.files.tree.link(self.ino(path), self.parent(other), other.rpartition(b"/")[2])
+            else:
+                self.files.tree.rename(self.parent(path, create=False), path.rpartition(b"/")[2],
+                                       self.parent(other), other.rpartition(b"/")[2])
+        except FsError:
+            return False
+        return True
+
     async def read(self, path: bytes) -> bytes:
         opened = await self.files.handles.open(self.ino(path), os.O_RDONLY)
         try:
@@ -260,20 +279,8 @@ def test_three_mounts_converge_on_the_lake_s_tree(tmp_path_factory, operations):
         async with mounts(tmp_path, lake, 3) as nodes:
             for index, op, path, other, data, settle_now in operations:
                 node = nodes[index]
-                try:
-                    if op == "write":
-                        await node.write(path, data)
-                    elif op == "unlink":
-                        node.files.tree.unlink(node.parent(path, create=False), path.rpartition(b"/")[2])
-                    elif op == "mkdir":
-                        node.files.tree.mkdir(node.parent(path), path.rpartition(b"/")[2], 0o755, ME)
-                    elif op == "link":
-                        node.files.tree.link(node.ino(path), node.parent(other), other.rpartition(b"/")[2])
-                    else:
-                        node.files.tree.rename(node.parent(path, create=False), path.rpartition(b"/")[2],
-                                               node.parent(other), other.rpartition(b"/")[2])
-                except FsError:
-                    continue  # the model allows what the file system refuses (missing, exists, not a dir)
+                if not await node.change(op, path, other, data):
+                    continue
                 if settle_now:
                     await node.sync()
                     await nodes[(index + 1) % 3].follower.refresh()
@@ -305,19 +312,7 @@ def test_mounts_that_snapshot_and_fold_as_they_go_converge_and_a_new_mount_start
         async with mounts(tmp_path, lake, 3, snapshot_every=snapshot_every) as nodes:
             for step, (index, op, path, other, data, settle_now) in enumerate(operations):
                 node = nodes[index]
-                try:
-                    if op == "write":
-                        await node.write(path, data)
-                    elif op == "unlink":
-                        node.files.tree.unlink(node.parent(path, create=False), path.rpartition(b"/")[2])
-                    elif op == "mkdir":
-                        node.files.tree.mkdir(node.parent(path), path.rpartition(b"/")[2], 0o755, ME)
-                    elif op == "link":
-                        node.files.tree.link(node.ino(path), node.parent(other), other.rpartition(b"/")[2])
-                    else:
-                        node.files.tree.rename(node.parent(path, create=False), path.rpartition(b"/")[2],
-                                               node.parent(other), other.rpartition(b"/")[2])
-                except FsError:
+                if not await node.change(op, path, other, data):
                     continue
                 if settle_now:
                     await node.sync()

@@ -114,8 +114,9 @@ def test_random_changes_on_three_mounts_reach_the_others_within_the_refresh_inte
             op = "write"
         if op == "write":
             directory = rng.choice(["", "run", "run/step-1"])
-            for depth, part in enumerate(directory.split("/") if directory else []):
-                parent = "/".join(directory.split("/")[:depth + 1])
+            parts = directory.split("/") if directory else []
+            for depth in range(len(parts)):
+                parent = "/".join(parts[:depth + 1])
                 os.makedirs(writer.path(parent), exist_ok=True)
                 model[parent] = b"<dir>"
             path = os.path.join(directory, f"f{step}.pt") if directory else f"f{step}.pt"

@@ -258,7 +258,8 @@ class Lake:
         else:
             keys = list(self.segments())
         with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-            for (mount, seq, _), read in zip(keys, pool.map(lambda item: self.read_segment(*item, on_damaged), keys)):
+            for (mount, seq, _), read in zip(keys, pool.map(lambda item: self.read_segment(*item, on_damaged), keys),
+                                             strict=True):
                 view.events.extend(read)
                 view.cursors[mount] = max(view.cursors.get(mount, -1), seq)
         view.segments_read = len(keys)

@@ -37,8 +37,13 @@ def feed_key(time_ns: int, mount: str, seq: int) -> str:
 
 
 def parse_feed_key(key: str) -> tuple[int, str, int] | None:
-    parts = key.removeprefix("feed/").split("-")
-    if not key.startswith("feed/") or len(parts) < 3:
+    return parse_stamped_key(key, "feed/")
+
+
+def parse_stamped_key(key: str, prefix: str) -> tuple[int, str, int] | None:
+    """(time, mount, number) of a `<prefix><16 hex>-<mount>-<16 hex>` key (feed markers, snapshots)."""
+    parts = key.removeprefix(prefix).split("-")
+    if not key.startswith(prefix) or len(parts) < 3:
         return None
     mount = "-".join(parts[1:-1])
     try:

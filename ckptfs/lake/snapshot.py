@@ -29,7 +29,7 @@ from ckptfs.errors import CorruptObjectError
 from ckptfs.lake import events
 from ckptfs.lake.events import Event
 from ckptfs.lake.manifest import MAX_FILE_SIZE, decode_path, encode_path
-from ckptfs.lake.namespace import Entry, Namespace, State, valid_mount_id
+from ckptfs.lake.namespace import Entry, Namespace, State, parse_stamped_key, valid_mount_id
 
 FORMAT = 1
 PREFIX = "snapshots/"
@@ -43,14 +43,7 @@ def key(horizon_ns: int, mount: str, segments: int) -> str:
 
 def parse_key(name: str) -> tuple[int, str, int] | None:
     """(horizon, writer, segments covered) of a snapshot key, or None if it is not one."""
-    parts = name.removeprefix(PREFIX).split("-")
-    if not name.startswith(PREFIX) or len(parts) < 3:
-        return None
-    mount = "-".join(parts[1:-1])
-    try:
-        return (int(parts[0], 16), mount, int(parts[-1], 16)) if valid_mount_id(mount) else None
-    except ValueError:
-        return None
+    return parse_stamped_key(name, PREFIX)
 
 
 @dataclass
@@ -112,8 +105,10 @@ def decode(blob: bytes, name: str, late_ns: int) -> Snapshot:
         if not decompressor.eof:
             raise ValueError(f"truncated, or larger than {MAX_SNAPSHOT} bytes")
         document = json.loads(text)
-        if not isinstance(document, dict) or document.get("format") != FORMAT:
-            raise ValueError(f"unknown snapshot format {document.get('format') if isinstance(document, dict) else None!r}")
+        if not isinstance(document, dict):
+            raise ValueError("not an object")
+        if document.get("format") != FORMAT:
+            raise ValueError(f"unknown snapshot format {document.get('format')!r:.40}")
         horizon = _integer(document.get("horizon_ns"), "horizon_ns", 0, events.TIME_LIMIT)
         cursors = _cursors(document.get("cursors"))
         tree = Namespace()
@@ -186,8 +181,10 @@ def _entries(tree: Namespace, rows: Any, nodes: Any) -> None:
         entry = Entry(kind, _integer(mode, "mode", 0, 0o10000), _integer(mtime, "mtime_ns", -limit, limit),
                       size=_integer(size, "size", 0, MAX_FILE_SIZE + 1), manifest=_manifest(manifest),
                       target=_target(target), uid=_optional(uid, "uid", 0, events.ID_LIMIT),
-                      gid=_optional(gid, "gid", 0, events.ID_LIMIT), atime_ns=_optional(atime, "atime_ns", -limit, limit),
-                      ctime_ns=_integer(ctime, "ctime_ns", 0, limit), rdev=_integer(rdev, "rdev", 0, 1 << 64), node=node)
+                      gid=_optional(gid, "gid", 0, events.ID_LIMIT),
+                      atime_ns=_optional(atime, "atime_ns", -limit, limit),
+                      ctime_ns=_integer(ctime, "ctime_ns", 0, limit), rdev=_integer(rdev, "rdev", 0, 1 << 64),
+                      node=node)
         if (kind == "symlink") != (entry.target is not None) or (kind != "file" and (manifest or size)):
             raise ValueError(f"a {kind} entry with content it cannot have")
         if not isinstance(names, list) or not names or (len(names) > 1 and kind == "dir"):
