@@ -53,3 +53,15 @@ def test_ninety_percent_unchanged_adds_at_most_fifteen_percent(mount, tmp_path):
     added = stored_chunk_bytes(str(tmp_path / "lake")) - before
     print(f"90%-unchanged re-save: {added} new bytes for {size} logical ({added / size:.1%})")
     assert added <= 0.15 * size, f"stored {added} new bytes of {size} ({added / size:.1%})"
+
+
+def test_the_same_state_dict_under_another_name_adds_almost_nothing(mount, tmp_path):
+    """Lightning saves one state dict as last.ckpt and as epoch=3-step=1000.ckpt: torch.save puts the
+    name in every record header, and chunking profile 3 cuts where each record's data starts."""
+    sd = {"step": 1000, **model(4, count=12)}
+    size = save(mount, "run/last.ckpt", sd)
+    before = stored_chunk_bytes(str(tmp_path / "lake"))
+    save(mount, "run/epoch=3-step=1000.ckpt", sd)
+    added = stored_chunk_bytes(str(tmp_path / "lake")) - before
+    print(f"same state dict, another name: {added} new bytes for {size} logical ({added / size:.2%})")
+    assert added <= 0.01 * size, f"stored {added} new bytes of {size} ({added / size:.1%})"

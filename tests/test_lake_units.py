@@ -24,6 +24,7 @@ def test_chunker_golden_boundaries():
     assert sum(length for _, length in cuts) == len(data)
     assert all(chunker.MIN_SIZE <= length <= chunker.MAX_SIZE for _, length in cuts[:-1])
     assert [cut.length for cut in chunker.Chunker(2).cut(with_records(seed=11))] == GOLDEN_LENGTHS_2
+    assert [cut.length for cut in chunker.Chunker(3).cut(with_records(seed=11))] == GOLDEN_LENGTHS_3
 
 
 RECORDS = [0, 100, 5000, 700_000, 1_000_000, 3_500_000, 3_600_000, 9_000_000]
@@ -82,6 +83,43 @@ def test_torch_save_records_of_large_tensors_start_chunks():
     # Every 1 MiB tensor's record after the first starts a chunk.
     assert len(tensors) == 8
     assert set(sorted(info.header_offset for info in tensors)[1:]) <= offsets
+
+
+def saved_under(name: str, seed: int = 0) -> bytes:
+    """torch.save of one state dict (mixed tensor sizes) to a file called `name`."""
+    torch = pytest.importorskip("torch")
+    import tempfile
+
+    generator = torch.Generator().manual_seed(seed)
+    state = {f"layer{i}.weight": torch.randn(size, generator=generator)
+             for i, size in enumerate([3_000_000, 400_000, 1_200_000, 70_000, 2_500_000, 900_000, 5_000, 1_600_000])}
+    with tempfile.TemporaryDirectory() as directory:
+        path = f"{directory}/{name}"
+        torch.save(state, path)
+        with open(path, "rb") as file:
+            return file.read()
+
+
+def new_fraction(profile: int, old: bytes, new: bytes) -> float:
+    """The share of `new`'s bytes in chunks that `old` does not have (what a save would upload)."""
+    def chunks(data: bytes) -> list[bytes]:
+        return [data[cut.offset:cut.offset + cut.length] for cut in chunker.Chunker(profile).cut(data)]
+
+    known = set(chunks(old))
+    return sum(len(piece) for piece in chunks(new) if piece not in known) / len(new)
+
+
+def test_profile_3_dedups_a_state_dict_saved_under_another_name():
+    """torch.save puts the file's name in every record header: Lightning's last.ckpt and
+    epoch=3-step=1000.ckpt of one state dict shared almost nothing under profile 2."""
+    last, named = saved_under("last.ckpt"), saved_under("epoch=3-step=1000.ckpt")
+    assert last != named
+    assert new_fraction(2, last, named) > 0.05  # what profile 2 uploads again
+    assert new_fraction(3, last, named) <= 0.01  # 0.06% measured: the header chunks
+    data = named
+    offsets = {cut.offset for cut in chunker.Chunker(3).cut(data)}
+    for boundary in chunker.record_boundaries(data, 0, len(data)):
+        assert boundary in offsets and chunker.payload_start(data, boundary, len(data)) in offsets
 
 
 def test_chunker_resynchronises_after_an_insertion():
@@ -226,6 +264,9 @@ def test_namespace_rejects_malformed_segments():
 
 # Chunk lengths of 12 MiB of random.Random(7) bytes under chunking profile 1 (256K/1M/4M).
 GOLDEN_LENGTHS = [848218, 2257769, 1182347, 1903461, 1082757, 1576399, 1432183, 1781675, 518103]
+# Chunk lengths of with_records(seed=11) under profile 3 (its headers' name and extra lengths are random bytes).
+GOLDEN_LENGTHS_3 = [40996, 8100, 7686, 643218, 60194, 239806, 129130, 910858, 455785, 1004227, 112781, 46393, 645057,
+                    3034006, 482223, 1138971, 40569, 56311, 1086759, 1196622, 1243220]
 # Chunk lengths of with_records(seed=11) under profile 2.
 GOLDEN_LENGTHS_2 = [700000, 300000, 1039988, 455785, 1004227, 804231, 3034006, 482223, 1138971, 40569,
                     1143070, 1196622, 1243220]
@@ -254,7 +295,7 @@ def test_record_header_search_finds_what_bytes_find_finds(tmp_path, kind):
         data.close()  # no buffer export is left behind
 
 
-@pytest.mark.parametrize("recorded, expected", [(None, chunker.PROFILE), (1, 1), (2, 2), (99, None)])
+@pytest.mark.parametrize("recorded, expected", [(None, chunker.PROFILE), (1, 1), (2, 2), (3, 3), (99, None)])
 def test_a_lake_is_cut_with_the_profile_its_descriptor_names(tmp_path, recorded, expected):
     import json
 

@@ -9,6 +9,11 @@ unless another one starts in the MIN_SIZE bytes before it. torch.save writes a z
 tensor, so every tensor of at least MIN_SIZE starts a chunk: a changed tensor no longer drags the end
 of its neighbour into new chunks (docs/DESIGN.md, "Chunk size"). The rule looks only at the bytes
 around the header, so it stays content-defined: an inserted or removed byte moves cuts only nearby.
+
+Profile 3 also cuts where the data of every record starts (after the header's name and extra
+field), whatever its size: a small tensor is then a small chunk of its own. torch.save names every record after the file ("last/data/0"), so the same state dict saved
+under another name (what Lightning does at every save) differed in every chunk that held a header;
+now only the small header chunks differ and every tensor's chunks dedup.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ import pyfastcdc
 MIN_SIZE = 256 * 1024
 AVG_SIZE = 1024 * 1024
 MAX_SIZE = 4 * 1024 * 1024
-PROFILES = (1, 2)
-PROFILE = 2  # what a new lake is created with
+PROFILES = (1, 2, 3)
+PROFILE = 3  # what a new lake is created with
 RECORD_MAGIC = b"PK\x03\x04"
+RECORD_HEADER = 30  # a zip local file header's fixed part; name and extra field lengths at 26 and 28
 # Bytes before a record boundary that decide whether it is one: cutting from an offset other than the
 # start of the file needs this much of what precedes it (see Chunker.cut).
 LOOKBACK = MIN_SIZE
@@ -62,7 +68,9 @@ class Chunker:
         if end <= skip:
             return
         segment_start = skip
-        ends = record_boundaries(data, skip, end) if self.profile == 2 else []
+        ends = record_boundaries(data, skip, end) if self.profile >= 2 else []
+        if self.profile >= 3:
+            ends = _with_payload_starts(data, ends, skip, end)
         with memoryview(data) as view:
             for segment_end in [*ends, end]:
                 with view[segment_start:segment_end] as segment:
@@ -81,6 +89,28 @@ def record_boundaries(data: Searchable, skip: int, end: int) -> list[int]:
             boundaries.append(found)
         previous = found
     return boundaries
+
+
+def payload_start(data: Searchable, header: int, end: int) -> int | None:
+    """Where the data of the zip record whose header starts at `header` begins, if before `end`."""
+    if header + RECORD_HEADER > end:
+        return None
+    name_length = int.from_bytes(data[header + 26:header + 28], "little")
+    extra_length = int.from_bytes(data[header + 28:header + 30], "little")
+    start = header + RECORD_HEADER + name_length + extra_length
+    return start if start < end else None
+
+
+def _with_payload_starts(data: Searchable, boundaries: list[int], skip: int, end: int) -> list[int]:
+    """The boundaries and the payload start of every record header, all in (skip, end). A payload
+    starts at most 30 + 2 * 65535 bytes after its header, well within LOOKBACK: cutting from `skip`
+    sees every header whose payload starts after it."""
+    cuts = set(boundaries)
+    for head in _occurrences(data, RECORD_MAGIC, max(0, skip - LOOKBACK), end):
+        start = payload_start(data, head, end)
+        if start is not None and start > skip:
+            cuts.add(start)
+    return sorted(cuts)
 
 
 # The search runs in libc's memmem through ctypes, which lets go of the GIL for the call. bytes.find
