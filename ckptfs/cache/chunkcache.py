@@ -41,16 +41,31 @@ class ChunkCache:
     def get(self, identifier: bytes) -> bytes | None:
         if identifier not in self._entries:
             return None
+        data = self.load(identifier)
+        return self.loaded(identifier, data)
+
+    def __contains__(self, identifier: bytes) -> bool:
+        return identifier in self._entries
+
+    def load(self, identifier: bytes) -> bytes | None:
+        """The cached chunk's bytes if they verify, else None. Touches no bookkeeping: safe in a
+        worker thread (the fetcher reads here off the event loop, then calls `loaded`)."""
         try:
             with open(self._path(identifier), "rb") as file:
                 data = file.read()
         except FileNotFoundError:
-            data = b""
-        if chunk_id(data) != identifier:
-            log.warning("cached chunk %s is damaged; dropping it", identifier.hex())
-            self.discard(identifier)
             return None
-        self._entries.move_to_end(identifier)
+        return data if chunk_id(data) == identifier else None
+
+    def loaded(self, identifier: bytes, data: bytes | None) -> bytes | None:
+        """Record the outcome of `load`: a damaged or missing entry is dropped."""
+        if data is None:
+            if identifier in self._entries:
+                log.warning("cached chunk %s is damaged; dropping it", identifier.hex())
+                self.discard(identifier)
+            return None
+        if identifier in self._entries:
+            self._entries.move_to_end(identifier)
         return data
 
     def put(self, identifier: bytes, data: bytes) -> None:

@@ -26,10 +26,11 @@ log = logging.getLogger(__name__)
 
 class Fetcher:
     def __init__(self, lake: Lake, chunk_cache: ChunkCache, *, network_threads: int = 8,
-                 readahead_chunks: int = 4, memory_chunks: int = 8) -> None:
+                 readahead_chunks: int = 8, memory_chunks: int = 16) -> None:
         self.lake = lake
         self.chunk_cache = chunk_cache
         self.network = trio.CapacityLimiter(network_threads)
+        self.disk = trio.CapacityLimiter(8)  # chunk cache reads
         self.readahead_chunks = readahead_chunks
         self._manifests: OrderedDict[str, tuple[Manifest, list[int]]] = OrderedDict()
         self._memory: OrderedDict[bytes, bytes] = OrderedDict()
@@ -61,10 +62,6 @@ class Fetcher:
             if data is not None:
                 self._memory.move_to_end(identifier)
                 return data
-            data = self.chunk_cache.get(identifier)
-            if data is not None:
-                self._remember(identifier, data)
-                return data
             waiting = self._inflight.get(identifier)
             if waiting is None:
                 break
@@ -73,6 +70,14 @@ class Fetcher:
             await waiting.wait()
         done = self._inflight[identifier] = trio.Event()
         try:
+            if identifier in self.chunk_cache:
+                # Off the event loop: a cache read waits for the disk and hashes a MiB, and every
+                # other request (and the read-ahead) would wait behind it.
+                data = self.chunk_cache.loaded(identifier, await trio.to_thread.run_sync(
+                    self.chunk_cache.load, identifier, limiter=self.disk))
+                if data is not None:
+                    self._remember(identifier, data)
+                    return data
             try:
                 data = await trio.to_thread.run_sync(self.lake.get_chunk, identifier, limiter=self.network)
             except CorruptObjectError as error:
@@ -107,6 +112,11 @@ class Fetcher:
         last = bisect.bisect_right(offsets, end - 1) - 1
         wanted = range(first, last + 1)
         pieces: dict[int, bytes] = {}
+        for index in wanted:  # the usual case when warm: no task, no thread
+            data = self._memory.get(chunks[index][0])
+            if data is not None:
+                self._memory.move_to_end(chunks[index][0])
+                pieces[index] = data
         failures: list[Exception] = []
 
         async def fetch(index: int) -> None:
@@ -116,9 +126,11 @@ class Fetcher:
                 failures.append(error)
                 nursery.cancel_scope.cancel()
 
-        async with trio.open_nursery() as nursery:
-            for index in wanted:
-                nursery.start_soon(fetch, index)
+        missing = [index for index in wanted if index not in pieces]
+        if missing:
+            async with trio.open_nursery() as nursery:
+                for index in missing:
+                    nursery.start_soon(fetch, index)
         if failures:
             raise failures[0]
         if sequential and self._nursery is not None:
@@ -126,9 +138,14 @@ class Fetcher:
                 identifier = chunks[index][0]
                 if identifier not in self._inflight and identifier not in self._memory:
                     self._nursery.start_soon(self._prefetch, identifier)
-        data = b"".join(pieces[index] for index in wanted)
-        start = offset - offsets[first]
-        return data[start:start + (end - offset)]
+        # Copy only the bytes asked for: a read is usually a slice of one chunk (the kernel asks
+        # 128 KiB at a time), and joining whole chunks first copied each MiB eight times.
+        parts = []
+        for index in wanted:
+            low = max(offset, offsets[index]) - offsets[index]
+            high = min(end, offsets[index] + chunks[index][1]) - offsets[index]
+            parts.append(memoryview(pieces[index])[low:high])
+        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
 
     async def _prefetch(self, identifier: bytes) -> None:
         try:

@@ -11,9 +11,10 @@ of its neighbour into new chunks (docs/DESIGN.md, "Chunk size"). The rule looks 
 around the header, so it stays content-defined: an inserted or removed byte moves cuts only nearby.
 
 Profile 3 also cuts where the data of every record starts (after the header's name and extra
-field), whatever its size: a small tensor is then a small chunk of its own. torch.save names every record after the file ("last/data/0"), so the same state dict saved
-under another name (what Lightning does at every save) differed in every chunk that held a header;
-now only the small header chunks differ and every tensor's chunks dedup.
+field), whatever its size: a small tensor is then a small chunk of its own. torch.save names every
+record after the file ("last/data/0"), so the same state dict saved under another name (what
+Lightning does at every save) differed in every chunk that held a header; now only the small header
+chunks differ and every tensor's chunks dedup.
 """
 
 from __future__ import annotations
