@@ -47,6 +47,11 @@ class StatusCollector(Collector):
             yield GaugeMetricFamily(name, text, value=float(snapshot.get(key) or 0))
         for key, text in _COUNTERS.items():
             yield CounterMetricFamily("ckptfs_" + key, text, value=float(snapshot.get(key) or 0))
+        requests = CounterMetricFamily("ckptfs_store_requests", "object store requests by S3 request type "
+                                       "(each attempt; a LIST per 1,000 keys)", labels=["kind"])
+        for kind, number in sorted((snapshot.get("store_requests") or {}).items()):
+            requests.add_metric([kind], float(number))
+        yield requests
 
 
 def parse_address(text: str) -> tuple[str, int]:

@@ -19,7 +19,11 @@ def test_metrics_report_the_backlog_and_its_age(mounter, s3_url, moto_server):
     proxy = FaultProxy(moto_server.port)
     port = free_port()
     try:
-        mount = mounter(url, ["--endpoint-url", proxy.endpoint, "--metrics-address", f"127.0.0.1:{port}"])
+        mount = mounter(url, ["--endpoint-url", proxy.endpoint, "--metrics-address", f"127.0.0.1:{port}",
+                              "--refresh", "0"])
+        time.sleep(1)  # the start-up work (chunk listing, snapshot check) is done
+        before = mount.status()["store_requests"]
+        proxy.by_kind.clear()
         proxy.outage = True
         with open(mount.path("stuck"), "wb") as file:
             file.write(os.urandom(2_000_000))
@@ -36,5 +40,10 @@ def test_metrics_report_the_backlog_and_its_age(mounter, s3_url, moto_server):
         assert after["ckptfs_uploading_files"] == 0 and after["ckptfs_oldest_pending_age_seconds"] == 0
         assert after["ckptfs_committed_versions_total"] == 1
         assert after["ckptfs_store_retries_total"] > 0
+        # Every request the proxy saw is counted, by type, failed attempts included.
+        counted = mount.status()["store_requests"]
+        made = {kind: counted.get(kind, 0) - before.get(kind, 0) for kind in counted}
+        assert {kind: n for kind, n in made.items() if n} == dict(proxy.by_kind)
+        assert made["PUT"] > 3 and after['ckptfs_store_requests_total{kind="PUT"}'] == counted["PUT"]
     finally:
         proxy.stop()

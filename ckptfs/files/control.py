@@ -63,6 +63,7 @@ class Control:
         last_success_time = getattr(store, "last_success_time", None)
         retrying = bool(last_error_time and (last_success_time is None or last_error_time > last_success_time))
         return {"store_retries": retries, "store_retrying": retrying,
+                "store_requests": dict(getattr(store, "requests", {})),
                 "last_store_error": getattr(store, "last_error", None) if retrying else None}
 
     def status(self) -> dict[str, Any]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import abc
 import logging
 import random
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -18,6 +20,7 @@ from ckptfs.errors import CkptfsError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_KINDS = ("PUT", "GET", "HEAD", "LIST", "DELETE")
 
 
 class StoreError(CkptfsError):
@@ -87,19 +90,33 @@ class RetryingStore(ObjectStore):
         # Health figures for `ckptfs status`: written by worker threads, read by the trio thread;
         # each is a single assignment, so a reader sees an old or a new value, never a torn one.
         self.retries = 0
+        # Requests made, by S3 request type, each attempt counted (what a bill counts; a LIST of
+        # n keys is ceil(n / 1000) requests, the S3 page size, whatever the backend).
+        self.requests: Counter[str] = Counter()
+        self._count_lock = threading.Lock()
         self.last_error: str | None = None
         self.last_error_time: float | None = None
         self.last_success_time: float | None = None
 
+    def _count(self, kind: str, number: int = 1) -> None:
+        with self._count_lock:
+            self.requests[kind] += number
+
     def _retry(self, what: str, call: Callable[[], T]) -> T:
         deadline = time.monotonic() + self.give_up_after
         attempt = 0
+        kind = what.split(" ", 1)[0] if what.split(" ", 1)[0] in _KINDS else "HEAD"
         while True:
             try:
                 result = call()
                 self.last_success_time = time.time()
+                if kind == "LIST":
+                    self._count(kind, max(1, -(-len(result) // 1000)))  # type: ignore[arg-type]
+                else:
+                    self._count(kind)
                 return result
             except TemporaryStoreError as error:
+                self._count(kind)
                 attempt += 1
                 self.retries += 1
                 self.last_error, self.last_error_time = str(error), time.time()
@@ -110,6 +127,9 @@ class RetryingStore(ObjectStore):
                 if self.on_retry is not None:
                     self.on_retry(what, error)
                 self._sleep(delay)
+            except StoreError:  # permanent, not found, precondition failed: a request all the same
+                self._count(kind)
+                raise
 
     def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
         self._retry(f"PUT {key}", lambda: self.inner.put(key, data, if_absent=if_absent))
