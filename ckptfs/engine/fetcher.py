@@ -17,7 +17,7 @@ from collections import OrderedDict
 import trio
 
 from ckptfs.cache.chunkcache import ChunkCache
-from ckptfs.errors import CorruptObjectError
+from ckptfs.errors import CkptfsError, CorruptObjectError
 from ckptfs.lake import Lake
 from ckptfs.lake.manifest import Manifest
 
@@ -152,6 +152,32 @@ class Fetcher:
             await self.chunk(identifier)
         except Exception as error:  # noqa: BLE001 - a failed prefetch is retried by the real read
             log.debug("prefetch of %s failed: %s", identifier.hex(), error)
+
+    async def prefetch(self, manifest_ids: list[str], progress: dict[str, int]) -> None:
+        """Bring every chunk of these versions into the chunk cache (`ckptfs prefetch`), every
+        network thread busy; `progress` counts the bytes done of the bytes to do."""
+        wanted: dict[bytes, int] = {}
+        for identifier in manifest_ids:
+            manifest, _ = await self.manifest(identifier)
+            for chunk, length in manifest.chunks:
+                wanted.setdefault(chunk, length)
+        progress["total_bytes"] = sum(wanted.values())
+        progress["done_bytes"] = sum(length for chunk, length in wanted.items() if chunk in self.chunk_cache)
+        missing = [(chunk, length) for chunk, length in wanted.items() if chunk not in self.chunk_cache]
+        if sum(length for _, length in missing) + self.chunk_cache.used_bytes > self.chunk_cache.limit_bytes:
+            raise CkptfsError(f"{progress['total_bytes']} bytes do not fit in the chunk cache "
+                              f"({self.chunk_cache.limit_bytes} bytes: a quarter of --cache-size)")
+        queue = iter(missing)
+
+        async def worker() -> None:
+            for chunk, length in queue:
+                if chunk not in self.chunk_cache:
+                    await self.chunk(chunk)
+                progress["done_bytes"] += length
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(self.network.total_tokens):
+                nursery.start_soon(worker)
 
     async def read_all_into(self, manifest_id: str, fd: int) -> None:
         """Write a whole version into a local file (copy-on-write of a remote-only file)."""

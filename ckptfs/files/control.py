@@ -11,6 +11,7 @@ from ckptfs.cache.journal import COMMITTED, OPEN, SEALED, STATE_NAMES, Inode, Jo
 from ckptfs.cache.staging import Staging
 from ckptfs.engine.evictor import Evictor
 from ckptfs.engine.uploader import Uploader
+from ckptfs.errors import CkptfsError
 from ckptfs.files.lifecycle import Lifecycle
 from ckptfs.lake.manifest import encode_path
 
@@ -28,6 +29,8 @@ class Control:
         self.follower = None  # engine/follower.py, set by the daemon: its figures join the status
         self.snapshots = None  # engine/snapshots.py, likewise
         self.start_reading: dict[str, Any] = {}  # what the mount read of the lake at start (daemon.py)
+        self.prefetching: dict[str, int] | None = None  # a `ckptfs prefetch` under way
+        self.last_prefetch: dict[str, Any] = {}  # what the last one did
 
     def state_of(self, inode: Inode) -> str:
         if not inode.is_file or inode.version is None:
@@ -55,6 +58,26 @@ class Control:
         upto = self.journal.outbox_tail()
         self.uploader.publisher.hurry(upto)  # `ckptfs sync` waits for these: no lingering
         return {"upto": upto, "open_files": still_open[:20], "open_count": len(still_open)}
+
+    async def prefetch(self, top: Inode) -> dict[str, Any]:
+        """Bring the committed content of every file under `top` into the chunk cache (files with
+        local data need nothing). Progress is in `status` while it runs."""
+        paths = [(b"", top.ino)] if not top.is_dir else list(self.journal.walk_files(top.ino))
+        manifests = []
+        for _, file_ino in paths:
+            inode = self.journal.inode(file_ino)
+            version = self.journal.version(inode.version) if inode and inode.version is not None else None
+            if version is not None and version.manifest is not None and not version.staged:
+                manifests.append(version.manifest)
+        self.prefetching = {"files": len(manifests), "total_bytes": 0, "done_bytes": 0}
+        started = time.monotonic()
+        try:
+            await self.lifecycle.fetcher.prefetch(manifests, self.prefetching)
+        except CkptfsError as error:  # too large for the cache, a damaged or missing object, a store error
+            return {**self.prefetching, "error": str(error)}
+        finally:
+            done, self.prefetching = self.prefetching, None
+        return {**done, "seconds": round(time.monotonic() - started, 3)}
 
     def _store_health(self) -> dict[str, Any]:
         store = self.uploader.lake.store
@@ -104,6 +127,7 @@ class Control:
             "no_drain": self.no_drain,
             **self._follower_figures(),
             **self.start_reading,
+            "prefetching": self.prefetching,
         }
 
     def _follower_figures(self) -> dict[str, Any]:

@@ -34,6 +34,7 @@ XATTR_BARRIER = b"user.ckptfs.barrier"
 XATTR_NO_DRAIN = b"user.ckptfs.no_drain"
 XATTR_REFRESH = b"user.ckptfs.refresh"
 XATTR_SNAPSHOT = b"user.ckptfs.snapshot"
+XATTR_PREFETCH = b"user.ckptfs.prefetch"
 ATTR_TIMEOUT = 1.0
 BLOCK_SIZE = 1 << 20
 
@@ -253,6 +254,8 @@ class Operations(pyfuse3.Operations):
             return json.dumps(self.control.barrier(node)).encode()
         if name == XATTR_REFRESH and inode == ROOT_INODE and self.follower is not None:
             return json.dumps(await self.follower.refresh(sweep=True)).encode()
+        if name == XATTR_PREFETCH and inode == ROOT_INODE:
+            return json.dumps(self.control.last_prefetch).encode()
         if name == XATTR_SNAPSHOT and inode == ROOT_INODE and self.snapshots is not None:
             return json.dumps(self.snapshots.last_forced).encode()  # what the last setxattr did
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
@@ -260,6 +263,10 @@ class Operations(pyfuse3.Operations):
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any = None) -> None:
         if inode == ROOT_INODE and name == XATTR_NO_DRAIN:
             self.control.no_drain = value.strip() in (b"1", b"true", b"yes")
+            return
+        if name == XATTR_PREFETCH:
+            # An action on any path, so a set; its answer is read back with a get on the root.
+            self.control.last_prefetch = await self.control.prefetch(self.tree.inode(inode))
             return
         if inode == ROOT_INODE and name == XATTR_SNAPSHOT and self.follower is not None and self.snapshots:
             # An action, so a set: the kernel may ask a get twice (once for the size).
