@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
-"""Benchmark ckptfs against the floor (local disk), the network (boto3 direct), s3fs-fuse and rclone.
+"""Benchmark ckptfs against the floors (local disk, a null pyfuse3 file system), the network (boto3
+direct), s3fs-fuse and rclone.
 
-    python scripts/bench.py [--endpoint-url URL] [--size-gib 1] [--repeat 3] [--skip-peers]
+    python scripts/bench.py [--endpoint-url URL | --plain-moto] [--size-gib 1] [--repeat 3] [--skip-peers]
 
-Everything runs in one go against one S3 endpoint: a moto_server started on 127.0.0.1 unless
---endpoint-url names another (credentials then come from the usual AWS chain). Prints a table with
+Everything runs in one go against one S3 endpoint. By default that is a model of S3 on 127.0.0.1
+(tests/s3model.py: moto_server behind a proxy that adds AWS's published first-byte latency and
+per-connection bandwidth, and counts requests by type); --endpoint-url names a real endpoint
+(credentials then come from the usual AWS chain); --plain-moto is moto alone (correctness only:
+its costs are not S3's). Requests per GiB saved and restored, and their price at S3 Standard rates,
+are counted at the proxy for ckptfs and boto3. Prints a table with
 min/median/max per figure and the ratios against the targets, and writes both to docs/BENCHMARKS.md
 with a chart, docs/benchmarks.png. s3fs and rclone are installed from Debian when missing (as root),
 or skipped with a clear message. Figures, not assertions: tests never time anything.
@@ -35,6 +40,7 @@ import boto3  # noqa: E402
 import torch  # noqa: E402
 
 from tests.helpers import MotoServer, force_unmount, is_mounted  # noqa: E402
+from tests.s3model import S3Model  # noqa: E402
 
 GIB = 1024**3
 MIB = 1024**2
@@ -166,6 +172,27 @@ class LocalDisk(System):
         return 0
 
 
+class NullFuse(LocalDisk):
+    """scripts/nullfs.py: accepts writes and discards them; the floor of any pyfuse3 file system."""
+    name = "null pyfuse3"
+
+    @property
+    def mountpoint(self) -> str:
+        return os.path.join(self.root, "mnt")
+
+    def start(self) -> None:
+        os.makedirs(self.mountpoint, exist_ok=True)
+        self.process = subprocess.Popen([sys.executable, os.path.join(REPO, "scripts", "nullfs.py"), self.mountpoint])
+        while not is_mounted(self.mountpoint):
+            if self.process.poll() is not None:
+                raise RuntimeError("the null file system did not mount")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        subprocess.run(["fusermount3", "-u", self.mountpoint], check=False)
+        self.process.wait()
+
+
 class Boto3Direct(LocalDisk):
     """Save to local disk, then upload_file; restore with download_file. What the network allows."""
     name = "boto3 direct"
@@ -176,7 +203,7 @@ class Boto3Direct(LocalDisk):
         torch.save(obj, self.path(name))
         settle()
         started = time.perf_counter()
-        self.bench.s3.upload_file(self.path(name), self.bench.bucket, f"{self.prefix}/{name}")
+        self.bench.shaped.upload_file(self.path(name), self.bench.bucket, f"{self.prefix}/{name}")
         upload = time.perf_counter() - started
         return float("nan"), upload  # the stall of this path is the local disk's; durable = the upload
 
@@ -184,7 +211,7 @@ class Boto3Direct(LocalDisk):
         target = self.path(name + ".downloaded")
         settle()
         started = time.perf_counter()
-        self.bench.s3.download_file(self.bench.bucket, f"{self.prefix}/{name}", target)
+        self.bench.shaped.download_file(self.bench.bucket, f"{self.prefix}/{name}", target)
         elapsed = time.perf_counter() - started
         os.unlink(target)
         return elapsed
@@ -294,6 +321,7 @@ class Bench:
         self.args = args
         self.workdir = tempfile.mkdtemp(prefix="ckptfs-bench-", dir=args.workdir)
         self.server = None
+        self.model: S3Model | None = None
         if not args.endpoint_url:
             os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
             os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -308,12 +336,22 @@ class Bench:
         memory and does not give it back on delete, and a whole run holds tens of GiB."""
         if self.args.endpoint_url:
             self.endpoint = self.args.endpoint_url
-        else:
+            self.s3 = self.shaped = boto3.client("s3", endpoint_url=self.endpoint)
+        elif self.args.plain_moto:
             if self.server is not None:
                 self.server.stop()
             self.server = MotoServer()
             self.endpoint = self.server.endpoint
-        self.s3 = boto3.client("s3", endpoint_url=self.endpoint)
+            self.s3 = self.shaped = boto3.client("s3", endpoint_url=self.endpoint)
+        else:
+            if self.model is not None:
+                self.model.stop()
+            self.model = S3Model()
+            self.endpoint = self.model.endpoint
+            # The bench's own bookkeeping (HEAD polls, listings, cleanup) goes straight to moto, so
+            # the proxy counts only what the systems under test ask.
+            self.s3 = boto3.client("s3", endpoint_url=self.model.direct)
+            self.shaped = boto3.client("s3", endpoint_url=self.endpoint)
         self.bucket = self.args.bucket or f"ckptfs-bench-{uuid.uuid4().hex[:8]}"
         if not self.args.bucket:
             self.s3.create_bucket(Bucket=self.bucket)
@@ -321,9 +359,24 @@ class Bench:
     def record(self, system: str, figure: str, value: float) -> None:
         self.results.setdefault(figure, {}).setdefault(system, []).append(value)
 
+    def requests(self) -> dict[str, int]:
+        """Requests the systems under test have made so far, by type (the S3 model only)."""
+        return dict(self.model.proxy.by_kind) if self.model is not None else {}
+
+    def record_requests(self, system: str, phase: str, before: dict[str, int], size: int) -> None:
+        if self.model is None:
+            return
+        made = {kind: number - before.get(kind, 0) for kind, number in self.requests().items()}
+        gib = size / GIB
+        for kind in ("PUT", "GET", "LIST", "HEAD"):
+            self.record(system, f"{phase}: {kind} per GiB", made.get(kind, 0) / gib)
+        self.record(system, f"{phase}: request cost per TiB ($)", self.model.cost(made) / gib * 1024)
+
     def close(self) -> None:
         if self.server is not None:
             self.server.stop()
+        if self.model is not None:
+            self.model.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -346,13 +399,19 @@ def peers_available(install: bool) -> list[type[System]]:
 def run_system(bench: Bench, kind: type[System], data: list[dict]) -> None:
     system = kind(bench)
     system.start()
+    counted = isinstance(system, (Ckptfs, Boto3Direct))
     try:
         for round_number, round_data in enumerate(data):
             step = 1000 * (round_number + 1)
             fresh = checkpoint(round_data["base"], step)
+            before = bench.requests()
             stall, durable = system.save(fresh, f"r{round_number}/step-{step}/model.pt")
             bench.record(system.name, "save stall (s)", stall)
+            if isinstance(system, NullFuse):
+                continue  # the floor of the stall: nothing is kept
             bench.record(system.name, "time to durable (s)", durable)
+            if counted:
+                bench.record_requests(system.name, "fresh save", before, round_data["size"])
             stored = system.stored_bytes()
             stall, durable = system.save(fresh, f"r{round_number}/step-{step}-again/model.pt")
             bench.record(system.name, "identical re-save: stall (s)", stall)
@@ -366,21 +425,26 @@ def run_system(bench: Bench, kind: type[System], data: list[dict]) -> None:
                          100 * (system.stored_bytes() - stored) / round_data["size"])
             name = f"r{round_number}/step-{step}/model.pt"
             if isinstance(system, Boto3Direct):
+                before = bench.requests()
                 elapsed = system.restore(name)
                 bench.record(system.name, "cold restore (MB/s)", round_data["size"] / elapsed / 1e6)
+                bench.record_requests(system.name, "cold restore", before, round_data["size"])
                 continue
             system.make_cold()
             settle()
+            before = bench.requests()
             started = time.perf_counter()
             torch.load(system.path(name), weights_only=True)
             bench.record(system.name, "cold restore (MB/s)",
                          round_data["size"] / (time.perf_counter() - started) / 1e6)
+            if counted:
+                bench.record_requests(system.name, "cold restore", before, round_data["size"])
             settle()
             started = time.perf_counter()
             torch.load(system.path(name), weights_only=True)
             bench.record(system.name, "warm restore (MB/s)",
                          round_data["size"] / (time.perf_counter() - started) / 1e6)
-        if not isinstance(system, Boto3Direct):
+        if not isinstance(system, (Boto3Direct, NullFuse)):
             bench.record(system.name, "raw write (MB/s)", raw_write(system.path("raw.bin"), bench.args.raw_gib))
     finally:
         system.stop()
@@ -484,6 +548,13 @@ def ratios(bench: Bench, foot: dict[str, float],
     rows = []
     stall = r(m("save stall (s)", "ckptfs"), local_stall)
     rows.append(("save stall vs local disk", f"{stall:.2f}×", "≤ 1.10×", stall <= 1.10))
+    floor = r(m("save stall (s)", "ckptfs"), m("save stall (s)", "null pyfuse3"))
+    if floor == floor:
+        rows.append(("save stall vs null pyfuse3 floor", f"{floor:.2f}×", "≤ 1.15×", floor <= 1.15))
+    for phase, limit in (("fresh save", "PUT"), ("cold restore", "GET")):
+        per_gib = m(f"{phase}: {limit} per GiB", "ckptfs")
+        if per_gib == per_gib:
+            rows.append((f"{phase}: {limit} per GiB", f"{per_gib:.0f}", "≤ 64", per_gib <= 64))
     durable = r(m("time to durable (s)", "ckptfs"), m("time to durable (s)", "boto3 direct"))
     rows.append(("time to durable vs boto3 upload_file", f"{durable:.2f}×", "≤ 1.15×", durable <= 1.15))
     again = m("identical re-save: new bytes (% of size)", "ckptfs")
@@ -508,13 +579,21 @@ def ratios(bench: Bench, foot: dict[str, float],
     return rows
 
 
+def endpoint_description(bench: Bench) -> str:
+    if bench.model is not None:
+        return (f"the S3 model (tests/s3model.py: moto_server on 127.0.0.1 behind a proxy adding "
+                f"{bench.model.proxy.delay_seconds * 1000:.0f} ms before the first byte and "
+                f"{bench.model.proxy.bandwidth / 1e6:.0f} MB/s per connection)")
+    return "moto_server on 127.0.0.1 (no latency model)" if bench.server else bench.endpoint
+
+
 def report(bench: Bench, systems: list[str], foot: dict[str, float], elapsed: float) -> str:
     lines = ["# Benchmarks", "",
              f"Measured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC by `python scripts/bench.py "
              f"--size-gib {bench.args.size_gib} --repeat {bench.args.repeat} --raw-gib {bench.args.raw_gib} "
              f"--footprint-gib {bench.args.footprint_gib}` in {elapsed / 60:.0f} min, "
              f"on {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; "
-             f"S3 endpoint: {'moto_server on 127.0.0.1' if bench.server else bench.endpoint}. "
+             f"S3 endpoint: {endpoint_description(bench)}. "
              "Each cell: median (min–max) over the repeats. The state dict is "
              f"{bench.args.size_gib} GiB of fp32 tensors of 4 MiB each; every save goes to a new "
              "`step-N/model.pt`, as training jobs do.", "",
@@ -548,7 +627,7 @@ def chart(bench: Bench, systems: list[str], path: str) -> None:
     for axis, figure in zip(axes, figures, strict=True):
         values = [median(bench, figure, s) for s in systems]
         axis.bar(range(len(systems)), [0 if v != v else v for v in values],
-                 color=["#888888", "#4477aa", "#cc6677", "#ddcc77", "#117733"][:len(systems)])
+                 color=["#888888", "#aaaaaa", "#4477aa", "#cc6677", "#ddcc77", "#117733"][:len(systems)])
         axis.set_xticks(range(len(systems)), systems, rotation=30, ha="right")
         axis.set_title(figure)
     fig.tight_layout()
@@ -557,7 +636,8 @@ def chart(bench: Bench, systems: list[str], path: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--endpoint-url", help="an S3 endpoint to use instead of a local moto_server")
+    parser.add_argument("--endpoint-url", help="an S3 endpoint to use instead of the S3 model on 127.0.0.1")
+    parser.add_argument("--plain-moto", action="store_true", help="moto_server without the latency model")
     parser.add_argument("--bucket", help="an existing bucket (default: a new one)")
     parser.add_argument("--size-gib", type=float, default=1.0)
     parser.add_argument("--repeat", type=int, default=3)
@@ -583,7 +663,7 @@ def main() -> int:
             data.append({"base": base, "changed": ninety_percent_unchanged(base, seed=200 + round_number),
                          "size": len(buffer.getvalue())})
             del buffer
-        kinds: list[type[System]] = [LocalDisk, Boto3Direct, Ckptfs]
+        kinds: list[type[System]] = [LocalDisk, NullFuse, Boto3Direct, Ckptfs]
         if not args.skip_peers:
             kinds += peers_available(install=True)
         for kind in kinds:

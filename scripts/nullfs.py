@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""A null pyfuse3 file system: it accepts writes and discards them, so a save into it measures the
+floor any pyfuse3 file system has on this machine (the kernel round trips and pyfuse3's own cost),
+against which scripts/bench.py reports the save stall of ckptfs. Like ckptfs, a write-only open
+that creates or truncates a file uses direct_io (the page cache is skipped).
+
+    python scripts/nullfs.py MOUNTPOINT      # serves until unmounted (fusermount3 -u MOUNTPOINT)
+
+Names, directories and sizes are kept in memory; reads return zeros.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import sys
+import time
+
+import pyfuse3
+import trio
+
+
+class NullFs(pyfuse3.Operations):
+    def __init__(self) -> None:
+        super().__init__()
+        now = time.time_ns()
+        self.entries: dict[int, dict] = {pyfuse3.ROOT_INODE: {"mode": stat.S_IFDIR | 0o755, "size": 0, "time": now}}
+        self.children: dict[int, dict[bytes, int]] = {pyfuse3.ROOT_INODE: {}}
+        self.next_inode = pyfuse3.ROOT_INODE + 1
+
+    def _attributes(self, inode: int) -> pyfuse3.EntryAttributes:
+        entry = self.entries[inode]
+        attributes = pyfuse3.EntryAttributes()
+        attributes.st_ino = inode
+        attributes.st_mode = entry["mode"]
+        attributes.st_size = entry["size"]
+        attributes.st_nlink = 1
+        attributes.st_uid, attributes.st_gid = os.getuid(), os.getgid()
+        attributes.st_atime_ns = attributes.st_mtime_ns = attributes.st_ctime_ns = entry["time"]
+        attributes.entry_timeout = attributes.attr_timeout = 1
+        return attributes
+
+    def _make(self, parent: int, name: bytes, mode: int) -> int:
+        inode = self.next_inode
+        self.next_inode += 1
+        self.entries[inode] = {"mode": mode, "size": 0, "time": time.time_ns()}
+        self.children[parent][name] = inode
+        if stat.S_ISDIR(mode):
+            self.children[inode] = {}
+        return inode
+
+    async def lookup(self, parent_inode, name, ctx=None):
+        inode = self.children.get(parent_inode, {}).get(name)
+        if inode is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attributes(inode)
+
+    async def getattr(self, inode, ctx=None):
+        return self._attributes(inode)
+
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        if fields.update_size:
+            self.entries[inode]["size"] = attr.st_size
+        return self._attributes(inode)
+
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        return self._attributes(self._make(parent_inode, name, stat.S_IFDIR | mode))
+
+    async def opendir(self, inode, ctx):
+        return inode
+
+    async def readdir(self, fh, start_id, token):
+        for index, (name, inode) in enumerate(sorted(self.children[fh].items())):
+            if index >= start_id and not pyfuse3.readdir_reply(token, name, self._attributes(inode), index + 1):
+                return
+
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        inode = self.children[parent_inode].get(name) or self._make(parent_inode, name, stat.S_IFREG | mode)
+        self.entries[inode]["size"] = 0
+        return pyfuse3.FileInfo(fh=inode, direct_io=(flags & os.O_ACCMODE) == os.O_WRONLY), self._attributes(inode)
+
+    async def open(self, inode, flags, ctx):
+        if flags & os.O_TRUNC:
+            self.entries[inode]["size"] = 0
+        direct = (flags & os.O_ACCMODE) == os.O_WRONLY and bool(flags & os.O_TRUNC)
+        return pyfuse3.FileInfo(fh=inode, direct_io=direct)
+
+    async def write(self, fh, offset, buf):
+        entry = self.entries[fh]
+        entry["size"] = max(entry["size"], offset + len(buf))
+        return len(buf)
+
+    async def read(self, fh, offset, size):
+        return bytes(max(0, min(size, self.entries[fh]["size"] - offset)))
+
+    async def unlink(self, parent_inode, name, ctx):
+        self.children[parent_inode].pop(name, None)
+
+    async def rename(self, parent_old, name_old, parent_new, name_new, flags, ctx):
+        self.children[parent_new][name_new] = self.children[parent_old].pop(name_old)
+
+    async def release(self, fh):
+        pass
+
+    async def flush(self, fh):
+        pass
+
+    async def fsync(self, fh, datasync):
+        pass
+
+
+def main() -> int:
+    mountpoint = sys.argv[1]
+    pyfuse3.init(NullFs(), mountpoint, set(pyfuse3.default_options) | {"fsname=nullfs"})
+    try:
+        trio.run(pyfuse3.main)
+    finally:
+        pyfuse3.close(unmount=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
