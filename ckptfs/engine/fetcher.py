@@ -25,13 +25,18 @@ log = logging.getLogger(__name__)
 
 
 class Fetcher:
-    def __init__(self, lake: Lake, chunk_cache: ChunkCache, *, network_threads: int = 8,
-                 readahead_chunks: int = 8, memory_chunks: int = 16) -> None:
+    def __init__(self, lake: Lake, chunk_cache: ChunkCache, *, network_threads: int = 32,
+                 readahead_chunks: int = 8, readahead_max_chunks: int = 128, memory_chunks: int = 16) -> None:
         self.lake = lake
         self.chunk_cache = chunk_cache
         self.network = trio.CapacityLimiter(network_threads)
         self.disk = trio.CapacityLimiter(8)  # chunk cache reads
         self.readahead_chunks = readahead_chunks
+        self.readahead_max_chunks = readahead_max_chunks
+        # id of a manifest's chunk list -> read-ahead depth: doubles with every sequential read, up to
+        # the maximum (~150 MiB of ~1.2 MiB chunks), so a restore keeps every network thread busy
+        # while a reader that jumps around fetches only what it reads.
+        self._depth: dict[int, int] = {}
         self._manifests: OrderedDict[str, tuple[Manifest, list[int]]] = OrderedDict()
         self._memory: OrderedDict[bytes, bytes] = OrderedDict()
         self._memory_chunks = memory_chunks
@@ -134,10 +139,17 @@ class Fetcher:
         if failures:
             raise failures[0]
         if sequential and self._nursery is not None:
-            for index in range(last + 1, min(len(chunks), last + 1 + self.readahead_chunks)):
+            depth = min(self.readahead_max_chunks, 2 * self._depth.get(id(chunks), self.readahead_chunks // 2))
+            self._depth[id(chunks)] = depth
+            if len(self._depth) > 256:
+                self._depth.pop(next(iter(self._depth)))
+            for index in range(last + 1, min(len(chunks), last + 1 + depth)):
                 identifier = chunks[index][0]
-                if identifier not in self._inflight and identifier not in self._memory:
+                if (identifier not in self._inflight and identifier not in self._memory
+                        and identifier not in self.chunk_cache):
                     self._nursery.start_soon(self._prefetch, identifier)
+        elif not sequential:
+            self._depth.pop(id(chunks), None)
         # Copy only the bytes asked for: a read is usually a slice of one chunk (the kernel asks
         # 128 KiB at a time), and joining whole chunks first copied each MiB eight times.
         parts = []
