@@ -16,6 +16,16 @@ import pytest
 FUSERMOUNT = "fusermount3"
 
 
+def read(path) -> bytes:
+    with open(path, "rb") as file:
+        return file.read()
+
+
+def write(path, data: bytes, mode: str = "wb") -> None:
+    with open(path, mode) as file:
+        file.write(data)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -13,13 +13,9 @@ import numpy as np
 import pytest
 
 from ckptfs.cache.staging import punch_hole
+from tests.helpers import read
 
 MiB = 1 << 20
-
-
-def read(path) -> bytes:
-    with open(path, "rb") as file:
-        return file.read()
 
 
 def versions_of(mount, name) -> list[str]:

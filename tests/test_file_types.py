@@ -8,15 +8,7 @@ import subprocess
 
 import pytest
 
-
-def write(path, data: bytes):
-    with open(path, "wb") as file:
-        file.write(data)
-
-
-def read(path) -> bytes:
-    with open(path, "rb") as file:
-        return file.read()
+from tests.helpers import read, write
 
 
 def rebuilt(mount, mounter, name="rebuilt"):

@@ -9,15 +9,7 @@ import subprocess
 
 import pytest
 
-
-def write(path, data: bytes, mode="wb"):
-    with open(path, mode) as file:
-        file.write(data)
-
-
-def read(path) -> bytes:
-    with open(path, "rb") as file:
-        return file.read()
+from tests.helpers import read, write
 
 
 def test_unlink_while_open_keeps_the_open_file_readable(mount):

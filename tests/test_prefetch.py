@@ -5,15 +5,7 @@ import json
 import os
 import shutil
 
-
-def write(path, data: bytes) -> None:
-    with open(path, "wb") as file:
-        file.write(data)
-
-
-def read(path) -> bytes:
-    with open(path, "rb") as file:
-        return file.read()
+from tests.helpers import read, write
 
 
 def test_prefetch_brings_a_checkpoint_into_the_cache_and_reads_need_no_lake(mounter, tmp_path):

@@ -7,17 +7,8 @@ import time
 
 import pytest
 
+from tests.helpers import read, write
 from tests.test_frameworks import run_dcp
-
-
-def read(path) -> bytes:
-    with open(path, "rb") as file:
-        return file.read()
-
-
-def write(path, data: bytes) -> None:
-    with open(path, "wb") as file:
-        file.write(data)
 
 
 def test_a_running_mount_sees_what_another_publishes(mounter):

@@ -7,16 +7,7 @@ import os
 
 from ckptfs.lake import Lake
 from ckptfs.store import open_store
-
-
-def write(path, data: bytes) -> None:
-    with open(path, "wb") as file:
-        file.write(data)
-
-
-def read(path) -> bytes:
-    with open(path, "rb") as file:
-        return file.read()
+from tests.helpers import read, write
 
 
 def listing(mount) -> dict[str, bytes]:
