@@ -339,6 +339,11 @@ def command_status(args: argparse.Namespace) -> int:
         ("compression ratio", f"{status['compression_ratio']}x" if status["compression_ratio"] else "-"),
         ("store", f"retrying: {status['last_store_error']}" if status["store_retrying"]
          else f"ok ({status['store_retries']} retries so far)"),
+        ("store requests", ", ".join(f"{number} {kind}" for kind, number in sorted(status["store_requests"].items()))
+         or "none"),
+        ("following", f"every {status['refresh_interval_s']} s; started from "
+         f"{status.get('start_snapshot') or 'the whole log'}; {status['snapshots_written']} snapshots written"
+         if "refresh_interval_s" in status else "-"),
         ("last upload error", status["last_error"] or "none"),
     ]
     for name, value in rows:
