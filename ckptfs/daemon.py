@@ -396,14 +396,16 @@ async def _main(config: MountConfig, ops: Operations, uploader: Uploader, fetche
     async with trio.open_nursery() as nursery:
         await nursery.start(fetcher.run)
         await nursery.start(uploader.run)
-        # What others published since the lake was read (the feed), and what that reading makes
-        # foldable (engine/snapshots.py: it counts as a sweep).
+        # What others published since the lake was read (the feed).
         caught_up = await ops.follower.refresh()
-        await ops.snapshots.swept(state["listed_at_ns"])
         if caught_up["events"]:
             log.info("caught up with the lake: %d events from %d segments", caught_up["events"],
                      caught_up["segments"])
         ops.kernel_caches = True
+        # The reading at start counts as a sweep: fold what it makes foldable, and write a snapshot
+        # if the lake's newest is far behind (engine/snapshots.py), once the mount is serving: a
+        # snapshot of a large lake takes seconds to encode and upload.
+        nursery.start_soon(_fold_after_start, ops.snapshots, state["listed_at_ns"])
         if state["new_cache"]:
             nursery.start_soon(learn_known_chunks, ops.follower.lake, ops.files.journal)
         await nursery.start(ops.follower.run)
@@ -431,6 +433,13 @@ async def _main(config: MountConfig, ops: Operations, uploader: Uploader, fetche
             log.info("not draining: %d events stay queued for the next mount on %s",
                      ops.files.journal.outbox_length(), config.cache_dir)
         nursery.cancel_scope.cancel()
+
+
+async def _fold_after_start(snapshots: Snapshots, listed_at_ns: int) -> None:
+    try:
+        await snapshots.swept(listed_at_ns)
+    except Exception as error:  # noqa: BLE001 - the next sweep (minutes away) does it again
+        log.warning("could not fold or snapshot the namespace after start: %s", error)
 
 
 async def _commit_periodically(ops: Operations) -> None:
