@@ -66,6 +66,12 @@ def read_xattr(path: str, name: str) -> dict:
         raise CkptfsError(f"{path} is not on a running ckptfs mount ({error.strerror})") from None
 
 
+def answer(args: argparse.Namespace, done: dict, line: str) -> int:
+    """What an action on a mount did: its JSON with --json, else one line."""
+    print(json.dumps(done, indent=2) if args.json else line)
+    return 0
+
+
 def status_of(root: str) -> dict:
     return read_xattr(root, "user.ckptfs.status")
 
@@ -215,12 +221,8 @@ def command_refresh(args: argparse.Namespace) -> int:
     """Apply now what other mounts published before this call (what a restart script runs before
     it reads a checkpoint another node wrote)."""
     done = read_xattr(mount_root(args.path), "user.ckptfs.refresh")
-    if args.json:
-        print(json.dumps(done, indent=2))
-    else:
-        print(f"ckptfs: {args.path} is up to date with the lake ({done['events']} new events from "
-              f"{done['segments']} segments of {done['mounts']} mounts, {done['seconds']:.2f} s)")
-    return 0
+    return answer(args, done, f"ckptfs: {args.path} is up to date with the lake ({done['events']} new events "
+                              f"from {done['segments']} segments of {done['mounts']} mounts, {done['seconds']:.2f} s)")
 
 
 def command_prefetch(args: argparse.Namespace) -> int:
@@ -257,12 +259,8 @@ def command_prefetch(args: argparse.Namespace) -> int:
     done = read_xattr(root, "user.ckptfs.prefetch")
     if "error" in done:
         return fail(f"prefetch of {path} stopped: {done['error']}")
-    if args.json:
-        print(json.dumps(done, indent=2))
-    else:
-        print(f"ckptfs: {path}: {done['files']} files, {human(done['total_bytes'])} in the chunk cache "
-              f"({done['seconds']:.1f} s)")
-    return 0
+    return answer(args, done, f"ckptfs: {path}: {done['files']} files, {human(done['total_bytes'])} in the chunk "
+                              f"cache ({done['seconds']:.1f} s)")
 
 
 def command_snapshot(args: argparse.Namespace) -> int:
@@ -274,12 +272,8 @@ def command_snapshot(args: argparse.Namespace) -> int:
     except OSError as error:
         raise CkptfsError(f"{root} is not on a running ckptfs mount ({error.strerror})") from None
     done = read_xattr(root, "user.ckptfs.snapshot")
-    if args.json:
-        print(json.dumps(done, indent=2))
-    else:
-        print(f"ckptfs: wrote {done['written']} ({done['entries']} entries, {done['segments']} segments, "
-              f"{done['tail_events']} events after its horizon, {done['seconds']:.2f} s)")
-    return 0
+    return answer(args, done, f"ckptfs: wrote {done['written']} ({done['entries']} entries, {done['segments']} "
+                              f"segments, {done['tail_events']} events after its horizon, {done['seconds']:.2f} s)")
 
 
 def command_unmount(args: argparse.Namespace) -> int:

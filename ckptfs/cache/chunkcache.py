@@ -38,12 +38,6 @@ class ChunkCache:
     def _path(self, identifier: bytes) -> str:
         return os.path.join(self.directory, identifier.hex())
 
-    def get(self, identifier: bytes) -> bytes | None:
-        if identifier not in self._entries:
-            return None
-        data = self.load(identifier)
-        return self.loaded(identifier, data)
-
     def __contains__(self, identifier: bytes) -> bool:
         return identifier in self._entries
 

@@ -95,9 +95,7 @@ class RemoteChanges:
             return
         saved = self.journal.get_meta("reconciled")
         if saved is not None:
-            self._replay = self.base.copy()
-            for change in self.events:
-                self._replay.apply(change)
+            self._replay = self._replay_all()
             self._scope = self._changed_since(json.loads(saved), base_covers or {})
 
     def _changed_since(self, saved: dict, base_covers: dict[str, int]) -> set[bytes] | None:
@@ -112,15 +110,29 @@ class RemoteChanges:
         if new and old and min(change.order for change in new) < max(change.order for change in old):
             return None
         scope = {decode_path(path) for path in saved.get("deferred", [])}
-        assert self._replay is not None
         for change in new:
-            for path in (change.path, change.dst):
-                if path is not None:
-                    scope.add(path)
-                    entry = self._replay.entries.get(path)
-                    scope.update(entry.names if entry is not None else ())
+            scope |= self._touched_by(change)
         self._deferred = set(scope)
         return scope
+
+    def _touched_by(self, change: Event) -> set[bytes]:
+        """The paths an event changes in the replay: its path, its destination, and every other name
+        of the inodes there (hard links)."""
+        assert self._replay is not None
+        touched = set()
+        for path in (change.path, change.dst):
+            if path is not None:
+                touched.add(path)
+                entry = self._replay.entries.get(path)
+                touched.update(entry.names if entry is not None else ())
+        return touched
+
+    def _replay_all(self) -> Namespace:
+        """The base with every event after it replayed, from scratch."""
+        replay = self.base.copy()
+        for change in self.events:
+            replay.apply(change)
+        return replay
 
     def _save_reconciled(self) -> None:
         """What the journal's tree now agrees with (committed with the tree's changes)."""
@@ -173,11 +185,7 @@ class RemoteChanges:
         for change in fresh:
             self._replay.apply(change)
             if self._scope is not None:
-                for path in (change.path, change.dst):
-                    if path is not None:
-                        self._scope.add(path)
-                        entry = self._replay.entries.get(path)
-                        self._scope.update(entry.names if entry is not None else ())  # hard links
+                self._scope |= self._touched_by(change)
 
     def published(self, seq: int, raw_events: list[dict], published_ns: int | None = None) -> None:
         """This mount's segment `seq` has just left its outbox."""
@@ -200,9 +208,7 @@ class RemoteChanges:
             return 0
         self._unreconciled = False
         if self._replay is None:
-            self._replay = self.base.copy()
-            for change in self.events:
-                self._replay.apply(change)
+            self._replay = self._replay_all()
         scope, self._scope = self._scope, set()
         if scope is not None:
             scope |= self._deferred
