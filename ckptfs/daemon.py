@@ -198,9 +198,7 @@ def rebuild_from_lake(journal: Journal, lake: Lake, view: LogView | None = None,
             ino = by_entry[id(entry)] = _inode_for_entry(journal, path, entry, version_for).ino
         journal.add_dirent(inodes[parent_path], name, ino)
         inodes[path] = ino
-    if tree.events:
-        journal.set_meta("newest_seen_ns", str(tree.events[-1].time_ns))  # the clock starts after them
-    return tree
+    return tree  # RemoteChanges.start_from starts this mount's clock after what was read
 
 
 _KIND_TYPES = {"dir": stat.S_IFDIR, "symlink": stat.S_IFLNK, "file": stat.S_IFREG, "fifo": stat.S_IFIFO,

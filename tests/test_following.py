@@ -236,6 +236,27 @@ def test_a_mount_never_stamps_below_what_it_has_seen(tmp_path):
     trio.run(main)
 
 
+def test_a_mount_started_from_a_snapshot_never_stamps_below_what_it_folds(tmp_path):
+    """The same with every event folded into a snapshot: the new mount reads no event, only the
+    tree, and must still stamp its changes after the newest time the snapshot holds."""
+    lake = new_lake(late_publish_s=0, max_clock_skew_s=0)
+
+    async def main():
+        async with mounts(tmp_path, lake, 1) as (a,):
+            a.files.outbox.observe(a.files.outbox.event_time() + 3600 * 10**9)  # a's clock an hour ahead
+            await a.write(b"x", b"from a, an hour ahead")
+            await a.sync()
+            ahead = a.files.outbox.event_time()
+            await a.follower.refresh(sweep=True)
+            written = await a.snapshots.swept(ahead + 1, force=True)  # everything folded: no tail
+            assert written["written"] and written["tail_events"] == 0
+        b = Node(files_on(tmp_path, "b", lake), lake, "b")
+        assert not b.files.remote.events and b.tree().keys() == {b"x"}
+        assert b.files.outbox.event_time() > ahead
+
+    trio.run(main)
+
+
 def test_a_remount_on_its_cache_dir_catches_up(tmp_path):
     lake = new_lake()
 

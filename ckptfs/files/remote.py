@@ -87,8 +87,9 @@ class RemoteChanges:
         in its journal), or everything if that cannot be told."""
         self.base, self.covered, self.segments, self.horizon_ns = base, dict(covered), set(), horizon_ns
         self.events = sorted(tail, key=lambda change: change.order)
-        for change in self.events:
-            self.outbox.observe(max(change.time_ns, change.placed_ns))
+        # The clock starts after everything read: the events, and those folded into the base, whose
+        # times are all below the horizon (their place is, and no event is placed before its time).
+        self.outbox.observe(max([horizon_ns or 0] + [max(change.time_ns, change.placed_ns) for change in self.events]))
         self._replay, self._scope, self._unreconciled = replayed, (set() if replayed else None), replayed is None
         if replayed is not None:
             self._save_reconciled()
