@@ -331,7 +331,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
     check_cache_dir(config.cache_dir)
     lake = Lake(store) if store is not None else open_lake(config)
     if isinstance(lake.store, RetryingStore):  # from open_lake: retry as long as a running mount does
-        lake.store.give_up_after, lake.store.max_delay = RetryingStore(lake.store.inner).give_up_after, 10
+        lake.store.give_up_after, lake.store.max_delay = RetryingStore.GIVE_UP_AFTER, 10
         lake.store.retry_log_level = logging.WARNING
     else:
         lake.store = RetryingStore(lake.store, max_delay=10)

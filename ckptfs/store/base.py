@@ -76,7 +76,9 @@ class ObjectStore(abc.ABC):
 class RetryingStore(ObjectStore):
     """Wraps a store and retries temporary failures with exponential backoff and full jitter."""
 
-    def __init__(self, inner: ObjectStore, *, give_up_after: float = 300.0, first_delay: float = 0.2,
+    GIVE_UP_AFTER = 300.0  # seconds a call keeps retrying, by default
+
+    def __init__(self, inner: ObjectStore, *, give_up_after: float = GIVE_UP_AFTER, first_delay: float = 0.2,
                  max_delay: float = 20.0, on_retry: Callable[[str, Exception], None] | None = None,
                  sleep: Callable[[float], None] = time.sleep, retry_log_level: int = logging.WARNING) -> None:
         self.inner = inner
