@@ -343,7 +343,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
                  view.snapshot_key or "no snapshot", view.segments_read)
         mount_id, rebuilt = prepare_journal(cache, lake, view)
         state = {"closed": False, "new_cache": rebuilt is not None}
-        fetcher = Fetcher(lake, cache.chunks)
+        fetcher = Fetcher(lake, cache.chunks, on_manifest=cache.journal.learn_manifest)
         spill = Spill(cache.journal, cache.staging, fetcher)
         uploader = Uploader(cache.journal, cache.staging, lake, mount_id, round_bytes=config.upload_round_bytes,
                             spill=spill)

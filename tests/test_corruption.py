@@ -7,12 +7,12 @@ import shutil
 import pytest
 
 
-def chunk_files(lake_dir):
-    return sorted(os.path.join(d, f) for d, _, files in os.walk(os.path.join(lake_dir, "chunks")) for f in files)
+def pack_files(lake_dir):
+    return sorted(os.path.join(d, f) for d, _, files in os.walk(os.path.join(lake_dir, "packs")) for f in files)
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
-def test_damaged_chunk_gives_eio_and_a_named_log_line(mounter, tmp_path, damage):
+def test_damaged_pack_gives_eio_and_a_named_log_line(mounter, tmp_path, damage):
     first = mounter(cache="cache1")
     with open(first.path("victim"), "wb") as file:
         file.write(os.urandom(3 * 1024 * 1024))
@@ -22,9 +22,9 @@ def test_damaged_chunk_gives_eio_and_a_named_log_line(mounter, tmp_path, damage)
     first.unmount()
     shutil.rmtree(tmp_path / "cache1")
 
-    healthy_chunks = set(chunk_files(str(tmp_path / "lake")))
-    # The healthy file is 400 kB of a repeated pattern: one chunk or fewer; damage one of the victim's.
-    target = max(healthy_chunks, key=os.path.getsize)
+    # Each file's chunks are in its own pack; the healthy file is 400 kB of a repeated pattern that
+    # compresses to almost nothing, so the victim's pack is the largest.
+    target = max(pack_files(str(tmp_path / "lake")), key=os.path.getsize)
     name = os.path.basename(target)
     if damage == "flip":
         with open(target, "r+b") as file:
@@ -33,7 +33,7 @@ def test_damaged_chunk_gives_eio_and_a_named_log_line(mounter, tmp_path, damage)
             file.seek(-1, os.SEEK_CUR)
             file.write(bytes([byte[0] ^ 0x01]))
     elif damage == "truncate":
-        os.truncate(target, os.path.getsize(target) - 100)
+        os.truncate(target, os.path.getsize(target) // 2)  # into the chunks, not only the index
     else:
         os.unlink(target)
 

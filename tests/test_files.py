@@ -78,14 +78,14 @@ def test_save_upload_and_rebuild_on_a_memory_store(tmp_path):
             nursery.cancel_scope.cancel()
 
     trio.run(main)
-    assert any(key.startswith("chunks/") for key in store.list(""))
+    assert any(key.startswith("packs/") for key in store.list(""))
 
 
 def test_temporary_put_failures_are_retried_until_everything_commits(tmp_path):
     faulty = FaultyStore(MemoryStore())
     lake = lake_on(faulty)
     payload = os.urandom(6 * MIB)
-    faulty.fail("put", "chunks/", times=5)
+    faulty.fail("put", "packs/", times=5)
     faulty.fail("put", "manifests/", times=2)
     faulty.fail("put", "log/", times=2)
 
@@ -116,7 +116,7 @@ def test_a_corrupt_chunk_reads_as_an_error_naming_it(tmp_path, caplog):
             await save(files, b"f", os.urandom(3 * MIB))
             await published(files)
             nursery.cancel_scope.cancel()
-        faulty.fail("get", "chunks/", kind="corrupt")
+        faulty.fail("get", "packs/", kind="corrupt")
         reader = files_on(tmp_path, "reader", lake)
         async with trio.open_nursery() as nursery:
             await nursery.start(reader.fetcher.run)
@@ -134,7 +134,7 @@ def test_backpressure_waits_for_uploads_and_never_fails_the_write(tmp_path):
     trio's MockClock, so the one-second waits cost nothing."""
     faulty = FaultyStore(MemoryStore())
     lake = lake_on(faulty)
-    faulty.fail("put", "chunks/", times=20)
+    faulty.fail("put", "packs/", times=20)
     files_data = [os.urandom(6 * MIB) for _ in range(4)]
 
     async def main():

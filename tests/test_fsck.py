@@ -38,17 +38,20 @@ def test_fsck_of_a_healthy_lake(populated):
     assert report["live_files"] == 3 and report["versions"] == 3 and report["problems"] == []
 
 
-def test_fsck_finds_missing_and_corrupt_chunks(populated):
-    chunks = objects(populated, "chunks")
-    os.unlink(chunks[0])
-    with open(chunks[1], "r+b") as file:
+def test_fsck_finds_missing_and_corrupt_packs(populated):
+    packs = objects(populated, "packs")
+    assert len(packs) == 3  # one per file: each file's chunks go into its own packs
+    os.unlink(packs[0])
+    with open(packs[1], "r+b") as file:
         file.seek(200)
         file.write(b"\xff\xff")
     quick = json.loads(ckptfs("fsck", f"file://{populated}", "--json").stdout)["lake"]["problems"]
-    assert [p["kind"] for p in quick] == ["chunk-missing"]
+    assert [p["kind"] for p in quick] == ["pack-missing"]
     result = ckptfs("fsck", f"file://{populated}", "--verify-data")
     assert result.returncode == 1
-    assert os.path.basename(chunks[0]) in result.stdout and os.path.basename(chunks[1]) in result.stdout
+    assert f"pack-missing: {os.path.relpath(packs[0], populated)}" in result.stdout
+    assert f"chunk-corrupt: {os.path.relpath(packs[1], populated)}" in result.stdout
+    assert "2 problem(s)" in result.stdout
 
 
 @pytest.mark.parametrize("garbage, kind", [
@@ -108,10 +111,10 @@ def test_lost_staging_file_stops_the_mount_until_repaired(mounter, tmp_path):
     with open(mount.path("f"), "wb") as file:
         file.write(b"old and committed")
     mount.sync()
-    # Block uploads for certain: chunk keys need directories under chunks/, and a file is in the way.
-    chunks = tmp_path / "lake" / "chunks"
-    assert not chunks.exists()  # the old version is small enough to live inline in its manifest
-    chunks.write_bytes(b"")
+    # Block uploads for certain: pack keys need directories under packs/, and a file is in the way.
+    packs = tmp_path / "lake" / "packs"
+    assert not packs.exists()  # the old version is small enough to live inline in its manifest
+    packs.write_bytes(b"")
     with open(mount.path("f"), "wb") as file:
         file.write(os.urandom(64 * 1024 * 1024))
     assert os.getxattr(mount.path("f"), "user.ckptfs.state").startswith(b"uploading")
@@ -125,7 +128,7 @@ def test_lost_staging_file_stops_the_mount_until_repaired(mounter, tmp_path):
         mounter(cache="cache")
     repaired = ckptfs("fsck", "--cache-dir", str(tmp_path / "cache"), "--repair")
     assert repaired.returncode == 0 and "dropped version" in repaired.stdout
-    chunks.unlink()
+    packs.unlink()
     again = mounter(cache="cache")
     assert open(again.path("f"), "rb").read() == b"old and committed"
     again.sync()

@@ -1,6 +1,7 @@
-"""Unit tests of the lake format: chunk boundaries, chunk codec, manifests, names, namespace replay."""
+"""Unit tests of the lake format: chunk boundaries, chunk codec, packs, manifests, names, namespace replay."""
 
 import mmap
+import os
 import random
 
 import pytest
@@ -8,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ckptfs.errors import CorruptObjectError
-from ckptfs.lake import chunker, codec, events, manifest, namespace
+from ckptfs.lake import chunker, codec, events, manifest, namespace, packs
+from ckptfs.lake.packs import LOOSE, Location
 
 
 def deterministic_bytes(size: int, seed: int) -> bytes:
@@ -181,10 +183,70 @@ def test_manifest_round_trip_with_chunks_and_inline():
 
 
 def test_manifest_is_compact():
-    # 40k chunks (a 100 GiB file at ~2.5 MiB per chunk) must stay well under a megabyte.
-    chunks = [(codec.chunk_id(str(i).encode()), 1000) for i in range(40_000)]
-    blob = manifest.encode(sample_manifest(size=40_000_000, chunks=chunks))
-    assert len(blob) < 1_000_000
+    # 85k chunks (a 100 GiB file at ~1.2 MiB per chunk) in 3,200 packs: 36 bytes a chunk and 16 a pack.
+    chunks = [(codec.chunk_id(str(i).encode()), 1000) for i in range(85_000)]
+    pack_ids = [bytes([i % 256, i // 256]) * 8 for i in range(3_200)]
+    locations = [Location(pack_ids[i * 3_200 // 85_000], 100 + i, 1000 + codec.HEADER_SIZE) for i in range(85_000)]
+    value = sample_manifest(size=85_000_000, chunks=chunks, locations=locations)
+    blob = manifest.encode(value)
+    assert len(blob) < 85_000 * 36 + 3_200 * 16 + 1_000
+    assert manifest.decode(blob) == value
+
+
+def test_manifest_golden_bytes_of_format_2():
+    """docs/FORMAT.md, "Manifests": the bytes a manifest naming a loose chunk and two packed ones has."""
+    value = manifest.Manifest(path=b"a/model.pt", size=3000, mode=0o100644, mtime_ns=1, mount="m1", time_ns=2,
+                              chunks=[(b"\x01" * 16, 1000), (b"\x02" * 16, 1000), (b"\x03" * 16, 1000)],
+                              locations=[LOOSE, Location(b"\xaa" * 16, 0, 1032), Location(b"\xaa" * 16, 1032, 500)])
+    blob = manifest.encode(value)
+    assert blob.hex() == GOLDEN_MANIFEST_2
+    assert manifest.decode(blob) == value
+
+
+def test_manifest_of_format_1_reads_as_loose_chunks():
+    import struct
+
+    import xxhash
+    header = b'{"path":"x","size":5,"mode":420,"mtime_ns":1,"mount":"m","time_ns":2,"chunks":1,"inline":null}'
+    body = struct.pack("<4sB3xI", b"CKPM", 1, len(header)) + header + struct.pack("<16sI", b"\x07" * 16, 5)
+    read = manifest.decode(body + struct.pack("<Q", xxhash.xxh3_64_intdigest(body)))
+    assert read.chunks == [(b"\x07" * 16, 5)] and read.location(0) == LOOSE
+
+
+def test_a_manifest_naming_a_pack_beyond_its_table_is_refused():
+    value = sample_manifest(locations=[Location(b"\xaa" * 16, 0, 2000), Location(b"\xaa" * 16, 2000, 2000)])
+    blob = bytearray(manifest.encode(value))
+    table = blob.index(b"\xaa" * 16) + 16
+    blob[table + 20:table + 24] = (7).to_bytes(4, "little")  # the first entry's pack number
+    import xxhash
+    blob[-8:] = xxhash.xxh3_64_intdigest(bytes(blob[:-8])).to_bytes(8, "little")
+    with pytest.raises(CorruptObjectError, match="beyond the pack table"):
+        manifest.decode(bytes(blob))
+
+
+def test_pack_round_trip_runs_and_index():
+    datas = [bytes([i]) * (1000 + i) for i in range(5)] + [os.urandom(3000)]
+    objects = [codec.encode(data) for data in datas]
+    pack_id = b"\x42" * 16
+    blob, locations = packs.encode(pack_id, objects)
+    for (identifier, _), data, where in zip(objects, datas, locations, strict=True):
+        assert codec.decode(blob[where.offset:where.end], identifier) == data
+    assert packs.read_index(pack_id, blob, len(blob))[1] == list(zip([i for i, _ in objects], locations, strict=True))
+    assert packs.read_index(pack_id, blob[-packs.index_bytes(6):], len(blob))[0] == locations[-1].end
+    # Runs: end to end in one pack, bounded in bytes; a loose chunk or another pack starts a new one.
+    other = Location(b"\x43" * 16, 0, 100)
+    assert packs.runs(locations, 1 << 20) == [[0, 1, 2, 3, 4, 5]]
+    assert packs.runs([locations[0], locations[2], locations[3]], 1 << 20) == [[0], [1, 2]]
+    assert packs.runs([locations[0], LOOSE, LOOSE, other], 1 << 20) == [[0], [1], [2], [3]]
+    assert packs.runs(locations, locations[2].end) == [[0, 1, 2], [3, 4], [5]]  # 3+4+5 exceed it
+    with pytest.raises(CorruptObjectError):
+        packs.read_index(pack_id, blob[:-1], len(blob) - 1)
+    damaged = bytearray(blob)
+    damaged[-packs.TRAILER_SIZE - 5] ^= 1  # an index entry's stored length
+    with pytest.raises(CorruptObjectError):
+        packs.read_index(pack_id, bytes(damaged), len(blob))
+    assert packs.parse_pack_key(packs.pack_key(pack_id)) == pack_id
+    assert packs.parse_pack_key("packs/999/" + "42" * 16) is None
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "absurd-size", "wrong-sum", "bad-json"])
@@ -263,6 +325,13 @@ def test_namespace_rejects_malformed_segments():
 
 
 # Chunk lengths of 12 MiB of random.Random(7) bytes under chunking profile 1 (256K/1M/4M).
+GOLDEN_MANIFEST_2 = (
+    "434b504d02000000770000007b2270617468223a22612f6d6f64656c2e7074222c2273697a65223a333030302c226d6f6465"
+    "223a33333138382c226d74696d655f6e73223a312c226d6f756e74223a226d31222c2274696d655f6e73223a322c22636875"
+    "6e6b73223a332c22696e6c696e65223a6e756c6c2c227061636b73223a317daaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa010101"
+    "01010101010101010101010101e8030000ffffffff00000000000000000000000002020202020202020202020202020202e8"
+    "0300000000000000000000000000000804000003030303030303030303030303030303e80300000000000008040000000000"
+    "00f401000074c20740d6d15831")
 GOLDEN_LENGTHS = [848218, 2257769, 1182347, 1903461, 1082757, 1576399, 1432183, 1781675, 518103]
 # Chunk lengths of with_records(seed=11) under profile 3 (its headers' name and extra lengths are random bytes).
 GOLDEN_LENGTHS_3 = [40996, 8100, 7686, 643218, 60194, 239806, 129130, 910858, 455785, 1004227, 112781, 46393, 645057,

@@ -20,8 +20,8 @@ def test_prefetch_brings_a_checkpoint_into_the_cache_and_reads_need_no_lake(moun
     done = json.loads(reader.cli("prefetch", "--json", reader.path("run", "step-100")).stdout)
     assert done["files"] == 3 and done["total_bytes"] == done["done_bytes"] == sum(map(len, shards.values()))
     assert reader.status()["prefetching"] is None
-    # Everything needed is on this node now: the lake's chunks can go and the reads still succeed.
-    shutil.rmtree(tmp_path / "lake" / "chunks")
+    # Everything needed is on this node now: the lake's packs can go and the reads still succeed.
+    shutil.rmtree(tmp_path / "lake" / "packs")
     for name, data in shards.items():
         assert read(reader.path("run", "step-100", name)) == data
     again = json.loads(reader.cli("prefetch", "--json", reader.path("run", "step-100")).stdout)

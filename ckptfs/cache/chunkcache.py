@@ -23,6 +23,7 @@ class ChunkCache:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self._entries: OrderedDict[bytes, int] = OrderedDict()
         self.used_bytes = 0
+        self.reserved_bytes = 0  # of chunks being fetched: room made before their files are written
         found = []
         for name in os.listdir(directory):
             try:
@@ -63,15 +64,34 @@ class ChunkCache:
         return data
 
     def put(self, identifier: bytes, data: bytes) -> None:
+        if self.write(identifier, data):
+            self.added(identifier, len(data))
+
+    def write(self, identifier: bytes, data: bytes) -> bool:
+        """Write a verified chunk's file; whether it was written. Touches no bookkeeping: safe in a
+        worker thread (then call `added` on the owning thread)."""
         if identifier in self._entries or len(data) > self.limit_bytes:
-            return
+            return False
         temporary = self._path(identifier) + ".tmp"
         with open(temporary, "wb") as file:
             file.write(data)
         os.replace(temporary, self._path(identifier))
-        self._entries[identifier] = len(data)
-        self.used_bytes += len(data)
-        self.shrink_to(self.limit_bytes)
+        return True
+
+    def added(self, identifier: bytes, size: int) -> None:
+        if identifier not in self._entries:
+            self._entries[identifier] = size
+            self.used_bytes += size
+            self.shrink_to(self.limit_bytes - self.reserved_bytes)
+
+    def reserve(self, size: int) -> None:
+        """Make room for `size` bytes about to be written by `write` in a worker thread, so that the
+        files on disk never exceed the limit; `release` it once they are `added` (or not written)."""
+        self.reserved_bytes += size
+        self.shrink_to(max(0, self.limit_bytes - self.reserved_bytes))
+
+    def release(self, size: int) -> None:
+        self.reserved_bytes -= size
 
     def discard(self, identifier: bytes) -> None:
         size = self._entries.pop(identifier, None)

@@ -25,7 +25,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-SCHEMA_VERSION = 3
+from ckptfs.lake.manifest import Manifest
+from ckptfs.lake.packs import LOOSE, Location
+
+SCHEMA_VERSION = 4
 ROOT_INODE = 1
 OPEN, SEALED, COMMITTED = 0, 1, 2
 STATE_NAMES = {OPEN: "dirty", SEALED: "uploading", COMMITTED: "committed"}
@@ -50,7 +53,9 @@ CREATE TABLE IF NOT EXISTS history(
     id INTEGER PRIMARY KEY, path BLOB NOT NULL, time_ns INTEGER NOT NULL, version INTEGER);
 CREATE INDEX IF NOT EXISTS history_by_path ON history(path, time_ns);
 CREATE TABLE IF NOT EXISTS outbox(seq INTEGER PRIMARY KEY AUTOINCREMENT, event TEXT NOT NULL, version INTEGER);
-CREATE TABLE IF NOT EXISTS known_chunks(id BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS known_chunks(
+    id BLOB PRIMARY KEY, pack BLOB, offset INTEGER NOT NULL DEFAULT 0, stored INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS prefix_chunks(
     version INTEGER NOT NULL, seq INTEGER NOT NULL, id BLOB NOT NULL, length INTEGER NOT NULL,
@@ -65,6 +70,10 @@ _MIGRATE_FROM_1 = [f"ALTER TABLE versions ADD COLUMN {name} INTEGER NOT NULL DEF
 _MIGRATE_FROM_2 = ["ALTER TABLE inodes ADD COLUMN rdev INTEGER NOT NULL DEFAULT 0",
                    "ALTER TABLE inodes ADD COLUMN node TEXT",
                    "ALTER TABLE versions ADD COLUMN target BLOB"]
+# Schema 3 knew chunks only as loose objects: known chunks gain where they lie (pack NULL: loose).
+_MIGRATE_FROM_3 = ["ALTER TABLE known_chunks ADD COLUMN pack BLOB",
+                   "ALTER TABLE known_chunks ADD COLUMN offset INTEGER NOT NULL DEFAULT 0",
+                   "ALTER TABLE known_chunks ADD COLUMN stored INTEGER NOT NULL DEFAULT 0"]
 
 
 @dataclass
@@ -136,8 +145,10 @@ class Journal:
                             (ROOT_INODE, stat.S_IFDIR | 0o755, os.getuid(), os.getgid(), 0, now, now, now,
                              None, None, 0, None))
             self.commit(durable=True)
-        elif self.get_meta("schema") in ("1", "2"):
-            steps = (_MIGRATE_FROM_1 if self.get_meta("schema") == "1" else []) + _MIGRATE_FROM_2
+        elif self.get_meta("schema") in ("1", "2", "3"):
+            old = int(self.get_meta("schema") or 0)
+            steps = ((_MIGRATE_FROM_1 if old < 2 else []) + (_MIGRATE_FROM_2 if old < 3 else [])
+                     + _MIGRATE_FROM_3)
             for statement in steps:
                 self.db.execute(statement)
             self.set_meta("schema", str(SCHEMA_VERSION))
@@ -417,8 +428,26 @@ class Journal:
         return row[0] if row else None
 
     # -- chunks known to be in the lake -------------------------------------------------------
-    def chunk_known(self, identifier: bytes) -> bool:
-        return self.db.execute("SELECT 1 FROM known_chunks WHERE id=?", (identifier,)).fetchone() is not None
+    def chunk_location(self, identifier: bytes) -> Location | None:
+        """Where the lake holds a chunk, or None if this cache dir does not know it is there."""
+        row = self.db.execute("SELECT pack, offset, stored FROM known_chunks WHERE id=?", (identifier,)).fetchone()
+        if row is None:
+            return None
+        return LOOSE if row[0] is None else Location(bytes(row[0]), row[1], row[2])
 
     def add_known_chunks(self, identifiers: Iterable[bytes]) -> None:
+        """Loose chunk objects the lake holds (lakes of format 1 to 3)."""
         self.db.executemany("INSERT OR IGNORE INTO known_chunks(id) VALUES (?)", ((i,) for i in identifiers))
+
+    def learn_manifest(self, manifest: Manifest) -> None:
+        """Every manifest read teaches where its chunks are: saving them again uploads nothing (the
+        previous version of a path is the usual source of unchanged chunks)."""
+        self.add_chunk_locations((chunk, manifest.location(index)) for index, (chunk, _) in enumerate(manifest.chunks))
+
+    def add_chunk_locations(self, located: Iterable[tuple[bytes, Location]]) -> None:
+        """Chunks the lake holds and where (a location learnt later replaces a loose one: the copy
+        in a pack reads with its neighbours)."""
+        self.db.executemany(
+            "INSERT INTO known_chunks(id, pack, offset, stored) VALUES (?,?,?,?) ON CONFLICT(id) DO UPDATE "
+            "SET pack=excluded.pack, offset=excluded.offset, stored=excluded.stored WHERE known_chunks.pack IS NULL",
+            ((identifier, where.pack or None, where.offset, where.stored) for identifier, where in located))

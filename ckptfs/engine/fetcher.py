@@ -1,10 +1,12 @@
 """The read path for versions not in the local cache: manifests and chunks fetched on demand.
 
-A read maps its byte range onto the manifest's chunk table (bisect), fetches the chunks it needs in
-parallel worker threads, verifies each against its id (codec.decode) and keeps it in the shared chunk
-cache. Sequential readers get read-ahead: the next chunks are fetched in the background. Two readers
-asking for the same chunk share one GET. A damaged or missing chunk raises CorruptObjectError; it is
-never replaced by other bytes.
+A read maps its byte range onto the manifest's chunk table (bisect) and fetches the chunks it needs.
+Chunks that lie end to end in one pack (lake/packs.py) are fetched together as a *run*, with one
+ranged GET, each verified against its id (codec.decode) and kept in the shared chunk cache.
+Sequential readers get read-ahead: a window of chunks ahead of the reader that doubles with every
+sequential read, requested in runs of at least half the window, so a restore costs tens of GETs per
+GiB with several in flight. Two readers asking for the same chunk share one GET. A damaged or missing
+chunk raises CorruptObjectError; it is never replaced by other bytes.
 """
 
 from __future__ import annotations
@@ -13,30 +15,39 @@ import bisect
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 
 import trio
 
 from ckptfs.cache.chunkcache import ChunkCache
 from ckptfs.errors import CkptfsError, CorruptObjectError
-from ckptfs.lake import Lake
+from ckptfs.lake import Lake, packs
 from ckptfs.lake.manifest import Manifest
+from ckptfs.lake.packs import LOOSE, Location
 
 log = logging.getLogger(__name__)
+RUN_BYTES = 32 << 20  # the most one GET asks for: a pack's worth
 
 
 class Fetcher:
     def __init__(self, lake: Lake, chunk_cache: ChunkCache, *, network_threads: int = 32,
-                 readahead_chunks: int = 8, readahead_max_chunks: int = 128, memory_chunks: int = 16) -> None:
+                 readahead_chunks: int = 8, readahead_max_chunks: int = 128, memory_chunks: int = 16,
+                 run_bytes: int = RUN_BYTES,
+                 on_manifest: Callable[[Manifest], None] | None = None) -> None:
         self.lake = lake
         self.chunk_cache = chunk_cache
         self.network = trio.CapacityLimiter(network_threads)
         self.disk = trio.CapacityLimiter(8)  # chunk cache reads
         self.readahead_chunks = readahead_chunks
         self.readahead_max_chunks = readahead_max_chunks
-        # id of a manifest's chunk list -> read-ahead depth: doubles with every sequential read, up to
-        # the maximum (~150 MiB of ~1.2 MiB chunks), so a restore keeps every network thread busy
-        # while a reader that jumps around fetches only what it reads.
-        self._depth: dict[int, int] = {}
+        # id of a manifest's chunk list -> (read-ahead depth, chunks requested up to): the depth
+        # doubles with every sequential read, up to the maximum (~150 MiB of ~1.2 MiB chunks), so a
+        # restore keeps several GETs in flight while a reader that jumps fetches only what it reads.
+        self._ahead: dict[int, tuple[int, int]] = {}
+        # A run is at most a quarter of the chunk cache: its chunks are all written before any is read.
+        self.run_bytes = max(1, min(run_bytes, chunk_cache.limit_bytes // 4))
+        self.on_manifest = on_manifest  # learns where a manifest's chunks are (dedup against them)
+        self.requests = 0
         self._manifests: OrderedDict[str, tuple[Manifest, list[int]]] = OrderedDict()
         self._memory: OrderedDict[bytes, bytes] = OrderedDict()
         self._memory_chunks = memory_chunks
@@ -56,12 +67,15 @@ class Fetcher:
             value = await trio.to_thread.run_sync(self.lake.get_manifest, identifier, limiter=self.network)
             cached = (value, value.offsets())
             self._manifests[identifier] = cached
+            if self.on_manifest is not None:
+                self.on_manifest(value)
             while len(self._manifests) > 64:
                 self._manifests.popitem(last=False)
         self._manifests.move_to_end(identifier)
         return cached
 
-    async def chunk(self, identifier: bytes) -> bytes:
+    async def chunk(self, identifier: bytes, where: Location = LOOSE) -> bytes:
+        """A chunk's verified bytes: from memory, the chunk cache, or the lake (at `where`)."""
         while True:
             data = self._memory.get(identifier)
             if data is not None:
@@ -73,9 +87,9 @@ class Fetcher:
             # Another reader is fetching it. Look again afterwards: on success the chunk is cached;
             # on failure exactly one of the waiters takes the slot and tries again.
             await waiting.wait()
-        done = self._inflight[identifier] = trio.Event()
-        try:
-            if identifier in self.chunk_cache:
+        if identifier in self.chunk_cache:
+            done = self._inflight[identifier] = trio.Event()
+            try:
                 # Off the event loop: a cache read waits for the disk and hashes a MiB, and every
                 # other request (and the read-ahead) would wait behind it.
                 data = self.chunk_cache.loaded(identifier, await trio.to_thread.run_sync(
@@ -83,36 +97,84 @@ class Fetcher:
                 if data is not None:
                     self._remember(identifier, data)
                     return data
+            finally:
+                del self._inflight[identifier]
+                done.set()
+        return (await self._fetch_run([(identifier, where)], where.stored))[identifier]
+
+    async def _fetch_run(self, run: list[tuple[bytes, Location]], raw_bytes: int) -> dict[bytes, bytes]:
+        """GET chunks that lie end to end in one pack (or one loose chunk), verify them, keep them in
+        the chunk cache (`raw_bytes` of them: room is made first). The caller has checked that none
+        is in flight."""
+        events = {}
+        self.chunk_cache.reserve(raw_bytes)
+        for identifier, _ in run:
+            if identifier not in events:
+                events[identifier] = self._inflight[identifier] = trio.Event()
+        try:
+            def get() -> list[bytes]:  # in a worker thread: the GET, and the chunk cache's files
+                datas = self.lake.get_run(run)
+                for (identifier, _), data in zip(run, datas, strict=True):
+                    self.chunk_cache.write(identifier, data)
+                return datas
+
             try:
-                data = await trio.to_thread.run_sync(self.lake.get_chunk, identifier, limiter=self.network)
+                datas = await trio.to_thread.run_sync(get, limiter=self.network)
             except CorruptObjectError as error:
                 log.error("cannot read %s", error)
                 raise
-            self.fetched_bytes += len(data)
-            self.chunk_cache.put(identifier, data)
-            self._remember(identifier, data)
-            return data
+            found = {}
+            for (identifier, _), data in zip(run, datas, strict=True):
+                if identifier not in found:
+                    found[identifier] = data
+                    self.fetched_bytes += len(data)
+                    self.chunk_cache.added(identifier, len(data))
+                    self._remember(identifier, data)
+            self.requests += 1
+            return found
         finally:
-            del self._inflight[identifier]
-            done.set()
+            self.chunk_cache.release(raw_bytes)
+            for identifier, done in events.items():
+                del self._inflight[identifier]
+                done.set()
 
     def _remember(self, identifier: bytes, data: bytes) -> None:
         self._memory[identifier] = data
         while len(self._memory) > self._memory_chunks:
             self._memory.popitem(last=False)
 
+    def _remote_runs(self, chunks: list[tuple[bytes, int]], indices: list[int],
+                     where: Callable[[int], Location]) -> tuple[list[int], list[list[int]]]:
+        """Split chunk indices into those read one by one (in memory, in the chunk cache, or in
+        flight) and runs of the others, each one GET."""
+        single, remote = [], []
+        for index in indices:
+            identifier = chunks[index][0]
+            if identifier in self._memory or identifier in self._inflight or identifier in self.chunk_cache:
+                single.append(index)
+            else:
+                remote.append(index)
+        grouped = packs.runs([where(index) for index in remote], self.run_bytes)
+        return single, [[remote[position] for position in run] for run in grouped]
+
     async def read(self, manifest_id: str, offset: int, size: int, *, sequential: bool = False) -> bytes:
         manifest, offsets = await self.manifest(manifest_id)
         if manifest.inline is not None:
             return manifest.inline[offset:offset + size]
-        return await self.read_chunks(manifest.chunks, offsets, manifest.size, offset, size, sequential=sequential)
+        return await self.read_chunks(manifest.chunks, offsets, manifest.size, offset, size, sequential=sequential,
+                                      locations=manifest.locations)
 
     async def read_chunks(self, chunks: list[tuple[bytes, int]], offsets: list[int], total: int, offset: int,
-                          size: int, *, sequential: bool = False) -> bytes:
-        """Bytes [offset, offset + size) of the `total` bytes made of `chunks` (starting at `offsets`)."""
+                          size: int, *, sequential: bool = False, locations: list[Location] | None = None) -> bytes:
+        """Bytes [offset, offset + size) of the `total` bytes made of `chunks` (starting at `offsets`,
+        stored at `locations`; none: loose chunk objects)."""
         end = min(total, offset + size)
         if offset >= end:
             return b""
+
+        def where(index: int) -> Location:
+            return locations[index] if locations else LOOSE
+
         first = bisect.bisect_right(offsets, offset) - 1
         last = bisect.bisect_right(offsets, end - 1) - 1
         wanted = range(first, last + 1)
@@ -124,32 +186,37 @@ class Fetcher:
                 pieces[index] = data
         failures: list[Exception] = []
 
-        async def fetch(index: int) -> None:
+        async def one(index: int) -> None:
             try:
-                pieces[index] = await self.chunk(chunks[index][0])
+                pieces[index] = await self.chunk(chunks[index][0], where(index))
             except Exception as error:  # noqa: BLE001 - the read fails with the first error, below
+                failures.append(error)
+                nursery.cancel_scope.cancel()
+
+        async def run(indices: list[int]) -> None:
+            try:
+                found = await self._fetch_run([(chunks[index][0], where(index)) for index in indices],
+                                              sum(chunks[index][1] for index in indices))
+                for index in indices:
+                    pieces[index] = found[chunks[index][0]]
+            except Exception as error:  # noqa: BLE001 - as above
                 failures.append(error)
                 nursery.cancel_scope.cancel()
 
         missing = [index for index in wanted if index not in pieces]
         if missing:
+            single, grouped = self._remote_runs(chunks, missing, where)
             async with trio.open_nursery() as nursery:
-                for index in missing:
-                    nursery.start_soon(fetch, index)
+                for index in single:
+                    nursery.start_soon(one, index)
+                for indices in grouped:
+                    nursery.start_soon(run, indices)
         if failures:
             raise failures[0]
         if sequential and self._nursery is not None:
-            depth = min(self.readahead_max_chunks, 2 * self._depth.get(id(chunks), self.readahead_chunks // 2))
-            self._depth[id(chunks)] = depth
-            if len(self._depth) > 256:
-                self._depth.pop(next(iter(self._depth)))
-            for index in range(last + 1, min(len(chunks), last + 1 + depth)):
-                identifier = chunks[index][0]
-                if (identifier not in self._inflight and identifier not in self._memory
-                        and identifier not in self.chunk_cache):
-                    self._nursery.start_soon(self._prefetch, identifier)
+            self._read_ahead(chunks, last, where)
         elif not sequential:
-            self._depth.pop(id(chunks), None)
+            self._ahead.pop(id(chunks), None)
         # Copy only the bytes asked for: a read is usually a slice of one chunk (the kernel asks
         # 128 KiB at a time), and joining whole chunks first copied each MiB eight times.
         parts = []
@@ -159,43 +226,82 @@ class Fetcher:
             parts.append(memoryview(pieces[index])[low:high])
         return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
 
-    async def _prefetch(self, identifier: bytes) -> None:
+    def _read_ahead(self, chunks: list[tuple[bytes, int]], last: int, where: Callable[[int], Location]) -> None:
+        """After a sequential read up to chunk `last`: double the window, and request what it adds
+        once that is at least half of it (or reaches the end), so runs are long and GETs few."""
+        key = id(chunks)
+        depth, requested = self._ahead.get(key, (self.readahead_chunks // 2, 0))
+        depth = min(self.readahead_max_chunks, 2 * depth)
+        start, stop = max(last + 1, requested), min(len(chunks), last + 1 + depth)
+        # The window must fit in half the chunk cache, or what is read ahead is evicted unread.
+        room, stop_at = self.chunk_cache.limit_bytes // 2, last + 1
+        while stop_at < stop and room >= chunks[stop_at][1]:
+            room -= chunks[stop_at][1]
+            stop_at += 1
+        stop = stop_at
+        if start < stop and (stop - start >= depth // 2 or stop == len(chunks)):
+            _, grouped = self._remote_runs(chunks, list(range(start, stop)), where)
+            for indices in grouped:
+                assert self._nursery is not None
+                self._nursery.start_soon(self._prefetch_run, [(chunks[index][0], where(index), chunks[index][1])
+                                                              for index in indices])
+            requested = stop
+        self._ahead[key] = (depth, requested)
+        if len(self._ahead) > 256:
+            self._ahead.pop(next(iter(self._ahead)))
+
+    async def _prefetch_run(self, run: list[tuple[bytes, Location, int]]) -> None:
+        """Fetch (chunk id, location, raw length) into the chunk cache; chunks that another reader
+        started meanwhile are left to it."""
+        run = [item for item in run if item[0] not in self._inflight]
+        if not run:
+            return
         try:
-            await self.chunk(identifier)
+            for indices in packs.runs([where for _, where, _ in run], self.run_bytes):
+                await self._fetch_run([run[position][:2] for position in indices],
+                                      sum(run[position][2] for position in indices))
         except Exception as error:  # noqa: BLE001 - a failed prefetch is retried by the real read
-            log.debug("prefetch of %s failed: %s", identifier.hex(), error)
+            log.debug("read-ahead of %d chunks failed: %s", len(run), error)
 
     async def prefetch(self, manifest_ids: list[str], progress: dict[str, int]) -> None:
-        """Bring every chunk of these versions into the chunk cache (`ckptfs prefetch`), every
-        network thread busy; `progress` counts the bytes done of the bytes to do."""
-        wanted: dict[bytes, int] = {}
+        """Bring every chunk of these versions into the chunk cache (`ckptfs prefetch`), in runs,
+        every network thread busy; `progress` counts the bytes done of the bytes to do."""
+        wanted: dict[bytes, tuple[int, Location]] = {}
         for identifier in manifest_ids:
             manifest, _ = await self.manifest(identifier)
-            for chunk, length in manifest.chunks:
-                wanted.setdefault(chunk, length)
-        progress["total_bytes"] = sum(wanted.values())
-        progress["done_bytes"] = sum(length for chunk, length in wanted.items() if chunk in self.chunk_cache)
-        missing = [(chunk, length) for chunk, length in wanted.items() if chunk not in self.chunk_cache]
-        if sum(length for _, length in missing) + self.chunk_cache.used_bytes > self.chunk_cache.limit_bytes:
+            for index, (chunk, length) in enumerate(manifest.chunks):
+                wanted.setdefault(chunk, (length, manifest.location(index)))
+        progress["total_bytes"] = sum(length for length, _ in wanted.values())
+        progress["done_bytes"] = sum(length for chunk, (length, _) in wanted.items() if chunk in self.chunk_cache)
+        missing = [(chunk, length, where) for chunk, (length, where) in wanted.items() if chunk not in self.chunk_cache]
+        if sum(length for _, length, _ in missing) + self.chunk_cache.used_bytes > self.chunk_cache.limit_bytes:
             raise CkptfsError(f"{progress['total_bytes']} bytes do not fit in the chunk cache "
                               f"({self.chunk_cache.limit_bytes} bytes: a quarter of --cache-size)")
-        queue = iter(missing)
+        grouped = packs.runs([where for _, _, where in missing], self.run_bytes)
+        queue = iter([[missing[position] for position in run] for run in grouped])
 
         async def worker() -> None:
-            for chunk, length in queue:
-                if chunk not in self.chunk_cache:
-                    await self.chunk(chunk)
-                progress["done_bytes"] += length
+            for run in queue:
+                todo = [(chunk, where, length) for chunk, length, where in run
+                        if chunk not in self.chunk_cache and chunk not in self._inflight]
+                if todo:
+                    await self._prefetch_run(todo)
+                for chunk, length, where in run:
+                    if chunk not in self.chunk_cache:
+                        await self.chunk(chunk, where)  # in flight elsewhere, or the run failed: say why
+                    progress["done_bytes"] += length
 
         async with trio.open_nursery() as nursery:
             for _ in range(self.network.total_tokens):
                 nursery.start_soon(worker)
 
     async def read_all_into(self, manifest_id: str, fd: int) -> None:
-        """Write a whole version into a local file (copy-on-write of a remote-only file)."""
-        manifest, offsets = await self.manifest(manifest_id)
-        if manifest.inline is not None:
-            os.pwrite(fd, manifest.inline, 0)
-        for (identifier, _), start in zip(manifest.chunks, offsets, strict=True):
-            os.pwrite(fd, await self.chunk(identifier), start)
+        """Write a whole version into a local file (copy-on-write of a remote-only file), with the
+        read-ahead of a sequential reader."""
+        manifest, _ = await self.manifest(manifest_id)
+        position = 0
+        while position < manifest.size:
+            data = await self.read(manifest_id, position, 8 << 20, sequential=True)
+            os.pwrite(fd, data, position)
+            position += len(data)
         os.ftruncate(fd, manifest.size)

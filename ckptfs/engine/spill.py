@@ -34,6 +34,7 @@ from ckptfs.engine.early import Early
 from ckptfs.engine.fetcher import Fetcher
 from ckptfs.lake.chunker import LOOKBACK
 from ckptfs.lake.manifest import chunk_offsets
+from ckptfs.lake.packs import LOOSE, Location
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class Spill:
         self.fetcher = fetcher
         self.supported = True  # False once the cache disk refused to punch a hole
         self.prefix_end: dict[int, int] = {}  # version -> end of its prefix recorded in the journal
-        self._index: dict[int, tuple[list[tuple[bytes, int]], list[int], int]] = {}
+        self._index: dict[int, tuple[list[tuple[bytes, int]], list[int], int, list[Location]]] = {}
         self._restoring: dict[int, trio.Event] = {}
         self._recover()
 
@@ -99,11 +100,14 @@ class Spill:
                         "stay whole on it until they are uploaded", error.strerror)
 
     # -- reading -------------------------------------------------------------------------------
-    def _chunks(self, version: int) -> tuple[list[tuple[bytes, int]], list[int], int]:
+    def _chunks(self, version: int) -> tuple[list[tuple[bytes, int]], list[int], int, list[Location]]:
         cached = self._index.get(version)
         if cached is None:
             chunks, _, _ = self.journal.prefix(version)
-            cached = self._index[version] = (chunks, chunk_offsets(chunks), sum(length for _, length in chunks))
+            # Every prefix chunk is in the lake, and the journal learnt where when it landed.
+            locations = [self.journal.chunk_location(chunk) or LOOSE for chunk, _ in chunks]
+            cached = self._index[version] = (chunks, chunk_offsets(chunks), sum(length for _, length in chunks),
+                                             locations)
         return cached
 
     async def read(self, version: Version, offset: int, size: int, *, sequential: bool) -> bytes:
@@ -116,18 +120,18 @@ class Spill:
             tail = os.pread(self.staging.fd(version.id), offset + size - start, start)
         if offset >= hole:
             return tail
-        chunks, offsets, total = self._chunks(version.id)
+        chunks, offsets, total, locations = self._chunks(version.id)
         head = await self.fetcher.read_chunks(chunks, offsets, min(total, hole), offset, min(size, hole - offset),
-                                              sequential=sequential)
+                                              sequential=sequential, locations=locations)
         return head + tail
 
     async def fill(self, version: Version, fd: int) -> None:
         """Write the punched bytes [0, hole_end) of `version` into `fd` (its staging file or a copy)."""
-        chunks, offsets, _ = self._chunks(version.id)
-        for (chunk, _), start in zip(chunks, offsets, strict=True):
+        chunks, offsets, _, locations = self._chunks(version.id)
+        for (chunk, _), start, where in zip(chunks, offsets, locations, strict=True):
             if start >= version.hole_end:
                 break
-            data = await self.fetcher.chunk(chunk)
+            data = await self.fetcher.chunk(chunk, where)
             with memoryview(data) as view:
                 os.pwrite(fd, view[:version.hole_end - start], start)
 

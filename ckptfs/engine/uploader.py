@@ -151,9 +151,15 @@ class Uploader:
             os.close(fd)
         if inline is not None and len(inline) != version.size:
             raise CkptfsError(f"staging file of version {identifier:x} is shorter than its size")
+        locations = []
+        for chunk, _ in entries:  # every chunk is in the lake by now, and the journal knows where
+            where = self.journal.chunk_location(chunk)
+            if where is None:
+                raise CkptfsError(f"version {identifier:x}: no location known for chunk {chunk.hex()}")
+            locations.append(where)
         manifest = Manifest(path=version.path or b"", size=version.size, mode=version.mode,
                             mtime_ns=version.mtime_ns, mount=self.mount_id, time_ns=version.sealed_ns or 0,
-                            chunks=entries, inline=inline)
+                            chunks=entries, inline=inline, locations=locations)
         manifest_id = await trio.to_thread.run_sync(self.lake.put_manifest, manifest, limiter=self.network)
         self.journal.update_version(identifier, state=COMMITTED, manifest=manifest_id, stored_bytes=stored_bytes)
         self.journal.add_counter("versions_committed", 1)

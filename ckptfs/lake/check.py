@@ -2,7 +2,8 @@
 
 Every log segment must parse and every event in it be valid (`events.parse`); every version any
 history state names (live or not) must have a manifest that parses and matches its id; every chunk
-a manifest names must exist, and with `verify_data` must decode and hash to its id. Every namespace
+a manifest names must exist (as a loose object, or in the pack it names), and with `verify_data`
+must decode and hash to its id, read with one ranged GET per run of a pack as a restore would. Every namespace
 snapshot must read, and the newest, with the segments after it, must replay to the same tree and
 history as the whole log. Each problem names the object it concerns.
 """
@@ -13,10 +14,11 @@ import logging
 from dataclasses import dataclass, field
 
 from ckptfs.errors import CorruptObjectError
-from ckptfs.lake import codec, namespace
+from ckptfs.lake import codec, namespace, packs
 from ckptfs.lake.events import InvalidEvent
 from ckptfs.lake.lake import Lake
 from ckptfs.lake.manifest import manifest_key
+from ckptfs.lake.packs import Location
 from ckptfs.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -24,7 +26,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Problem:
-    kind: str      # "segment", "event", "snapshot", "manifest", "chunk-missing", "chunk-corrupt"
+    kind: str      # "segment", "event", "snapshot", "manifest", "chunk-missing", "chunk-corrupt", "pack-missing"
     key: str       # the object concerned
     detail: str
 
@@ -36,6 +38,7 @@ class Report:
     manifests: int = 0
     chunks: int = 0
     chunk_bytes: int = 0
+    packs: int = 0
     live_files: int = 0
     snapshots: int = 0
     problems: list[Problem] = field(default_factory=list)
@@ -60,8 +63,12 @@ def check_lake(lake: Lake, *, verify_data: bool = False) -> Report:
             if state.manifest is not None:
                 report.versions += 1
                 manifests.setdefault(state.manifest, path)
-    present = {key.rsplit("/", 1)[-1] for key in lake.store.list("chunks/")}
+    loose = {key.rsplit("/", 1)[-1] for key in lake.store.list("chunks/")}
+    present_packs = set(lake.pack_ids())
     checked: set[bytes] = set()
+    to_verify: list[tuple[bytes, Location, str]] = []
+    referenced: set[bytes] = set()
+    missing_packs: set[bytes] = set()
     for identifier, path in sorted(manifests.items()):
         try:
             value = lake.get_manifest(identifier)
@@ -70,21 +77,47 @@ def check_lake(lake: Lake, *, verify_data: bool = False) -> Report:
                                            f"{error} (a version of {path!r})"))
             continue
         report.manifests += 1
-        for chunk, length in value.chunks:
+        for index, (chunk, length) in enumerate(value.chunks):
             if chunk in checked:
                 continue
             checked.add(chunk)
             report.chunks += 1
             report.chunk_bytes += length
-            key = codec.chunk_key(chunk)
-            if chunk.hex() not in present:
-                report.problems.append(Problem("chunk-missing", key, f"named by manifest {identifier} ({path!r})"))
+            where = value.location(index)
+            if not where.loose:
+                referenced.add(where.pack)
+            named = f"named by manifest {identifier} ({path!r})"
+            if where.loose and chunk.hex() not in loose:
+                report.problems.append(Problem("chunk-missing", codec.chunk_key(chunk), named))
+            elif not where.loose and where.pack not in present_packs:
+                if where.pack not in missing_packs:  # once per pack, naming the first chunk missed
+                    missing_packs.add(where.pack)
+                    report.problems.append(Problem("pack-missing", packs.pack_key(where.pack),
+                                                   f"holds chunk {chunk.hex()} {named}"))
             elif verify_data:
-                try:
-                    lake.get_chunk(chunk)
-                except (CorruptObjectError, StoreError) as error:
-                    report.problems.append(Problem("chunk-corrupt", key, str(error)))
+                to_verify.append((chunk, where, named))
+    report.packs = len(referenced)
+    _verify(lake, to_verify, report)
     return report
+
+
+def _verify(lake: Lake, chunks: list[tuple[bytes, Location, str]], report: Report) -> None:
+    """Read every chunk back, runs of a pack at a time; a run that fails is read chunk by chunk, so
+    each damaged chunk is named."""
+    chunks.sort(key=lambda item: (item[1].pack, item[1].offset))
+    for run in packs.runs([where for _, where, _ in chunks], 32 << 20):
+        items = [chunks[position] for position in run]
+        try:
+            lake.get_run([(chunk, where) for chunk, where, _ in items])
+            continue
+        except (CorruptObjectError, StoreError):
+            pass
+        for chunk, where, named in items:
+            try:
+                lake.get_chunk(chunk, where)
+            except (CorruptObjectError, StoreError) as error:
+                key = codec.chunk_key(chunk) if where.loose else packs.pack_key(where.pack)
+                report.problems.append(Problem("chunk-corrupt", key, f"{error} ({named})"))
 
 
 def _check_snapshots(lake: Lake, tree: namespace.Namespace, report: Report) -> None:

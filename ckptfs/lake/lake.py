@@ -2,7 +2,9 @@
 
 Keys (docs/FORMAT.md):
     lake.json                        descriptor: format name and version, chunking profile
-    chunks/<3 hex>/<32 hex>          chunk objects (codec.py), keyed by xxh3-128 of the raw bytes
+    packs/<3 hex>/<32 hex>           packs (packs.py): chunk objects end to end and an index; random ids
+    chunks/<3 hex>/<32 hex>          loose chunk objects (codec.py), keyed by xxh3-128 of the raw bytes:
+                                     what lakes of format 1 to 3 hold; still read, no longer written
     manifests/<3 hex>/<32 hex>       manifests (manifest.py), keyed by xxh3-128 of their bytes
     log/<mount id>/<16 hex seq>      namespace log segments (namespace.py)
     mounts/<mount id>                one small object per mount that ever published: running mounts
@@ -25,14 +27,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptfs.errors import CorruptObjectError
-from ckptfs.lake import chunker, codec, events, manifest, namespace, snapshot
+from ckptfs.lake import chunker, codec, events, manifest, namespace, packs, snapshot
+from ckptfs.lake.packs import LOOSE, Location
 from ckptfs.store import ObjectNotFound, ObjectStore, PreconditionFailed
 
 log = logging.getLogger(__name__)
 DESCRIPTOR_KEY = "lake.json"
 FORMAT_NAME = "ckptfs-lake"
-FORMAT_VERSION = 3  # 2: events with owners, times, special files, hard links; 3: placement, snapshots
-READABLE_VERSIONS = (1, 2, 3)
+# 2: events with owners, times, special files, hard links; 3: placement, snapshots; 4: packs, manifests
+# that name where each chunk lies
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 # How late a segment may reach the lake and its events keep their time in the replay order, and the
 # clock skew between mounts that snapshots allow for (events.placement, lake/snapshot.py). Lake-wide:
 # every mount must place events alike, so they live in the descriptor; these are the defaults.
@@ -134,14 +139,64 @@ class Lake:
             except ValueError:
                 continue
 
-    def get_chunk(self, identifier: bytes) -> bytes:
+    def get_chunk(self, identifier: bytes, where: Location = LOOSE) -> bytes:
         """Return the verified raw bytes of a chunk; CorruptObjectError if missing or damaged."""
-        key = codec.chunk_key(identifier)
+        return self.get_run([(identifier, where)])[0]
+
+    def get_run(self, run: list[tuple[bytes, Location]]) -> list[bytes]:
+        """The verified raw bytes of chunks that lie end to end in one pack (packs.runs), with one
+        ranged GET; or of one loose chunk. CorruptObjectError if missing or damaged."""
+        first = run[0][1]
+        if first.loose:
+            (identifier, _), = run
+            key = codec.chunk_key(identifier)
+            try:
+                return [codec.decode(self.store.get(key), identifier)]
+            except ObjectNotFound:
+                raise CorruptObjectError(f"chunk {identifier.hex()} is missing from the lake ({key})") from None
+        key = packs.pack_key(first.pack)
+        end = run[-1][1].end
         try:
-            blob = self.store.get(key)
+            blob = self.store.get(key, first.offset, end)
         except ObjectNotFound:
-            raise CorruptObjectError(f"chunk {identifier.hex()} is missing from the lake ({key})") from None
-        return codec.decode(blob, identifier)
+            raise CorruptObjectError(f"pack {first.pack.hex()} is missing from the lake ({key})") from None
+        if len(blob) != end - first.offset:
+            raise CorruptObjectError(f"chunk {run[-1][0].hex()}: pack {first.pack.hex()} ends before byte {end} "
+                                     f"({key})")
+        datas = []
+        with memoryview(blob) as view:
+            for identifier, where in run:
+                try:
+                    datas.append(codec.decode(view[where.offset - first.offset:where.end - first.offset], identifier))
+                except CorruptObjectError as error:
+                    raise CorruptObjectError(f"{error} ({key} at byte {where.offset})") from None
+        return datas
+
+    def put_pack(self, pack: bytes, data: bytes) -> None:
+        """Store a pack. Its id is random, so it is new: no condition needed, and a retried PUT
+        whose first attempt landed writes the same bytes again."""
+        self.store.put(packs.pack_key(pack), data)
+
+    def pack_ids(self) -> Iterator[bytes]:
+        for key in self.store.list(packs.PREFIX):
+            pack = packs.parse_pack_key(key)
+            if pack is not None:
+                yield pack
+
+    def read_pack_index(self, pack: bytes) -> list[tuple[bytes, Location]]:
+        """The (chunk id, location) of every chunk in a pack, from its index (two ranged GETs at most)."""
+        key = packs.pack_key(pack)
+        size = self.store.size(key)
+        if size is None:
+            raise CorruptObjectError(f"pack {pack.hex()} is missing from the lake ({key})")
+        guess = min(size, 64 * 1024)
+        tail = self.store.get(key, size - guess, size)
+        try:
+            return packs.read_index(pack, tail, size)[1]
+        except CorruptObjectError:
+            if guess == size:
+                raise
+        return packs.read_index(pack, self.store.get(key), size)[1]
 
     # -- manifests ----------------------------------------------------------------------------
     def put_manifest(self, value: manifest.Manifest) -> str:

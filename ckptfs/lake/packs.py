@@ -1,0 +1,123 @@
+"""Packs: many chunk objects in one store object, so a GiB costs tens of requests instead of a thousand.
+
+A pack (`packs/<3 hex>/<32 hex>`, a random id, written once) is chunk objects exactly as codec.py
+encodes them, laid end to end, then an index and a trailer:
+
+    chunk object | chunk object | ... | index: count x [chunk id 16 bytes, offset u64, stored u32]
+    | trailer: index offset u64, count u32, magic b"CKPP"
+
+Readers do not need the index: a manifest names each chunk's pack, offset and stored length
+(`Location`), so a chunk is one ranged GET and adjacent chunks of one pack are one GET together.
+The index makes a pack self-describing, for fsck and for repacking (docs/DESIGN.md). A chunk read
+from a pack is verified against its id (codec.decode) like any other.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+from ckptfs.errors import CorruptObjectError
+from ckptfs.lake import codec
+
+MAGIC = b"CKPP"
+PREFIX = "packs/"
+_INDEX_ENTRY = struct.Struct("<16sQI")
+_TRAILER = struct.Struct("<QI4s")
+TRAILER_SIZE = _TRAILER.size
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a chunk object is: bytes [offset, offset + stored) of pack `pack`; LOOSE for a chunk
+    stored as its own object under `chunks/` (lakes of format 1 to 3)."""
+    pack: bytes
+    offset: int
+    stored: int
+
+    @property
+    def loose(self) -> bool:
+        return not self.pack
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.stored
+
+
+LOOSE = Location(b"", 0, 0)
+
+
+def new_pack_id() -> bytes:
+    return os.urandom(16)
+
+
+def pack_key(pack: bytes) -> str:
+    text = pack.hex()
+    return f"{PREFIX}{text[:3]}/{text}"
+
+
+def parse_pack_key(key: str) -> bytes | None:
+    name = key.rsplit("/", 1)[-1]
+    try:
+        pack = bytes.fromhex(name)
+    except ValueError:
+        return None
+    return pack if len(pack) == 16 and key == pack_key(pack) else None
+
+
+def encode(pack: bytes, objects: list[tuple[bytes, bytes]]) -> tuple[bytes, list[Location]]:
+    """The bytes of a pack holding these (chunk id, chunk object) pairs, and where each one lies."""
+    locations, offset = [], 0
+    for _, blob in objects:
+        locations.append(Location(pack, offset, len(blob)))
+        offset += len(blob)
+    index = b"".join(_INDEX_ENTRY.pack(identifier, where.offset, where.stored)
+                     for (identifier, _), where in zip(objects, locations, strict=True))
+    trailer = _TRAILER.pack(offset, len(objects), MAGIC)
+    return b"".join([*(blob for _, blob in objects), index, trailer]), locations
+
+
+def read_index(pack: bytes, tail: bytes, size: int) -> tuple[int, list[tuple[bytes, Location]]]:
+    """Parse a pack's index from `tail` (the last bytes of the pack, of total `size`): (index offset,
+    [(chunk id, location)]). Raises CorruptObjectError if the tail is not a valid index."""
+    name = f"pack {pack.hex()}"
+    if len(tail) < TRAILER_SIZE:
+        raise CorruptObjectError(f"{name}: truncated")
+    index_offset, count, magic = _TRAILER.unpack_from(tail, len(tail) - TRAILER_SIZE)
+    if magic != MAGIC:
+        raise CorruptObjectError(f"{name}: bad trailer magic")
+    if index_offset + count * _INDEX_ENTRY.size + TRAILER_SIZE != size:
+        raise CorruptObjectError(f"{name}: index of {count} entries at {index_offset} does not fit {size} bytes")
+    start = len(tail) - TRAILER_SIZE - count * _INDEX_ENTRY.size
+    if start < 0:
+        raise CorruptObjectError(f"{name}: index not in the bytes read")
+    entries, position = [], 0
+    for identifier, offset, stored in _INDEX_ENTRY.iter_unpack(tail[start:len(tail) - TRAILER_SIZE]):
+        if offset != position or stored < codec.HEADER_SIZE or offset + stored > index_offset:
+            raise CorruptObjectError(f"{name}: index entry for {identifier.hex()} is out of place")
+        entries.append((identifier, Location(pack, offset, stored)))
+        position = offset + stored
+    if position != index_offset:
+        raise CorruptObjectError(f"{name}: index does not cover the chunks")
+    return index_offset, entries
+
+
+def index_bytes(count: int) -> int:
+    """How many bytes at the end of a pack hold an index of `count` entries and the trailer."""
+    return count * _INDEX_ENTRY.size + TRAILER_SIZE
+
+
+def runs(locations: list[Location], max_bytes: int) -> list[list[int]]:
+    """Group positions into runs readable with one ranged GET each: consecutive positions whose
+    chunks lie end to end in one pack, up to `max_bytes` a run. Loose chunks are runs of one."""
+    grouped: list[list[int]] = []
+    for position, where in enumerate(locations):
+        if grouped and not where.loose:
+            last = locations[grouped[-1][-1]]
+            first = locations[grouped[-1][0]]
+            if last.pack == where.pack and last.end == where.offset and where.end - first.offset <= max_bytes:
+                grouped[-1].append(position)
+                continue
+        grouped.append([position])
+    return grouped
