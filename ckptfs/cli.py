@@ -329,6 +329,7 @@ def command_status(args: argparse.Namespace) -> int:
         ("committed", f"{status['committed_versions']} versions, {human(status['committed_bytes'])}"),
         ("new chunk bytes", human(status["new_chunk_bytes"])),
         ("stored bytes", human(status["stored_bytes"])),
+        ("packs written", str(status.get("packs_written", 0))),
         ("dedup ratio", f"{status['dedup_ratio']}x" if status["dedup_ratio"] else "-"),
         ("compression ratio", f"{status['compression_ratio']}x" if status["compression_ratio"] else "-"),
         ("store", f"retrying: {status['last_store_error']}" if status["store_retrying"]

@@ -100,36 +100,54 @@ class Fetcher:
             finally:
                 del self._inflight[identifier]
                 done.set()
-        return (await self._fetch_run([(identifier, where)], where.stored))[identifier]
+        return (await self._fetch_run([(identifier, where, where.stored)]))[identifier]
 
-    async def _fetch_run(self, run: list[tuple[bytes, Location]], raw_bytes: int) -> dict[bytes, bytes]:
-        """GET chunks that lie end to end in one pack (or one loose chunk), verify them, keep them in
-        the chunk cache (`raw_bytes` of them: room is made first). The caller has checked that none
-        is in flight."""
+    async def _fetch_run(self, run: list[tuple[bytes, Location, int]]) -> dict[bytes, bytes]:
+        """The bytes of chunks (id, location, raw length) that lie end to end in one pack, or of one
+        loose chunk: one ranged GET, unless some are in flight for another reader meanwhile (every
+        await lets others run); then the rest is fetched in the runs left, and those waited for."""
+        mine = [item for item in run if item[0] not in self._inflight]
+        if len(mine) == len(run):
+            return await self._get_run(run)
+        found: dict[bytes, bytes] = {}
+        for indices in packs.runs([where for _, where, _ in mine], self.run_bytes):
+            fresh = [mine[position] for position in indices if mine[position][0] not in self._inflight]
+            if fresh:
+                found.update(await self._fetch_run(fresh))
+        for identifier, where, _ in run:
+            if identifier not in found:
+                found[identifier] = await self.chunk(identifier, where)
+        return found
+
+    async def _get_run(self, run: list[tuple[bytes, Location, int]]) -> dict[bytes, bytes]:
+        """GET chunks (id, location, raw length) that lie end to end in one pack, or one loose chunk,
+        verify them and keep them in the chunk cache, room made for them first. None is in flight."""
         events = {}
+        raw_bytes = sum(length for _, _, length in run)
         self.chunk_cache.reserve(raw_bytes)
-        for identifier, _ in run:
+        for identifier, _, _ in run:
             if identifier not in events:
                 events[identifier] = self._inflight[identifier] = trio.Event()
+        located = [(identifier, where) for identifier, where, _ in run]
         try:
-            def get() -> list[bytes]:  # in a worker thread: the GET, and the chunk cache's files
-                datas = self.lake.get_run(run)
-                for (identifier, _), data in zip(run, datas, strict=True):
-                    self.chunk_cache.write(identifier, data)
-                return datas
+            def get() -> tuple[list[bytes], list[bool]]:  # in a worker thread: the GET, the cache's files
+                datas = self.lake.get_run(located)
+                return datas, [self.chunk_cache.write(identifier, data)
+                               for (identifier, _), data in zip(located, datas, strict=True)]
 
             try:
-                datas = await trio.to_thread.run_sync(get, limiter=self.network)
+                datas, written = await trio.to_thread.run_sync(get, limiter=self.network)
             except CorruptObjectError as error:
                 log.error("cannot read %s", error)
                 raise
             found = {}
-            for (identifier, _), data in zip(run, datas, strict=True):
+            for (identifier, _), data, fresh in zip(located, datas, written, strict=True):
                 if identifier not in found:
                     found[identifier] = data
                     self.fetched_bytes += len(data)
-                    self.chunk_cache.added(identifier, len(data))
                     self._remember(identifier, data)
+                if fresh:
+                    self.chunk_cache.added(identifier, len(data))
             self.requests += 1
             return found
         finally:
@@ -195,8 +213,8 @@ class Fetcher:
 
         async def run(indices: list[int]) -> None:
             try:
-                found = await self._fetch_run([(chunks[index][0], where(index)) for index in indices],
-                                              sum(chunks[index][1] for index in indices))
+                found = await self._fetch_run([(chunks[index][0], where(index), chunks[index][1])
+                                               for index in indices])
                 for index in indices:
                     pieces[index] = found[chunks[index][0]]
             except Exception as error:  # noqa: BLE001 - as above
@@ -258,8 +276,7 @@ class Fetcher:
             return
         try:
             for indices in packs.runs([where for _, where, _ in run], self.run_bytes):
-                await self._fetch_run([run[position][:2] for position in indices],
-                                      sum(run[position][2] for position in indices))
+                await self._fetch_run([run[position] for position in indices])
         except Exception as error:  # noqa: BLE001 - a failed prefetch is retried by the real read
             log.debug("read-ahead of %d chunks failed: %s", len(run), error)
 

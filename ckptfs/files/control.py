@@ -120,6 +120,7 @@ class Control:
             "committed_bytes": logical,
             "new_chunk_bytes": new_bytes,
             "stored_bytes": stored,
+            "packs_written": counters.get("packs", 0),
             "dedup_ratio": round(logical / new_bytes, 2) if new_bytes else None,
             "compression_ratio": round(new_bytes / stored, 2) if stored else None,
             "last_error": self.uploader.last_error,
