@@ -294,9 +294,10 @@ async def set_read_ahead(mountpoint: str, kb: int) -> None:
 
 
 async def learn_known_chunks(lake: Lake, journal: Journal) -> None:
-    """A new cache dir learns which chunks the lake holds, so that saving content already there
-    uploads nothing (a conditional PUT answers for a chunk not learnt yet, after sending its bytes).
-    One LIST per 1,000 chunks: a large lake takes a while, so this runs after the mount is ready."""
+    """A new cache dir learns which loose chunks the lake holds (lakes of format 1 to 3), so that
+    saving content already there uploads nothing. Chunks in packs are learnt from the manifests the
+    mount reads (`Journal.learn_manifest`): listing packs would not say what is in them. One LIST
+    per 1,000 chunks: a large lake takes a while, so this runs after the mount is ready."""
     started = time.monotonic()
     try:
         found = await trio.to_thread.run_sync(lambda: list(lake.chunk_ids()))

@@ -131,7 +131,7 @@ def test_a_lake_of_format_1_is_read_and_upgraded(mounter, tmp_path):
     with open(reader.path("run", "a"), "rb") as file:
         assert file.read() == b"first"
     assert os.stat(reader.path("run", "a")).st_uid == os.getuid()  # format 1 kept no owner
-    assert json.loads((lake / "lake.json").read_bytes())["version"] == 3
+    assert json.loads((lake / "lake.json").read_bytes())["version"] == 4
     reader.assert_clean_log()
 
 

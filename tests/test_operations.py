@@ -12,6 +12,7 @@ import trio
 from ckptfs.cache.journal import COMMITTED, OPEN, SEALED, Journal
 from ckptfs.fs.operations import Operations
 from ckptfs.lake import Lake
+from ckptfs.lake.packs import LOOSE, Location
 from ckptfs.store import LocalDirStore
 from tests.layers import files_on
 
@@ -171,7 +172,7 @@ def test_a_spilled_version_still_uploading_reads_back_and_copies_whole(tmp_path,
     trio.run(main)
 
 
-def test_a_schema_1_journal_is_migrated(tmp_path):
+def test_a_schema_1_journal_is_migrated_to_schema_4(tmp_path):
     path = str(tmp_path / "journal.sqlite")
     Journal(path).close()
     database = sqlite3.connect(path)
@@ -182,11 +183,20 @@ def test_a_schema_1_journal_is_migrated(tmp_path):
     for column in ("rdev", "node"):
         database.execute(f"ALTER TABLE inodes DROP COLUMN {column}")
     database.execute("ALTER TABLE versions DROP COLUMN target")
+    database.execute("DROP TABLE known_chunks")
+    database.execute("CREATE TABLE known_chunks(id BLOB PRIMARY KEY) WITHOUT ROWID")
+    database.execute("INSERT INTO known_chunks(id) VALUES (?)", (b"k" * 16,))
     database.execute("UPDATE meta SET value='1' WHERE key='schema'")
     database.commit()
     database.close()
     journal = Journal(path)
-    assert journal.get_meta("schema") == "3"
+    assert journal.get_meta("schema") == "4"
+    # Chunks known before packs are loose objects; a location learnt later replaces that, not the reverse.
+    assert journal.chunk_location(b"k" * 16) == LOOSE
+    journal.add_chunk_locations([(b"k" * 16, Location(b"p" * 16, 7, 40))])
+    journal.add_chunk_locations([(b"k" * 16, LOOSE), (b"n" * 16, LOOSE)])
+    assert journal.chunk_location(b"k" * 16) == Location(b"p" * 16, 7, 40)
+    assert journal.chunk_location(b"n" * 16) == LOOSE and journal.chunk_location(b"u" * 16) is None
     assert journal.inode(1).rdev == 0 and journal.inode(1).node is None
     version = journal.new_version(None)
     journal.extend_prefix(version, [(b"c" * 16, 5)], first_seq=0, end=5, hole_end=0, new_bytes=5, stored_bytes=3)
