@@ -26,13 +26,12 @@ from ckptfs.lake.manifest import Manifest
 from ckptfs.lake.packs import LOOSE, Location
 
 log = logging.getLogger(__name__)
-RUN_BYTES = 32 << 20  # the most one GET asks for: a pack's worth
 
 
 class Fetcher:
     def __init__(self, lake: Lake, chunk_cache: ChunkCache, *, network_threads: int = 32,
                  readahead_chunks: int = 8, readahead_max_chunks: int = 128, memory_chunks: int = 16,
-                 run_bytes: int = RUN_BYTES,
+                 run_bytes: int = packs.RUN_BYTES,
                  on_manifest: Callable[[Manifest], None] | None = None) -> None:
         self.lake = lake
         self.chunk_cache = chunk_cache
@@ -255,6 +254,15 @@ class Fetcher:
         room, stop_at = self.chunk_cache.limit_bytes // 2, last + 1
         while stop_at < stop and room >= chunks[stop_at][1]:
             room -= chunks[stop_at][1]
+            stop_at += 1
+        # A request that would end inside a pack ends with the pack instead: the rest of that pack
+        # would otherwise be a GET of its own next time (up to a run more, within the room).
+        extra = 0
+        while (start < stop_at < len(chunks) and room >= chunks[stop_at][1] and extra < self.run_bytes
+               and not where(stop_at).loose and where(stop_at).pack == where(stop_at - 1).pack
+               and where(stop_at).offset == where(stop_at - 1).end):
+            room -= chunks[stop_at][1]
+            extra += chunks[stop_at][1]
             stop_at += 1
         stop = stop_at
         if start < stop and (stop - start >= depth // 2 or stop == len(chunks)):

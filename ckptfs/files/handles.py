@@ -24,6 +24,8 @@ from ckptfs.files.attributes import Attributes, Caller
 from ckptfs.files.lifecycle import Lifecycle
 from ckptfs.files.tree import Tree, fail
 
+SEQUENTIAL_SLACK = 8 << 20
+
 
 @dataclass
 class Handle:
@@ -127,8 +129,11 @@ class Handles:
     # -- data ---------------------------------------------------------------------------------
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         handle = self._get(fh)
-        sequential = offset == handle.next_offset
-        handle.next_offset = offset + size
+        # The kernel's read-ahead sends several READs at once, which can arrive out of order: a read
+        # near where the last one ended still counts as sequential, or the fetcher's window would
+        # start over (and fetch chunk by chunk) at every reordering.
+        sequential = abs(offset - handle.next_offset) <= SEQUENTIAL_SLACK
+        handle.next_offset = max(handle.next_offset, offset + size) if sequential else offset + size
         if handle.fixed_version is not None:
             return await self.lifecycle.read_version(handle.fixed_version, offset, size, sequential=sequential)
         await self.lifecycle.changes.wait_for_earlier(handle.ino)

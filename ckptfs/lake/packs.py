@@ -26,6 +26,9 @@ PREFIX = "packs/"
 _INDEX_ENTRY = struct.Struct("<16sQI")
 _TRAILER = struct.Struct("<QI4s")
 TRAILER_SIZE = _TRAILER.size
+# The most one GET of a run asks for: a whole pack (closed at 32 MiB or just past it, by up to one
+# chunk, engine/chunks.py), so that a pack is one GET rather than a GET and its last chunk.
+RUN_BYTES = 40 << 20
 
 
 @dataclass(frozen=True, slots=True)
