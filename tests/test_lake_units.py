@@ -237,8 +237,12 @@ def test_pack_round_trip_runs_and_index():
     other = Location(b"\x43" * 16, 0, 100)
     assert packs.runs(locations, 1 << 20) == [[0, 1, 2, 3, 4, 5]]
     assert packs.runs([locations[0], locations[2], locations[3]], 1 << 20) == [[0], [1, 2]]
-    assert packs.runs([locations[0], LOOSE, LOOSE, other], 1 << 20) == [[0], [1], [2], [3]]
+    assert packs.runs([locations[0], LOOSE, LOOSE, other], 1 << 20) == [[0], [3], [1], [2]]  # loose ones last
     assert packs.runs(locations, locations[2].end) == [[0, 1, 2], [3, 4], [5]]  # 3+4+5 exceed it
+    # Gaps up to max_gap are read and dropped; the list's order does not matter, pack order does.
+    assert packs.runs([locations[0], locations[2], locations[3]], 1 << 20, max_gap=2000) == [[0, 1, 2]]
+    assert packs.runs([locations[2], locations[0], locations[1]], 1 << 20) == [[1, 2, 0]]
+    assert packs.runs([locations[1], locations[1]], 1 << 20) == [[0, 1]]  # the same chunk twice
     with pytest.raises(CorruptObjectError):
         packs.read_index(pack_id, blob[:-1], len(blob) - 1)
     damaged = bytearray(blob)

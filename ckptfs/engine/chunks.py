@@ -25,12 +25,17 @@ from ckptfs.engine.progress import Progress
 from ckptfs.errors import CkptfsError
 from ckptfs.lake import Lake, codec, packs
 from ckptfs.lake.chunker import Cut
+from ckptfs.lake.packs import Location
 
 # 32 MiB: 32 PUTs per GiB of new data, under the 64 the lake's budget allows with manifests and
 # segments; 8 in flight fill 8 connections (~85 MB/s each on S3) with 256 MiB of memory at most
 # (docs/DESIGN.md, "Packs").
 PACK_BYTES = 32 << 20
 PACKS_IN_FLIGHT = 8
+# Chunks below this are packed again even when the lake has them: the ~100-byte record headers of
+# torch.save output (chunker profile 3) are the same in every save, and naming their old copies
+# broke every run of a fresh file's chunks at every record (a 1 GiB restore: 519 GETs, not 37).
+SMALL_CHUNK = 64 << 10
 
 
 @dataclass
@@ -55,6 +60,9 @@ class ChunkUploads:
         self._pack_slots = trio.Semaphore(packs_in_flight)
         self.pack_bytes = pack_bytes
         self.sent: dict[int, int] = {}  # version id -> bytes of it in the lake so far
+        # version id -> where its own packs put its chunks: its manifest names these copies rather
+        # than older ones the journal knows (small chunks are packed again, next to their neighbours)
+        self.placed: dict[int, dict[bytes, Location]] = {}
 
     async def upload_chunks(self, version: int, fd: int, cuts: list[Cut] | trio.MemoryReceiveChannel[list[Cut]],
                             slots: trio.Semaphore | None = None) -> tuple[list[tuple[bytes, int]], int, int]:
@@ -88,7 +96,7 @@ class ChunkUploads:
                     raise CkptfsError(f"staging file of version {version:x} changed under the uploader")
                 identifier = await trio.to_thread.run_sync(codec.chunk_id, data, limiter=self.cpu)
                 entries[index] = (identifier, cut.length)
-                if self.journal.chunk_location(identifier) is not None:
+                if cut.length >= SMALL_CHUNK and self.journal.chunk_location(identifier) is not None:
                     self.journal.add_counter("dedup_bytes", cut.length)
                     self.sent[version] = self.sent.get(version, 0) + cut.length
                     item = None
@@ -150,6 +158,7 @@ class ChunkUploads:
                 pack.objects = []  # the objects are in `data` now: hold them once
                 await trio.to_thread.run_sync(self.lake.put_pack, pack_id, data, limiter=self.network)
                 self.journal.add_chunk_locations(zip(identifiers, locations, strict=True))
+                self.placed.setdefault(version, {}).update(zip(identifiers, locations, strict=True))
                 self.journal.add_counter("packs", 1)
                 totals[0] += raw
                 totals[1] += len(data)

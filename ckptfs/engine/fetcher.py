@@ -109,7 +109,7 @@ class Fetcher:
         if len(mine) == len(run):
             return await self._get_run(run)
         found: dict[bytes, bytes] = {}
-        for indices in packs.runs([where for _, where, _ in mine], self.run_bytes):
+        for indices in packs.runs([where for _, where, _ in mine], self.run_bytes, packs.RUN_GAP):
             fresh = [mine[position] for position in indices if mine[position][0] not in self._inflight]
             if fresh:
                 found.update(await self._fetch_run(fresh))
@@ -164,14 +164,17 @@ class Fetcher:
                      where: Callable[[int], Location]) -> tuple[list[int], list[list[int]]]:
         """Split chunk indices into those read one by one (in memory, in the chunk cache, or in
         flight) and runs of the others, each one GET."""
-        single, remote = [], []
+        single, remote, seen = [], [], set()
         for index in indices:
             identifier = chunks[index][0]
             if identifier in self._memory or identifier in self._inflight or identifier in self.chunk_cache:
                 single.append(index)
+            elif identifier in seen:
+                single.append(index)  # the same chunk again: read once, by its first place
             else:
+                seen.add(identifier)
                 remote.append(index)
-        grouped = packs.runs([where(index) for index in remote], self.run_bytes)
+        grouped = packs.runs([where(index) for index in remote], self.run_bytes, packs.RUN_GAP)
         return single, [[remote[position] for position in run] for run in grouped]
 
     async def read(self, manifest_id: str, offset: int, size: int, *, sequential: bool = False) -> bytes:
@@ -224,10 +227,10 @@ class Fetcher:
         if missing:
             single, grouped = self._remote_runs(chunks, missing, where)
             async with trio.open_nursery() as nursery:
+                for indices in grouped:  # first: a chunk read twice waits for its run, not a GET of its own
+                    nursery.start_soon(run, indices)
                 for index in single:
                     nursery.start_soon(one, index)
-                for indices in grouped:
-                    nursery.start_soon(run, indices)
         if failures:
             raise failures[0]
         if sequential and self._nursery is not None:
@@ -283,7 +286,7 @@ class Fetcher:
         if not run:
             return
         try:
-            for indices in packs.runs([where for _, where, _ in run], self.run_bytes):
+            for indices in packs.runs([where for _, where, _ in run], self.run_bytes, packs.RUN_GAP):
                 await self._fetch_run([run[position] for position in indices])
         except Exception as error:  # noqa: BLE001 - a failed prefetch is retried by the real read
             log.debug("read-ahead of %d chunks failed: %s", len(run), error)
@@ -302,7 +305,7 @@ class Fetcher:
         if sum(length for _, length, _ in missing) + self.chunk_cache.used_bytes > self.chunk_cache.limit_bytes:
             raise CkptfsError(f"{progress['total_bytes']} bytes do not fit in the chunk cache "
                               f"({self.chunk_cache.limit_bytes} bytes: a quarter of --cache-size)")
-        grouped = packs.runs([where for _, _, where in missing], self.run_bytes)
+        grouped = packs.runs([where for _, _, where in missing], self.run_bytes, packs.RUN_GAP)
         queue = iter([[missing[position] for position in run] for run in grouped])
 
         async def worker() -> None:

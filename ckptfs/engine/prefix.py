@@ -104,6 +104,7 @@ class PrefixUploads:
         if early is not None:
             early.broken = True  # a round in flight must not record or punch a removed staging file
         self.chunks.sent.pop(version, None)
+        self.chunks.placed.pop(version, None)
         if self.spill is not None:
             self.spill.forget(version)
 

@@ -116,6 +116,7 @@ class Uploader:
             finally:
                 self.active.discard(version)
                 self.sent.pop(version, None)
+                self.chunks.placed.pop(version, None)
             self._queued.discard(version)
             self.publisher.poke()
             self.notify_progress()
@@ -152,8 +153,9 @@ class Uploader:
         if inline is not None and len(inline) != version.size:
             raise CkptfsError(f"staging file of version {identifier:x} is shorter than its size")
         locations = []
+        placed = self.chunks.placed.pop(identifier, {})
         for chunk, _ in entries:  # every chunk is in the lake by now, and the journal knows where
-            where = self.journal.chunk_location(chunk)
+            where = placed.get(chunk) or self.journal.chunk_location(chunk)
             if where is None:
                 raise CkptfsError(f"version {identifier:x}: no location known for chunk {chunk.hex()}")
             locations.append(where)

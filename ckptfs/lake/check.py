@@ -105,7 +105,7 @@ def _verify(lake: Lake, chunks: list[tuple[bytes, Location, str]], report: Repor
     """Read every chunk back, runs of a pack at a time; a run that fails is read chunk by chunk, so
     each damaged chunk is named."""
     chunks.sort(key=lambda item: (item[1].pack, item[1].offset))
-    for run in packs.runs([where for _, where, _ in chunks], packs.RUN_BYTES):
+    for run in packs.runs([where for _, where, _ in chunks], packs.RUN_BYTES, packs.RUN_GAP):
         items = [chunks[position] for position in run]
         try:
             lake.get_run([(chunk, where) for chunk, where, _ in items])

@@ -144,8 +144,9 @@ class Lake:
         return self.get_run([(identifier, where)])[0]
 
     def get_run(self, run: list[tuple[bytes, Location]]) -> list[bytes]:
-        """The verified raw bytes of chunks that lie end to end in one pack (packs.runs), with one
-        ranged GET; or of one loose chunk. CorruptObjectError if missing or damaged."""
+        """The verified raw bytes of chunks of one pack, in pack order (packs.runs), with one ranged
+        GET from the first to the end of the last; or of one loose chunk. CorruptObjectError if
+        missing or damaged."""
         first = run[0][1]
         if first.loose:
             (identifier, _), = run
@@ -155,7 +156,7 @@ class Lake:
             except ObjectNotFound:
                 raise CorruptObjectError(f"chunk {identifier.hex()} is missing from the lake ({key})") from None
         key = packs.pack_key(first.pack)
-        end = run[-1][1].end
+        end = max(where.end for _, where in run)  # a run may skip gaps (packs.runs), in pack order
         try:
             blob = self.store.get(key, first.offset, end)
         except ObjectNotFound:

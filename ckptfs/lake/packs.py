@@ -29,6 +29,9 @@ TRAILER_SIZE = _TRAILER.size
 # The most one GET of a run asks for: a whole pack (closed at 32 MiB or just past it, by up to one
 # chunk, engine/chunks.py), so that a pack is one GET rather than a GET and its last chunk.
 RUN_BYTES = 40 << 20
+# The most bytes between two chunks of a run that a GET reads and drops: the ~100-byte record
+# headers an unchanged tensor's chunks have between them in an older pack (chunker profile 3).
+RUN_GAP = 64 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,16 +114,24 @@ def index_bytes(count: int) -> int:
     return count * _INDEX_ENTRY.size + TRAILER_SIZE
 
 
-def runs(locations: list[Location], max_bytes: int) -> list[list[int]]:
-    """Group positions into runs readable with one ranged GET each: consecutive positions whose
-    chunks lie end to end in one pack, up to `max_bytes` a run. Loose chunks are runs of one."""
+def runs(locations: list[Location], max_bytes: int, max_gap: int = 0) -> list[list[int]]:
+    """Group positions into runs readable with one ranged GET each: chunks of one pack, in pack
+    order, each starting at most `max_gap` bytes after the one before it ends (the gap is read and
+    dropped), a run spanning at most `max_bytes`. Loose chunks are runs of one. The chunks need not
+    be consecutive in the list: a file whose unchanged chunks sit in an older pack between its new
+    ones reads each pack's part as one run. Positions with the same location are grouped together."""
     grouped: list[list[int]] = []
-    for position, where in enumerate(locations):
-        if grouped and not where.loose:
-            last = locations[grouped[-1][-1]]
-            first = locations[grouped[-1][0]]
-            if last.pack == where.pack and last.end == where.offset and where.end - first.offset <= max_bytes:
-                grouped[-1].append(position)
-                continue
+    packed = sorted((position for position, where in enumerate(locations) if not where.loose),
+                    key=lambda position: (locations[position].pack, locations[position].offset))
+    first = end = None
+    for position in packed:
+        where = locations[position]
+        if (grouped and first is not None and end is not None and first.pack == where.pack
+                and first.offset <= where.offset <= end + max_gap and max(end, where.end) - first.offset <= max_bytes):
+            grouped[-1].append(position)
+            end = max(end, where.end)
+            continue
         grouped.append([position])
+        first, end = where, where.end
+    grouped.extend([position] for position, where in enumerate(locations) if where.loose)
     return grouped
