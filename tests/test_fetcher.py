@@ -124,3 +124,26 @@ def test_read_ahead_and_runs_stay_within_the_chunk_cache(tmp_path):
     used = read_sequentially(fetcher, manifest, data)
     assert max(used) <= limit
     assert fetcher.fetched_bytes == COUNT * CHUNK  # nothing read ahead was evicted unread
+
+
+def test_a_sequential_reader_of_cached_chunks_finds_the_next_ones_in_memory(tmp_path):
+    lake, store, manifest, data = lake_with_a_packed_file(per_pack=20)
+    cache = ChunkCache(str(tmp_path / "chunks"), 1 << 30)
+    read_sequentially(Fetcher(lake, cache), manifest, data)  # fills the chunk cache
+    gets = store.requests["GET"]
+    fetcher = Fetcher(lake, cache, memory_chunks=16)
+    preloaded = []
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fetcher.run)
+            await fetcher.read(manifest, 0, CHUNK)
+            await fetcher.read(manifest, CHUNK, CHUNK, sequential=True)
+            await trio.sleep(0.2)
+            preloaded.extend(fetcher._memory)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    chunk_ids = [identifier for identifier, _ in fetcher._manifests[manifest][0].chunks]
+    assert set(chunk_ids[2:10]) <= set(preloaded)  # the next 8 were loaded from the cache, unasked
+    assert store.requests["GET"] == gets + 1  # the manifest; every chunk came from the cache

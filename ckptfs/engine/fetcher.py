@@ -275,9 +275,24 @@ class Fetcher:
                 self._nursery.start_soon(self._prefetch_run, [(chunks[index][0], where(index), chunks[index][1])
                                                               for index in indices])
             requested = stop
+        # Chunks already in the chunk cache are loaded into memory a few ahead, so a warm restore
+        # reads its next chunk from memory instead of waiting for the disk.
+        for index in range(last + 1, min(len(chunks), last + 1 + self._memory_chunks // 2)):
+            identifier = chunks[index][0]
+            if identifier in self.chunk_cache and identifier not in self._memory and identifier not in self._inflight:
+                assert self._nursery is not None
+                self._nursery.start_soon(self._preload, identifier, where(index))
         self._ahead[key] = (depth, requested)
         if len(self._ahead) > 256:
             self._ahead.pop(next(iter(self._ahead)))
+
+    async def _preload(self, identifier: bytes, where: Location) -> None:
+        if identifier in self._memory or identifier in self._inflight:
+            return
+        try:
+            await self.chunk(identifier, where)
+        except Exception as error:  # noqa: BLE001 - the real read tries again and reports
+            log.debug("preload of %s failed: %s", identifier.hex(), error)
 
     async def _prefetch_run(self, run: list[tuple[bytes, Location, int]]) -> None:
         """Fetch (chunk id, location, raw length) into the chunk cache; chunks that another reader
