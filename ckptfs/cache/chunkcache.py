@@ -63,10 +63,6 @@ class ChunkCache:
             self._entries.move_to_end(identifier)
         return data
 
-    def put(self, identifier: bytes, data: bytes) -> None:
-        if self.write(identifier, data):
-            self.added(identifier, len(data))
-
     def write(self, identifier: bytes, data: bytes) -> bool:
         """Write a verified chunk's file; whether it was written. Touches no bookkeeping: safe in a
         worker thread (then call `added` on the owning thread)."""

@@ -3,7 +3,7 @@ pays, and pack the rest (lake/packs.py): the chunks of one call go into its pack
 reader fetches a run of them with one ranged GET; a pack is PUT once PACK_BYTES are in it, or when the
 call's chunks end. Used by the version workers (engine/uploader.py) and by the rounds that upload a
 file while it is written (engine/prefix.py). Where each chunk went is recorded in the journal's
-known chunks, which is where the manifest takes its locations from.
+known chunks and, for the version's own packs, in `placed`: its manifest names those copies first.
 
 Memory is bounded twice: chunks read but not yet in a pack by `slots`, packs being filled or PUT by
 PACKS_IN_FLIGHT (each up to PACK_BYTES).
@@ -126,7 +126,6 @@ class ChunkUploads:
                     if index == cut_count[0]:
                         break
                     item = ready.pop(index)
-                    index += 1
                     if item is not None:
                         if current is None:
                             await self._pack_slots.acquire()
@@ -136,8 +135,9 @@ class ChunkUploads:
                         if current.size >= self.pack_bytes:
                             nursery.start_soon(put, current)
                             current = None
-                    held.discard(index - 1)
+                    held.discard(index)
                     slots.release()
+                    index += 1
                 if current is not None:
                     nursery.start_soon(put, current)
                     current = None
@@ -197,8 +197,7 @@ class ChunkUploads:
                 await self._inflight_chunks[identifier].wait()
             if self.journal.chunk_location(identifier) is None:
                 raise CkptfsError(f"chunk {identifier.hex()} of version {version:x}: the upload packing it failed")
-        result = [entries[number] for number in range(index)]
-        return result, totals[0], totals[1]
+        return [entries[number] for number in range(index)], totals[0], totals[1]
 
     def _release(self, identifiers: list[bytes], claimed: set[bytes]) -> None:
         """Chunks a call claimed are settled (in the lake, or given up): wake whoever waits on them."""

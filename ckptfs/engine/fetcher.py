@@ -295,14 +295,9 @@ class Fetcher:
             log.debug("preload of %s failed: %s", identifier.hex(), error)
 
     async def _prefetch_run(self, run: list[tuple[bytes, Location, int]]) -> None:
-        """Fetch (chunk id, location, raw length) into the chunk cache; chunks that another reader
-        started meanwhile are left to it."""
-        run = [item for item in run if item[0] not in self._inflight]
-        if not run:
-            return
+        """Fetch (chunk id, location, raw length) into the chunk cache in the background."""
         try:
-            for indices in packs.runs([where for _, where, _ in run], self.run_bytes, packs.RUN_GAP):
-                await self._fetch_run([run[position] for position in indices])
+            await self._fetch_run(run)
         except Exception as error:  # noqa: BLE001 - a failed prefetch is retried by the real read
             log.debug("read-ahead of %d chunks failed: %s", len(run), error)
 

@@ -118,19 +118,6 @@ class Lake:
         return descriptor
 
     # -- chunks -------------------------------------------------------------------------------
-    def put_chunk_object(self, identifier: bytes, blob: bytes) -> bool:
-        """Store a chunk object unless the lake has it; False if it was already there.
-
-        One conditional PUT instead of HEAD + PUT: fresh data (the common case for what is not
-        known locally) costs one request. A chunk is content-addressed, so whoever wrote it first
-        wrote the same bytes; a retried PUT whose first attempt landed is answered the same way.
-        """
-        try:
-            self.store.put(codec.chunk_key(identifier), blob, if_absent=True)
-            return True
-        except PreconditionFailed:
-            return False
-
     def chunk_ids(self) -> Iterator[bytes]:
         """The ids of every chunk in the lake (one LIST per thousand chunks)."""
         for key in self.store.list("chunks/"):
@@ -183,21 +170,6 @@ class Lake:
             pack = packs.parse_pack_key(key)
             if pack is not None:
                 yield pack
-
-    def read_pack_index(self, pack: bytes) -> list[tuple[bytes, Location]]:
-        """The (chunk id, location) of every chunk in a pack, from its index (two ranged GETs at most)."""
-        key = packs.pack_key(pack)
-        size = self.store.size(key)
-        if size is None:
-            raise CorruptObjectError(f"pack {pack.hex()} is missing from the lake ({key})")
-        guess = min(size, 64 * 1024)
-        tail = self.store.get(key, size - guess, size)
-        try:
-            return packs.read_index(pack, tail, size)[1]
-        except CorruptObjectError:
-            if guess == size:
-                raise
-        return packs.read_index(pack, self.store.get(key), size)[1]
 
     # -- manifests ----------------------------------------------------------------------------
     def put_manifest(self, value: manifest.Manifest) -> str:

@@ -8,7 +8,7 @@ encodes them, laid end to end, then an index and a trailer:
 
 Readers do not need the index: a manifest names each chunk's pack, offset and stored length
 (`Location`), so a chunk is one ranged GET and adjacent chunks of one pack are one GET together.
-The index makes a pack self-describing, for fsck and for repacking (docs/DESIGN.md). A chunk read
+The index makes a pack self-describing, for repacking (docs/DESIGN.md). A chunk read
 from a pack is verified against its id (codec.decode) like any other.
 """
 
