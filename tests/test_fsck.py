@@ -8,6 +8,11 @@ import sys
 
 import pytest
 
+from ckptfs.lake import Lake, codec, packs
+from ckptfs.lake.check import check_lake
+from ckptfs.lake.manifest import Manifest
+from ckptfs.store.memory import MemoryStore
+
 
 def ckptfs(*args):
     return subprocess.run([sys.executable, "-m", "ckptfs", *args], capture_output=True, text=True, timeout=300)
@@ -132,3 +137,32 @@ def test_lost_staging_file_stops_the_mount_until_repaired(mounter, tmp_path):
     again = mounter(cache="cache")
     assert open(again.path("f"), "rb").read() == b"old and committed"
     again.sync()
+
+
+def test_fsck_checks_every_pack_a_chunk_is_named_in():
+    """Small chunks are packed again at every save, so one chunk id can be named at several places:
+    each place is checked, whichever manifest fsck reads first."""
+    store = MemoryStore()
+    lake = Lake(store)
+    lake.open()
+    data = b"a record header, the same in every save"
+    identifier, blob = codec.encode(data)
+    placed = {}
+    for name in ("one", "two"):
+        pack = packs.new_pack_id()
+        encoded, (where,) = packs.encode(pack, [(identifier, blob)])
+        lake.put_pack(pack, encoded)
+        manifest = lake.put_manifest(Manifest(name.encode(), len(data), 0o644, 1, "0" * 16, 1,
+                                              [(identifier, len(data))], locations=[where]))
+        placed[manifest] = pack
+    lake.register_mount("0" * 16)
+    lake.append_log("0" * 16, 0, [{"op": "put", "path": f"f{number}", "time_ns": 1 + number, "manifest": manifest,
+                                   "size": len(data), "mode": 0o644, "mtime_ns": 1}
+                                  for number, manifest in enumerate(placed)], 10)
+    assert check_lake(lake, verify_data=True).ok
+    second = sorted(placed)[1]  # read after the other: its place of the chunk was once left unchecked
+    store.delete(packs.pack_key(placed[second]))
+    report = check_lake(lake)
+    assert [(problem.kind, problem.key) for problem in report.problems] == [
+        ("pack-missing", packs.pack_key(placed[second]))]
+    assert report.chunks == 1 and report.packs == 2

@@ -65,7 +65,8 @@ def check_lake(lake: Lake, *, verify_data: bool = False) -> Report:
                 manifests.setdefault(state.manifest, path)
     loose = {key.rsplit("/", 1)[-1] for key in lake.store.list("chunks/")}
     present_packs = set(lake.pack_ids())
-    checked: set[bytes] = set()
+    counted: set[bytes] = set()
+    checked: set[tuple[bytes, Location]] = set()  # a chunk may be in several packs (small ones are packed again)
     to_verify: list[tuple[bytes, Location, str]] = []
     referenced: set[bytes] = set()
     missing_packs: set[bytes] = set()
@@ -78,12 +79,14 @@ def check_lake(lake: Lake, *, verify_data: bool = False) -> Report:
             continue
         report.manifests += 1
         for index, (chunk, length) in enumerate(value.chunks):
-            if chunk in checked:
-                continue
-            checked.add(chunk)
-            report.chunks += 1
-            report.chunk_bytes += length
+            if chunk not in counted:
+                counted.add(chunk)
+                report.chunks += 1
+                report.chunk_bytes += length
             where = value.location(index)
+            if (chunk, where) in checked:
+                continue
+            checked.add((chunk, where))
             if not where.loose:
                 referenced.add(where.pack)
             named = f"named by manifest {identifier} ({path!r})"
