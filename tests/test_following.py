@@ -406,3 +406,51 @@ def test_a_change_held_back_by_an_open_file_applies_once_it_is_closed(tmp_path):
             assert a.tree() == b.tree() == lake_tree(lake)
 
     trio.run(main)
+
+
+def test_a_directory_s_mtime_never_goes_back_and_a_new_mount_shows_it(tmp_path):
+    """Creating and removing entries changes a directory's mtime; publishing those changes and
+    following the lake must not put back the time of its mkdir, and a mount that starts from the
+    lake shows the times the writing mount showed."""
+    lake = new_lake()
+
+    async def main():
+        async with mounts(tmp_path, lake, 2) as (a, b):
+            made = a.files.tree.mkdir(ROOT, b"d", 0o755, ME)
+            d = made.ino
+            seen = [made.mtime_ns]
+            for step in range(4):
+                await a.write(b"d/f%d" % step, b"x")
+                if step % 2:
+                    a.files.tree.unlink(d, b"f%d" % (step - 1))
+                await a.sync()
+                await a.follower.refresh()
+                await b.follower.refresh()
+                mtime = a.files.tree.attributes(d).mtime_ns
+                assert mtime > seen[-1], f"step {step}: mtime went from {seen[-1]} to {mtime}"
+                seen.append(mtime)
+                assert b.files.tree.attributes(b.ino(b"d")).mtime_ns == mtime
+            assert (await a.follower.refresh(sweep=True))["events"] == 0
+            assert a.files.tree.attributes(d).mtime_ns == seen[-1]
+        fresh = Node(files_on(tmp_path, "fresh", lake), lake, "fresh")
+        assert fresh.files.tree.attributes(fresh.ino(b"d")).mtime_ns == seen[-1]
+
+    trio.run(main)
+
+
+def test_a_mount_does_not_reconcile_its_own_published_changes(tmp_path):
+    """Following costs what other mounts publish: a mount that publishes thousands of changes of
+    its own compares none of them with the lake's replay when it refreshes."""
+    lake = new_lake()
+
+    async def main():
+        async with mounts(tmp_path, lake, 1) as (a,):
+            for index in range(200):
+                await a.write(b"ckpt/rank-%d.distcp" % index, b"shard")
+            await a.sync()
+            await a.follower.refresh()
+            await a.follower.refresh(sweep=True)
+            assert a.files.remote.compared == 0
+            assert a.tree() == lake_tree(lake)
+
+    trio.run(main)

@@ -161,7 +161,7 @@ def test_a_reader_skips_a_bad_newest_snapshot_for_the_one_before(caplog):
     assert lake.newest_snapshot() is None  # then the whole log is read
 
 
-GOLDEN = {"format": 1, "horizon_ns": 2002, "cursors": {"m1": 1, "m2": 3},
+GOLDEN = {"format": 1, "horizon_ns": 2002, "cursors": {"m1": 1, "m2": 3}, "root_times": [1001, 1001],
           "entries": [["dir", 493, 1001, 0, None, None, None, None, None, 1001, 0, None, ["d"]],
                       ["file", 420, 1001, 1, "2" * 32, None, 1, 0, None, 1001, 0, "n1", ["d/x", "h"]]],
           "nodes": [["n1", 1]],
@@ -177,6 +177,7 @@ def test_the_snapshot_format_is_what_docs_format_md_says():
     read = snapshot.decode(lz4.frame.compress(json.dumps(GOLDEN).encode()), "snapshots/golden", LATE)
     tree = read.tree
     assert set(tree.entries) == {b"", b"d", b"d/x", b"h"} and tree.entries[b"d/x"] is tree.entries[b"h"]
+    assert (tree.entries[b""].mtime_ns, tree.entries[b""].ctime_ns) == (1001, 1001)
     assert tree.nodes == {"n1": tree.entries[b"h"]} and tree.entries[b"h"].manifest == "2" * 32
     assert [(c.mount, c.seq, c.op, c.path) for c in read.tail] == [("m1", 1, "symlink", b"s"), ("m2", 3, "put", b"b")]
     assert read.segments == 2 + 4 and snapshot.parse_key(snapshot.key(2002, "m1", 6)) == (2002, "m1", 6)

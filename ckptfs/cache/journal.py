@@ -255,6 +255,15 @@ class Journal:
         self.db.execute("UPDATE dirents SET parent=?, name=? WHERE parent=? AND name=?",
                         (new_parent, new_name, parent, name))
 
+    def lookup_path(self, path: bytes) -> int | None:
+        """The inode a path relative to the root names, or None."""
+        ino: int | None = ROOT_INODE
+        for part in path.split(b"/") if path else []:
+            ino = self.lookup(ino, part)
+            if ino is None:
+                return None
+        return ino
+
     def parent_of(self, ino: int) -> tuple[int, bytes] | None:
         row = self.db.execute("SELECT parent, name FROM dirents WHERE ino=? LIMIT 1", (ino,)).fetchone()
         return (row[0], bytes(row[1])) if row else None
@@ -336,6 +345,12 @@ class Journal:
     def versions_in_state(self, state: int) -> list[Version]:
         return self._versions("state=?", (state,))
 
+    def versions_summary(self, state: int) -> tuple[int, int, int | None]:
+        """(count, total size, oldest seal time) of the versions in a state, without reading them."""
+        count, size, oldest = self.db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(sealed_ns) FROM versions "
+                                              "WHERE state=?", (state,)).fetchone()
+        return count, size, oldest
+
     def delete_version(self, identifier: int) -> None:
         self._version_rows.pop(identifier, None)
         self.db.execute("DELETE FROM versions WHERE id=?", (identifier,))
@@ -396,6 +411,14 @@ class Journal:
         else:
             rows = self.db.execute("SELECT seq, event, version FROM outbox WHERE seq<=? ORDER BY seq", (upto,))
         return [(seq, json.loads(text), version) for seq, text, version in rows]
+
+    def outbox_paths(self) -> Iterator[str]:
+        """The encoded paths (and destinations) the queued events name."""
+        for path, destination in self.db.execute("SELECT json_extract(event, '$.path'), json_extract(event, '$.dst') "
+                                                 "FROM outbox"):
+            for value in (path, destination):
+                if isinstance(value, str):
+                    yield value
 
     def outbox_tail(self) -> int:
         """The last seq ever queued (seqs are never reused, so a barrier taken now stays meaningful)."""

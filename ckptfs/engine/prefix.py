@@ -160,6 +160,10 @@ class PrefixUploads:
                          stored_bytes=stored_bytes, persisted=len(entries))
         return None
 
+    def versions(self) -> list[int]:
+        """The versions with early work (written sequentially, or spilling)."""
+        return list(self._early)
+
     def early_bytes(self, version: int) -> int:
         early = self._early.get(version)
         return early.done if early is not None and not early.broken else 0

@@ -91,10 +91,9 @@ class Control:
 
     def status(self) -> dict[str, Any]:
         counters = self.journal.counters()
-        sealed = self.journal.versions_in_state(SEALED)
+        sealed_count, _, oldest = self.journal.versions_summary(SEALED)
         open_versions = self.journal.versions_in_state(OPEN)
         logical = counters.get("logical_bytes", 0)
-        oldest = min((v.sealed_ns for v in sealed if v.sealed_ns), default=None)
         new_bytes, stored = counters.get("new_chunk_bytes", 0), counters.get("stored_bytes", 0)
         return {
             "pid": os.getpid(),
@@ -109,8 +108,8 @@ class Control:
             "staging_limit_bytes": self.evictor.limit_bytes if self.evictor else None,
             "backpressure_waits": self.lifecycle.backpressure_waits,
             "backpressure_seconds": round(self.lifecycle.backpressure_seconds, 2),
-            "uploading_files": len(sealed),
-            "uploading_bytes": self.uploader.pending_bytes(sealed),
+            "uploading_files": sealed_count,
+            "uploading_bytes": self.uploader.pending_bytes(),
             "oldest_pending_age_s": round((time.time_ns() - oldest) / 1e9, 1) if oldest else 0,
             "events_pending": self.journal.outbox_length(),
             "outbox_head": self.uploader.outbox_head(),

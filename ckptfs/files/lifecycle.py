@@ -154,8 +154,11 @@ class Lifecycle:
                                     mtime_ns=inode.mtime_ns, path=paths[0], sealed_ns=when)
         for path in paths:  # hard links share the content: every name's history gets the version
             self.journal.add_history(path, when, version.id)
+        directory = self.journal.lookup_path(paths[0].rpartition(b"/")[0])
+        directory_inode = self.journal.inode(directory) if directory is not None else None
         self.outbox.enqueue("put", paths[0], when, version=version.id, uid=inode.uid, gid=inode.gid,
-                            atime_ns=inode.atime_ns, node=self.outbox.node_id(inode))
+                            atime_ns=inode.atime_ns, node=self.outbox.node_id(inode),
+                            dir_mtime_ns=directory_inode.mtime_ns if directory_inode is not None else None)
         self.journal.commit()
         self.uploader.submit(version.id)
         return version.id

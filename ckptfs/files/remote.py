@@ -33,6 +33,7 @@ from ckptfs.cache.journal import COMMITTED, OPEN, ROOT_INODE, Inode, Journal
 from ckptfs.cache.staging import Staging
 from ckptfs.files.lifecycle import Lifecycle
 from ckptfs.files.outbox import Outbox
+from ckptfs.files.paths import PathSet, ancestors
 from ckptfs.files.tree import SPECIAL_TYPES, Tree
 from ckptfs.lake import events
 from ckptfs.lake.events import Event
@@ -110,6 +111,8 @@ class RemoteChanges:
         new = [change for change in self.events if change.seq > done.get(change.mount, -1)]
         if new and old and min(change.order for change in new) < max(change.order for change in old):
             return None
+        if any(change.op == "rename" for change in new):
+            return None  # the paths a renamed directory held are no longer in the replay to be found
         scope = {decode_path(path) for path in saved.get("deferred", [])}
         for change in new:
             scope |= self._touched_by(change)
@@ -117,15 +120,18 @@ class RemoteChanges:
         return scope
 
     def _touched_by(self, change: Event) -> set[bytes]:
-        """The paths an event changes in the replay: its path, its destination, and every other name
-        of the inodes there (hard links)."""
+        """The paths an event changes in the replay: its path, its destination, every other name of
+        the inodes there (hard links) and everything under them. Asked before and after the event
+        is applied: a renamed or replaced directory's old paths are only found before."""
         assert self._replay is not None
         touched = set()
         for path in (change.path, change.dst):
             if path is not None:
                 touched.add(path)
                 entry = self._replay.entries.get(path)
-                touched.update(entry.names if entry is not None else ())
+                if entry is not None:
+                    touched.update(entry.names)
+                    touched.update(self._replay.subtree(path))
         return touched
 
     def _replay_all(self) -> Namespace:
@@ -159,10 +165,12 @@ class RemoteChanges:
         self.horizon_ns = max(self.horizon_ns or 0, horizon_ns)
         return count
 
-    def add(self, changes: list[Event]) -> None:
-        """Events of whole segments (read from the lake, or this mount's own as it publishes them);
-        a segment known already is not added twice. Events that all sort after the last one
-        replayed extend the replay in place; an earlier one (published late) means a full replay."""
+    def add(self, changes: list[Event], *, own: bool = False) -> None:
+        """Events of whole segments (read from the lake, or this mount's own as it publishes them:
+        `own`); a segment known already is not added twice. Events that all sort after the last one
+        replayed extend the replay in place; an earlier one (published late) means a full replay.
+        This mount's own events that extend the replay in place are not reconciled: the journal's
+        tree made them, and is at or ahead of what they say."""
         fresh = sorted((change for change in changes if not self.known(change.mount, change.seq)),
                        key=lambda change: change.order)
         if not fresh:
@@ -177,23 +185,29 @@ class RemoteChanges:
                         fresh[0].seq, self.horizon_ns)
         in_order = self._replay is not None and (not self.events or fresh[0].order > self.events[-1].order)
         self.events.extend(fresh)
-        self._unreconciled = True
         if not in_order:
             self.events.sort(key=lambda change: change.order)
-            self._replay, self._scope = None, None
+            self._replay, self._scope, self._unreconciled = None, None, True
             return
         assert self._replay is not None
         for change in fresh:
+            if own:
+                self._replay.apply(change)
+                continue
+            touched = self._touched_by(change) if self._scope is not None else set()
             self._replay.apply(change)
             if self._scope is not None:
-                self._scope |= self._touched_by(change)
+                self._scope |= touched | self._touched_by(change)
+        self._unreconciled = self._unreconciled or not own
 
     def published(self, seq: int, raw_events: list[dict], published_ns: int | None = None) -> None:
         """This mount's segment `seq` has just left its outbox."""
         mount = self.outbox.mount_id
         self.add([events.parse(raw, mount=mount, seq=seq, position=position, where=f"own segment {seq}",
                                published_ns=published_ns, late_ns=self.late_ns)
-                  for position, raw in enumerate(raw_events)])
+                  for position, raw in enumerate(raw_events)], own=True)
+        if not self._unreconciled and not self._deferred:
+            self._save_reconciled()  # the tree agrees with the replay up to this segment too
 
     def take_invalidations(self) -> Invalidations:
         taken, self.pending = self.pending, Invalidations()
@@ -210,9 +224,8 @@ class RemoteChanges:
         self._unreconciled = False
         if self._replay is None:
             self._replay = self._replay_all()
-        scope, self._scope = self._scope, set()
-        if scope is not None:
-            scope |= self._deferred
+        scope = PathSet(self._scope | self._deferred) if self._scope is not None else None
+        self._scope = set()
         before = self.changed
         held = self._held_paths()
         actual = self._actual_tree(scope)
@@ -224,25 +237,10 @@ class RemoteChanges:
         self._save_reconciled()
         return self.changed - before
 
-    @staticmethod
-    def _within(path: bytes, scope: set[bytes] | None) -> bool:
-        """Whether `path` is one of the paths of `scope`, under one, or above one (None: all)."""
-        if scope is None or path in scope:
-            return True
-        parts = path.split(b"/")
-        if any(b"/".join(parts[:depth]) in scope for depth in range(1, len(parts))):
-            return True
-        prefix = path + b"/"
-        return any(other.startswith(prefix) for other in scope)
-
     # -- what is not to be touched ------------------------------------------------------------
-    def _held_paths(self) -> set[bytes]:
+    def _held_paths(self) -> PathSet:
         """Paths with changes this mount has not published, and files it is writing."""
-        held: set[bytes] = set()
-        for _, record, _ in self.journal.outbox(limit=1 << 30):
-            for name in ("path", "dst"):
-                if isinstance(record.get(name), str):
-                    held.add(decode_path(record[name]))
+        held = PathSet(decode_path(path) for path in self.journal.outbox_paths())
         for version in self.journal.versions_in_state(OPEN):
             if version.ino is not None:
                 held.update(self.journal.paths_of(version.ino))
@@ -252,26 +250,46 @@ class RemoteChanges:
                 held.update(self.journal.paths_of(ino))
         return held
 
-    @classmethod
-    def _touches(cls, path: bytes, held: set[bytes]) -> bool:
-        """Whether changing `path` would change a held path (it, above it, or below it)."""
-        return cls._within(path, held)
-
-    def _actual_tree(self, scope: set[bytes] | None) -> dict[bytes, tuple[int, int]]:
-        """path -> (parent inode, inode) of the journal's entries within the scope (all if None)."""
+    def _actual_tree(self, scope: PathSet | None) -> dict[bytes, tuple[int, int]]:
+        """path -> (parent inode, inode) of the journal's entries within the scope (all if None):
+        the scope's paths, the directories above them and everything under them."""
         found: dict[bytes, tuple[int, int]] = {}
-        stack = [(b"", ROOT_INODE)]
+        stack: list[tuple[bytes, int]] = []
+        if scope is None:
+            stack.append((b"", ROOT_INODE))
+        for member in scope or ():
+            directory, path = ROOT_INODE, b""
+            for part in member.split(b"/") if member else ():
+                path = path + b"/" + part if path else part
+                ino = self.journal.lookup(directory, part)
+                if ino is None:
+                    break
+                found[path] = (directory, ino)
+                directory = ino
+            else:
+                inode = self.journal.inode(directory)
+                if inode is not None and inode.is_dir:
+                    stack.append((member + b"/", directory))
         while stack:
             prefix, directory = stack.pop()
             for name, ino in self.journal.children(directory):
                 path = prefix + name
-                if not self._within(path, scope):
-                    continue
                 found[path] = (directory, ino)
                 inode = self.journal.inode(ino)
                 if inode is not None and inode.is_dir:
                     stack.append((path + b"/", ino))
         return found
+
+    def _candidates(self, replay: Namespace, scope: PathSet | None) -> list[bytes]:
+        """The replay's entries within the scope (all if None), parents first."""
+        if scope is None:
+            paths = set(replay.entries)
+        else:
+            paths = set()
+            for member in scope:
+                paths.update(directory for directory in ancestors(member) if directory in replay.entries)
+                paths.update(replay.subtree(member))
+        return sorted(paths, key=lambda p: (p.count(b"/"), p))
 
     # -- bringing the tree in line ------------------------------------------------------------
     def _same(self, inode: Inode, entry: Entry) -> bool:
@@ -305,30 +323,30 @@ class RemoteChanges:
             inode = self.journal.inode(ino)
             if inode is None or self._keeps(inode, replay.entries.get(path), replay):
                 continue
-            if self._touches(path, held):
+            if held.related(path):
                 self._deferred.add(path)
                 continue
             if inode.is_dir and self.journal.has_children(ino):
                 continue  # something held is left in it
             name = path.rpartition(b"/")[2]
-            self.journal.remove_dirent(parent, name)
-            self.tree.touch(self.tree.inode(parent))
+            self.journal.remove_dirent(parent, name)  # the directory's times come from the replay
             self.pending.entries.add((parent, name))
             self.pending.inodes.add(parent)
             self.tree.maybe_delete_inode(ino)
             self.changed += 1
 
-    def _create_and_update(self, replay: Namespace, held: set[bytes], scope: set[bytes] | None) -> None:
+    def _create_and_update(self, replay: Namespace, held: PathSet, scope: PathSet | None) -> None:
         placed: dict[int, int] = {}  # id(entry) -> inode: hard links are one entry under several paths
-        for path in sorted(replay.entries, key=lambda p: (p.count(b"/"), p)):
-            if not path or not self._within(path, scope):
+        for path in self._candidates(replay, scope):
+            if not path:
+                self._update_root(replay.entries[path])  # only forward: safe whatever is held
                 continue
-            if self._touches(path, held):
+            if held.related(path):
                 self._deferred.add(path)
                 continue
             entry = replay.entries[path]
             parent_path, _, name = path.rpartition(b"/")
-            parent = self._lookup(parent_path)
+            parent = self.journal.lookup_path(parent_path)
             if parent is None or not self.tree.inode(parent).is_dir:
                 continue  # its parent is held in another shape
             ino = self.journal.lookup(parent, name)
@@ -347,18 +365,18 @@ class RemoteChanges:
                 self._update(self.tree.inode(ino), entry, path)
             placed[id(entry)] = ino
             self.journal.add_dirent(parent, name, ino)
-            self.tree.touch(self.tree.inode(parent))
             self.pending.entries.add((parent, name))
             self.pending.inodes.add(parent)
             self.changed += 1
 
-    def _lookup(self, path: bytes) -> int | None:
-        ino = ROOT_INODE
-        for part in path.split(b"/") if path else []:
-            ino = self.journal.lookup(ino, part)
-            if ino is None:
-                return None
-        return ino
+    def _update_root(self, entry: Entry) -> None:
+        """The root's times move forward with what the lake records of its entries (its mode and
+        owner are the mounting user's)."""
+        root = self.tree.inode(ROOT_INODE)
+        if entry.mtime_ns > root.mtime_ns:
+            root.mtime_ns, root.ctime_ns = entry.mtime_ns, max(root.ctime_ns, entry.ctime_ns)
+            self.journal.save_inode(root)
+            self.pending.inodes.add(ROOT_INODE)
 
     def _new_inode(self, entry: Entry, path: bytes) -> Inode:
         root = self.tree.inode(ROOT_INODE)
@@ -406,10 +424,17 @@ class RemoteChanges:
                                         mtime_ns=entry.mtime_ns, manifest=entry.manifest, path=path,
                                         sealed_ns=entry.ctime_ns)
 
-    def _add_history(self, replay: Namespace, scope: set[bytes] | None) -> None:
+    def _add_history(self, replay: Namespace, scope: PathSet | None) -> None:
         """Every state the lake records for a path is in its history here too (once)."""
-        for path, states in replay.history.items():
-            if not self._within(path, scope):
+        if scope is None:
+            paths: set[bytes] = set(replay.history)
+        else:
+            paths = set(scope)
+            for member in scope:
+                paths.update(replay.subtree(member))
+        for path in paths:
+            states = replay.history.get(path)
+            if not states:
                 continue
             known = set()
             for time_ns, version_id in self.journal.history(path):

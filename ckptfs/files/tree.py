@@ -215,7 +215,7 @@ class Tree:
         inode = self.new_inode(directory, stat.S_IFDIR, mode & ~caller.umask, caller)
         path = self.add_entry(directory, name, inode)
         self.outbox.publish("mkdir", path, mode=stat.S_IMODE(inode.mode), uid=inode.uid, gid=inode.gid,
-                            mtime_ns=inode.mtime_ns)
+                            mtime_ns=inode.mtime_ns, dir_mtime_ns=directory.mtime_ns)
         self.commit()
         return self.attributes(inode.ino)
 
@@ -230,7 +230,8 @@ class Tree:
                                rdev=rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0)
         path = self.add_entry(directory, name, inode)
         self.outbox.publish("mknod", path, kind=SPECIAL_TYPES[kind], mode=stat.S_IMODE(inode.mode), rdev=inode.rdev,
-                            uid=inode.uid, gid=inode.gid, mtime_ns=inode.mtime_ns, node=self.outbox.node_id(inode))
+                            uid=inode.uid, gid=inode.gid, mtime_ns=inode.mtime_ns, node=self.outbox.node_id(inode),
+                            dir_mtime_ns=directory.mtime_ns)
         self.commit()
         return self.attributes(inode.ino)
 
@@ -244,7 +245,7 @@ class Tree:
                                            mtime_ns=inode.mtime_ns, path=path, sealed_ns=when, target=target)
         self.journal.add_history(path, when, version)
         self.outbox.enqueue("symlink", path, when, target=target, uid=inode.uid, gid=inode.gid,
-                            mtime_ns=inode.mtime_ns)
+                            mtime_ns=inode.mtime_ns, dir_mtime_ns=directory.mtime_ns)
         self.commit()
         return self.attributes(inode.ino)
 
@@ -268,7 +269,7 @@ class Tree:
         if current is not None and current.state != OPEN:
             self.journal.add_history(path, when, current.id)
         self.outbox.enqueue("link", source, when, dst=path, node=self.outbox.node_id(inode), uid=inode.uid,
-                            gid=inode.gid)
+                            gid=inode.gid, dst_dir_mtime_ns=directory.mtime_ns)
         self.commit()
         return self.attributes(ino)
 
@@ -286,7 +287,7 @@ class Tree:
         self.journal.remove_dirent(parent, name)
         self.touch(directory)
         self.touch(inode, modified=False)  # its link count changed
-        self.outbox.publish("unlink", path)
+        self.outbox.publish("unlink", path, dir_mtime_ns=directory.mtime_ns)
         self.maybe_delete_inode(ino)
         self.commit()
 
@@ -302,7 +303,7 @@ class Tree:
         path = self.path(parent, name)
         self.journal.remove_dirent(parent, name)
         self.touch(directory)
-        self.outbox.publish("rmdir", path)
+        self.outbox.publish("rmdir", path, dir_mtime_ns=directory.mtime_ns)
         self.maybe_delete_inode(ino)
         self.commit()
 
@@ -355,7 +356,8 @@ class Tree:
         self.touch(moved, modified=False)
         if replaced is not None and self.journal.link_count(replaced):
             self.touch(self.inode(replaced), modified=False)  # a hard link of it is left
-        self.outbox.enqueue("rename", source, when, dst=destination)
+        self.outbox.enqueue("rename", source, when, dst=destination, dir_mtime_ns=old_directory.mtime_ns,
+                            dst_dir_mtime_ns=new_directory.mtime_ns)
         if replaced is not None:
             self.maybe_delete_inode(replaced)
         self.commit()

@@ -58,6 +58,8 @@ class Event:
     kind: str | None = None  # mknod: one of SPECIAL_KINDS
     rdev: int = 0  # mknod of a device
     node: str | None = None  # identity of the file's inode, shared by its hard links
+    dir_mtime_ns: int | None = None  # the mtime of the directory holding `path` after the change
+    dst_dir_mtime_ns: int | None = None  # rename, link: the mtime of the directory holding `dst`
     published_ns: int | None = None  # when its segment was published (None: the segment does not say)
     placed_ns: int = -1  # where it sorts: its time, or later if it was published late (`placement`)
 
@@ -144,6 +146,8 @@ def _parse(raw: Any, mount: str, seq: int, position: int, published_ns: int | No
         "atime_ns": integer_field(raw, "atime_ns", -TIME_LIMIT, TIME_LIMIT),
         "uid": integer_field(raw, "uid", 0, ID_LIMIT), "gid": integer_field(raw, "gid", 0, ID_LIMIT),
         "mode": integer_field(raw, "mode", 0, 0o10000, required=op in ("put", "mknod")),
+        "dir_mtime_ns": integer_field(raw, "dir_mtime_ns", -TIME_LIMIT, TIME_LIMIT),
+        "dst_dir_mtime_ns": integer_field(raw, "dst_dir_mtime_ns", -TIME_LIMIT, TIME_LIMIT),
     }
     node = raw.get("node")
     if node is not None:

@@ -25,6 +25,9 @@ from ckptfs.lake.events import record as event  # noqa: F401 - the writers' name
 FORMAT = 2  # 2: owners, times, special files and hard links; format 1 segments read the same way
 READABLE_FORMATS = (1, 2)
 MAX_SEGMENT = 64 * 1024 * 1024
+# Operations that add or remove a name in the directory holding their path (rename and link also in
+# the one holding their destination).
+LISTING_OPS = frozenset({"mkdir", "mknod", "symlink", "unlink", "rmdir", "rename"})
 _MOUNT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
 
@@ -201,7 +204,7 @@ class Namespace:
     def _remember(self, path: bytes, state: State) -> None:
         self.history.setdefault(path, []).append(state)
 
-    def _subtree(self, path: bytes) -> list[bytes]:
+    def subtree(self, path: bytes) -> list[bytes]:
         """The path (if it is an entry) and every entry under it, parents first."""
         if path not in self.entries:
             return []  # parents are always entries, so nothing is under a path that is not one
@@ -214,7 +217,7 @@ class Namespace:
 
     def _remove(self, path: bytes, time_ns: int) -> None:
         """Remove a path and everything under it, recording deletions of files."""
-        for victim in self._subtree(path):
+        for victim in self.subtree(path):
             entry = self._unbind(victim)
             if entry.kind in ("file", "symlink"):
                 self._remember(victim, State(time_ns, None))
@@ -227,12 +230,29 @@ class Namespace:
         self._bind(path, entry)
 
     def descendants(self, path: bytes) -> list[bytes]:
-        return sorted(self._subtree(path)[1:])
+        return sorted(self.subtree(path)[1:])
 
     # -- replay --------------------------------------------------------------------------------
+    def _listing_changed(self, path: bytes, carried: int | None, time_ns: int) -> None:
+        """An entry was added to or removed from the directory holding `path`: its mtime becomes the
+        one the writing mount gave it (`carried`; events of older mounts carry none: the event's
+        time), and never goes back (only an `attr` event sets a directory's mtime to any value)."""
+        parent = self.entries.get(path.rpartition(b"/")[0])
+        if parent is not None and parent.kind == "dir":
+            parent.mtime_ns = max(parent.mtime_ns, time_ns if carried is None else carried)
+            parent.ctime_ns = max(parent.ctime_ns, time_ns)
+
     def apply(self, change: Event) -> None:
         op, path, time_ns = change.op, change.path, change.time_ns
+        lists = op in LISTING_OPS or (op == "put" and (change.dir_mtime_ns is not None or path not in self.entries))
+        self._change(change)
+        if lists:
+            self._listing_changed(path, change.dir_mtime_ns, time_ns)
+        if op in ("rename", "link") and change.dst is not None:
+            self._listing_changed(change.dst, change.dst_dir_mtime_ns, time_ns)
 
+    def _change(self, change: Event) -> None:
+        op, path, time_ns = change.op, change.path, change.time_ns
         if op == "put":
             self._put(change)
         elif op == "symlink":

@@ -73,7 +73,7 @@ def encode(snapshot: Snapshot) -> bytes:
     entries, index = [], {}
     for path, entry in tree.entries.items():
         if not path or id(entry) in index:
-            continue  # the root is the same in every lake
+            continue  # the root's kind, mode and owner are the same in every lake: its times go apart
         index[id(entry)] = len(entries)
         entries.append([entry.kind, entry.mode, entry.mtime_ns, entry.size, entry.manifest,
                         None if entry.target is None else encode_path(entry.target), entry.uid, entry.gid,
@@ -89,7 +89,9 @@ def encode(snapshot: Snapshot) -> bytes:
     # Which entry each inode identity names is part of the state (the lake may hold two entries with
     # one node id, and then the replay's choice decides where the next `put` of it goes).
     nodes = [[node, index[id(entry)]] for node, entry in tree.nodes.items() if id(entry) in index]
+    root = tree.entries[b""]
     document = {"format": FORMAT, "horizon_ns": snapshot.horizon_ns, "cursors": snapshot.cursors,
+                "root_times": [root.mtime_ns, root.ctime_ns],
                 "entries": entries, "nodes": nodes, "history": history, "tail": list(tail.values())}
     return lz4.frame.compress(json.dumps(document, separators=(",", ":")).encode())
 
@@ -113,6 +115,11 @@ def decode(blob: bytes, name: str, late_ns: int) -> Snapshot:
         cursors = _cursors(document.get("cursors"))
         tree = Namespace()
         _entries(tree, document.get("entries"), document.get("nodes"))
+        root_times = document.get("root_times", [0, 0])  # snapshots written before it have none
+        if not isinstance(root_times, list) or len(root_times) != 2:
+            raise ValueError("root_times is not a pair")
+        tree.entries[b""].mtime_ns = _integer(root_times[0], "root mtime", -events.TIME_LIMIT, events.TIME_LIMIT)
+        tree.entries[b""].ctime_ns = _integer(root_times[1], "root ctime", -events.TIME_LIMIT, events.TIME_LIMIT)
         _history(tree, document.get("history"))
         tail = sorted(_tail(document.get("tail"), cursors, late_ns, name), key=lambda change: change.order)
     except (ValueError, TypeError, RuntimeError, events.InvalidEvent) as error:
