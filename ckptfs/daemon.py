@@ -1,10 +1,11 @@
-"""The mount daemon: validate the configuration, open the cache dir, repair after a crash, rebuild from
-the lake when the cache is empty, run the FUSE loop with the engine tasks, and drain on unmount.
+"""The mount daemon: validate the configuration, open the cache dir, repair after a crash or rebuild
+from the lake when the cache is empty (cache/rebuild.py), assemble the mount (ckptfs/mount.py), run
+the FUSE loop with the engine tasks, and drain on unmount.
 
 Start-up repair (every crash state; docs/DESIGN.md has the reasoning):
 * OPEN versions left by a killed daemon belong to writers that are gone: sealed with the staging
   file's size if a path still names them, dropped with a log line otherwise
-  (`Operations.seal_unheld_versions`, which also runs every second and at unmount).
+  (`Lifecycle.seal_unheld_versions`, which also runs every second and at unmount).
 * Inodes no entry names (unlinked while open) are dropped.
 * Staging files no version row names are removed; committed versions whose staging file is missing
   become remote-only. A damaged journal, or a version waiting for upload whose staging file is
@@ -22,7 +23,6 @@ import os
 import signal
 import stat
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,20 +32,17 @@ import trio
 
 from ckptfs.cache.check import check_cache, lock_cache_dir
 from ckptfs.cache.chunkcache import ChunkCache
-from ckptfs.cache.journal import COMMITTED, OPEN, ROOT_INODE, Inode, Journal
+from ckptfs.cache.journal import Journal
+from ckptfs.cache.rebuild import prepare_journal
 from ckptfs.cache.staging import Staging
-from ckptfs.engine.evictor import Evictor
-from ckptfs.engine.fetcher import Fetcher
-from ckptfs.engine.follower import Follower
 from ckptfs.engine.prefix import MIN_ROUND_BYTES, default_round_bytes
 from ckptfs.engine.snapshots import SNAPSHOT_SEGMENTS, Snapshots
-from ckptfs.engine.spill import Spill
 from ckptfs.engine.uploader import Uploader
 from ckptfs.errors import ConfigError
 from ckptfs.files import FileSystem
-from ckptfs.fs.operations import Operations
-from ckptfs.lake import Lake, namespace
-from ckptfs.lake.lake import LogView
+from ckptfs.fs.operations import KernelCaches, Operations
+from ckptfs.lake import Lake
+from ckptfs.mount import Mount, Settings, assemble
 from ckptfs.store import ObjectStore, RetryingStore, open_store
 
 log = logging.getLogger(__name__)
@@ -120,15 +117,18 @@ def check_cache_dir(path: str) -> None:
 START_RETRY_SECONDS = 10
 
 
-def open_lake(config: MountConfig) -> Lake:
+def open_lake(config: MountConfig, store: ObjectStore | None = None) -> Lake:
     """Check the store is reachable and holds a lake we can read; a clear error otherwise. A slow or
     dropped response is asked again for START_RETRY_SECONDS (a store that answers 1 in 5 requests
-    late must not fail the mount), a permanent error (no bucket, no credentials) is reported at once."""
-    store = RetryingStore(open_store(config.store_url, endpoint_url=config.endpoint_url, timeout=config.s3_timeout),
-                          give_up_after=START_RETRY_SECONDS, max_delay=2, retry_log_level=logging.DEBUG)
-    store.check_access()
-    lake = Lake(store)
-    lake.open(create=True)
+    late must not fail the mount), a permanent error (no bucket, no credentials) is reported at once.
+    Returns the lake on a store that retries as long as a running mount does."""
+    inner = store or open_store(config.store_url, endpoint_url=config.endpoint_url, timeout=config.s3_timeout)
+    starting = RetryingStore(inner, give_up_after=START_RETRY_SECONDS, max_delay=2, retry_log_level=logging.DEBUG)
+    if store is None:
+        starting.check_access()
+    Lake(starting).open(create=True)
+    lake = Lake(RetryingStore(inner, max_delay=10))
+    lake.open(create=False)
     return lake
 
 
@@ -157,104 +157,6 @@ class CacheDir:
         self.staging.close()
         self.journal.close()
         self._lock.close()
-
-
-def rebuild_from_lake(journal: Journal, lake: Lake, view: LogView | None = None, *,
-                      known_chunks: bool = True) -> namespace.Namespace:
-    """Fill an empty journal with the lake's tree and history (`view`: what was read of the lake,
-    read now if not given). Returns the replayed tree. `known_chunks`: also list the lake's chunks
-    now (the daemon does it after mounting: `learn_known_chunks`)."""
-    tree = (view or lake.read_log()).replay()
-    if known_chunks:
-        journal.add_known_chunks(lake.chunk_ids())
-    by_manifest: dict[str, int] = {}
-
-    def version_for(path: bytes, manifest: str, size: int, mode: int, mtime_ns: int, time_ns: int) -> int:
-        if manifest not in by_manifest:
-            by_manifest[manifest] = journal.new_version(None, state=COMMITTED, staged=False, size=size,
-                                                        mode=mode, mtime_ns=mtime_ns, manifest=manifest,
-                                                        path=path, sealed_ns=time_ns)
-        return by_manifest[manifest]
-
-    for path, states in tree.history.items():
-        for state in states:
-            version = None
-            if state.manifest is not None:
-                version = version_for(path, state.manifest, state.size, state.mode, state.time_ns, state.time_ns)
-            elif state.target is not None:  # a symlink's state: where it pointed
-                version = journal.new_version(None, state=COMMITTED, staged=False, size=len(state.target),
-                                              mode=0o777, mtime_ns=state.time_ns, path=path,
-                                              sealed_ns=state.time_ns, target=state.target)
-            journal.add_history(path, state.time_ns, version)
-    inodes = {b"": ROOT_INODE}
-    by_entry: dict[int, int] = {}  # id(Entry) -> ino: hard links are one entry under several paths
-    for path in sorted(tree.entries, key=lambda p: (p.count(b"/"), p)):
-        if not path:
-            continue
-        entry = tree.entries[path]
-        parent_path, _, name = path.rpartition(b"/")
-        ino = by_entry.get(id(entry))
-        if ino is None:
-            ino = by_entry[id(entry)] = _inode_for_entry(journal, path, entry, version_for).ino
-        journal.add_dirent(inodes[parent_path], name, ino)
-        inodes[path] = ino
-    return tree  # RemoteChanges.start_from starts this mount's clock after what was read
-
-
-_KIND_TYPES = {"dir": stat.S_IFDIR, "symlink": stat.S_IFLNK, "file": stat.S_IFREG, "fifo": stat.S_IFIFO,
-               "socket": stat.S_IFSOCK, "char": stat.S_IFCHR, "block": stat.S_IFBLK}
-
-
-def _inode_for_entry(journal: Journal, path: bytes, entry: namespace.Entry, version_for) -> Inode:
-    """The journal inode of a replayed entry, with its owner (the mounting user where the lake's
-    format-1 events did not record one), mode and times."""
-    uid = entry.uid if entry.uid is not None else os.getuid()
-    gid = entry.gid if entry.gid is not None else os.getgid()
-    mode = _KIND_TYPES[entry.kind] | (0o777 if entry.kind == "symlink" else entry.mode)
-    inode = journal.create_inode(mode, uid, gid, target=entry.target, time_ns=entry.mtime_ns,
-                                 rdev=entry.rdev, node=entry.node)
-    inode.atime_ns = entry.atime_ns if entry.atime_ns is not None else entry.mtime_ns
-    inode.ctime_ns = entry.ctime_ns or entry.mtime_ns
-    if entry.kind == "file":
-        inode.size = entry.size
-        if entry.manifest is not None:
-            inode.version = version_for(path, entry.manifest, entry.size, entry.mode, entry.mtime_ns,
-                                        entry.mtime_ns)
-    journal.save_inode(inode)
-    return inode
-
-
-def prepare_journal(cache: CacheDir, lake: Lake, view: LogView) -> tuple[str, namespace.Namespace | None]:
-    """Return this cache dir's mount id, and the lake's replayed tree (from `view`) if the cache dir
-    was new and rebuilt from it (None after a repair of an existing one)."""
-    journal, staging = cache.journal, cache.staging
-    mount_id = journal.get_meta("mount_id")
-    if mount_id is None:
-        tree = rebuild_from_lake(journal, lake, view, known_chunks=False)
-        mount_id = uuid.uuid4().hex[:16]
-        journal.set_meta("mount_id", mount_id)
-        journal.commit(durable=True)
-        log.info("new cache dir: %d entries rebuilt from %s; mount id %s", len(tree.entries) - 1, lake.store.url,
-                 mount_id)
-        return mount_id, tree
-    known = set()
-    for version in journal.staged_versions():
-        known.add(version.id)
-        if not staging.exists(version.id) and version.state == COMMITTED:
-            journal.update_version(version.id, staged=0)  # its bytes are in the lake
-    for identifier in staging.versions_on_disk():
-        if identifier not in known:
-            staging.remove(identifier)
-    for ino in journal.orphan_inodes():
-        inode = journal.inode(ino)
-        if inode and inode.version is not None and (v := journal.version(inode.version)) and v.state == OPEN:
-            log.info("dropping open version %x (%d bytes): its file was unlinked while open before a crash",
-                     v.id, staging.sizes.get(v.id, 0))
-            staging.remove(v.id)
-            journal.delete_version(v.id)
-        journal.delete_inode(ino)
-    journal.commit(durable=True)
-    return mount_id, None
 
 
 READ_AHEAD_KB = 1024
@@ -330,48 +232,30 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
     config.resolve()
     check_mountpoint(config.mountpoint)
     check_cache_dir(config.cache_dir)
-    lake = Lake(store) if store is not None else open_lake(config)
-    if isinstance(lake.store, RetryingStore):  # from open_lake: retry as long as a running mount does
-        lake.store.give_up_after, lake.store.max_delay = RetryingStore.GIVE_UP_AFTER, 10
-        lake.store.retry_log_level = logging.WARNING
-    else:
-        lake.store = RetryingStore(lake.store, max_delay=10)
+    lake = open_lake(config, store)
     cache = CacheDir(config.cache_dir, config.cache_size)
     try:
         started, listed_at_ns = time.monotonic(), time.time_ns()
         view = lake.read_log()  # a snapshot and the segments after it (lake/snapshot.py)
         log.info("read the lake in %.1f s: %s and %d segments after it", time.monotonic() - started,
                  view.snapshot_key or "no snapshot", view.segments_read)
-        mount_id, rebuilt = prepare_journal(cache, lake, view)
-        state = {"closed": False, "new_cache": rebuilt is not None}
-        fetcher = Fetcher(lake, cache.chunks, on_manifest=cache.journal.learn_manifest)
-        spill = Spill(cache.journal, cache.staging, fetcher)
-        uploader = Uploader(cache.journal, cache.staging, lake, mount_id, round_bytes=config.upload_round_bytes,
-                            spill=spill)
-        evictor = Evictor(cache.journal, cache.staging, cache.staging_budget)
-        uploader.on_committed = evictor.committed
-        ops = Operations(FileSystem(cache.journal, cache.staging, uploader, fetcher, mount_id=mount_id,
-                                    durability=config.durability, evictor=evictor, spill=spill))
-        ops.follower = ops.control.follower = Follower(lake, mount_id, ops.apply_remote,
-                                                       interval=config.refresh_interval)
-        ops.snapshots = ops.control.snapshots = Snapshots(lake, ops.files.remote, mount_id, ops.follower.network,
-                                                       every=config.snapshot_segments)
-        ops.follower.on_swept = ops.snapshots.swept
-        ops.control.start_reading = {"start_snapshot": view.snapshot_key, "start_segments_read": view.segments_read,
-                                     "start_read_s": round(time.monotonic() - started, 3)}
-
-        def published(seq: int, raw_events: list[dict], published_ns: int) -> None:
-            ops.files.remote.published(seq, raw_events, published_ns)
-            ops.follower.published(seq)
-
-        uploader.publisher.on_published = published
+        mount_id, rebuilt = prepare_journal(cache.journal, cache.staging, lake, view)
+        kernel = KernelCaches()
+        settings = Settings(durability=config.durability, upload_round_bytes=config.upload_round_bytes or 0,
+                            staging_budget=cache.staging_budget, refresh_interval=config.refresh_interval,
+                            snapshot_segments=config.snapshot_segments)
+        mount = assemble(lake, cache.journal, cache.staging, cache.chunks, mount_id=mount_id, settings=settings,
+                         forget=kernel.forget,
+                         start_reading={"start_snapshot": view.snapshot_key, "start_segments_read": view.segments_read,
+                                        "start_read_s": round(time.monotonic() - started, 3)})
         # Following starts where the reading stopped. A new cache dir was built from the same
-        # replay; an existing one is compared with it in full by the catch-up's reconciliation.
-        ops.files.remote.start_from(view.base, view.events, view.cursors, view.horizon_ns, replayed=rebuilt,
-                                     base_covers=view.base_covers)
-        ops.follower.start_from(view.cursors, listed_at_ns)
-        state["listed_at_ns"] = listed_at_ns
+        # replay; an existing one is compared with it by the catch-up's reconciliation.
+        mount.files.remote.start_from(view.base, view.events, view.cursors, view.horizon_ns, replayed=rebuilt,
+                                      base_covers=view.base_covers)
+        mount.follower.start_from(view.cursors, listed_at_ns)
         lake.register_mount(mount_id)
+        ops = Operations(mount)
+        state = {"closed": False, "new_cache": rebuilt is not None, "listed_at_ns": listed_at_ns}
         # nosuid, nodev: set-id bits and device nodes come from a lake other clients write to; they
         # are kept (and shown) but grant nothing on this node.
         options = set(pyfuse3.default_options) | {"fsname=ckptfs", "subtype=ckptfs", "nosuid", "nodev"}
@@ -379,7 +263,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
             options |= {"allow_other", "default_permissions"}
         pyfuse3.init(ops, config.mountpoint, options)
         try:
-            trio.run(_main, config, ops, uploader, fetcher, on_ready, state)
+            trio.run(_main, config, mount, kernel, on_ready, state)
         finally:
             if not state["closed"]:
                 pyfuse3.close(unmount=True)
@@ -387,34 +271,32 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
         cache.close()
 
 
-async def _main(config: MountConfig, ops: Operations, uploader: Uploader, fetcher: Fetcher,
-                on_ready: Callable[[], None], state: dict[str, Any]) -> None:
-    sealed = ops.files.lifecycle.seal_unheld_versions()
+async def _main(config: MountConfig, mount: Mount, kernel: KernelCaches, on_ready: Callable[[], None],
+                state: dict[str, Any]) -> None:
+    files = mount.files
+    sealed = files.lifecycle.seal_unheld_versions()
     if sealed:
         log.info("sealed %d versions left open by a previous daemon", sealed)
     async with trio.open_nursery() as nursery:
-        await nursery.start(fetcher.run)
-        await nursery.start(uploader.run)
+        await nursery.start(mount.run_engine)
         # What others published since the lake was read (the feed).
-        caught_up = await ops.follower.refresh()
+        caught_up = await mount.following.refresh()
         if caught_up["events"]:
             log.info("caught up with the lake: %d events from %d segments", caught_up["events"],
                      caught_up["segments"])
-        ops.kernel_caches = True
+        kernel.ready = True
         # The reading at start counts as a sweep: fold what it makes foldable, and write a snapshot
         # if the lake's newest is far behind (engine/snapshots.py), once the mount is serving: a
         # snapshot of a large lake takes seconds to encode and upload.
-        nursery.start_soon(_fold_after_start, ops.snapshots, state["listed_at_ns"])
+        nursery.start_soon(_fold_after_start, mount.snapshots, state["listed_at_ns"])
         if state["new_cache"]:
-            nursery.start_soon(learn_known_chunks, ops.follower.lake, ops.files.journal)
-        await nursery.start(ops.follower.run)
-        nursery.start_soon(_commit_periodically, ops)
-        if ops.files.evictor is not None:
-            nursery.start_soon(ops.files.evictor.run)
+            nursery.start_soon(learn_known_chunks, mount.lake, mount.journal)
+        await nursery.start(mount.following.run)
+        nursery.start_soon(_commit_periodically, files)
         if config.metrics_address:
             from ckptfs.metrics import serve_metrics
 
-            nursery.start_soon(serve_metrics, config.metrics_address, ops.control.status)
+            nursery.start_soon(serve_metrics, config.metrics_address, mount.status)
         nursery.start_soon(_terminate_on_signal)
         nursery.start_soon(set_read_ahead, config.mountpoint, READ_AHEAD_KB)
         log.info("mounted %s on %s (cache %s)", config.store_url, config.mountpoint, config.cache_dir)
@@ -424,13 +306,13 @@ async def _main(config: MountConfig, ops: Operations, uploader: Uploader, fetche
         pyfuse3.close(unmount=True)
         state["closed"] = True
         log.info("unmounted %s", config.mountpoint)
-        ops.files.lifecycle.seal_unheld_versions()  # the kernel released every handle: nothing more is written
-        ops.files.commit(durable=True)
-        if config.drain and not ops.control.no_drain:
-            await drain(uploader, ops.files.journal)
+        files.lifecycle.seal_unheld_versions()  # the kernel released every handle: nothing more is written
+        files.commit(durable=True)
+        if config.drain and not files.control.no_drain:
+            await drain(mount.uploader, mount.journal)
         else:
             log.info("not draining: %d events stay queued for the next mount on %s",
-                     ops.files.journal.outbox_length(), config.cache_dir)
+                     mount.journal.outbox_length(), config.cache_dir)
         nursery.cancel_scope.cancel()
 
 
@@ -441,12 +323,12 @@ async def _fold_after_start(snapshots: Snapshots, listed_at_ns: int) -> None:
         log.warning("could not fold or snapshot the namespace after start: %s", error)
 
 
-async def _commit_periodically(ops: Operations) -> None:
+async def _commit_periodically(files: FileSystem) -> None:
     while True:
         await trio.sleep(1)
-        if ops.files.lifecycle.seal_unheld_versions():
+        if files.lifecycle.seal_unheld_versions():
             log.warning("versions were open with no handle left: sealed (a close this mount missed)")
-        ops.files.commit()
+        files.commit()
 
 
 async def _terminate_on_signal() -> None:

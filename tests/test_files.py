@@ -17,7 +17,7 @@ from ckptfs.lake import Lake
 from ckptfs.store import RetryingStore
 from ckptfs.store.faults import FaultyStore
 from ckptfs.store.memory import MemoryStore
-from tests.layers import files_on
+from tests.layers import mount_on
 
 ROOT = 1
 MIB = 1 << 20
@@ -49,7 +49,7 @@ async def load(files: FileSystem, ino: int) -> bytes:
 
 
 async def published(files: FileSystem) -> None:
-    await files.uploader.wait_published(files.journal.outbox_tail())
+    await files.engine.wait_published(files.journal.outbox_tail())
 
 
 def test_save_upload_and_rebuild_on_a_memory_store(tmp_path):
@@ -58,19 +58,20 @@ def test_save_upload_and_rebuild_on_a_memory_store(tmp_path):
     payload = os.urandom(5 * MIB + 3)
 
     async def main():
-        files = files_on(tmp_path, "first", lake)
+        mount = mount_on(tmp_path, "first", lake)
+        files = mount.files
         async with trio.open_nursery() as nursery:
-            await nursery.start(files.uploader.run)
-            await nursery.start(files.fetcher.run)
+            await nursery.start(mount.run_engine)
             files.tree.mkdir(ROOT, b"run", 0o755, ME)
             ino = await save(files, b"model.pt", payload)
             files.tree.link(ino, files.tree.lookup(ROOT, b"run").ino, b"same.pt")
             await published(files)
             assert files.control.status()["committed_versions"] == 1
             nursery.cancel_scope.cancel()
-        fresh = files_on(tmp_path, "second", lake)
+        fresh_mount = mount_on(tmp_path, "second", lake)
+        fresh = fresh_mount.files
         async with trio.open_nursery() as nursery:
-            await nursery.start(fresh.fetcher.run)
+            await nursery.start(fresh_mount.run_engine)
             run = fresh.tree.lookup(ROOT, b"run")
             first, second = fresh.tree.lookup(ROOT, b"model.pt"), fresh.tree.lookup(run.ino, b"same.pt")
             assert first.ino == second.ino and first.nlink == 2
@@ -90,9 +91,10 @@ def test_temporary_put_failures_are_retried_until_everything_commits(tmp_path):
     faulty.fail("put", "log/", times=2)
 
     async def main():
-        files = files_on(tmp_path, "only", lake)
+        mount = mount_on(tmp_path, "only", lake)
+        files = mount.files
         async with trio.open_nursery() as nursery:
-            await nursery.start(files.uploader.run)
+            await nursery.start(mount.run_engine)
             ino = await save(files, b"f", payload)
             await published(files)
             version = files.journal.version(files.tree.inode(ino).version)
@@ -110,16 +112,18 @@ def test_a_corrupt_chunk_reads_as_an_error_naming_it(tmp_path, caplog):
     lake = lake_on(faulty)
 
     async def main():
-        files = files_on(tmp_path, "writer", lake)
+        mount = mount_on(tmp_path, "writer", lake)
+        files = mount.files
         async with trio.open_nursery() as nursery:
-            await nursery.start(files.uploader.run)
+            await nursery.start(mount.run_engine)
             await save(files, b"f", os.urandom(3 * MIB))
             await published(files)
             nursery.cancel_scope.cancel()
         faulty.fail("get", "packs/", kind="corrupt")
-        reader = files_on(tmp_path, "reader", lake)
+        reader_mount = mount_on(tmp_path, "reader", lake)
+        reader = reader_mount.files
         async with trio.open_nursery() as nursery:
-            await nursery.start(reader.fetcher.run)
+            await nursery.start(reader_mount.run_engine)
             with pytest.raises(CkptfsError) as error:
                 await load(reader, reader.tree.lookup(ROOT, b"f").ino)
             assert "chunk" in str(error.value)
@@ -138,9 +142,10 @@ def test_backpressure_waits_for_uploads_and_never_fails_the_write(tmp_path):
     files_data = [os.urandom(6 * MIB) for _ in range(4)]
 
     async def main():
-        files = files_on(tmp_path, "only", lake, staging_limit=12 * MIB)
+        mount = mount_on(tmp_path, "only", lake, staging_limit=12 * MIB)
+        files = mount.files
         async with trio.open_nursery() as nursery:
-            await nursery.start(files.uploader.run)
+            await nursery.start(mount.run_engine)
             for index, data in enumerate(files_data):
                 await save(files, b"f%d" % index, data)
             await published(files)
@@ -158,7 +163,8 @@ def test_requests_on_the_layer_answer_errno(tmp_path):
     lake = lake_on(MemoryStore())
 
     async def main():
-        files = files_on(tmp_path, "only", lake)
+        mount = mount_on(tmp_path, "only", lake)
+        files = mount.files
         history = files.tree.lookup(ROOT, b".versions")
         cases = [
             (lambda: files.tree.mkdir(ROOT, b"x" * 256, 0o755, ME), errno.ENAMETOOLONG),

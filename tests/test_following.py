@@ -11,14 +11,13 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ckptfs.engine.follower import Follower
-from ckptfs.engine.snapshots import Snapshots
 from ckptfs.errors import FsError
-from ckptfs.files import Caller, FileSystem
+from ckptfs.files import Caller
 from ckptfs.lake import Lake, namespace
+from ckptfs.mount import Mount
 from ckptfs.store import RetryingStore
 from ckptfs.store.memory import MemoryStore
-from tests.layers import files_on
+from tests.layers import mount_on
 
 ROOT = 1
 ME = Caller(uid=os.getuid(), gid=os.getgid())
@@ -37,20 +36,12 @@ def new_lake(**descriptor) -> Lake:
 class Node:
     """One mount: its file system layer, its follower, and helpers that act like a user."""
 
-    def __init__(self, files: FileSystem, lake: Lake, name: str, *, snapshot_every: int = 1000) -> None:
-        self.files = files
-        self.name = name
-        lake.register_mount(name)
-
-        async def apply(changes):
-            files.remote.apply(changes)
-            files.commit()
-            files.remote.take_invalidations()
-
-        self.follower = Follower(lake, name, apply, interval=0)
-        self.follower.cursors = dict(files.remote.covered)  # where its start-up reading stopped
-        self.snapshots = Snapshots(lake, files.remote, name, self.follower.network, every=snapshot_every)
-        self.follower.on_swept = self.snapshots.swept
+    def __init__(self, mount: Mount) -> None:
+        self.mount = mount
+        self.files = mount.files
+        self.name = mount.mount_id
+        self.follower = mount.following  # refresh(), refresh(sweep=True): what the daemon runs
+        self.snapshots = mount.snapshots
 
     def ino(self, path: bytes) -> int:
         ino = ROOT
@@ -107,7 +98,7 @@ class Node:
             self.files.handles.release(opened.fh)
 
     async def sync(self) -> None:
-        await self.files.uploader.wait_published(self.files.journal.outbox_tail())
+        await self.files.engine.wait_published(self.files.journal.outbox_tail())
 
     def tree(self) -> dict[bytes, tuple[str, object]]:
         """path -> (kind, manifest or target) of every entry, from the journal."""
@@ -131,11 +122,10 @@ class Node:
 
 @asynccontextmanager
 async def mounts(tmp_path, lake: Lake, count: int, **options):
-    nodes = [Node(files_on(tmp_path, f"m{index}", lake), lake, f"m{index}", **options) for index in range(count)]
+    nodes = [Node(mount_on(tmp_path, f"m{index}", lake, **options)) for index in range(count)]
     async with trio.open_nursery() as nursery:
         for node in nodes:
-            await nursery.start(node.files.uploader.run)
-            await nursery.start(node.files.fetcher.run)
+            await nursery.start(node.mount.run_engine)
         yield nodes
         nursery.cancel_scope.cancel()
 
@@ -250,8 +240,8 @@ def test_a_mount_started_from_a_snapshot_never_stamps_below_what_it_folds(tmp_pa
             await a.follower.refresh(sweep=True)
             written = await a.snapshots.swept(ahead + 1, force=True)  # everything folded: no tail
             assert written["written"] and written["tail_events"] == 0
-        b = Node(files_on(tmp_path, "b", lake), lake, "b")
-        assert not b.files.remote.events and b.tree().keys() == {b"x"}
+        b = Node(mount_on(tmp_path, "b", lake))
+        assert not b.mount.replay.events and b.tree().keys() == {b"x"}
         assert b.files.outbox.event_time() > ahead
 
     trio.run(main)
@@ -266,10 +256,10 @@ def test_a_remount_on_its_cache_dir_catches_up(tmp_path):
             for index in range(20):
                 await a.write(b"old/%d" % index, b"1")
             await settle([a, b])
-        again = Node(files_on(tmp_path, "m1", lake), lake, "m1")  # m1's cache dir, m0 writes meanwhile
-        first = Node(files_on(tmp_path, "m0", lake), lake, "m0")
+        again = Node(mount_on(tmp_path, "m1", lake))  # m1's cache dir, m0 writes meanwhile
+        first = Node(mount_on(tmp_path, "m0", lake))
         async with trio.open_nursery() as nursery:
-            await nursery.start(first.files.uploader.run)
+            await nursery.start(first.mount.run_engine)
             await first.write(b"while away", b"2")
             await first.sync()
             await again.follower.refresh()
@@ -344,16 +334,16 @@ def test_mounts_that_snapshot_and_fold_as_they_go_converge_and_a_new_mount_start
             expected = lake_tree(lake)
             for node in nodes:
                 assert node.tree() == expected, node.name
-                assert not node.files.remote.events  # all folded: memory holds the tree, not the log
+                assert not node.mount.replay.events  # all folded: memory holds the tree, not the log
             if lake.snapshots():
-                fresh = Node(files_on(tmp_path, "fresh", lake), lake, "fresh")
-                assert fresh.files.remote.base.entries.keys() - {b""} or not expected  # read from the snapshot
+                fresh = Node(mount_on(tmp_path, "fresh", lake))
+                assert fresh.mount.replay.base.entries.keys() - {b""} or not expected  # read from the snapshot
                 assert fresh.tree() == expected
                 await fresh.follower.refresh(sweep=True)
                 assert fresh.tree() == expected and fresh.files.remote.changed == 0
         # Each mount restarted on its cache dir shows the same, comparing only what it has not seen.
         for index in range(3):
-            again = Node(files_on(tmp_path, f"m{index}", lake), lake, f"m{index}")
+            again = Node(mount_on(tmp_path, f"m{index}", lake))
             await again.follower.refresh(sweep=True)
             assert again.tree() == expected and again.files.remote.changed == 0
 
@@ -367,10 +357,10 @@ def test_an_idle_refresh_is_one_list_and_a_sweep_finds_what_the_feed_missed(tmp_
     async def main():
         async with mounts(tmp_path, lake, 2) as (a, b):
             await b.follower.refresh()  # the first one sweeps every log
-            before = b.follower.lists
+            before = b.mount.follower.lists
             for _ in range(3):
                 assert (await b.follower.refresh())["segments"] == 0
-            assert b.follower.lists - before == 3  # one LIST of the feed each, whatever the mounts
+            assert b.mount.follower.lists - before == 3  # one LIST of the feed each, whatever the mounts
             # A writer whose clock is far behind: its marker falls before the feed's look-back.
             await a.write(b"late", b"1")
             await a.sync()
@@ -432,7 +422,7 @@ def test_a_directory_s_mtime_never_goes_back_and_a_new_mount_shows_it(tmp_path):
                 assert b.files.tree.attributes(b.ino(b"d")).mtime_ns == mtime
             assert (await a.follower.refresh(sweep=True))["events"] == 0
             assert a.files.tree.attributes(d).mtime_ns == seen[-1]
-        fresh = Node(files_on(tmp_path, "fresh", lake), lake, "fresh")
+        fresh = Node(mount_on(tmp_path, "fresh", lake))
         assert fresh.files.tree.attributes(fresh.ino(b"d")).mtime_ns == seen[-1]
 
     trio.run(main)

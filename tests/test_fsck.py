@@ -30,6 +30,7 @@ def populated(mounter, tmp_path):
     for index in range(3):
         with open(mount.path("run", f"f{index}"), "wb") as file:
             file.write(os.urandom(2_000_000))
+        mount.sync()  # a segment per file: damaging the second loses one file and no directory
     mount.unmount()
     mount.assert_clean_log()
     shutil.rmtree(tmp_path / "cache0")

@@ -14,7 +14,7 @@ from ckptfs.fs.operations import Operations
 from ckptfs.lake import Lake
 from ckptfs.lake.packs import LOOSE, Location
 from ckptfs.store import LocalDirStore
-from tests.layers import files_on
+from tests.layers import mount_on
 
 ROOT = pyfuse3.ROOT_INODE
 
@@ -41,7 +41,7 @@ class Fields:
 
 
 def build(tmp_path, name: str, lake: Lake) -> Operations:
-    return Operations(files_on(tmp_path, name, lake))
+    return Operations(mount_on(tmp_path, name, lake))
 
 
 async def write_file(ops: Operations, parent: int, name: bytes, data: bytes) -> int:
@@ -73,8 +73,7 @@ def test_write_upload_and_read_back_from_a_fresh_journal(tmp_path, lake):
     async def main():
         ops = build(tmp_path, "first", lake)
         async with trio.open_nursery() as nursery:
-            await nursery.start(ops.files.uploader.run)
-            await nursery.start(ops.files.fetcher.run)
+            await nursery.start(ops.mount.run_engine)
             directory = await ops.mkdir(ROOT, b"run", 0o755, Context())
             ino = await write_file(ops, directory.st_ino, b"model.pt", payload)
             assert await read_file(ops, ino) == payload
@@ -82,14 +81,14 @@ def test_write_upload_and_read_back_from_a_fresh_journal(tmp_path, lake):
             with pytest.raises(pyfuse3.FUSEError) as error:
                 await ops.lookup(directory.st_ino, b"model.pt", Context())
             assert error.value.errno == errno.ENOENT
-            await ops.files.uploader.wait_published(ops.files.journal.outbox_tail())
+            await ops.files.engine.wait_published(ops.files.journal.outbox_tail())
             version = ops.files.journal.version(ops.files.journal.inode(ino).version)
             assert version.state == COMMITTED
             nursery.cancel_scope.cancel()
 
         fresh = build(tmp_path, "second", lake)
         async with trio.open_nursery() as nursery:
-            await nursery.start(fresh.files.fetcher.run)
+            await nursery.start(fresh.mount.fetcher.run)
             attributes = await fresh.lookup(ROOT, b"moved.pt", Context())
             assert attributes.st_size == len(payload)
             assert await read_file(fresh, attributes.st_ino) == payload
@@ -139,8 +138,8 @@ def test_a_spilled_version_still_uploading_reads_back_and_copies_whole(tmp_path,
     """A file spilled while written (its prefix punched out of the staging file), then sealed while
     no upload runs: reads of it and a new version copied from it must get the prefix from the lake."""
     data = os.urandom(40 * MIB)
-    ops = Operations(files_on(tmp_path, "spill", lake, staging_limit=16 * MIB))
-    journal, staging, fetcher, uploader = ops.files.journal, ops.files.staging, ops.files.fetcher, ops.files.uploader
+    ops = Operations(mount_on(tmp_path, "spill", lake, staging_limit=16 * MIB))
+    journal, staging, fetcher, uploader = ops.files.journal, ops.files.staging, ops.mount.fetcher, ops.mount.uploader
 
     async def main():
         async with trio.open_nursery() as outer:

@@ -420,6 +420,16 @@ class Journal:
                 if isinstance(value, str):
                     yield value
 
+    def outbox_ready(self) -> tuple[int, int | None]:
+        """(how many events from the head can be published now, the seq of the first that cannot:
+        its version is not committed yet, None if there is none)."""
+        blocked = self.db.execute("SELECT MIN(outbox.seq) FROM outbox LEFT JOIN versions "
+                                  "ON versions.id = outbox.version WHERE outbox.version IS NOT NULL "
+                                  "AND (versions.id IS NULL OR versions.state != ?)", (COMMITTED,)).fetchone()[0]
+        if blocked is None:
+            return self.outbox_length(), None
+        return self.db.execute("SELECT COUNT(*) FROM outbox WHERE seq < ?", (blocked,)).fetchone()[0], blocked
+
     def outbox_tail(self) -> int:
         """The last seq ever queued (seqs are never reused, so a barrier taken now stays meaningful)."""
         row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()

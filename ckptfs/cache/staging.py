@@ -17,7 +17,6 @@ import errno
 import os
 import shutil
 from collections import OrderedDict
-from typing import Protocol
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -32,14 +31,6 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
         raise OSError(code, f"punching a hole in a staging file: {os.strerror(code)}")
 
 
-class StagingObserver(Protocol):
-    """Told of every change to a staging file (the upload-while-writing rounds watch these)."""
-
-    def written(self, version: int, offset: int, length: int) -> None: ...
-    def truncated(self, version: int, size: int) -> None: ...
-    def forget(self, version: int) -> None: ...
-
-
 class Staging:
     def __init__(self, directory: str, max_open: int = 256) -> None:
         self.directory = directory
@@ -51,7 +42,6 @@ class Staging:
         self.holes: dict[int, int] = {}  # version -> end of its punched prefix
         self.total_bytes = 0
         self.peak_bytes = 0
-        self.observer: StagingObserver | None = None
         self._reserve = self.reserve_bytes()
         self._room = 0  # bytes known free beyond the reserve (check_space)
         for name in os.listdir(directory):
@@ -157,15 +147,11 @@ class Staging:
         written = os.pwrite(self.fd(version), data, offset)
         if offset + written > self.sizes.get(version, 0):
             self._set_size(version, offset + written)
-        if self.observer is not None:
-            self.observer.written(version, offset, written)
         return written
 
     def truncate(self, version: int, size: int) -> None:
         os.ftruncate(self.fd(version), size)
         self._set_size(version, size)
-        if self.observer is not None:
-            self.observer.truncated(version, size)
 
     def refresh_size(self, version: int) -> None:
         """Re-read the size after the file was written through its descriptor directly."""
@@ -187,8 +173,6 @@ class Staging:
 
     def remove(self, version: int) -> None:
         self.forget_fd(version)
-        if self.observer is not None:
-            self.observer.forget(version)
         self.total_bytes -= self.charged(version)
         self.sizes.pop(version, None)
         self.holes.pop(version, None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 
 import trio
 
@@ -21,9 +22,11 @@ log = logging.getLogger(__name__)
 
 
 class Evictor:
-    def __init__(self, journal: Journal, staging: Staging, limit_bytes: int, *, interval: float = 2.0) -> None:
+    def __init__(self, journal: Journal, staging: Staging, limit_bytes: int, *, interval: float = 2.0,
+                 forget: Callable[[int], None] = lambda version: None) -> None:
         self.journal = journal
         self.staging = staging
+        self.forget = forget  # what was uploaded or spilled of a version early goes with its staging file
         self.limit_bytes = limit_bytes
         self.interval = interval
         self.clean: OrderedDict[int, None] = OrderedDict(
@@ -67,6 +70,7 @@ class Evictor:
     def _evict(self, version: int) -> int:
         size = self.staging.charged(version)
         self.staging.remove(version)
+        self.forget(version)
         self.journal.update_version(version, staged=0)
         return size
 

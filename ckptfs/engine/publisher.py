@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -21,37 +22,39 @@ from ckptfs.store import StoreError
 
 log = logging.getLogger(__name__)
 SEGMENT_EVENTS = 1000
-# How long a change waits for others to share its segment, unless something waits for it (sync,
-# an fsync with remote durability, unmount). Without it, files closed one by one made one segment
-# each: 10,000 small files, 9,998 segments for every starting mount to read.
+# How long ready changes wait for others to share their segment, unless something waits for all of
+# them (sync, an fsync with remote durability, unmount) or a segment's worth is ready. Without it,
+# files closed one by one made one segment each: 10,000 small files, 9,998 segments for every
+# starting mount to read.
 PUBLISH_LINGER = 0.5
 
 
 class Publisher:
     def __init__(self, journal: Journal, lake: Lake, mount_id: str, progress: Progress, network: trio.CapacityLimiter,
-                 on_error: Callable[[str], None]) -> None:
+                 on_error: Callable[[str], None],
+                 on_published: Callable[[int, list[dict], int], None] = lambda seq, events, published_ns: None,
+                 ) -> None:
         self.journal = journal
         self.lake = lake
         self.mount_id = mount_id
         self.progress = progress
         self.network = network
         self.on_error = on_error
-        # Told of each segment as it leaves the outbox (seq, raw events): the follower's replay has
-        # this mount's events in their place from that moment, with no window where they are
-        # neither pending here nor known to have been published (files/remote.py).
-        self.on_published: Callable[[int, list[dict], int], None] | None = None
-        self._publish = trio.Event()
-        self._hurry_upto = -1  # outbox seqs up to this one are waited for: publish without lingering
-        self._hurried = trio.Event()
+        # Told of each segment as it leaves the outbox (seq, raw events, publication time): the
+        # follower's replay has this mount's events in their place from that moment, with no window
+        # where they are neither pending here nor known to have been published (files/remote.py).
+        self.on_published = on_published
+        self._hurry_upto = -1  # outbox seqs up to this one are waited for
+        self._wake = trio.Event()  # set when an event is queued or committed, or a wait begins
 
     def hurry(self, upto: int) -> None:
-        """Something waits for the events up to outbox seq `upto`: publish them now."""
+        """Something waits for the events up to outbox seq `upto`: publish them as soon as all are ready."""
         self._hurry_upto = max(self._hurry_upto, upto)
-        self._hurried.set()
+        self._wake.set()
 
     def poke(self) -> None:
         """An event is ready to publish (or its version was just committed)."""
-        self._publish.set()
+        self._wake.set()
 
     async def wait_published(self, upto: int) -> None:
         """Return once every outbox event with seq <= upto is published in the lake."""
@@ -64,20 +67,30 @@ class Publisher:
         rows = self.journal.outbox(limit=1)
         return rows[0][0] if rows else self.journal.outbox_tail() + 1
 
-    async def _linger(self) -> None:
-        """Let changes gather into one segment for up to PUBLISH_LINGER, unless they are waited for."""
-        deadline = trio.current_time() + PUBLISH_LINGER
-        while trio.current_time() < deadline:
-            if (self.outbox_head() <= self._hurry_upto or self.journal.outbox_length() >= SEGMENT_EVENTS
-                    or self.journal.get_meta("pending_segment") is not None):
-                return
-            self._hurried = trio.Event()
-            with trio.move_on_at(deadline):
-                await self._hurried.wait()
+    async def _until_due(self) -> None:
+        """Wait until a segment is due: one a crash left half-published; a segment's worth of ready
+        events; every event someone waits for ready; or ready events that have waited PUBLISH_LINGER.
+        While uploads fall behind a `sync`, commits arrive one by one: publishing each at once made a
+        segment per file (200 for 300 files), so a waiter only cuts the lingering short once all it
+        waits for is ready."""
+        ready_since = None
+        while self.journal.get_meta("pending_segment") is None:
+            ready, blocked = self.journal.outbox_ready()
+            if ready:
+                waited_for_ready = self.outbox_head() <= self._hurry_upto and (blocked is None
+                                                                                or blocked > self._hurry_upto)
+                if ready >= SEGMENT_EVENTS or waited_for_ready:
+                    return
+                ready_since = trio.current_time() if ready_since is None else ready_since
+                if trio.current_time() >= ready_since + PUBLISH_LINGER:
+                    return
+            self._wake = trio.Event()
+            with trio.move_on_at(ready_since + PUBLISH_LINGER if ready_since is not None else math.inf):
+                await self._wake.wait()
 
     async def run(self) -> None:
         while True:
-            await self._linger()
+            await self._until_due()
             try:
                 published = await self._publish_once()
             except Exception as error:  # noqa: BLE001 - the publisher must survive anything
@@ -88,9 +101,6 @@ class Publisher:
                 continue
             if published:
                 self.progress.notify()
-            else:
-                self._publish = trio.Event()
-                await self._publish.wait()
 
     async def _publish_once(self) -> bool:
         pending = self.journal.get_meta("pending_segment")
@@ -117,8 +127,7 @@ class Publisher:
         await trio.to_thread.run_sync(self.lake.append_log, self.mount_id, seq, events, published_ns,
                                       limiter=self.network)
         self.journal.drop_outbox(upto)
-        if self.on_published is not None:
-            self.on_published(seq, events, published_ns)
+        self.on_published(seq, events, published_ns)
         self.journal.set_meta("last_published_ns", str(published_ns))
         self.journal.set_meta("next_segment", str(seq + 1))
         self.journal.delete_meta("pending_segment")

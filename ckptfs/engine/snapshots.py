@@ -3,7 +3,7 @@
 After each sweep (a full listing of every mount's log, engine/follower.py) this mount knows every
 segment published before the sweep started, so no event can still arrive placed before
     horizon = sweep start - the lake's late_publish_s - its max_clock_skew_s.
-It then folds the events placed before the horizon into its base tree (files/remote.py), and if
+It then folds the events placed before the horizon into its base tree (lake/replay.py), and if
 the newest snapshot in the lake is more than `every` segments behind what it has read, it writes
 one: its base tree, the events after the horizon and its cursors. Any mount may write one; each
 waits for a threshold drawn between `every` and twice that, so that the mounts of a job do not all
@@ -20,8 +20,8 @@ from typing import Any
 
 import trio
 
-from ckptfs.files.remote import RemoteChanges
 from ckptfs.lake import Lake
+from ckptfs.lake.replay import LakeReplay
 from ckptfs.lake.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -30,35 +30,34 @@ KEEP_SNAPSHOTS = 2
 
 
 class Snapshots:
-    def __init__(self, lake: Lake, remote: RemoteChanges, mount_id: str, network: trio.CapacityLimiter, *,
+    def __init__(self, lake: Lake, replay: LakeReplay, mount_id: str, network: trio.CapacityLimiter, *,
                  every: int = SNAPSHOT_SEGMENTS) -> None:
         self.lake = lake
-        self.remote = remote
+        self.replay = replay
         self.mount_id = mount_id
         self.network = network
         self.threshold = random.randint(every, 2 * every)
         self.written = 0
         self.last_written: str | None = None
         self.folded = 0
-        self.last_forced: dict[str, Any] = {}  # the answer to the last `ckptfs snapshot`
         self._lock = trio.Lock()
 
     async def swept(self, started_ns: int, *, force: bool = False) -> dict[str, Any]:
         """A sweep that started at `started_ns` (wall clock) has been applied."""
         async with self._lock:
             horizon = started_ns - self.lake.late_ns - self.lake.skew_ns
-            self.folded += self.remote.compact(horizon)
+            self.folded += self.replay.compact(horizon)
             existing = await trio.to_thread.run_sync(self.lake.snapshots, limiter=self.network)
-            covered = sum(seq + 1 for seq in self.remote.covered.values())
+            covered = sum(seq + 1 for seq in self.replay.covered.values())
             behind = covered - (existing[-1][2] if existing else 0)
             if not force and behind < self.threshold:
                 return {"written": None, "segments_behind": behind}
-            if self.remote.segments:
+            if self.replay.segments:
                 # Segments read out of order leave a gap that cursors cannot describe: next sweep.
                 return {"written": None, "segments_behind": behind, "why": "segments read out of order"}
-            cursors = dict(self.remote.covered)
-            tail = [change for change in self.remote.events if change.seq <= cursors.get(change.mount, -1)]
-            value = Snapshot(max(horizon, self.remote.horizon_ns or 0), cursors, self.remote.base, tail)
+            cursors = dict(self.replay.covered)
+            tail = [change for change in self.replay.events if change.seq <= cursors.get(change.mount, -1)]
+            value = Snapshot(max(horizon, self.replay.horizon_ns or 0), cursors, self.replay.base, tail)
             started = time.monotonic()
             # The base changes only in compact(), under this lock: encoding it in a thread is safe.
             key = await trio.to_thread.run_sync(self.lake.put_snapshot, value, self.mount_id, limiter=self.network)

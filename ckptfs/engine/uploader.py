@@ -39,7 +39,10 @@ log = logging.getLogger(__name__)
 class Uploader:
     def __init__(self, journal: Journal, staging: Staging, lake: Lake, mount_id: str, *,
                  network_threads: int = 16, version_workers: int = 2,
-                 round_bytes: int = DEFAULT_ROUND_BYTES, spill: Spill | None = None) -> None:
+                 round_bytes: int = DEFAULT_ROUND_BYTES, spill: Spill | None = None,
+                 on_committed: Callable[[int], None] = lambda version: None,
+                 on_published: Callable[[int, list[dict], int], None] = lambda seq, events, published_ns: None,
+                 ) -> None:
         self.journal = journal
         self.staging = staging
         self.lake = lake
@@ -47,7 +50,8 @@ class Uploader:
         self.progress = Progress()
         self.chunks = ChunkUploads(journal, staging, lake, self.progress, network_threads=network_threads)
         self.network, self.cpu, self.sent = self.chunks.network, self.chunks.cpu, self.chunks.sent
-        self.publisher = Publisher(journal, lake, mount_id, self.progress, self.network, self._record_error)
+        self.publisher = Publisher(journal, lake, mount_id, self.progress, self.network, self._record_error,
+                                   on_published)
         self._version_workers = version_workers
         self._queue: deque[int] = deque()
         self._queued: set[int] = set()
@@ -55,9 +59,8 @@ class Uploader:
         self.active: set[int] = set()  # sealed versions a version worker is on
         self.last_error: str | None = None
         self.last_error_time: float | None = None
-        self.on_committed: Callable[[int], None] | None = None  # the evictor learns of clean data here
+        self.on_committed = on_committed  # the evictor learns of clean data here
         self.prefix = PrefixUploads(self.chunks, round_bytes, spill)
-        staging.observer = self.prefix
 
     # -- queueing and waiting -----------------------------------------------------------------
     def submit(self, version: int) -> None:
@@ -169,8 +172,7 @@ class Uploader:
         self.journal.add_counter("new_chunk_bytes", new_bytes)
         self.journal.add_counter("stored_bytes", stored_bytes)
         self.journal.commit(durable=True)
-        if self.on_committed is not None:
-            self.on_committed(identifier)
+        self.on_committed(identifier)
         log.info("committed version %x (%s, %d bytes, %d new)", identifier, version.path, version.size, new_bytes)
 
     async def _cut_and_upload(self, version: int, fd: int, size: int, start: int,

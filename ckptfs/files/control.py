@@ -1,5 +1,6 @@
-"""The control interface's figures: per-file state (the `user.ckptfs.state` xattr), the mount's
-status (`ckptfs status`, metrics) and the barrier `ckptfs sync` waits for. Reads only."""
+"""The control interface's figures: per-file state (the `user.ckptfs.state` xattr), the file system's
+part of the mount's status (`ckptfs status`, metrics; ckptfs/mount.py adds how it follows the lake)
+and the barrier `ckptfs sync` waits for. Reads only."""
 
 from __future__ import annotations
 
@@ -9,26 +10,18 @@ from typing import Any
 
 from ckptfs.cache.journal import COMMITTED, OPEN, SEALED, STATE_NAMES, Inode, Journal
 from ckptfs.cache.staging import Staging
-from ckptfs.engine.evictor import Evictor
-from ckptfs.engine.uploader import Uploader
+from ckptfs.engine.interface import Engine
 from ckptfs.errors import CkptfsError
-from ckptfs.files.lifecycle import Lifecycle
 from ckptfs.lake.manifest import encode_path
 
 
 class Control:
-    def __init__(self, journal: Journal, staging: Staging, uploader: Uploader, lifecycle: Lifecycle,
-                 mount_id: str, evictor: Evictor | None = None) -> None:
+    def __init__(self, journal: Journal, staging: Staging, engine: Engine, mount_id: str) -> None:
         self.journal = journal
         self.staging = staging
-        self.uploader = uploader
-        self.lifecycle = lifecycle
+        self.engine = engine
         self.mount_id = mount_id
-        self.evictor = evictor
         self.no_drain = False  # set through the control interface: unmount leaves uploads queued
-        self.follower = None  # engine/follower.py, set by the daemon: its figures join the status
-        self.snapshots = None  # engine/snapshots.py, likewise
-        self.start_reading: dict[str, Any] = {}  # what the mount read of the lake at start (daemon.py)
         self.prefetching: dict[str, int] | None = None  # a `ckptfs prefetch` under way
         self.last_prefetch: dict[str, Any] = {}  # what the last one did
 
@@ -42,7 +35,7 @@ class Control:
             published = self.journal.outbox_seq_of_version(version.id) is None
             return "committed pending_bytes=0" if published else "uploading pending_bytes=0"
         if version.state == SEALED:
-            return f"uploading pending_bytes={self.uploader.pending_of(version)}"
+            return f"uploading pending_bytes={self.engine.pending_of(version)}"
         return f"{STATE_NAMES[OPEN]} pending_bytes={inode.size}"
 
     def barrier(self, top: Inode) -> dict[str, Any]:
@@ -56,7 +49,7 @@ class Control:
                 if version and version.state == OPEN:
                     still_open.append(encode_path(path))
         upto = self.journal.outbox_tail()
-        self.uploader.publisher.hurry(upto)  # `ckptfs sync` waits for these: no lingering
+        self.engine.hurry(upto)  # `ckptfs sync` waits for these: no lingering
         return {"upto": upto, "open_files": still_open[:20], "open_count": len(still_open)}
 
     async def prefetch(self, top: Inode) -> dict[str, Any]:
@@ -72,22 +65,12 @@ class Control:
         self.prefetching = {"files": len(manifests), "total_bytes": 0, "done_bytes": 0}
         started = time.monotonic()
         try:
-            await self.lifecycle.fetcher.prefetch(manifests, self.prefetching)
+            await self.engine.prefetch(manifests, self.prefetching)
         except CkptfsError as error:  # too large for the cache, a damaged or missing object, a store error
             return {**self.prefetching, "error": str(error)}
         finally:
             done, self.prefetching = self.prefetching, None
         return {**done, "seconds": round(time.monotonic() - started, 3)}
-
-    def _store_health(self) -> dict[str, Any]:
-        store = self.uploader.lake.store
-        retries = getattr(store, "retries", 0)
-        last_error_time = getattr(store, "last_error_time", None)
-        last_success_time = getattr(store, "last_success_time", None)
-        retrying = bool(last_error_time and (last_success_time is None or last_error_time > last_success_time))
-        return {"store_retries": retries, "store_retrying": retrying,
-                "store_requests": dict(getattr(store, "requests", {})),
-                "last_store_error": getattr(store, "last_error", None) if retrying else None}
 
     def status(self) -> dict[str, Any]:
         counters = self.journal.counters()
@@ -100,19 +83,19 @@ class Control:
             "mount_id": self.mount_id,
             "dirty_files": len(open_versions),
             "dirty_bytes": sum(self.staging.sizes.get(v.id, 0) for v in open_versions),
-            "dirty_uploaded_bytes": sum(self.uploader.prefix.early_bytes(v.id) for v in open_versions),
-            "upload_while_writing_bytes": self.uploader.prefix.round_bytes,
+            "dirty_uploaded_bytes": sum(self.engine.early_bytes(v.id) for v in open_versions),
+            "upload_while_writing_bytes": self.engine.round_bytes,
             "staged_bytes": self.staging.total_bytes,
             "spilled_bytes": sum(self.staging.holes.values()),
             "peak_staged_bytes": self.staging.peak_bytes,
-            "staging_limit_bytes": self.evictor.limit_bytes if self.evictor else None,
-            "backpressure_waits": self.lifecycle.backpressure_waits,
-            "backpressure_seconds": round(self.lifecycle.backpressure_seconds, 2),
+            "staging_limit_bytes": self.engine.limit_bytes,
+            "backpressure_waits": self.engine.backpressure_waits,
+            "backpressure_seconds": round(self.engine.backpressure_seconds, 2),
             "uploading_files": sealed_count,
-            "uploading_bytes": self.uploader.pending_bytes(),
+            "uploading_bytes": self.engine.pending_bytes(),
             "oldest_pending_age_s": round((time.time_ns() - oldest) / 1e9, 1) if oldest else 0,
             "events_pending": self.journal.outbox_length(),
-            "outbox_head": self.uploader.outbox_head(),
+            "outbox_head": self.engine.outbox_head(),
             "committed_versions": counters.get("versions_committed", 0),
             "events_published": counters.get("events_published", 0),
             "segments_published": counters.get("segments_published", 0),
@@ -122,23 +105,8 @@ class Control:
             "packs_written": counters.get("packs", 0),
             "dedup_ratio": round(logical / new_bytes, 2) if new_bytes else None,
             "compression_ratio": round(new_bytes / stored, 2) if stored else None,
-            "last_error": self.uploader.last_error,
-            **self._store_health(),
+            "last_error": self.engine.last_error,
+            **self.engine.store_health(),
             "no_drain": self.no_drain,
-            **self._follower_figures(),
-            **self.start_reading,
             "prefetching": self.prefetching,
         }
-
-    def _follower_figures(self) -> dict[str, Any]:
-        follower = self.follower
-        if follower is None:
-            return {}
-        return {"refresh_interval_s": follower.interval, "refreshes": follower.refreshes,
-                "refresh_list_requests": follower.lists, "refresh_get_requests": follower.gets,
-                "remote_events": follower.events_applied,
-                "last_refresh_s": round(follower.last_refresh_s, 3) if follower.last_refresh_s is not None else None,
-                "refresh_error": follower.last_error,
-                **({"snapshots_written": self.snapshots.written, "last_snapshot": self.snapshots.last_written,
-                    "events_in_memory": len(self.snapshots.remote.events),
-                    "events_folded": self.snapshots.folded} if self.snapshots is not None else {})}

@@ -8,10 +8,7 @@ import stat
 
 from ckptfs.cache.journal import Journal
 from ckptfs.cache.staging import Staging
-from ckptfs.engine.evictor import Evictor
-from ckptfs.engine.fetcher import Fetcher
-from ckptfs.engine.spill import Spill
-from ckptfs.engine.uploader import Uploader
+from ckptfs.engine.interface import Engine
 from ckptfs.errors import FsError
 from ckptfs.files import history
 from ckptfs.files.attributes import AttributeChanges, Attributes, Caller
@@ -21,25 +18,21 @@ from ckptfs.files.lifecycle import Lifecycle
 from ckptfs.files.outbox import Outbox
 from ckptfs.files.remote import RemoteChanges
 from ckptfs.files.tree import Tree
+from ckptfs.lake.replay import LakeReplay
 
 
 class FileSystem:
-    def __init__(self, journal: Journal, staging: Staging, uploader: Uploader, fetcher: Fetcher, *,
-                 mount_id: str, durability: str = "local", evictor: Evictor | None = None,
-                 spill: Spill | None = None) -> None:
+    def __init__(self, journal: Journal, staging: Staging, engine: Engine, replay: LakeReplay, *,
+                 mount_id: str, durability: str = "local") -> None:
         self.journal = journal
         self.staging = staging
-        self.uploader = uploader
-        self.fetcher = fetcher
-        self.evictor = evictor
-        self.outbox = Outbox(journal, uploader, mount_id)
-        self.lifecycle = Lifecycle(journal, staging, uploader, fetcher, self.outbox, evictor=evictor, spill=spill)
+        self.engine = engine
+        self.outbox = Outbox(journal, engine, mount_id)
+        self.lifecycle = Lifecycle(journal, staging, engine, self.outbox)
         self.tree = Tree(journal, staging, self.outbox, self.lifecycle)
-        self.handles = Handles(journal, staging, uploader, self.tree, self.lifecycle, durability=durability)
-        self.control = Control(journal, staging, uploader, self.lifecycle, mount_id, evictor)
-        self.remote = RemoteChanges(journal, staging, self.tree, self.lifecycle, self.outbox,
-                                    late_ns=uploader.lake.late_ns)
-        uploader.publisher.on_published = self.remote.published
+        self.handles = Handles(journal, staging, engine, self.tree, self.lifecycle, durability=durability)
+        self.control = Control(journal, staging, engine, mount_id)
+        self.remote = RemoteChanges(journal, self.tree, self.lifecycle, self.outbox, replay)
 
     def commit(self, *, durable: bool = False) -> None:
         self.tree.commit(durable=durable)

@@ -18,7 +18,7 @@ import trio
 
 from ckptfs.cache.journal import OPEN, Journal
 from ckptfs.cache.staging import Staging
-from ckptfs.engine.uploader import Uploader
+from ckptfs.engine.interface import Engine
 from ckptfs.files import history
 from ckptfs.files.attributes import Attributes, Caller
 from ckptfs.files.lifecycle import Lifecycle
@@ -61,11 +61,11 @@ def bypass_page_cache(flags: int, others_open: int) -> bool:
 
 
 class Handles:
-    def __init__(self, journal: Journal, staging: Staging, uploader: Uploader, tree: Tree, lifecycle: Lifecycle,
+    def __init__(self, journal: Journal, staging: Staging, engine: Engine, tree: Tree, lifecycle: Lifecycle,
                  *, durability: str = "local") -> None:
         self.journal = journal
         self.staging = staging
-        self.uploader = uploader
+        self.engine = engine
         self.tree = tree
         self.lifecycle = lifecycle
         self.durability = durability
@@ -121,6 +121,7 @@ class Handles:
         if writable and flags & os.O_TRUNC:
             version = await self.lifecycle.writable_version(inode, None, empty=True)
             self.staging.truncate(version, 0)
+            self.engine.truncated(version, 0)
             inode.size = 0
             self.tree.touch(inode)
             handle.touched = True
@@ -149,9 +150,10 @@ class Handles:
             raise fail(errno.EBADF)
         inode = self.tree.inode(handle.ino)
         with self.lifecycle.changes.change(inode.ino):
-            await self.lifecycle.make_room(len(data))
+            await self.engine.make_room(len(data), lambda: self.staging.total_bytes)
             version = await self.lifecycle.writable_version(inode, offset)
             written = self.staging.write(version, data, offset)
+            self.engine.written(version, offset, written)
         inode.size = max(inode.size, offset + written)
         inode.mtime_ns = inode.ctime_ns = time.time_ns()
         handle.dirty = True
@@ -165,6 +167,7 @@ class Handles:
         with self.lifecycle.changes.change(ino):
             version = await self.lifecycle.writable_version(inode, size or None, empty=size == 0)
             self.staging.truncate(version, size)
+            self.engine.truncated(version, size)
         inode.size = size
         self.tree.touch(inode)
         if fh is not None and fh in self.table:
@@ -216,4 +219,4 @@ class Handles:
     async def wait_version_published(self, version: int) -> None:
         seq = self.journal.outbox_seq_of_version(version)
         if seq is not None:
-            await self.uploader.wait_published(seq)
+            await self.engine.wait_published(seq)

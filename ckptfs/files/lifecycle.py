@@ -15,16 +15,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import time
 
 import trio
 
 from ckptfs.cache.journal import OPEN, SEALED, Inode, Journal, Version
 from ckptfs.cache.staging import Staging
-from ckptfs.engine.evictor import Evictor
-from ckptfs.engine.fetcher import Fetcher
-from ckptfs.engine.spill import Spill, spill_threshold
-from ckptfs.engine.uploader import Uploader
+from ckptfs.engine.interface import Engine
 from ckptfs.errors import CkptfsError, FsError
 from ckptfs.files.changes import ChangesInFlight
 from ckptfs.files.outbox import Outbox
@@ -33,20 +29,13 @@ log = logging.getLogger(__name__)
 
 
 class Lifecycle:
-    def __init__(self, journal: Journal, staging: Staging, uploader: Uploader, fetcher: Fetcher, outbox: Outbox,
-                 *, evictor: Evictor | None = None, spill: Spill | None = None) -> None:
+    def __init__(self, journal: Journal, staging: Staging, engine: Engine, outbox: Outbox) -> None:
         self.journal = journal
         self.staging = staging
-        self.uploader = uploader
-        self.fetcher = fetcher
+        self.engine = engine
         self.outbox = outbox
-        self.evictor = evictor
-        self.spill = spill
-        self.spill_at = spill_threshold(evictor.limit_bytes) if evictor is not None else 0
         self.open_count: dict[int, int] = {}  # inode -> open handles (a mapping holds its handle)
         self.changes = ChangesInFlight()
-        self.backpressure_waits = 0
-        self.backpressure_seconds = 0.0
         self._preparing: dict[int, trio.Event] = {}  # inode -> set once its new version is ready
 
     def current(self, inode: Inode) -> Version | None:
@@ -72,7 +61,7 @@ class Lifecycle:
             if current is None or current.state != OPEN:
                 await self._start_version(inode, current, empty=empty)
                 continue
-            if offset is not None and await self.uploader.prefix.before_change(current.id, offset):
+            if offset is not None and await self.engine.before_change(current.id, offset):
                 continue  # it awaited: the version may have been sealed meanwhile
             return current.id
 
@@ -91,51 +80,28 @@ class Lifecycle:
                 self.staging.pinned.add(current.id)
                 try:
                     await trio.to_thread.run_sync(self.staging.create, identifier, current.id)
-                    if current.hole_end and self.spill is not None:
-                        await self.spill.fill(current, self.staging.fd(identifier))  # spilled, still uploading
+                    if current.hole_end:
+                        await self.engine.fill_spilled(current, self.staging.fd(identifier))  # still uploading
                 finally:
                     self.staging.pinned.discard(current.id)
             else:
                 self.staging.create(identifier)
-                await self.fetcher.read_all_into(current.manifest, self.staging.fd(identifier))
+                await self.engine.read_all_into(current.manifest, self.staging.fd(identifier))
                 self.staging.refresh_size(identifier)
             inode.version = identifier
             self.journal.save_inode(inode)
         except BaseException:
-            self.staging.remove(identifier)  # a partial copy: the file keeps its current version
+            self.remove_staged(identifier)  # a partial copy: the file keeps its current version
             self.journal.delete_version(identifier)
             raise
         finally:
             del self._preparing[inode.ino]
             done.set()
 
-    async def make_room(self, needed: int) -> None:
-        """Backpressure: evict clean data, spill files being written (engine/spill.py), then wait for
-        uploads to make more data clean or spilled.
-
-        Never fails the write: if only dirty data that no upload will clean or spill is left (files
-        written out of order, or rewritten below their spilled prefix), the write goes ahead over
-        budget rather than deadlock.
-        """
-        if self.evictor is None or self.staging.total_bytes + needed <= self.spill_at:
-            return
-        started = None
-        while True:
-            # Clean data goes first: the file being written is the one most likely read next.
-            self.evictor.evict(self.spill_at - needed)
-            wanted = self.staging.total_bytes + needed
-            if wanted <= self.spill_at:
-                break
-            spilling = self.uploader.prefix.relieve()
-            if wanted <= self.evictor.limit_bytes or not (spilling or self.uploader.busy()):
-                break
-            if started is None:
-                started = time.monotonic()
-                self.backpressure_waits += 1
-            with trio.move_on_after(1):
-                await self.uploader.wait_for_progress()
-        if started is not None:
-            self.backpressure_seconds += time.monotonic() - started
+    def remove_staged(self, version: int) -> None:
+        """A version's staging file goes, and with it what the engine did of it early."""
+        self.staging.remove(version)
+        self.engine.forget(version)
 
     # -- seal ---------------------------------------------------------------------------------
     def seal(self, inode: Inode) -> int | None:
@@ -160,7 +126,7 @@ class Lifecycle:
                             atime_ns=inode.atime_ns, node=self.outbox.node_id(inode),
                             dir_mtime_ns=directory_inode.mtime_ns if directory_inode is not None else None)
         self.journal.commit()
-        self.uploader.submit(version.id)
+        self.engine.submit(version.id)
         return version.id
 
     def seal_unheld_versions(self) -> int:
@@ -182,7 +148,7 @@ class Lifecycle:
                         self.staging.sizes.get(version.id, 0),
                         "its file was unlinked" if inode is not None and inode.version == version.id
                         else "it is not its file's content (a copy interrupted by a crash)")
-            self.staging.remove(version.id)
+            self.remove_staged(version.id)
             self.journal.delete_version(version.id)
             dropped += 1
         if sealed or dropped:
@@ -194,13 +160,12 @@ class Lifecycle:
         version = self.journal.version(version_id)
         if version is None:
             raise FsError(f"version {version_id:x} is gone", errno=errno.ENOENT)
-        if version.staged and version.hole_end > offset and self.spill is not None:
+        if version.staged and version.hole_end > offset and self.engine.spills:
             if version.manifest is None:  # spilled while written, not committed yet
-                return await self.spill.read(version, offset, size, sequential=sequential)
+                return await self.engine.read_spilled(version, offset, size, sequential=sequential)
         elif version.staged:
-            if self.evictor is not None:
-                self.evictor.touch(version_id)
+            self.engine.used(version_id)
             return os.pread(self.staging.fd(version_id), size, offset)
         if version.manifest is None:
             raise CkptfsError(f"version {version_id:x} has neither local data nor a manifest")
-        return await self.fetcher.read(version.manifest, offset, size, sequential=sequential)
+        return await self.engine.read(version.manifest, offset, size, sequential=sequential)

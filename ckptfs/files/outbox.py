@@ -1,5 +1,5 @@
 """This mount's namespace events: their times, the inode identities they name, and their queueing in
-the journal's outbox for the uploader to publish in order.
+the journal's outbox for the engine to publish in order.
 
 Event times strictly increase within a mount: they order its log (docs/FORMAT.md).
 """
@@ -10,14 +10,14 @@ import time
 from typing import Any
 
 from ckptfs.cache.journal import Inode, Journal
-from ckptfs.engine.uploader import Uploader
+from ckptfs.engine.interface import Engine
 from ckptfs.lake import events
 
 
 class Outbox:
-    def __init__(self, journal: Journal, uploader: Uploader, mount_id: str) -> None:
+    def __init__(self, journal: Journal, engine: Engine, mount_id: str) -> None:
         self.journal = journal
-        self.uploader = uploader
+        self.engine = engine
         self.mount_id = mount_id
         self._last_event_ns = int(journal.get_meta("newest_seen_ns") or 0)
 
@@ -43,7 +43,7 @@ class Outbox:
         which the uploader commits before it publishes the event."""
         self.journal.enqueue(events.record(op, path, time_ns, **fields), version)
         if version is None:
-            self.uploader.poke()
+            self.engine.event_queued()
 
     def publish(self, op: str, path: bytes, **fields: Any) -> None:
         self.enqueue(op, path, self.event_time(), **fields)

@@ -23,22 +23,20 @@ events placed before a horizon that no late event can reach any more are folded 
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import stat
 from dataclasses import dataclass, field
 
 from ckptfs.cache.journal import COMMITTED, OPEN, ROOT_INODE, Inode, Journal
-from ckptfs.cache.staging import Staging
 from ckptfs.files.lifecycle import Lifecycle
 from ckptfs.files.outbox import Outbox
 from ckptfs.files.paths import PathSet, ancestors
 from ckptfs.files.tree import SPECIAL_TYPES, Tree
-from ckptfs.lake import events
 from ckptfs.lake.events import Event
 from ckptfs.lake.manifest import decode_path, encode_path
 from ckptfs.lake.namespace import Entry, Namespace
+from ckptfs.lake.replay import LakeReplay
 
 log = logging.getLogger(__name__)
 KIND_TYPES = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK,
@@ -58,26 +56,18 @@ def _kind(inode: Inode) -> str:
 
 
 class RemoteChanges:
-    def __init__(self, journal: Journal, staging: Staging, tree: Tree, lifecycle: Lifecycle, outbox: Outbox,
-                 *, late_ns: int = 0) -> None:
+    def __init__(self, journal: Journal, tree: Tree, lifecycle: Lifecycle, outbox: Outbox,
+                 replay: LakeReplay) -> None:
         self.journal = journal
-        self.staging = staging
         self.tree = tree
         self.lifecycle = lifecycle
         self.outbox = outbox
-        self.late_ns = late_ns  # the lake's lateness bound, for this mount's own events (events.placement)
-        self.base = Namespace()  # the replay of the events folded in (a snapshot's, then compacted here)
-        self.covered: dict[str, int] = {}  # mount -> seq: its segments up to seq are in `base` or `events`
-        self.segments: set[tuple[str, int]] = set()  # (mount, seq) known beyond `covered` (out of order)
-        self.events: list[Event] = []  # the published events known here after `base`, in replay order
-        self.horizon_ns: int | None = None  # every event placed before it is folded into `base`
-        self._replay: Namespace | None = None  # base + events replayed (None: to be done from scratch)
-        self._scope: set[bytes] | None = None  # paths changed since the last reconciliation (None: all)
+        self.replay = replay  # what this mount knows of the lake (lake/replay.py)
+        self._scope: set[bytes] = set()  # paths changed since the last reconciliation (replay.full_due: all)
         self._deferred: set[bytes] = set()  # paths left alone last time because this mount held them
         self.pending = Invalidations()
         self.changed = 0  # entries created, replaced, updated or removed by reconciling
         self.compared = 0  # journal entries looked at by reconciling (what it costs)
-        self._unreconciled = False
 
     def start_from(self, base: Namespace, tail: list[Event], covered: dict[str, int], horizon_ns: int | None,
                    *, replayed: Namespace | None = None, base_covers: dict[str, int] | None = None) -> None:
@@ -86,19 +76,18 @@ class RemoteChanges:
         if the journal's tree was just built from it (nothing to reconcile). Otherwise the next
         reconciliation compares what changed since this cache dir last reconciled (`reconciled`
         in its journal), or everything if that cannot be told."""
-        self.base, self.covered, self.segments, self.horizon_ns = base, dict(covered), set(), horizon_ns
-        self.events = sorted(tail, key=lambda change: change.order)
-        # The clock starts after everything read: the events, and those folded into the base, whose
-        # times are all below the horizon (their place is, and no event is placed before its time).
-        self.outbox.observe(max([horizon_ns or 0] + [max(change.time_ns, change.placed_ns) for change in self.events]))
-        self._replay, self._scope, self._unreconciled = replayed, (set() if replayed else None), replayed is None
+        self.replay.start(base, tail, covered, horizon_ns, replayed)
+        # The clock starts after everything read.
+        self.outbox.observe(self.replay.newest_time())
         if replayed is not None:
             self._save_reconciled()
             return
         saved = self.journal.get_meta("reconciled")
         if saved is not None:
-            self._replay = self._replay_all()
-            self._scope = self._changed_since(json.loads(saved), base_covers or {})
+            scope = self._changed_since(json.loads(saved), base_covers or {})
+            if scope is not None:
+                self.replay.full_due = False
+                self._scope = self._deferred = scope
 
     def _changed_since(self, saved: dict, base_covers: dict[str, int]) -> set[bytes] | None:
         """The paths to compare after a restart: those the events read since the journal's last
@@ -107,107 +96,22 @@ class RemoteChanges:
         done: dict[str, int] = saved.get("cursors", {})
         if any(seq > done.get(mount, -1) for mount, seq in base_covers.items()):
             return None
-        old = [change for change in self.events if change.seq <= done.get(change.mount, -1)]
-        new = [change for change in self.events if change.seq > done.get(change.mount, -1)]
+        events_read = self.replay.events
+        old = [change for change in events_read if change.seq <= done.get(change.mount, -1)]
+        new = [change for change in events_read if change.seq > done.get(change.mount, -1)]
         if new and old and min(change.order for change in new) < max(change.order for change in old):
             return None
         if any(change.op == "rename" for change in new):
             return None  # the paths a renamed directory held are no longer in the replay to be found
         scope = {decode_path(path) for path in saved.get("deferred", [])}
         for change in new:
-            scope |= self._touched_by(change)
-        self._deferred = set(scope)
+            scope |= self.replay.touched_by(change)
         return scope
-
-    def _touched_by(self, change: Event) -> set[bytes]:
-        """The paths an event changes in the replay: its path, its destination, every other name of
-        the inodes there (hard links) and everything under them. Asked before and after the event
-        is applied: a renamed or replaced directory's old paths are only found before."""
-        assert self._replay is not None
-        touched = set()
-        for path in (change.path, change.dst):
-            if path is not None:
-                touched.add(path)
-                entry = self._replay.entries.get(path)
-                if entry is not None:
-                    touched.update(entry.names)
-                    touched.update(self._replay.subtree(path))
-        return touched
-
-    def _replay_all(self) -> Namespace:
-        """The base with every event after it replayed, from scratch."""
-        replay = self.base.copy()
-        for change in self.events:
-            replay.apply(change)
-        return replay
 
     def _save_reconciled(self) -> None:
         """What the journal's tree now agrees with (committed with the tree's changes)."""
-        self.journal.set_meta("reconciled", json.dumps({"cursors": self.covered,
+        self.journal.set_meta("reconciled", json.dumps({"cursors": self.replay.covered,
                                                         "deferred": sorted(encode_path(p) for p in self._deferred)}))
-
-    def known(self, mount: str, seq: int) -> bool:
-        return seq <= self.covered.get(mount, -1) or (mount, seq) in self.segments
-
-    def _cover(self, mount: str, seq: int) -> None:
-        self.segments.add((mount, seq))
-        while (mount, self.covered.get(mount, -1) + 1) in self.segments:
-            self.covered[mount] = self.covered.get(mount, -1) + 1
-            self.segments.discard((mount, self.covered[mount]))
-
-    def compact(self, horizon_ns: int) -> int:
-        """Fold the events placed before `horizon_ns` into the base and forget them (the caller
-        knows that no event placed before it can still arrive: lake/snapshot.py). Returns how many."""
-        count = bisect.bisect_left(self.events, horizon_ns, key=lambda change: change.placed_ns)
-        for change in self.events[:count]:
-            self.base.apply(change)
-        del self.events[:count]
-        self.horizon_ns = max(self.horizon_ns or 0, horizon_ns)
-        return count
-
-    def add(self, changes: list[Event], *, own: bool = False) -> None:
-        """Events of whole segments (read from the lake, or this mount's own as it publishes them:
-        `own`); a segment known already is not added twice. Events that all sort after the last one
-        replayed extend the replay in place; an earlier one (published late) means a full replay.
-        This mount's own events that extend the replay in place are not reconciled: the journal's
-        tree made them, and is at or ahead of what they say."""
-        fresh = sorted((change for change in changes if not self.known(change.mount, change.seq)),
-                       key=lambda change: change.order)
-        if not fresh:
-            return
-        for mount, seq in {(change.mount, change.seq) for change in fresh}:
-            self._cover(mount, seq)
-        for change in fresh:
-            self.outbox.observe(max(change.time_ns, change.placed_ns))
-        if self.horizon_ns is not None and fresh[0].placed_ns < self.horizon_ns:
-            log.warning("an event of %s segment %d is placed before the horizon %d already folded; applied "
-                        "after it (a clock skewed beyond the lake's max_clock_skew_s?)", fresh[0].mount,
-                        fresh[0].seq, self.horizon_ns)
-        in_order = self._replay is not None and (not self.events or fresh[0].order > self.events[-1].order)
-        self.events.extend(fresh)
-        if not in_order:
-            self.events.sort(key=lambda change: change.order)
-            self._replay, self._scope, self._unreconciled = None, None, True
-            return
-        assert self._replay is not None
-        for change in fresh:
-            if own:
-                self._replay.apply(change)
-                continue
-            touched = self._touched_by(change) if self._scope is not None else set()
-            self._replay.apply(change)
-            if self._scope is not None:
-                self._scope |= touched | self._touched_by(change)
-        self._unreconciled = self._unreconciled or not own
-
-    def published(self, seq: int, raw_events: list[dict], published_ns: int | None = None) -> None:
-        """This mount's segment `seq` has just left its outbox."""
-        mount = self.outbox.mount_id
-        self.add([events.parse(raw, mount=mount, seq=seq, position=position, where=f"own segment {seq}",
-                               published_ns=published_ns, late_ns=self.late_ns)
-                  for position, raw in enumerate(raw_events)], own=True)
-        if not self._unreconciled and not self._deferred:
-            self._save_reconciled()  # the tree agrees with the replay up to this segment too
 
     def take_invalidations(self) -> Invalidations:
         taken, self.pending = self.pending, Invalidations()
@@ -215,25 +119,28 @@ class RemoteChanges:
 
     # -- entry point --------------------------------------------------------------------------
     def apply(self, new: list[Event]) -> int:
-        """Add newly read events and bring the tree in line with the replay: the paths the new
-        events touched (and those left alone last time because they were held), or everything
-        after a full replay. Returns the number of entries changed."""
-        self.add(new)
-        if not self._unreconciled and not self._deferred:
+        """Add newly read events of other mounts and bring the tree in line with the replay: the
+        paths the new events touched (and those left alone last time because they were held), or
+        everything after a replay from scratch. Returns the number of entries changed."""
+        touched = self.replay.add(new)
+        for change in new:
+            self.outbox.observe(max(change.time_ns, change.placed_ns))
+        if touched is not None:
+            self._scope |= touched
+        if not self._scope and not self._deferred and not self.replay.full_due:
             return 0
-        self._unreconciled = False
-        if self._replay is None:
-            self._replay = self._replay_all()
-        scope = PathSet(self._scope | self._deferred) if self._scope is not None else None
+        scope = None if self.replay.full_due else PathSet(self._scope | self._deferred)
+        self.replay.full_due = False
         self._scope = set()
+        tree = self.replay.tree()
         before = self.changed
         held = self._held_paths()
         actual = self._actual_tree(scope)
         self.compared += len(actual)
         self._deferred = set()
-        self._remove_stale(self._replay, actual, held)
-        self._create_and_update(self._replay, held, scope)
-        self._add_history(self._replay, scope)
+        self._remove_stale(tree, actual, held)
+        self._create_and_update(tree, held, scope)
+        self._add_history(tree, scope)
         self._save_reconciled()
         return self.changed - before
 

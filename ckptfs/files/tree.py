@@ -145,7 +145,7 @@ class Tree:
             return
         current = self.lifecycle.current(inode)
         if current is not None and current.state == OPEN:
-            self.staging.remove(current.id)
+            self.lifecycle.remove_staged(current.id)
             self.journal.delete_version(current.id)
         self.journal.delete_inode(ino)
 

@@ -20,12 +20,12 @@ import pyfuse3
 import trio
 
 from ckptfs.cache.journal import ROOT_INODE
-from ckptfs.engine.follower import Follower
-from ckptfs.engine.snapshots import Snapshots
 from ckptfs.errors import CkptfsError, FsError
-from ckptfs.files import FileSystem, history
+from ckptfs.files import history
 from ckptfs.files.attributes import AttributeChanges, Attributes
-from ckptfs.lake.events import NAME_MAX, Event
+from ckptfs.files.remote import Invalidations
+from ckptfs.lake.events import NAME_MAX
+from ckptfs.mount import Mount
 
 log = logging.getLogger(__name__)
 XATTR_STATE = b"user.ckptfs.state"
@@ -95,16 +95,33 @@ def _entry(attributes: Attributes) -> pyfuse3.EntryAttributes:
     return entry
 
 
+class KernelCaches:
+    """What the kernel may have cached of this mount, and telling it to forget what the lake changed."""
+
+    def __init__(self) -> None:
+        self.ready = False  # set once the kernel can have cached something (after the catch-up)
+
+    async def forget(self, stale: Invalidations) -> None:
+        """Make the kernel forget entries and inodes that other mounts' changes touched, so that ls,
+        stat and open see them at once rather than after the attribute timeout."""
+        if not self.ready:
+            return  # the start-up catch-up: the kernel has nothing of ours cached yet
+        for parent, name in stale.entries:
+            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+        for ino in stale.inodes:
+            # In a thread: the kernel may wait for a request on this inode that this loop answers.
+            await trio.to_thread.run_sync(_forget_inode, ino)
+
+
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
 
-    def __init__(self, files: FileSystem) -> None:
+    def __init__(self, mount: Mount) -> None:
         super().__init__()
-        self.files = files
-        self.follower: Follower | None = None  # set by the daemon: reads what other mounts publish
-        self.snapshots: Snapshots | None = None  # set by the daemon: writes namespace snapshots
-        self.kernel_caches = False  # set once the kernel can have cached something (after the catch-up)
+        self.mount = mount
+        self.files = mount.files
+        self.following = mount.following
         self.tree = self.files.tree
         self.handles = self.files.handles
         self.control = self.files.control
@@ -226,21 +243,6 @@ class Operations(pyfuse3.Operations):
     async def fsync(self, fh: int, datasync: bool) -> None:
         await self.handles.fsync(fh)
 
-    # -- other mounts' changes --------------------------------------------------------------
-    async def apply_remote(self, changes: list[Event]) -> None:
-        """Apply other mounts' events (engine/follower.py), then make the kernel forget what they
-        changed, so that ls, stat and open see it at once rather than after the attribute timeout."""
-        self.files.remote.apply(changes)
-        self.files.commit(durable=True)
-        stale = self.files.remote.take_invalidations()
-        if not self.kernel_caches:
-            return  # the start-up catch-up: the kernel has nothing of ours cached yet
-        for parent, name in stale.entries:
-            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
-        for ino in stale.inodes:
-            # In a thread: the kernel may wait for a request on this inode that this loop answers.
-            await trio.to_thread.run_sync(_forget_inode, ino)
-
     # -- extended attributes: per-file state and the control interface of the CLI -------------
     async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
         if history.is_virtual(inode):
@@ -249,15 +251,15 @@ class Operations(pyfuse3.Operations):
         if name == XATTR_STATE:
             return self.control.state_of(node).encode()
         if name == XATTR_STATUS and inode == ROOT_INODE:
-            return json.dumps(self.control.status()).encode()
+            return json.dumps(self.mount.status()).encode()
         if name == XATTR_BARRIER:
             return json.dumps(self.control.barrier(node)).encode()
-        if name == XATTR_REFRESH and inode == ROOT_INODE and self.follower is not None:
-            return json.dumps(await self.follower.refresh(sweep=True)).encode()
+        if name == XATTR_REFRESH and inode == ROOT_INODE:
+            return json.dumps(await self.following.refresh(sweep=True)).encode()
         if name == XATTR_PREFETCH and inode == ROOT_INODE:
             return json.dumps(self.control.last_prefetch).encode()
-        if name == XATTR_SNAPSHOT and inode == ROOT_INODE and self.snapshots is not None:
-            return json.dumps(self.snapshots.last_forced).encode()  # what the last setxattr did
+        if name == XATTR_SNAPSHOT and inode == ROOT_INODE:
+            return json.dumps(self.following.last_forced_snapshot).encode()  # what the last setxattr did
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any = None) -> None:
@@ -268,10 +270,9 @@ class Operations(pyfuse3.Operations):
             # An action on any path, so a set; its answer is read back with a get on the root.
             self.control.last_prefetch = await self.control.prefetch(self.tree.inode(inode))
             return
-        if inode == ROOT_INODE and name == XATTR_SNAPSHOT and self.follower is not None and self.snapshots:
+        if inode == ROOT_INODE and name == XATTR_SNAPSHOT:
             # An action, so a set: the kernel may ask a get twice (once for the size).
-            swept = await self.follower.refresh(sweep=True)
-            self.snapshots.last_forced = await self.snapshots.swept(swept["swept_at_ns"], force=True)
+            await self.following.snapshot()
             return
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 

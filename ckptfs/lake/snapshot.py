@@ -65,7 +65,8 @@ def unparse(change: Event) -> dict[str, Any]:
                          size=change.size if change.op == "put" else None, mode=change.mode,
                          mtime_ns=change.mtime_ns, atime_ns=change.atime_ns, uid=change.uid, gid=change.gid,
                          target=change.target, kind=change.kind, rdev=change.rdev if change.op == "mknod" else None,
-                         node=change.node)
+                         node=change.node, dir_mtime_ns=change.dir_mtime_ns,
+                         dst_dir_mtime_ns=change.dst_dir_mtime_ns)
 
 
 def encode(snapshot: Snapshot) -> bytes:

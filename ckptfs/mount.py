@@ -1,0 +1,168 @@
+"""One mount's object graph, built in one place: the daemon serves it through FUSE, tests drive it
+without a kernel. Collaborators and callbacks go in through constructors; nothing is re-wired
+afterwards.
+
+    store -> lake -> LakeReplay (what this mount knows of the lake's namespace)
+    journal, staging, chunk cache (the cache dir)
+    engine: fetcher, spill, uploader (chunks, prefix rounds, publisher), evictor, behind `Engine`
+    files: the file system, which asks the engine only through `Engine`
+    following: the follower fetches, the file system reconciles, the kernel forgets, snapshots fold
+
+News goes up as return values: the follower returns what it read and `Following` (here, above both
+layers) hands it to the file system; the publisher adds this mount's own segments to the replay, a
+lake-level object below both.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ckptfs.cache.chunkcache import ChunkCache
+from ckptfs.cache.journal import Journal
+from ckptfs.cache.staging import Staging
+from ckptfs.engine.evictor import Evictor
+from ckptfs.engine.fetcher import Fetcher
+from ckptfs.engine.follower import Follower
+from ckptfs.engine.interface import Engine
+from ckptfs.engine.snapshots import SNAPSHOT_SEGMENTS, Snapshots
+from ckptfs.engine.spill import Spill
+from ckptfs.engine.uploader import Uploader
+from ckptfs.files import FileSystem
+from ckptfs.files.remote import Invalidations
+from ckptfs.lake import Lake
+from ckptfs.lake.replay import LakeReplay
+from ckptfs.store import StoreError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a mount's configuration decides about its object graph."""
+    durability: str = "local"
+    upload_round_bytes: int = 0  # upload while writing: 0 off (engine/prefix.py)
+    staging_budget: int | None = None  # bytes of staging files; None: no evictor, no backpressure
+    refresh_interval: float = 5.0  # seconds between reads of what other mounts published; 0: on demand
+    snapshot_segments: int = SNAPSHOT_SEGMENTS
+
+
+async def _kernel_forgets_nothing(stale: Invalidations) -> None:
+    return None
+
+
+class Following:
+    """How the mount follows the lake: one look at a time, the follower fetches what other mounts
+    published, the file system brings its tree in line, the kernel forgets what changed
+    (`forget`, given by the FUSE adapter), then the cursors move; after a sweep, snapshots fold
+    and maybe write one."""
+
+    def __init__(self, follower: Follower, snapshots: Snapshots, files: FileSystem, *, interval: float,
+                 forget: Callable[[Invalidations], Awaitable[None]] = _kernel_forgets_nothing) -> None:
+        self.follower = follower
+        self.snapshots = snapshots
+        self.files = files
+        self.interval = interval
+        self.forget = forget
+        self._lock = trio.Lock()  # a refresh asked for while one runs waits for it and runs anew
+        self.last_forced_snapshot: dict[str, Any] = {}  # the answer to the last `ckptfs snapshot`
+
+    async def refresh(self, *, sweep: bool = False) -> dict[str, Any]:
+        async with self._lock:
+            fetched = await self.follower.fetch(sweep=sweep)
+            self.files.remote.apply(fetched.events)
+            self.files.commit(durable=True)
+            await self.forget(self.files.remote.take_invalidations())
+            result = self.follower.advance(fetched)
+        if result["swept_at_ns"] is not None:
+            await self.snapshots.swept(result["swept_at_ns"])
+        return result
+
+    async def snapshot(self) -> dict[str, Any]:
+        """`ckptfs snapshot`: a sweep, then a snapshot whatever the threshold."""
+        swept = await self.refresh(sweep=True)
+        self.last_forced_snapshot = await self.snapshots.swept(swept["swept_at_ns"], force=True)
+        return self.last_forced_snapshot
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        if self.interval <= 0:
+            return
+        while True:
+            await trio.sleep(self.interval)
+            try:
+                await self.refresh()
+            except Exception as error:  # noqa: BLE001 - following must survive anything; it retries
+                if not isinstance(error, (StoreError, OSError)):
+                    log.exception("unexpected failure following the lake")
+                self.follower.last_error = str(error)
+                log.warning("following the lake: %s (next try in %.0f s)", error, self.interval)
+
+    def figures(self) -> dict[str, Any]:
+        follower, snapshots = self.follower, self.snapshots
+        return {"refresh_interval_s": self.interval, "refreshes": follower.refreshes,
+                "refresh_list_requests": follower.lists, "refresh_get_requests": follower.gets,
+                "remote_events": follower.events_applied,
+                "last_refresh_s": round(follower.last_refresh_s, 3) if follower.last_refresh_s is not None else None,
+                "refresh_error": follower.last_error,
+                "snapshots_written": snapshots.written, "last_snapshot": snapshots.last_written,
+                "events_in_memory": len(snapshots.replay.events), "events_folded": snapshots.folded}
+
+
+@dataclass
+class Mount:
+    mount_id: str
+    lake: Lake
+    journal: Journal
+    staging: Staging
+    replay: LakeReplay
+    fetcher: Fetcher
+    uploader: Uploader
+    evictor: Evictor | None
+    engine: Engine
+    files: FileSystem
+    follower: Follower
+    snapshots: Snapshots
+    following: Following
+    start_reading: dict[str, Any] = field(default_factory=dict)  # what it read of the lake at start
+
+    def status(self) -> dict[str, Any]:
+        return {**self.files.control.status(), **self.following.figures(), **self.start_reading}
+
+    async def run_engine(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The engine's tasks (fetcher, uploads and publication, eviction) until cancelled."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.fetcher.run)
+            await nursery.start(self.uploader.run)
+            if self.evictor is not None:
+                nursery.start_soon(self.evictor.run)
+            task_status.started()
+
+
+def assemble(lake: Lake, journal: Journal, staging: Staging, chunks: ChunkCache, *, mount_id: str,
+             settings: Settings = Settings(),
+             forget: Callable[[Invalidations], Awaitable[None]] = _kernel_forgets_nothing,
+             start_reading: dict[str, Any] | None = None) -> Mount:
+    """Build a mount's object graph on an open lake and a prepared cache dir (cache/rebuild.py).
+    Following starts once the caller has read the lake: `mount.files.remote.start_from` and
+    `mount.follower.start_from`."""
+    replay = LakeReplay(mount_id, late_ns=lake.late_ns)
+    fetcher = Fetcher(lake, chunks, on_manifest=journal.learn_manifest)
+    spill = Spill(journal, staging, fetcher)
+    evictor = None
+    if settings.staging_budget:
+        evictor = Evictor(journal, staging, settings.staging_budget, forget=spill.forget)
+    uploader = Uploader(journal, staging, lake, mount_id, round_bytes=settings.upload_round_bytes, spill=spill,
+                        on_committed=evictor.committed if evictor is not None else lambda version: None,
+                        on_published=replay.add_own)
+    engine = Engine(uploader, fetcher, evictor=evictor, spill=spill)
+    files = FileSystem(journal, staging, engine, replay, mount_id=mount_id, durability=settings.durability)
+    follower = Follower(lake, mount_id, replay)
+    snapshots = Snapshots(lake, replay, mount_id, follower.network, every=settings.snapshot_segments)
+    following = Following(follower, snapshots, files, interval=settings.refresh_interval, forget=forget)
+    return Mount(mount_id, lake, journal, staging, replay, fetcher, uploader, evictor, engine, files, follower,
+                 snapshots, following, dict(start_reading or {}))
