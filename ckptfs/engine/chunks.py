@@ -13,6 +13,7 @@ Journal access happens only on the trio thread; threads do CPU and network work 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import trio
 from ckptfs.cache.journal import Journal
 from ckptfs.cache.staging import Staging
 from ckptfs.engine.progress import Progress
+from ckptfs.engine.tasks import first_failure_wins
 from ckptfs.errors import CkptfsError
 from ckptfs.lake import Lake, codec, packs
 from ckptfs.lake.chunker import Cut
@@ -45,6 +47,25 @@ class _Pack:
     size: int = 0
 
 
+@dataclass
+class _Upload:
+    """The state of one `upload_chunks` call, shared by its stages."""
+    version: int
+    fd: int
+    slots: trio.Semaphore  # bounds the chunks in hand (read, hashed, waiting for their pack)
+    entries: dict[int, tuple[bytes, int]] = field(default_factory=dict)  # index -> (chunk id, length)
+    claimed: set[bytes] = field(default_factory=set)  # chunks this call packs; others wait for them
+    elsewhere: set[bytes] = field(default_factory=set)  # chunks another call is packing
+    holding: int = 0  # slots taken by chunks not yet in a pack or skipped
+    count: int = 0  # cuts fed so far
+    new_bytes: int = 0  # raw bytes of the chunks this call stored
+    stored_bytes: int = 0  # bytes of the packs it PUT
+
+
+# A chunk ready for packing: (chunk id, raw length, chunk object), or None if it needs no packing.
+_Ready = tuple[bytes, int, bytes] | None
+
+
 class ChunkUploads:
     def __init__(self, journal: Journal, staging: Staging, lake: Lake, progress: Progress, *,
                  network_threads: int = 16, pack_bytes: int = PACK_BYTES,
@@ -58,6 +79,8 @@ class ChunkUploads:
         self._chunk_slots = trio.Semaphore(network_threads * 2)  # bounds chunk bytes held in memory
         self._inflight_chunks: dict[bytes, trio.Event] = {}  # chunk id -> set once its pack landed or failed
         self._pack_slots = trio.Semaphore(packs_in_flight)
+        self._packs_in_flight = packs_in_flight
+        self._hashers = 2 * max(1, os.cpu_count() or 1)  # reading, hashing, compressing: threads of `cpu`
         self.pack_bytes = pack_bytes
         self.sent: dict[int, int] = {}  # version id -> bytes of it in the lake so far
         # version id -> where its own packs put its chunks: its manifest names these copies rather
@@ -71,133 +94,129 @@ class ChunkUploads:
 
         `cuts` is a list, or a channel of lists still being cut. `slots` bounds the chunks in hand at
         once (default: shared by all versions).
+
+        A pipeline of stages over memory channels: feed (a slot per cut) -> prepare (read, hash,
+        dedup, compress; several at once) -> pack (in file order; a pack slot per pack being filled
+        or PUT) -> put (PACKS_IN_FLIGHT at once). The first failure stops every stage.
         """
-        slots = slots or self._chunk_slots
-        entries: dict[int, tuple[bytes, int]] = {}
-        ready: dict[int, tuple[bytes, int, bytes] | None] = {}  # index -> object to pack, or None: no need
-        claimed: set[bytes] = set()  # chunks this call packs; other calls wait for their location
-        elsewhere: set[bytes] = set()  # chunks another call (or an earlier pack of this one) is packing
-        totals = [0, 0]  # new raw bytes, stored object bytes
-        failures: list[Exception] = []
-        cut_count: list[int | None] = [None]  # known once the cuts end
-        wakeup = [trio.Event()]
-        held: set[int] = set()  # indices holding a slot: released once in a pack, or at the end
-
-        def fail(error: Exception) -> None:
-            # One failed chunk fails the call: stop its siblings rather than let several errors
-            # leave the nursery as a group.
-            failures.append(error)
-            nursery.cancel_scope.cancel()
-
-        async def one(index: int, cut: Cut) -> None:
-            try:
-                data = await trio.to_thread.run_sync(os.pread, fd, cut.length, cut.offset, limiter=self.cpu)
-                if len(data) != cut.length:
-                    raise CkptfsError(f"staging file of version {version:x} changed under the uploader")
-                identifier = await trio.to_thread.run_sync(codec.chunk_id, data, limiter=self.cpu)
-                entries[index] = (identifier, cut.length)
-                if cut.length >= SMALL_CHUNK and self.journal.chunk_location(identifier) is not None:
-                    self.journal.add_counter("dedup_bytes", cut.length)
-                    self.sent[version] = self.sent.get(version, 0) + cut.length
-                    item = None
-                elif identifier in self._inflight_chunks:
-                    self.journal.add_counter("dedup_bytes", cut.length)
-                    self.sent[version] = self.sent.get(version, 0) + cut.length
-                    elsewhere.add(identifier)
-                    item = None
-                else:
-                    self._inflight_chunks[identifier] = trio.Event()
-                    claimed.add(identifier)
-                    _, blob = await trio.to_thread.run_sync(codec.encode, data, identifier, limiter=self.cpu)
-                    item = (identifier, cut.length, blob)
-                ready[index] = item
-                wakeup[0].set()
-            except Exception as error:  # noqa: BLE001 - reported once, below, as the call's failure
-                fail(error)
-
-        async def append() -> None:
-            """Take the chunks in file order into packs; PUT each pack as it fills, and the last."""
-            index, current = 0, None
-            try:
-                while True:
-                    while index not in ready and cut_count[0] != index:
-                        wakeup[0] = trio.Event()
-                        await wakeup[0].wait()
-                    if index == cut_count[0]:
-                        break
-                    item = ready.pop(index)
-                    if item is not None:
-                        if current is None:
-                            await self._pack_slots.acquire()
-                            current = _Pack()
-                        current.objects.append(item)
-                        current.size += len(item[2])
-                        if current.size >= self.pack_bytes:
-                            nursery.start_soon(put, current)
-                            current = None
-                    held.discard(index)
-                    slots.release()
-                    index += 1
-                if current is not None:
-                    nursery.start_soon(put, current)
-                    current = None
-            except Exception as error:  # noqa: BLE001 - as above
-                fail(error)
-            finally:
-                if current is not None:
-                    self._pack_slots.release()
-
-        async def put(pack: _Pack) -> None:
-            identifiers = [identifier for identifier, _, _ in pack.objects]
-            raw = sum(length for _, length, _ in pack.objects)
-            try:
-                pack_id = packs.new_pack_id()
-                data, locations = await trio.to_thread.run_sync(
-                    packs.encode, pack_id, [(identifier, blob) for identifier, _, blob in pack.objects],
-                    limiter=self.cpu)
-                pack.objects = []  # the objects are in `data` now: hold them once
-                await trio.to_thread.run_sync(self.lake.put_pack, pack_id, data, limiter=self.network)
-                self.journal.add_chunk_locations(zip(identifiers, locations, strict=True))
-                self.placed.setdefault(version, {}).update(zip(identifiers, locations, strict=True))
-                self.journal.add_counter("packs", 1)
-                totals[0] += raw
-                totals[1] += len(data)
-                self.sent[version] = self.sent.get(version, 0) + raw
-            except Exception as error:  # noqa: BLE001 - as above
-                fail(error)
-            finally:
-                self._pack_slots.release()
-                self._release(identifiers, claimed)
-
+        run = _Upload(version, fd, slots or self._chunk_slots)
+        to_prepare_send, to_prepare = trio.open_memory_channel[tuple[int, Cut]](0)
+        # Unbounded, and bounded all the same: every chunk in it holds one of `run.slots`.
+        to_pack_send, to_pack = trio.open_memory_channel[tuple[int, _Ready]](math.inf)
+        to_put_send, to_put = trio.open_memory_channel[_Pack](0)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(append)
-                index = 0
-                async for batch in _batches(cuts):
-                    for cut in batch:
-                        if failures:
-                            break
-                        await slots.acquire()
-                        held.add(index)
-                        nursery.start_soon(one, index, cut)
-                        index += 1
-                    if failures:
-                        break
-                cut_count[0] = index
-                wakeup[0].set()
+            async with first_failure_wins() as tasks:
+                tasks.start_soon(self._feed, run, cuts, to_prepare_send)
+                async with to_prepare, to_pack_send, to_put:
+                    for _ in range(self._hashers):
+                        tasks.start_soon(self._prepare, run, to_prepare.clone(), to_pack_send.clone())
+                    tasks.start_soon(self._pack, run, to_pack, to_put_send)
+                    for _ in range(self._packs_in_flight):
+                        tasks.start_soon(self._put, run, to_put.clone())
         finally:
-            for _ in held:
-                slots.release()
-            self._release(list(claimed), claimed)  # what never reached a pack that landed
-        if failures:
-            raise failures[0]
+            for _ in range(run.holding):
+                run.slots.release()
+            self._release(list(run.claimed), run.claimed)  # what never reached a pack that landed
         # Chunks another call was packing: theirs must land before a manifest names them.
-        for identifier in elsewhere:
+        for identifier in run.elsewhere:
             while identifier in self._inflight_chunks:
                 await self._inflight_chunks[identifier].wait()
             if self.journal.chunk_location(identifier) is None:
                 raise CkptfsError(f"chunk {identifier.hex()} of version {version:x}: the upload packing it failed")
-        return [entries[number] for number in range(index)], totals[0], totals[1]
+        return [run.entries[number] for number in range(run.count)], run.new_bytes, run.stored_bytes
+
+    # -- the stages ---------------------------------------------------------------------------
+    async def _feed(self, run: _Upload, cuts: list[Cut] | trio.MemoryReceiveChannel[list[Cut]],
+                    send: trio.MemorySendChannel[tuple[int, Cut]]) -> None:
+        async with send:
+            async for batch in _batches(cuts):
+                for cut in batch:
+                    await run.slots.acquire()
+                    run.holding += 1
+                    await send.send((run.count, cut))
+                    run.count += 1
+
+    async def _prepare(self, run: _Upload, receive: trio.MemoryReceiveChannel[tuple[int, Cut]],
+                       send: trio.MemorySendChannel[tuple[int, _Ready]]) -> None:
+        async with receive, send:
+            async for index, cut in receive:
+                await send.send((index, await self._prepare_one(run, index, cut)))
+
+    async def _prepare_one(self, run: _Upload, index: int, cut: Cut) -> _Ready:
+        data = await trio.to_thread.run_sync(os.pread, run.fd, cut.length, cut.offset, limiter=self.cpu)
+        if len(data) != cut.length:
+            raise CkptfsError(f"staging file of version {run.version:x} changed under the uploader")
+        identifier = await trio.to_thread.run_sync(codec.chunk_id, data, limiter=self.cpu)
+        run.entries[index] = (identifier, cut.length)
+        # From here to the claim, no await: two calls never both pack one chunk.
+        if cut.length >= SMALL_CHUNK and self.journal.chunk_location(identifier) is not None:
+            self._deduplicated(run, cut.length)
+            return None
+        if identifier in self._inflight_chunks:
+            self._deduplicated(run, cut.length)
+            run.elsewhere.add(identifier)
+            return None
+        self._inflight_chunks[identifier] = trio.Event()
+        run.claimed.add(identifier)
+        _, blob = await trio.to_thread.run_sync(codec.encode, data, identifier, limiter=self.cpu)
+        return identifier, cut.length, blob
+
+    def _deduplicated(self, run: _Upload, length: int) -> None:
+        self.journal.add_counter("dedup_bytes", length)
+        self.sent[run.version] = self.sent.get(run.version, 0) + length
+
+    async def _pack(self, run: _Upload, receive: trio.MemoryReceiveChannel[tuple[int, _Ready]],
+                    send: trio.MemorySendChannel[_Pack]) -> None:
+        """Take the chunks in file order into packs; hand each pack on as it fills, and the last."""
+        waiting: dict[int, _Ready] = {}  # prepared out of order
+        following = 0  # the index whose chunk goes next
+        current: _Pack | None = None
+        async with receive, send:
+            try:
+                async for index, item in receive:
+                    waiting[index] = item
+                    while following in waiting:
+                        item = waiting.pop(following)
+                        following += 1
+                        if item is not None:
+                            if current is None:
+                                await self._pack_slots.acquire()
+                                current = _Pack()
+                            current.objects.append(item)
+                            current.size += len(item[2])
+                        run.holding -= 1
+                        run.slots.release()
+                        if current is not None and current.size >= self.pack_bytes:
+                            full, current = current, None
+                            await send.send(full)
+                if current is not None:
+                    last, current = current, None
+                    await send.send(last)
+            finally:
+                if current is not None:
+                    self._pack_slots.release()  # never handed on
+
+    async def _put(self, run: _Upload, receive: trio.MemoryReceiveChannel[_Pack]) -> None:
+        async with receive:
+            async for pack in receive:
+                identifiers = [identifier for identifier, _, _ in pack.objects]
+                raw = sum(length for _, length, _ in pack.objects)
+                try:
+                    pack_id = packs.new_pack_id()
+                    data, locations = await trio.to_thread.run_sync(
+                        packs.encode, pack_id, [(identifier, blob) for identifier, _, blob in pack.objects],
+                        limiter=self.cpu)
+                    pack.objects = []  # the objects are in `data` now: hold them once
+                    await trio.to_thread.run_sync(self.lake.put_pack, pack_id, data, limiter=self.network)
+                    self.journal.add_chunk_locations(zip(identifiers, locations, strict=True))
+                    self.placed.setdefault(run.version, {}).update(zip(identifiers, locations, strict=True))
+                    self.journal.add_counter("packs", 1)
+                    run.new_bytes += raw
+                    run.stored_bytes += len(data)
+                    self.sent[run.version] = self.sent.get(run.version, 0) + raw
+                finally:
+                    self._pack_slots.release()
+                    self._release(identifiers, run.claimed)
 
     def _release(self, identifiers: list[bytes], claimed: set[bytes]) -> None:
         """Chunks a call claimed are settled (in the lake, or given up): wake whoever waits on them."""

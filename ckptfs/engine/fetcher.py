@@ -20,6 +20,7 @@ from collections.abc import Callable
 import trio
 
 from ckptfs.cache.chunkcache import ChunkCache
+from ckptfs.engine.tasks import first_failure_wins
 from ckptfs.errors import CkptfsError, CorruptObjectError
 from ckptfs.lake import Lake, packs
 from ckptfs.lake.manifest import Manifest
@@ -204,35 +205,22 @@ class Fetcher:
             if data is not None:
                 self._memory.move_to_end(chunks[index][0])
                 pieces[index] = data
-        failures: list[Exception] = []
-
         async def one(index: int) -> None:
-            try:
-                pieces[index] = await self.chunk(chunks[index][0], where(index))
-            except Exception as error:  # noqa: BLE001 - the read fails with the first error, below
-                failures.append(error)
-                nursery.cancel_scope.cancel()
+            pieces[index] = await self.chunk(chunks[index][0], where(index))
 
         async def run(indices: list[int]) -> None:
-            try:
-                found = await self._fetch_run([(chunks[index][0], where(index), chunks[index][1])
-                                               for index in indices])
-                for index in indices:
-                    pieces[index] = found[chunks[index][0]]
-            except Exception as error:  # noqa: BLE001 - as above
-                failures.append(error)
-                nursery.cancel_scope.cancel()
+            found = await self._fetch_run([(chunks[index][0], where(index), chunks[index][1]) for index in indices])
+            for index in indices:
+                pieces[index] = found[chunks[index][0]]
 
         missing = [index for index in wanted if index not in pieces]
         if missing:
             single, grouped = self._remote_runs(chunks, missing, where)
-            async with trio.open_nursery() as nursery:
+            async with first_failure_wins() as tasks:
                 for indices in grouped:  # first: a chunk read twice waits for its run, not a GET of its own
-                    nursery.start_soon(run, indices)
+                    tasks.start_soon(run, indices)
                 for index in single:
-                    nursery.start_soon(one, index)
-        if failures:
-            raise failures[0]
+                    tasks.start_soon(one, index)
         if sequential and self._nursery is not None:
             self._read_ahead(chunks, last, where)
         elif not sequential:

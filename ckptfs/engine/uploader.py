@@ -27,6 +27,7 @@ from ckptfs.engine.prefix import DEFAULT_ROUND_BYTES, PrefixUploads
 from ckptfs.engine.progress import Progress
 from ckptfs.engine.publisher import Publisher
 from ckptfs.engine.spill import Spill
+from ckptfs.engine.tasks import first_failure_wins
 from ckptfs.errors import CkptfsError
 from ckptfs.lake import Lake
 from ckptfs.lake.chunker import Chunker, Cut
@@ -179,27 +180,21 @@ class Uploader:
                               ) -> tuple[list[tuple[bytes, int]], int, int]:
         """Cut a sealed staging file from `start` in a thread while its first chunks already upload."""
         send, receive = trio.open_memory_channel[list[Cut]](4)
-        failures: list[Exception] = []
         result: tuple[list[tuple[bytes, int]], int, int] = ([], 0, 0)
 
         async def cut() -> None:
-            try:
-                async with send:
-                    await trio.to_thread.run_sync(_cut_file_into, send, fd, size, start,
-                                                  self.lake.chunking_profile, limiter=self.cpu)
-            except Exception as error:  # noqa: BLE001 - reported below, as the version's failure
-                failures.append(error)
+            async with send:
+                await trio.to_thread.run_sync(_cut_file_into, send, fd, size, start, self.lake.chunking_profile,
+                                              limiter=self.cpu)
 
-        # Errors are collected rather than raised inside the nursery, so one error leaves as itself.
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(cut)
+        async def upload() -> None:
+            nonlocal result
             async with receive:
-                try:
-                    result = await self.chunks.upload_chunks(version, fd, receive)
-                except Exception as error:  # noqa: BLE001 - as above
-                    failures.append(error)
-        if failures:
-            raise failures[0]
+                result = await self.chunks.upload_chunks(version, fd, receive)
+
+        async with first_failure_wins() as tasks:
+            tasks.start_soon(cut)
+            tasks.start_soon(upload)
         if sum(length for _, length in result[0]) != size - start:
             raise CkptfsError(f"cutting version {version:x} stopped short")
         return result
