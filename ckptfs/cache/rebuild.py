@@ -46,6 +46,10 @@ def rebuild_from_lake(journal: Journal, lake: Lake, view: LogView | None = None,
                                               mode=0o777, mtime_ns=state.time_ns, path=path,
                                               sealed_ns=state.time_ns, target=state.target)
             journal.add_history(path, state.time_ns, version)
+    root, replayed_root = journal.inode(ROOT_INODE), tree.entries[b""]
+    if root is not None and replayed_root.mtime_ns:  # the lake's root times, once anything was put in it
+        root.mtime_ns, root.ctime_ns = replayed_root.mtime_ns, max(replayed_root.ctime_ns, replayed_root.mtime_ns)
+        journal.save_inode(root)
     inodes = {b"": ROOT_INODE}
     by_entry: dict[int, int] = {}  # id(Entry) -> ino: hard links are one entry under several paths
     for path in sorted(tree.entries, key=lambda p: (p.count(b"/"), p)):
@@ -84,14 +88,15 @@ def _inode_for_entry(journal: Journal, path: bytes, entry: namespace.Entry, vers
     return inode
 
 
-def prepare_journal(journal: Journal, staging: Staging, lake: Lake,
-                    view: LogView) -> tuple[str, namespace.Namespace | None]:
+def prepare_journal(journal: Journal, staging: Staging, lake: Lake, view: LogView, *,
+                    new_mount_id: str | None = None) -> tuple[str, namespace.Namespace | None]:
     """Return this cache dir's mount id, and the lake's replayed tree (from `view`) if the cache dir
-    was new and rebuilt from it (None after a repair of an existing one)."""
+    was new and rebuilt from it (None after a repair of an existing one). A new cache dir gets
+    `new_mount_id`, or a random one."""
     mount_id = journal.get_meta("mount_id")
     if mount_id is None:
         tree = rebuild_from_lake(journal, lake, view, known_chunks=False)
-        mount_id = uuid.uuid4().hex[:16]
+        mount_id = new_mount_id or uuid.uuid4().hex[:16]
         journal.set_meta("mount_id", mount_id)
         journal.commit(durable=True)
         log.info("new cache dir: %d entries rebuilt from %s; mount id %s", len(tree.entries) - 1, lake.store.url,
