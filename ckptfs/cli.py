@@ -305,15 +305,8 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def command_status(args: argparse.Namespace) -> int:
-    status = status_of(mount_root(args.path))
-    if args.json:
-        print(json.dumps(status, indent=2))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"ckptfs {mount_root(args.path)}", show_header=False)
+def status_rows(status: dict) -> list[tuple[str, str]]:
+    """The rows of `ckptfs status`: (what, value), as the table shows them."""
     staged = human(status["staged_bytes"])
     if status["staging_limit_bytes"]:
         staged += f" of {human(status['staging_limit_bytes'])}"
@@ -341,7 +334,19 @@ def command_status(args: argparse.Namespace) -> int:
          if "refresh_interval_s" in status else "-"),
         ("last upload error", status["last_error"] or "none"),
     ]
-    for name, value in rows:
+    return rows
+
+
+def command_status(args: argparse.Namespace) -> int:
+    status = status_of(mount_root(args.path))
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"ckptfs {mount_root(args.path)}", show_header=False)
+    for name, value in status_rows(status):
         table.add_row(name, value)
     Console().print(table)
     return 0

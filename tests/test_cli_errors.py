@@ -13,7 +13,7 @@ def ckptfs(*args, env=None, timeout=60):
 
 
 def assert_clean_failure(result, expected: str):
-    assert result.returncode != 0
+    assert result.returncode == 1, (result.returncode, result.stderr)
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr

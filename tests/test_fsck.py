@@ -53,11 +53,11 @@ def test_fsck_finds_missing_and_corrupt_packs(populated):
         file.write(b"\xff\xff")
     quick = json.loads(ckptfs("fsck", f"file://{populated}", "--json").stdout)["lake"]["problems"]
     assert [p["kind"] for p in quick] == ["pack-missing"]
-    result = ckptfs("fsck", f"file://{populated}", "--verify-data")
+    result = ckptfs("fsck", f"file://{populated}", "--verify-data", "--json")
     assert result.returncode == 1
-    assert f"pack-missing: {os.path.relpath(packs[0], populated)}" in result.stdout
-    assert f"chunk-corrupt: {os.path.relpath(packs[1], populated)}" in result.stdout
-    assert "2 problem(s)" in result.stdout
+    found = [(p["kind"], p["key"]) for p in json.loads(result.stdout)["lake"]["problems"]]
+    assert found == [("pack-missing", os.path.relpath(packs[0], populated)),
+                     ("chunk-corrupt", os.path.relpath(packs[1], populated))]
 
 
 @pytest.mark.parametrize("garbage, kind", [
@@ -67,8 +67,10 @@ def test_malformed_segment_is_reported_and_skipped(populated, mounter, garbage, 
     segment = objects(populated, "log")[1]
     with open(segment, "wb") as file:
         file.write(garbage)
-    result = ckptfs("fsck", f"file://{populated}")
-    assert result.returncode == 1 and f"{kind}: {os.path.relpath(segment, populated)}" in result.stdout
+    result = ckptfs("fsck", f"file://{populated}", "--json")
+    problems = json.loads(result.stdout)["lake"]["problems"]
+    assert result.returncode == 1 and [(p["kind"], p["key"]) for p in problems] == [
+        (kind, os.path.relpath(segment, populated))]
     mount = mounter(cache="cache1")  # the mount still comes up and serves everything else
     assert len(os.listdir(mount.path("run"))) == 2
     assert os.path.relpath(segment, populated) in mount.log()
@@ -80,7 +82,9 @@ def test_missing_or_malformed_manifest_gives_eio(populated, mounter):
     os.unlink(manifests[0])
     with open(manifests[1], "wb") as file:
         file.write(b"CKPM" + b"\0" * 40)
-    assert ckptfs("fsck", f"file://{populated}").stdout.count("manifest") >= 2
+    problems = json.loads(ckptfs("fsck", f"file://{populated}", "--json").stdout)["lake"]["problems"]
+    assert {p["key"] for p in problems if p["kind"] == "manifest"} >= {os.path.relpath(m, populated)
+                                                                      for m in manifests[:2]}
     mount = mounter(cache="cache1")
     failures = 0
     for name in os.listdir(mount.path("run")):
@@ -105,9 +109,11 @@ def test_damaged_journal_stops_the_mount_until_repaired(mounter, tmp_path):
     with pytest.raises(RuntimeError, match="fsck --cache-dir .* --repair"):
         mounter(cache="cache")
     assert ckptfs("fsck", "--cache-dir", str(tmp_path / "cache")).returncode == 1
-    repaired = ckptfs("fsck", "--cache-dir", str(tmp_path / "cache"), "--repair")
+    repaired = ckptfs("fsck", "--cache-dir", str(tmp_path / "cache"), "--repair", "--json")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
-    assert "moved the damaged journal aside" in repaired.stdout
+    report = json.loads(repaired.stdout)["cache"]
+    assert any("moved the damaged journal aside" in action for action in report["repairs"])
+    assert report["remaining"] == []
     again = mounter(cache="cache")
     assert open(again.path("kept"), "rb").read() == b"committed before the damage"
 
@@ -132,8 +138,9 @@ def test_lost_staging_file_stops_the_mount_until_repaired(mounter, tmp_path):
             os.truncate(staging / name, 1000)
     with pytest.raises(RuntimeError, match="missing or truncated"):
         mounter(cache="cache")
-    repaired = ckptfs("fsck", "--cache-dir", str(tmp_path / "cache"), "--repair")
-    assert repaired.returncode == 0 and "dropped version" in repaired.stdout
+    repaired = ckptfs("fsck", "--cache-dir", str(tmp_path / "cache"), "--repair", "--json")
+    report = json.loads(repaired.stdout)["cache"]
+    assert repaired.returncode == 0 and any("dropped version" in action for action in report["repairs"])
     packs.unlink()
     again = mounter(cache="cache")
     assert open(again.path("f"), "rb").read() == b"old and committed"

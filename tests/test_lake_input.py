@@ -81,11 +81,12 @@ def test_a_hostile_segment_is_skipped_event_by_event(mounter, tmp_path):
     segment.parent.mkdir()
     segment.write_bytes(namespace.encode_segment("f00dfeedf00dfeed", 0, raw))
 
-    fsck = subprocess.run([sys.executable, "-m", "ckptfs", "fsck", f"file://{lake}"], capture_output=True,
+    fsck = subprocess.run([sys.executable, "-m", "ckptfs", "fsck", f"file://{lake}", "--json"], capture_output=True,
                           text=True, timeout=120)
     assert fsck.returncode == 1
-    reported = [line for line in fsck.stdout.splitlines() if line.startswith("event: log/f00dfeedf00dfeed/")]
-    assert len(reported) == len(BAD_PATHS) + 1, fsck.stdout
+    problems = json.loads(fsck.stdout)["lake"]["problems"]
+    reported = [p for p in problems if p["kind"] == "event" and p["key"].startswith("log/f00dfeedf00dfeed/")]
+    assert len(reported) == len(BAD_PATHS) + 1 == len(problems), fsck.stdout
 
     reader = mounter(cache="cache1", name="reader")
     seen = sorted(os.path.relpath(os.path.join(d, n), reader.mountpoint)

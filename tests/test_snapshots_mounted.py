@@ -64,8 +64,8 @@ def test_a_mount_started_after_a_snapshot_reads_it_and_the_segments_after_it(mou
     again = mounter(url, extra, cache="cf", name="f")
     assert again.status()["start_snapshot"] == done["written"]
     assert read(again.path("while-away.pt")) == b"meanwhile" and listing(again) == listing(writer)
-    result = writer.cli("fsck", url, *extra)
-    assert "1 snapshots" in result.stdout and result.stdout.strip().endswith("ok")
+    report = json.loads(writer.cli("fsck", url, *extra, "--json").stdout)["lake"]
+    assert report["snapshots"] == 1 and report["problems"] == []
     for mount in (writer, again, whole):
         mount.assert_clean_log()
 
@@ -89,8 +89,9 @@ def test_mounts_write_snapshots_as_the_log_grows_and_fsck_checks_them(mounter, t
     with open(os.path.join(tmp_path, "lake", key), "r+b") as file:
         file.seek(40)
         file.write(b"\xff" * 8)
-    result = a.cli("fsck", url, check=False)
-    assert result.returncode == 1 and f"snapshot: {key}:" in result.stdout
+    result = a.cli("fsck", url, "--json", check=False)
+    problems = json.loads(result.stdout)["lake"]["problems"]
+    assert result.returncode == 1 and [(p["kind"], p["key"]) for p in problems] == [("snapshot", key)]
     c = mounter(url, cache="cc", name="c")
     assert c.status()["start_snapshot"] is None and sorted(os.listdir(c.mountpoint)) == sorted(
         f"f{step}" for step in range(10))
