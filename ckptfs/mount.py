@@ -99,7 +99,7 @@ class Following:
             except Exception as error:  # noqa: BLE001 - following must survive anything; it retries
                 if not isinstance(error, (StoreError, OSError)):
                     log.exception("unexpected failure following the lake")
-                self.follower.last_error = str(error)
+                self.follower.failed(error)
                 log.warning("following the lake: %s (next try in %.0f s)", error, self.interval)
 
     def figures(self) -> dict[str, Any]:

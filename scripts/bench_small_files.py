@@ -6,7 +6,7 @@ directory per 1,000) through a real mount on the S3 model (tests/s3model.py: mot
 proxy adding S3's first-byte latency and per-connection bandwidth; `--endpoint-url` for a real
 endpoint), with `--followers` other mounts of the lake following it, and prints:
 
-* closes per second over each tenth of the run, and the last tenth against the first (the target:
+* closes per second over each tenth of the run, and the last tenth against the second (the target:
   within 20%; it fell from 151/s to 69/s when each refresh re-compared the mount's own changes);
 * the writer's and each follower's slowest refresh against the refresh interval;
 * how long `ckptfs sync` after the last close took, and how long after the uploads finished
@@ -112,7 +112,9 @@ def main() -> int:
             "endpoint": "S3 model" if model else endpoint,
             "files": args.files, "followers": args.followers, "refresh_interval_s": args.refresh,
             "closes_per_s_by_tenth": [round(rate) for rate in rates],
-            "closes_per_s_last_over_first_tenth": round(rates[-1] / rates[0], 2),
+            # The first tenth runs before any upload competes for the CPU: the drift is measured from
+            # the second tenth (around file 1,000 of 10,000) to the last.
+            "closes_per_s_last_over_second_tenth": round(rates[-1] / rates[1], 2),
             "write_s": round(written - started, 1),
             "sync_after_last_close_s": round(synced - written, 1),
             "sync_after_uploads_finished_s": round(synced - (uploads_done or synced), 2),

@@ -5,6 +5,8 @@ MockClock where the code waits."""
 import errno
 import logging
 import os
+import threading
+import time
 
 import pytest
 import trio
@@ -177,5 +179,45 @@ def test_requests_on_the_layer_answer_errno(tmp_path):
             with pytest.raises(FsError) as error:
                 call()
             assert error.value.errno == code
+
+    trio.run(main)
+
+
+class SlowPuts(MemoryStore):
+    """Each PUT of a manifest takes 50 ms (a store's first-byte latency); counts how many overlap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = self.most_in_flight = 0
+        self._count = threading.Lock()
+
+    def put(self, key, data, *, if_absent=False):
+        if key.startswith("manifests/"):
+            with self._count:
+                self.in_flight += 1
+                self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            time.sleep(0.05)
+            with self._count:
+                self.in_flight -= 1
+        super().put(key, data, if_absent=if_absent)
+
+
+def test_sealed_versions_upload_concurrently(tmp_path):
+    """Many small files closed at once are uploaded side by side, not one after another: each is a
+    manifest PUT that waits on the store's latency. (Every worker slept on its own wake-up event
+    and only the last one was ever woken: 1,000 small files took 107 s on the S3 model.)"""
+    store = SlowPuts()
+    lake = lake_on(store)
+
+    async def main():
+        mount = mount_on(tmp_path, "only", lake)
+        files = mount.files
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mount.run_engine)
+            for index in range(40):
+                await save(files, b"rank-%d" % index, b"shard %d" % index)
+            await published(files)
+            nursery.cancel_scope.cancel()
+        assert store.most_in_flight >= 8, store.most_in_flight
 
     trio.run(main)

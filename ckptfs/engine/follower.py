@@ -119,6 +119,10 @@ class Follower:
         return Fetched(fetched, {mount: [seq for seq, _ in segments] for mount, segments in new.items()},
                        len(others), swept_at, started)
 
+    def failed(self, error: Exception) -> None:
+        """A look at the lake failed; the next one tries again."""
+        self.last_error = str(error)
+
     def advance(self, fetched: Fetched) -> dict[str, Any]:
         """The fetched events are applied: move the cursors on. Returns the figures of the look."""
         for mount, seqs in fetched.segments.items():

@@ -50,7 +50,8 @@ def default_round_bytes() -> int:
 
 
 class PrefixUploads:
-    """Watches staging writes (as the staging observer) and runs rounds for sequentially written files."""
+    """Told of writes to the staging files of versions being written (through engine/interface.py),
+    runs rounds for sequentially written files."""
 
     def __init__(self, chunks: ChunkUploads, round_bytes: int = DEFAULT_ROUND_BYTES,
                  spill: Spill | None = None) -> None:
@@ -59,13 +60,20 @@ class PrefixUploads:
         self.chunks = chunks
         self.round_bytes = round_bytes
         self.spill = spill
-        self.nursery: trio.Nursery | None = None  # set by the uploader's run()
+        self._nursery: trio.Nursery | None = None  # where rounds run, while run() does
         # Early work only gets the cores that the writer and the FUSE thread leave: on a small
         # machine it would otherwise lengthen the save it overlaps (docs/DESIGN.md).
         self.slots = trio.Semaphore(max(1, min(16, spare_cores())))
         self._early: dict[int, Early] = {}
 
-    # -- staging observer ----------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Host the rounds until cancelled (the uploader runs this)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    # -- what the file system tells of a version being written --------------------------------
     def written(self, version: int, offset: int, length: int) -> None:
         early = self._early.get(version)
         if early is None:
@@ -85,9 +93,9 @@ class PrefixUploads:
         return bool(self.round_bytes and waiting >= self.round_bytes) or (early.spill and waiting >= MIN_ROUND_BYTES)
 
     def _start(self, version: int, early: Early) -> None:
-        if self.nursery is not None:
+        if self._nursery is not None:
             early.running = trio.Event()
-            self.nursery.start_soon(self._rounds, version, early)
+            self._nursery.start_soon(self._rounds, version, early)
 
     def truncated(self, version: int, size: int) -> None:
         if self.spill is not None and size == 0:
