@@ -66,7 +66,8 @@ def test_a_fifth_of_requests_failing_in_every_way(mounter, s3_url, proxy, moto_s
     assert all(proxy.counts[kind] > 0 for kind in ("500", "503", "reset", "stall", "slow"))
 
 
-OUTAGE_SECONDS = float(os.environ.get("CKPTFS_TEST_OUTAGE_SECONDS", "20"))  # longer runs: set it to 120
+OUTAGE_SECONDS = float(os.environ.get("CKPTFS_TEST_OUTAGE_SECONDS", "10"))  # longer runs: set it to 120; the
+# layer test (test_files.py::test_an_outage_of_ten_minutes_loses_nothing_and_writes_never_wait) covers ten minutes
 
 
 def test_an_outage_of_tens_of_seconds(mounter, s3_url, proxy, moto_server):
@@ -96,7 +97,7 @@ def test_permanent_errors_are_reported_and_staged_data_kept(mounter, s3_url, pro
     mount = mounter(url, ["--endpoint-url", proxy.endpoint])
     setattr(proxy, fault, True)
     digests = write_files(mount, 2, 2_000_000, "denied")
-    result = mount.cli("sync", "--timeout", "8", mount.mountpoint, check=False)
+    result = mount.cli("sync", "--timeout", "5", mount.mountpoint, check=False)
     assert result.returncode == 1 and message in result.stderr.lower()
     assert message in (mount.status()["last_error"] or "").lower()
     assert message in mount.log().lower()

@@ -221,3 +221,43 @@ def test_sealed_versions_upload_concurrently(tmp_path):
         assert store.most_in_flight >= 8, store.most_in_flight
 
     trio.run(main)
+
+
+def test_an_outage_of_ten_minutes_loses_nothing_and_writes_never_wait(tmp_path):
+    """Every request fails (temporarily) for ten minutes of trio's MockClock: saves land in the
+    cache at once, the status says the store is retrying with a backlog, and once the store answers
+    again everything commits and reads back from a fresh mount."""
+    faulty = FaultyStore(MemoryStore())
+    lake = lake_on(faulty)
+    data = [os.urandom(3 * MIB) for _ in range(4)]
+
+    async def main():
+        mount = mount_on(tmp_path, "writer", lake)
+        files = mount.files
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mount.run_engine)
+            outage = [faulty.fail(operation) for operation in ("put", "get", "list", "size")]
+            started = trio.current_time()
+            for index, payload in enumerate(data):
+                await save(files, b"during-outage-%d" % index, payload)
+            assert trio.current_time() - started < 1, "writes waited for the store"
+            while sum(fault.fired for fault in outage) < 20:  # the uploads' threads reach the store
+                await trio.to_thread.run_sync(time.sleep, 0.01)
+            await trio.sleep(600)
+            status = mount.status()
+            assert status["store_retrying"] and status["uploading_files"] + status["events_pending"] > 0
+            assert status["committed_versions"] == 0
+            for fault in outage:
+                faulty.faults.remove(fault)
+            await published(files)
+            assert mount.status()["committed_versions"] == len(data)
+            nursery.cancel_scope.cancel()
+        fresh = mount_on(tmp_path, "reader", lake)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fresh.run_engine)
+            for index, payload in enumerate(data):
+                ino = fresh.files.tree.lookup(ROOT, b"during-outage-%d" % index).ino
+                assert await load(fresh.files, ino) == payload
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
