@@ -3,12 +3,18 @@
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
 
 from ckptfs.cache.chunkcache import ChunkCache
 from ckptfs.cache.journal import Journal
 from ckptfs.cache.rebuild import prepare_journal
 from ckptfs.cache.staging import Staging
+from ckptfs.files import Caller, FileSystem
 from ckptfs.lake import Lake
 from ckptfs.mount import Mount, Settings, assemble
 
@@ -36,3 +42,40 @@ def mount_on(tmp_path, name: str, lake: Lake, *, staging_limit: int | None = Non
     mount.follower.start_from(view.cursors, listed_at_ns)
     lake.register_mount(name)
     return mount
+
+
+ROOT = 1
+ME = Caller(uid=os.getuid(), gid=os.getgid())
+
+
+@asynccontextmanager
+async def running(mount: Mount) -> AsyncIterator[trio.Nursery]:
+    """The mount's engine running in a nursery of its own, cancelled on leaving."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(mount.run_engine)
+        yield nursery
+        nursery.cancel_scope.cancel()
+
+
+async def save(files: FileSystem, name: bytes, data: bytes, block: int = 1 << 20) -> int:
+    """Create `name` in the root, write `data` a block at a time, close it; returns its inode."""
+    opened, attributes = files.handles.create(ROOT, name, 0o644, os.O_WRONLY, ME)
+    for offset in range(0, len(data), block):
+        assert await files.handles.write(opened.fh, offset, data[offset:offset + block]) == len(
+            data[offset:offset + block])
+    files.handles.flush(opened.fh)
+    files.handles.release(opened.fh)
+    return attributes.ino
+
+
+async def load(files: FileSystem, ino: int) -> bytes:
+    opened = await files.handles.open(ino, os.O_RDONLY)
+    try:
+        return await files.handles.read(opened.fh, 0, 1 << 30)
+    finally:
+        files.handles.release(opened.fh)
+
+
+async def published(files: FileSystem) -> None:
+    """Everything queued so far is published in the lake."""
+    await files.engine.wait_published(files.journal.outbox_tail())

@@ -17,7 +17,7 @@ from ckptfs.store import RetryingStore, StoreError
 from ckptfs.store.base import PermanentStoreError, TemporaryStoreError
 from ckptfs.store.faults import FaultyStore
 from ckptfs.store.memory import MemoryStore
-from tests.layers import mount_on
+from tests.layers import load, mount_on, published, running, save
 
 ROOT = 1
 MIB = 1 << 20
@@ -44,18 +44,6 @@ def count_commits(journal) -> list[int]:
     return commits
 
 
-async def save(files, name: bytes, data: bytes) -> int:
-    opened, attributes = files.handles.create(ROOT, name, 0o644, os.O_WRONLY, ME)
-    await files.handles.write(opened.fh, 0, data)
-    files.handles.flush(opened.fh)
-    files.handles.release(opened.fh)
-    return attributes.ino
-
-
-async def published(files) -> None:
-    await files.engine.wait_published(files.journal.outbox_tail())
-
-
 def test_a_write_makes_no_store_request_and_no_journal_commit(tmp_path):
     """SEMANTICS, write(): no network, no journal commit per write. 256 writes of 64 KiB into an
     open file with the engine running: the store sees nothing and the journal commits nothing until
@@ -65,8 +53,7 @@ def test_a_write_makes_no_store_request_and_no_journal_commit(tmp_path):
     async def main():
         mount = mount_on(tmp_path, "only", lake)
         files = mount.files
-        async with trio.open_nursery() as nursery:
-            await nursery.start(mount.run_engine)
+        async with running(mount):
             opened, _ = files.handles.create(ROOT, b"model.pt", 0o644, os.O_WRONLY, ME)
             await trio.sleep(1)  # anything the create started has settled
             requests, commits = sum(faulty.calls.values()), count_commits(files.journal)
@@ -81,7 +68,6 @@ def test_a_write_makes_no_store_request_and_no_journal_commit(tmp_path):
             assert commits[0] >= 1  # the close seals the version and commits
             await published(files)
             assert sum(faulty.calls.values()) > requests
-            nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
@@ -120,11 +106,7 @@ def test_an_o_trunc_open_writes_nothing_until_closed(tmp_path):
 
 
 async def read(files, path: bytes) -> bytes:
-    opened = await files.handles.open(files.tree.lookup(ROOT, path).ino, os.O_RDONLY)
-    try:
-        return await files.handles.read(opened.fh, 0, 1 << 30)
-    finally:
-        files.handles.release(opened.fh)
+    return await load(files, files.tree.lookup(ROOT, path).ino)
 
 
 def test_backpressure_evicts_clean_data_before_it_waits(tmp_path):
@@ -135,8 +117,7 @@ def test_backpressure_evicts_clean_data_before_it_waits(tmp_path):
     async def main():
         mount = mount_on(tmp_path, "only", lake, staging_limit=16 * MIB)
         files = mount.files
-        async with trio.open_nursery() as nursery:
-            await nursery.start(mount.run_engine)
+        async with running(mount):
             old = [await save(files, b"old-%d" % index, os.urandom(4 * MIB)) for index in range(3)]
             await published(files)
             versions = [files.journal.inode(ino).version for ino in old]
@@ -148,7 +129,6 @@ def test_backpressure_evicts_clean_data_before_it_waits(tmp_path):
             evicted = [not files.journal.version(v).staged for v in versions]
             assert evicted[0] and any(evicted), evicted  # the least recently used went first
             assert await read(files, b"old-0") and status["staged_bytes"] <= 16 * MIB
-            nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
@@ -161,8 +141,7 @@ def test_a_write_nothing_can_make_room_for_goes_over_budget_rather_than_deadlock
     async def main():
         mount = mount_on(tmp_path, "only", lake, staging_limit=8 * MIB)
         files = mount.files
-        async with trio.open_nursery() as nursery:
-            await nursery.start(mount.run_engine)
+        async with running(mount):
             opened, _ = files.handles.create(ROOT, b"scattered", 0o644, os.O_WRONLY, ME)
             block = os.urandom(MIB)
             with trio.fail_after(60):
@@ -173,7 +152,6 @@ def test_a_write_nothing_can_make_room_for_goes_over_budget_rather_than_deadlock
             files.handles.release(opened.fh)
             await published(files)
             assert await read(files, b"scattered") == block * 12
-            nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 

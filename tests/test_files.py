@@ -14,12 +14,12 @@ import trio.testing
 
 from ckptfs.cache.journal import COMMITTED
 from ckptfs.errors import CkptfsError, FsError
-from ckptfs.files import Caller, FileSystem
+from ckptfs.files import Caller
 from ckptfs.lake import Lake
 from ckptfs.store import RetryingStore
 from ckptfs.store.faults import FaultyStore
 from ckptfs.store.memory import MemoryStore
-from tests.layers import mount_on
+from tests.layers import load, mount_on, published, running, save
 
 ROOT = 1
 MIB = 1 << 20
@@ -32,28 +32,6 @@ def lake_on(store) -> Lake:
     return lake
 
 
-async def save(files: FileSystem, name: bytes, data: bytes, block: int = MIB) -> int:
-    opened, attributes = files.handles.create(ROOT, name, 0o644, os.O_WRONLY, ME)
-    for offset in range(0, len(data), block):
-        assert await files.handles.write(opened.fh, offset, data[offset:offset + block]) == len(
-            data[offset:offset + block])
-    files.handles.flush(opened.fh)
-    files.handles.release(opened.fh)
-    return attributes.ino
-
-
-async def load(files: FileSystem, ino: int) -> bytes:
-    opened = await files.handles.open(ino, os.O_RDONLY)
-    try:
-        return await files.handles.read(opened.fh, 0, 1 << 30)
-    finally:
-        files.handles.release(opened.fh)
-
-
-async def published(files: FileSystem) -> None:
-    await files.engine.wait_published(files.journal.outbox_tail())
-
-
 def test_save_upload_and_rebuild_on_a_memory_store(tmp_path):
     store = MemoryStore()
     lake = lake_on(store)
@@ -62,23 +40,19 @@ def test_save_upload_and_rebuild_on_a_memory_store(tmp_path):
     async def main():
         mount = mount_on(tmp_path, "first", lake)
         files = mount.files
-        async with trio.open_nursery() as nursery:
-            await nursery.start(mount.run_engine)
+        async with running(mount):
             files.tree.mkdir(ROOT, b"run", 0o755, ME)
             ino = await save(files, b"model.pt", payload)
             files.tree.link(ino, files.tree.lookup(ROOT, b"run").ino, b"same.pt")
             await published(files)
             assert files.control.status()["committed_versions"] == 1
-            nursery.cancel_scope.cancel()
         fresh_mount = mount_on(tmp_path, "second", lake)
         fresh = fresh_mount.files
-        async with trio.open_nursery() as nursery:
-            await nursery.start(fresh_mount.run_engine)
+        async with running(fresh_mount):
             run = fresh.tree.lookup(ROOT, b"run")
             first, second = fresh.tree.lookup(ROOT, b"model.pt"), fresh.tree.lookup(run.ino, b"same.pt")
             assert first.ino == second.ino and first.nlink == 2
             assert await load(fresh, first.ino) == payload
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
     assert any(key.startswith("packs/") for key in store.list(""))
@@ -95,13 +69,11 @@ def test_temporary_put_failures_are_retried_until_everything_commits(tmp_path):
     async def main():
         mount = mount_on(tmp_path, "only", lake)
         files = mount.files
-        async with trio.open_nursery() as nursery:
-            await nursery.start(mount.run_engine)
+        async with running(mount):
             ino = await save(files, b"f", payload)
             await published(files)
             version = files.journal.version(files.tree.inode(ino).version)
             assert version.state == COMMITTED
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
     assert all(fault.fired == fault.times for fault in faulty.faults)
@@ -116,20 +88,16 @@ def test_a_corrupt_chunk_reads_as_an_error_naming_it(tmp_path, caplog):
     async def main():
         mount = mount_on(tmp_path, "writer", lake)
         files = mount.files
-        async with trio.open_nursery() as nursery:
-            await nursery.start(mount.run_engine)
+        async with running(mount):
             await save(files, b"f", os.urandom(3 * MIB))
             await published(files)
-            nursery.cancel_scope.cancel()
         faulty.fail("get", "packs/", kind="corrupt")
         reader_mount = mount_on(tmp_path, "reader", lake)
         reader = reader_mount.files
-        async with trio.open_nursery() as nursery:
-            await nursery.start(reader_mount.run_engine)
+        async with running(reader_mount):
             with pytest.raises(CkptfsError) as error:
                 await load(reader, reader.tree.lookup(ROOT, b"f").ino)
             assert "chunk" in str(error.value)
-            nursery.cancel_scope.cancel()
 
     with caplog.at_level(logging.WARNING):
         trio.run(main)
@@ -146,8 +114,7 @@ def test_backpressure_waits_for_uploads_and_never_fails_the_write(tmp_path):
     async def main():
         mount = mount_on(tmp_path, "only", lake, staging_limit=12 * MIB)
         files = mount.files
-        async with trio.open_nursery() as nursery:
-            await nursery.start(mount.run_engine)
+        async with running(mount):
             for index, data in enumerate(files_data):
                 await save(files, b"f%d" % index, data)
             await published(files)
@@ -156,7 +123,6 @@ def test_backpressure_waits_for_uploads_and_never_fails_the_write(tmp_path):
             assert status["backpressure_waits"] >= 1
             for index, data in enumerate(files_data):
                 assert await load(files, files.tree.lookup(ROOT, b"f%d" % index).ino) == data
-            nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
@@ -212,12 +178,10 @@ def test_sealed_versions_upload_concurrently(tmp_path):
     async def main():
         mount = mount_on(tmp_path, "only", lake)
         files = mount.files
-        async with trio.open_nursery() as nursery:
-            await nursery.start(mount.run_engine)
+        async with running(mount):
             for index in range(40):
                 await save(files, b"rank-%d" % index, b"shard %d" % index)
             await published(files)
-            nursery.cancel_scope.cancel()
         assert store.most_in_flight >= 8, store.most_in_flight
 
     trio.run(main)
@@ -234,8 +198,7 @@ def test_an_outage_of_ten_minutes_loses_nothing_and_writes_never_wait(tmp_path):
     async def main():
         mount = mount_on(tmp_path, "writer", lake)
         files = mount.files
-        async with trio.open_nursery() as nursery:
-            await nursery.start(mount.run_engine)
+        async with running(mount):
             outage = [faulty.fail(operation) for operation in ("put", "get", "list", "size")]
             started = trio.current_time()
             for index, payload in enumerate(data):
@@ -251,13 +214,10 @@ def test_an_outage_of_ten_minutes_loses_nothing_and_writes_never_wait(tmp_path):
                 faulty.faults.remove(fault)
             await published(files)
             assert mount.status()["committed_versions"] == len(data)
-            nursery.cancel_scope.cancel()
         fresh = mount_on(tmp_path, "reader", lake)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(fresh.run_engine)
+        async with running(fresh):
             for index, payload in enumerate(data):
                 ino = fresh.files.tree.lookup(ROOT, b"during-outage-%d" % index).ino
                 assert await load(fresh.files, ino) == payload
-            nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
