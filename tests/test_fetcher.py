@@ -132,18 +132,17 @@ def test_a_sequential_reader_of_cached_chunks_finds_the_next_ones_in_memory(tmp_
     read_sequentially(Fetcher(lake, cache), manifest, data)  # fills the chunk cache
     gets = store.requests["GET"]
     fetcher = Fetcher(lake, cache, memory_chunks=16)
-    preloaded = []
 
     async def main():
         async with trio.open_nursery() as nursery:
             await nursery.start(fetcher.run)
             await fetcher.read(manifest, 0, CHUNK)
             await fetcher.read(manifest, CHUNK, CHUNK, sequential=True)
-            await trio.sleep(0.2)
-            preloaded.extend(fetcher._memory)
+            wanted = {identifier for identifier, _ in fetcher._manifests[manifest][0].chunks[2:10]}
+            with trio.fail_after(10):  # the next 8 are loaded from the cache, unasked
+                while not wanted <= set(fetcher._memory):
+                    await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
 
     trio.run(main)
-    chunk_ids = [identifier for identifier, _ in fetcher._manifests[manifest][0].chunks]
-    assert set(chunk_ids[2:10]) <= set(preloaded)  # the next 8 were loaded from the cache, unasked
     assert store.requests["GET"] == gets + 1  # the manifest; every chunk came from the cache

@@ -8,6 +8,7 @@ import stat
 from contextlib import asynccontextmanager
 
 import trio
+import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -167,7 +168,7 @@ def test_a_mount_follows_what_another_publishes(tmp_path):
             idle = await b.follower.refresh()
             assert (idle["segments"], idle["events"]) == (0, 0)
 
-    trio.run(main)
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def test_two_mounts_writing_one_path_keep_both_versions_and_show_the_same_one(tmp_path):
@@ -184,7 +185,7 @@ def test_two_mounts_writing_one_path_keep_both_versions_and_show_the_same_one(tm
                 assert len(versions) == 2
             assert a.tree() == b.tree() == lake_tree(lake)
 
-    trio.run(main)
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def test_a_file_being_written_survives_another_mounts_unlink_and_wins(tmp_path):
@@ -205,7 +206,7 @@ def test_a_file_being_written_survives_another_mounts_unlink_and_wins(tmp_path):
             assert await b.read(b"f") == b"new data"
             assert a.tree() == b.tree() == lake_tree(lake)
 
-    trio.run(main)
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def test_a_mount_never_stamps_below_what_it_has_seen(tmp_path):
@@ -223,7 +224,7 @@ def test_a_mount_never_stamps_below_what_it_has_seen(tmp_path):
             await settle([a, b])
             assert await a.read(b"x") == await b.read(b"x") == b"from b, written after it"
 
-    trio.run(main)
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def test_a_mount_started_from_a_snapshot_never_stamps_below_what_it_folds(tmp_path):
@@ -244,7 +245,7 @@ def test_a_mount_started_from_a_snapshot_never_stamps_below_what_it_folds(tmp_pa
         assert not b.mount.replay.events and b.tree().keys() == {b"x"}
         assert b.files.outbox.event_time() > ahead
 
-    trio.run(main)
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def test_a_remount_on_its_cache_dir_catches_up(tmp_path):
@@ -268,7 +269,7 @@ def test_a_remount_on_its_cache_dir_catches_up(tmp_path):
             assert again.files.remote.changed == 1 and again.files.remote.compared <= 2, again.files.remote.compared
             nursery.cancel_scope.cancel()
 
-    trio.run(main)
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 OPERATIONS = st.lists(st.tuples(st.integers(0, 2), st.sampled_from(["write", "unlink", "rename", "mkdir", "link"]),
@@ -304,7 +305,7 @@ def test_three_mounts_converge_on_the_lake_s_tree(tmp_path_factory, operations):
                     if kind == "file":
                         assert stat.S_ISREG(node.files.tree.attributes(node.ino(path)).mode)
 
-    trio.run(main)
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
@@ -347,7 +348,7 @@ def test_mounts_that_snapshot_and_fold_as_they_go_converge_and_a_new_mount_start
             await again.follower.refresh(sweep=True)
             assert again.tree() == expected and again.files.remote.changed == 0
 
-    trio.run(main)
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def test_an_idle_refresh_is_one_list_and_a_sweep_finds_what_the_feed_missed(tmp_path):
@@ -374,7 +375,7 @@ def test_an_idle_refresh_is_one_list_and_a_sweep_finds_what_the_feed_missed(tmp_
             await b.follower.refresh(sweep=True)  # what ckptfs refresh does, and every few minutes
             assert await b.read(b"late") == b"1"
 
-    trio.run(main)
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def test_a_change_held_back_by_an_open_file_applies_once_it_is_closed(tmp_path):
@@ -395,7 +396,7 @@ def test_a_change_held_back_by_an_open_file_applies_once_it_is_closed(tmp_path):
             assert b"f" not in a.tree()
             assert a.tree() == b.tree() == lake_tree(lake)
 
-    trio.run(main)
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def test_a_directory_s_mtime_never_goes_back_and_a_new_mount_shows_it(tmp_path):
@@ -425,7 +426,7 @@ def test_a_directory_s_mtime_never_goes_back_and_a_new_mount_shows_it(tmp_path):
         fresh = Node(mount_on(tmp_path, "fresh", lake))
         assert fresh.files.tree.attributes(fresh.ino(b"d")).mtime_ns == seen[-1]
 
-    trio.run(main)
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def test_a_mount_does_not_reconcile_its_own_published_changes(tmp_path):
@@ -443,4 +444,4 @@ def test_a_mount_does_not_reconcile_its_own_published_changes(tmp_path):
             assert a.files.remote.compared == 0
             assert a.tree() == lake_tree(lake)
 
-    trio.run(main)
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
