@@ -13,12 +13,14 @@ mounts that write one path keep both versions; the later one (by event time, the
 shown everywhere. Event times are hybrid logical clocks (files/outbox.py), so a node whose clock is
 behind still stamps its new changes after everything it has read.
 
-What this costs: events that sort after everything replayed so far (the usual case) extend the
-replay in place, and only the paths they touch (with those above and below them, and the paths left
-alone last time because they were held) are compared. An event that sorts earlier (published
-late) makes the next reconciliation a full one: replay everything, compare everything. Nothing is
-done when idle. Memory: a base tree (a snapshot's, lake/snapshot.py) and the events after it; the
-events placed before a horizon that no late event can reach any more are folded into the base.
+What this costs: events of other mounts that sort after everything replayed so far (the usual case)
+extend the replay in place (lake/replay.py), and only the paths they touch (with those above and
+below them, and the paths left alone last time because they were held) are compared; held paths are
+a PathSet (files/paths.py), asked in O(depth). This mount's own published events join the replay and
+are never compared: the journal's tree made them. An event that sorts earlier (published late) makes
+the next reconciliation a full one: replay everything, compare everything. Nothing is done when idle.
+Memory: a base tree (a snapshot's, lake/snapshot.py) and the events after it; the events placed
+before a horizon that no late event can reach any more are folded into the base.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ class RemoteChanges:
             scope = self._changed_since(json.loads(saved), base_covers or {})
             if scope is not None:
                 self.replay.full_due = False
-                self._scope = self._deferred = scope
+                self._scope, self._deferred = scope, set(scope)
 
     def _changed_since(self, saved: dict, base_covers: dict[str, int]) -> set[bytes] | None:
         """The paths to compare after a restart: those the events read since the journal's last
