@@ -120,8 +120,7 @@ class Handles:
         self.tree.page_cache_version[ino] = inode.version
         if writable and flags & os.O_TRUNC:
             version = await self.lifecycle.writable_version(inode, None, empty=True)
-            self.staging.truncate(version, 0)
-            self.engine.truncated(version, 0)
+            self.lifecycle.truncate_staged(version, 0)
             inode.size = 0
             self.tree.touch(inode)
             handle.touched = True
@@ -152,8 +151,7 @@ class Handles:
         with self.lifecycle.changes.change(inode.ino):
             await self.engine.make_room(len(data), lambda: self.staging.total_bytes)
             version = await self.lifecycle.writable_version(inode, offset)
-            written = self.staging.write(version, data, offset)
-            self.engine.written(version, offset, written)
+            written = self.lifecycle.write_staged(version, data, offset)
         inode.size = max(inode.size, offset + written)
         inode.mtime_ns = inode.ctime_ns = time.time_ns()
         handle.dirty = True
@@ -166,8 +164,7 @@ class Handles:
             raise fail(errno.EISDIR if inode.is_dir else errno.EINVAL)
         with self.lifecycle.changes.change(ino):
             version = await self.lifecycle.writable_version(inode, size or None, empty=size == 0)
-            self.staging.truncate(version, size)
-            self.engine.truncated(version, size)
+            self.lifecycle.truncate_staged(version, size)
         inode.size = size
         self.tree.touch(inode)
         if fh is not None and fh in self.table:

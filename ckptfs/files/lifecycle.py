@@ -98,6 +98,16 @@ class Lifecycle:
             del self._preparing[inode.ino]
             done.set()
 
+    # -- the staging file of a version: every change the engine must know of goes through here --
+    def write_staged(self, version: int, data: bytes, offset: int) -> int:
+        written = self.staging.write(version, data, offset)
+        self.engine.written(version, offset, written)
+        return written
+
+    def truncate_staged(self, version: int, size: int) -> None:
+        self.staging.truncate(version, size)
+        self.engine.truncated(version, size)
+
     def remove_staged(self, version: int) -> None:
         """A version's staging file goes, and with it what the engine did of it early."""
         self.staging.remove(version)
