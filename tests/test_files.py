@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from ckptfs.cache.journal import COMMITTED
+from ckptfs.engine import uploader as uploader_module
 from ckptfs.errors import CkptfsError, FsError
 from ckptfs.files import Caller
 from ckptfs.lake import Lake
@@ -221,3 +222,27 @@ def test_an_outage_of_ten_minutes_loses_nothing_and_writes_never_wait(tmp_path):
                 assert await load(fresh.files, ino) == payload
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_large_files_sealed_at_once_upload_side_by_side_without_stalling(tmp_path, monkeypatch):
+    """More large versions than cores uploading at once: each one's cutting thread waits on its
+    channel while the chunk path catches up. Holding a CPU token meanwhile (as it did) left none for
+    reading and hashing once as many versions as cores were being cut: every upload stopped. A cut
+    batch of one makes the channels fill after a few chunks."""
+    monkeypatch.setattr(uploader_module, "CUT_BATCH", 1)
+    lake = lake_on(MemoryStore())
+    count = 2 * (os.cpu_count() or 1) + 1
+    data = [os.urandom(24 * MIB) for _ in range(count)]
+
+    async def main():
+        mount = mount_on(tmp_path, "only", lake)
+        files = mount.files
+        async with running(mount):
+            for index, payload in enumerate(data):
+                await save(files, b"shard-%d" % index, payload)
+            with trio.fail_after(120):
+                await published(files)
+            for index, payload in enumerate(data):
+                assert await load(files, files.tree.lookup(ROOT, b"shard-%d" % index).ino) == payload
+
+    trio.run(main)

@@ -56,6 +56,10 @@ class Uploader:
         self.progress = Progress()
         self.chunks = ChunkUploads(journal, staging, lake, self.progress, network_threads=network_threads)
         self.network, self.cpu, self.sent = self.chunks.network, self.chunks.cpu, self.chunks.sent
+        # Cutting threads wait on their channel while the chunk path catches up: they must not hold
+        # the chunk path's `cpu` tokens meanwhile, or as many versions as cores cutting at once
+        # leave none for reading and hashing, and every upload stops.
+        self._cutting = trio.CapacityLimiter(max(1, os.cpu_count() or 1))
         self.publisher = Publisher(journal, lake, mount_id, self.progress, self.network, self._record_error,
                                    on_published)
         self._version_workers = version_workers
@@ -187,7 +191,7 @@ class Uploader:
         async def cut() -> None:
             async with send:
                 await trio.to_thread.run_sync(_cut_file_into, send, fd, size, start, self.lake.chunking_profile,
-                                              limiter=self.cpu)
+                                              limiter=self._cutting)
 
         async def upload() -> None:
             nonlocal result
