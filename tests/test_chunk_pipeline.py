@@ -103,3 +103,25 @@ def test_a_staging_file_shorter_than_its_cuts_fails_the_call(tmp_path):
         assert chunks._inflight_chunks == {} and chunks._chunk_slots.value == 8
 
     trio.run(main)
+
+
+def test_more_calls_at_once_than_pack_slots_all_finish(tmp_path):
+    """Six files at once through a chunk path with 2 pack slots and 4 chunk slots: a call that held a
+    pack slot for a pack still being filled while others held the chunk slots it needed stopped
+    every call. Pack slots are now taken only by packs being PUT."""
+    _, _, journal, staging, _ = chunk_path(tmp_path)
+    store = MemoryStore()
+    lake = Lake(store)
+    lake.open(create=True)
+    chunks = ChunkUploads(journal, staging, lake, Progress(), network_threads=2, pack_bytes=3 * MIB,
+                          packs_in_flight=2)
+    staged_files = [staged(staging, version, os.urandom(12 * MIB)) for version in range(1, 7)]
+
+    async def main():
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for version, (fd, cuts) in enumerate(staged_files, start=1):
+                    nursery.start_soon(chunks.upload_chunks, version, fd, cuts)
+
+    trio.run(main)
+    assert chunks._inflight_chunks == {} and chunks._chunk_slots.value == 4 and chunks._pack_slots.value == 2

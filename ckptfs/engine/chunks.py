@@ -5,8 +5,11 @@ call's chunks end. Used by the version workers (engine/uploader.py) and by the r
 file while it is written (engine/prefix.py). Where each chunk went is recorded in the journal's
 known chunks and, for the version's own packs, in `placed`: its manifest names those copies first.
 
-Memory is bounded twice: chunks read but not yet in a pack by `slots`, packs being filled or PUT by
-PACKS_IN_FLIGHT (each up to PACK_BYTES).
+Memory is bounded three times: chunks read but not yet in a pack by `slots`, packs being filled by
+the calls running at once (CALLS_AT_ONCE, one pack each), packs being PUT by PACKS_IN_FLIGHT (each up
+to PACK_BYTES): 384 MiB at most. A pack takes its PUT slot only once it is full: a pack slot held by a
+pack still waiting for chunks, while the chunk slots it waited for were held by calls waiting for a
+pack slot, stopped every upload once more calls ran than there were pack slots.
 
 Journal access happens only on the trio thread; threads do CPU and network work only.
 """
@@ -34,6 +37,7 @@ from ckptfs.lake.packs import Location
 # (docs/DESIGN.md, "Packs").
 PACK_BYTES = 32 << 20
 PACKS_IN_FLIGHT = 8
+CALLS_AT_ONCE = 4  # calls filling packs at once (version uploads and upload-while-writing windows)
 # Chunks below this are packed again even when the lake has them: the ~100-byte record headers of
 # torch.save output (chunker profile 3) are the same in every save, and naming their old copies
 # broke every run of a fresh file's chunks at every record (a 1 GiB restore: 519 GETs, not 37).
@@ -78,7 +82,8 @@ class ChunkUploads:
         self.cpu = trio.CapacityLimiter(max(1, os.cpu_count() or 1))
         self._chunk_slots = trio.Semaphore(network_threads * 2)  # bounds chunk bytes held in memory
         self._inflight_chunks: dict[bytes, trio.Event] = {}  # chunk id -> set once its pack landed or failed
-        self._pack_slots = trio.Semaphore(packs_in_flight)
+        self._calls = trio.CapacityLimiter(CALLS_AT_ONCE)
+        self._pack_slots = trio.Semaphore(packs_in_flight)  # taken by a full pack until its PUT ends
         self._packs_in_flight = packs_in_flight
         self._hashers = 2 * max(1, os.cpu_count() or 1)  # reading, hashing, compressing: threads of `cpu`
         self.pack_bytes = pack_bytes
@@ -96,8 +101,8 @@ class ChunkUploads:
         once (default: shared by all versions).
 
         A pipeline of stages over memory channels: feed (a slot per cut) -> prepare (read, hash,
-        dedup, compress; several at once) -> pack (in file order; a pack slot per pack being filled
-        or PUT) -> put (PACKS_IN_FLIGHT at once). The first failure stops every stage.
+        dedup, compress; several at once) -> pack (in file order; a full pack takes a pack slot)
+        -> put (PACKS_IN_FLIGHT at once, giving the slot back). The first failure stops every stage.
         """
         run = _Upload(version, fd, slots or self._chunk_slots)
         to_prepare_send, to_prepare = trio.open_memory_channel[tuple[int, Cut]](0)
@@ -105,7 +110,7 @@ class ChunkUploads:
         to_pack_send, to_pack = trio.open_memory_channel[tuple[int, _Ready]](math.inf)
         to_put_send, to_put = trio.open_memory_channel[_Pack](0)
         try:
-            async with first_failure_wins() as tasks:
+            async with self._calls, first_failure_wins() as tasks:
                 tasks.start_soon(self._feed, run, cuts, to_prepare_send)
                 async with to_prepare, to_pack_send, to_put:
                     for _ in range(self._hashers):
@@ -148,8 +153,14 @@ class ChunkUploads:
             raise CkptfsError(f"staging file of version {run.version:x} changed under the uploader")
         identifier = await trio.to_thread.run_sync(codec.chunk_id, data, limiter=self.cpu)
         run.entries[index] = (identifier, cut.length)
+        if cut.length < SMALL_CHUNK:
+            # Always packed again next to its neighbours, even while another call packs it too: a
+            # torch.save record header is the same in every save, and naming another upload's copy
+            # broke this file's runs at every record (saves uploaded side by side: 59 GETs, not 10).
+            _, blob = await trio.to_thread.run_sync(codec.encode, data, identifier, limiter=self.cpu)
+            return identifier, cut.length, blob
         # From here to the claim, no await: two calls never both pack one chunk.
-        if cut.length >= SMALL_CHUNK and self.journal.chunk_location(identifier) is not None:
+        if self.journal.chunk_location(identifier) is not None:
             self._deduplicated(run, cut.length)
             return None
         if identifier in self._inflight_chunks:
@@ -172,29 +183,31 @@ class ChunkUploads:
         following = 0  # the index whose chunk goes next
         current: _Pack | None = None
         async with receive, send:
-            try:
-                async for index, item in receive:
-                    waiting[index] = item
-                    while following in waiting:
-                        item = waiting.pop(following)
-                        following += 1
-                        if item is not None:
-                            if current is None:
-                                await self._pack_slots.acquire()
-                                current = _Pack()
-                            current.objects.append(item)
-                            current.size += len(item[2])
-                        run.holding -= 1
-                        run.slots.release()
-                        if current is not None and current.size >= self.pack_bytes:
-                            full, current = current, None
-                            await send.send(full)
-                if current is not None:
-                    last, current = current, None
-                    await send.send(last)
-            finally:
-                if current is not None:
-                    self._pack_slots.release()  # never handed on
+            async for index, item in receive:
+                waiting[index] = item
+                while following in waiting:
+                    item = waiting.pop(following)
+                    following += 1
+                    if item is not None:
+                        current = current or _Pack()
+                        current.objects.append(item)
+                        current.size += len(item[2])
+                    run.holding -= 1
+                    run.slots.release()
+                    if current is not None and current.size >= self.pack_bytes:
+                        full, current = current, None
+                        await self._hand_on(full, send)
+            if current is not None:
+                await self._hand_on(current, send)
+
+    async def _hand_on(self, pack: _Pack, send: trio.MemorySendChannel[_Pack]) -> None:
+        """A pack is complete: take a PUT slot for it (a put task gives it back) and hand it on."""
+        await self._pack_slots.acquire()
+        try:
+            await send.send(pack)
+        except BaseException:
+            self._pack_slots.release()
+            raise
 
     async def _put(self, run: _Upload, receive: trio.MemoryReceiveChannel[_Pack]) -> None:
         async with receive:
