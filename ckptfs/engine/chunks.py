@@ -33,7 +33,7 @@ from ckptfs.lake.chunker import Cut
 from ckptfs.lake.packs import Location
 
 # 32 MiB: 32 PUTs per GiB of new data, under the 64 the lake's budget allows with manifests and
-# segments; 8 in flight fill 8 connections (~85 MB/s each on S3) with 256 MiB of memory at most
+# segments; 8 in flight fill 8 connections (~85 MB/s each on S3) with 256 MiB of packs being PUT
 # (docs/DESIGN.md, "Packs").
 PACK_BYTES = 32 << 20
 PACKS_IN_FLIGHT = 8
