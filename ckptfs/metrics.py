@@ -38,8 +38,14 @@ _COUNTERS = {
 
 
 class StatusCollector(Collector):
-    def __init__(self) -> None:
-        self.snapshot: dict[str, Any] = {}
+    """Serves the newest status the mount's trio thread handed it (the HTTP server's thread must
+    not read the journal itself)."""
+
+    def __init__(self, snapshot: dict[str, Any]) -> None:
+        self.snapshot = snapshot
+
+    def update(self, snapshot: dict[str, Any]) -> None:
+        self.snapshot = snapshot  # one assignment: the server's thread sees the old or the new one
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         snapshot = self.snapshot
@@ -63,12 +69,11 @@ def parse_address(text: str) -> tuple[str, int]:
 async def serve_metrics(address: str, status: Callable[[], dict[str, Any]]) -> None:
     from prometheus_client import start_http_server
 
-    collector = StatusCollector()
-    collector.snapshot = status()
+    collector = StatusCollector(status())
     registry = CollectorRegistry()
     registry.register(collector)
     host, port = parse_address(address)
     start_http_server(port, addr=host, registry=registry)
     while True:
         await trio.sleep(1)
-        collector.snapshot = status()
+        collector.update(status())
