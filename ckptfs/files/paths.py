@@ -40,12 +40,6 @@ class PathSet:
         for path in paths:
             self.add(path)
 
-    def __contains__(self, path: bytes) -> bool:
-        return path in self.members
-
-    def __len__(self) -> int:
-        return len(self.members)
-
     def __iter__(self) -> Iterator[bytes]:
         return iter(self.members)
 
