@@ -445,3 +445,15 @@ def test_a_mount_does_not_reconcile_its_own_published_changes(tmp_path):
             assert a.tree() == lake_tree(lake)
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_path_set_answers_one_of_under_or_above_without_scanning():
+    from ckptfs.files.paths import PathSet, ancestors
+
+    assert list(ancestors(b"a/b/c")) == [b"", b"a", b"a/b"] and list(ancestors(b"")) == []
+    held = PathSet([b"run/step-1/rank-0.distcp", b"run/last"])
+    related = [b"", b"run", b"run/step-1", b"run/step-1/rank-0.distcp", b"run/step-1/rank-0.distcp/x", b"run/last"]
+    unrelated = [b"run/step-2", b"run/step-1/rank-1.distcp", b"other", b"run/lastly", b"ru"]
+    assert all(held.related(path) for path in related)
+    assert not any(held.related(path) for path in unrelated)
+    assert not PathSet().related(b"") and set(held) == {b"run/step-1/rank-0.distcp", b"run/last"}
