@@ -357,18 +357,27 @@ def test_mounts_show_what_the_model_allows(tmp_path_factory, steps):
                 elif kind == "shared":
                     await node.change(op, b"shared/" + path, b"shared/" + other, data, number)
                 elif kind == "sync":
+                    remote, replay = node.files.remote, node.mount.replay
+                    compared, own_before = remote.compared, replay.covered.get(node.name, -1)
+                    newest_other = max((change.order for change in replay.events if change.mount != node.name),
+                                       default=None)
                     await node.sync()
                     synced[index] = len(histories[index]) - 1
-                    remote = node.files.remote
-                    if not remote._deferred:
+                    published_now = [change for change in replay.events
+                                     if change.mount == node.name and change.seq > own_before]
+                    # An own change that sorts before another mount's already replayed (it waited
+                    # in the outbox) rightly makes the next comparison a full one.
+                    late = newest_other is not None and any(change.order < newest_other for change in published_now)
+                    if not remote._deferred and not late:
                         # What it just published is not compared with the lake's replay again.
-                        compared = remote.compared
                         remote.apply([])
                         node.files.commit()
                         assert remote.compared == compared, f"{node.name} compared its own changes"
                 elif kind == "refresh":
                     remote = node.files.remote
-                    idle = not remote._deferred  # nothing left waiting from an earlier refresh
+                    # Nothing left waiting from an earlier refresh, and no full comparison due (an own
+                    # change published late, after another mount's later one was replayed).
+                    idle = not remote._deferred and not node.mount.replay.full_due
                     compared = remote.compared
                     if (await node.mount.following.refresh())["events"] == 0 and idle:
                         # Following costs what other mounts publish: nothing new, nothing compared
