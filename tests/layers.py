@@ -79,3 +79,31 @@ async def load(files: FileSystem, ino: int) -> bytes:
 async def published(files: FileSystem) -> None:
     """Everything queued so far is published in the lake."""
     await files.engine.wait_published(files.journal.outbox_tail())
+
+
+def lake_tree(lake: Lake) -> dict[bytes, tuple[str, object]]:
+    """path -> (kind, manifest or target) of every entry every segment of the log replays to
+    (snapshots are not read)."""
+    namespace = lake.read_namespace(use_snapshot=False)
+    return {path: (entry.kind, entry.manifest if entry.kind == "file" else entry.target)
+            for path, entry in namespace.entries.items() if path}
+
+
+def journal_tree(files: FileSystem) -> dict[bytes, tuple[str, object]]:
+    """path -> (kind, manifest or target) of every entry of a mount's tree, from its journal."""
+    found: dict[bytes, tuple[str, object]] = {}
+    stack = [(b"", ROOT)]
+    while stack:
+        prefix, directory = stack.pop()
+        for name, ino in files.journal.children(directory):
+            path = prefix + name
+            inode = files.journal.inode(ino)
+            if inode.is_dir:
+                found[path] = ("dir", None)
+                stack.append((path + b"/", ino))
+            elif inode.is_symlink:
+                found[path] = ("symlink", inode.target)
+            else:
+                version = files.journal.version(inode.version) if inode.version else None
+                found[path] = ("file", version.manifest if version else None)
+    return found

@@ -18,7 +18,7 @@ from ckptfs.lake import Lake, namespace
 from ckptfs.mount import Mount
 from ckptfs.store import RetryingStore
 from ckptfs.store.memory import MemoryStore
-from tests.layers import mount_on
+from tests.layers import journal_tree, lake_tree, mount_on
 
 ROOT = 1
 ME = Caller(uid=os.getuid(), gid=os.getgid())
@@ -103,22 +103,7 @@ class Node:
 
     def tree(self) -> dict[bytes, tuple[str, object]]:
         """path -> (kind, manifest or target) of every entry, from the journal."""
-        found = {}
-        stack = [(b"", ROOT)]
-        while stack:
-            prefix, directory = stack.pop()
-            for name, ino in self.files.journal.children(directory):
-                path = prefix + name
-                inode = self.files.journal.inode(ino)
-                if inode.is_dir:
-                    found[path] = ("dir", None)
-                    stack.append((path + b"/", ino))
-                elif inode.is_symlink:
-                    found[path] = ("symlink", inode.target)
-                else:
-                    version = self.files.journal.version(inode.version) if inode.version else None
-                    found[path] = ("file", version.manifest if version else None)
-        return found
+        return journal_tree(self.files)
 
 
 @asynccontextmanager
@@ -129,13 +114,6 @@ async def mounts(tmp_path, lake: Lake, count: int, **options):
             await nursery.start(node.mount.run_engine)
         yield nodes
         nursery.cancel_scope.cancel()
-
-
-def lake_tree(lake: Lake) -> dict[bytes, tuple[str, object]]:
-    """The tree every segment of the log replays to (snapshots are not read)."""
-    namespace = lake.read_namespace(use_snapshot=False)
-    return {path: (entry.kind, entry.manifest if entry.kind == "file" else entry.target)
-            for path, entry in namespace.entries.items() if path}
 
 
 async def settle(nodes: list[Node]) -> None:

@@ -36,7 +36,7 @@ from ckptfs.mount import Mount
 from ckptfs.store import RetryingStore
 from ckptfs.store.faults import FaultyStore
 from ckptfs.store.memory import MemoryStore
-from tests.layers import mount_on
+from tests.layers import journal_tree, lake_tree, mount_on
 
 ROOT = 1
 ME = Caller(uid=os.getuid(), gid=os.getgid())
@@ -266,28 +266,6 @@ class Node:
         await self.files.engine.wait_published(self.files.journal.outbox_tail())
 
 
-def lake_tree(lake: Lake) -> dict[bytes, tuple[str, object]]:
-    tree = lake.read_namespace(use_snapshot=False)
-    return {path: (entry.kind, entry.manifest if entry.kind == "file" else entry.target)
-            for path, entry in tree.entries.items() if path}
-
-
-def journal_tree(node: Node) -> dict[bytes, tuple[str, object]]:
-    found, stack = {}, [(b"", ROOT)]
-    journal = node.files.journal
-    while stack:
-        prefix, directory = stack.pop()
-        for name, ino in journal.children(directory):
-            inode = journal.inode(ino)
-            if inode.is_dir:
-                found[prefix + name] = ("dir", None)
-                stack.append((prefix + name + b"/", ino))
-            else:
-                version = journal.version(inode.version) if inode.version else None
-                found[prefix + name] = ("file", version.manifest if version else None)
-    return found
-
-
 # -- the test -----------------------------------------------------------------------------------
 
 DATA = st.one_of(st.binary(min_size=0, max_size=48),
@@ -399,12 +377,12 @@ def test_mounts_show_what_the_model_allows(tmp_path_factory, steps):
             expected = lake_tree(lake)
             times = nodes[0].directory_times()
             for node in nodes:
-                assert journal_tree(node) == expected, node.name
+                assert journal_tree(node.files) == expected, node.name
                 for other in range(MOUNTS):
                     assert await node.view(b"m%d" % other) == models[other].state()
                 assert node.directory_times() == times, f"{node.name}'s directory times"
             fresh = Node(tmp_path, "fresh", lake)
-            assert journal_tree(fresh) == expected
+            assert journal_tree(fresh.files) == expected
             assert fresh.directory_times() == times, "a mount started from the lake"
             nursery.cancel_scope.cancel()
 

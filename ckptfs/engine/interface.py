@@ -7,6 +7,7 @@ return values. Built by the assembly (ckptfs/mount.py) from the engine's parts.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -65,7 +66,7 @@ class Engine:
         Returns whether it awaited (the caller looks at the version again)."""
         return await self._uploader.prefix.before_change(version, offset)
 
-    async def make_room(self, needed: int, staged_bytes: Any) -> None:
+    async def make_room(self, needed: int, staged_bytes: Callable[[], int]) -> None:
         """Backpressure: evict clean data, spill files being written (engine/spill.py), then wait for
         uploads to make more data clean or spilled. `staged_bytes()` is the staging total now.
 

@@ -189,15 +189,22 @@ class RemoteChanges:
                     stack.append((path + b"/", ino))
         return found
 
+    @staticmethod
+    def _in_scope(replay: Namespace, scope: PathSet) -> set[bytes]:
+        """The scope's paths and every entry of the replay under them."""
+        paths = set(scope)
+        for member in scope:
+            paths.update(replay.subtree(member))
+        return paths
+
     def _candidates(self, replay: Namespace, scope: PathSet | None) -> list[bytes]:
         """The replay's entries within the scope (all if None), parents first."""
         if scope is None:
             paths = set(replay.entries)
         else:
-            paths = set()
+            paths = {path for path in self._in_scope(replay, scope) if path in replay.entries}
             for member in scope:
                 paths.update(directory for directory in ancestors(member) if directory in replay.entries)
-                paths.update(replay.subtree(member))
         return sorted(paths, key=lambda p: (p.count(b"/"), p))
 
     # -- bringing the tree in line ------------------------------------------------------------
@@ -225,7 +232,7 @@ class RemoteChanges:
             return True
         return identity not in replay.nodes and self.journal.link_count(inode.ino) <= 1
 
-    def _remove_stale(self, replay: Namespace, actual: dict[bytes, tuple[int, int]], held: set[bytes]) -> None:
+    def _remove_stale(self, replay: Namespace, actual: dict[bytes, tuple[int, int]], held: PathSet) -> None:
         """Remove what the replay does not have (or has as another kind), deepest first."""
         for path in sorted(actual, key=lambda p: -p.count(b"/")):
             parent, ino = actual[path]
@@ -335,12 +342,7 @@ class RemoteChanges:
 
     def _add_history(self, replay: Namespace, scope: PathSet | None) -> None:
         """Every state the lake records for a path is in its history here too (once)."""
-        if scope is None:
-            paths: set[bytes] = set(replay.history)
-        else:
-            paths = set(scope)
-            for member in scope:
-                paths.update(replay.subtree(member))
+        paths = set(replay.history) if scope is None else self._in_scope(replay, scope)
         for path in paths:
             states = replay.history.get(path)
             if not states:
