@@ -19,14 +19,11 @@ from ckptfs.lake.lake import LogView
 log = logging.getLogger(__name__)
 
 
-def rebuild_from_lake(journal: Journal, lake: Lake, view: LogView | None = None, *,
-                      known_chunks: bool = True) -> namespace.Namespace:
-    """Fill an empty journal with the lake's tree and history (`view`: what was read of the lake,
-    read now if not given). Returns the replayed tree. `known_chunks`: also list the lake's chunks
-    now (the daemon does it after mounting: `learn_known_chunks`)."""
-    tree = (view or lake.read_log()).replay()
-    if known_chunks:
-        journal.add_known_chunks(lake.chunk_ids())
+def rebuild_from_lake(journal: Journal, view: LogView) -> namespace.Namespace:
+    """Fill an empty journal with the tree and history of what was read of the lake (`view`).
+    Returns the replayed tree. The lake's chunks are learnt after the mount is ready
+    (daemon.learn_known_chunks)."""
+    tree = view.replay()
     by_manifest: dict[str, int] = {}
 
     def version_for(path: bytes, manifest: str, size: int, mode: int, mtime_ns: int, time_ns: int) -> int:
@@ -95,7 +92,7 @@ def prepare_journal(journal: Journal, staging: Staging, lake: Lake, view: LogVie
     `new_mount_id`, or a random one."""
     mount_id = journal.get_meta("mount_id")
     if mount_id is None:
-        tree = rebuild_from_lake(journal, lake, view, known_chunks=False)
+        tree = rebuild_from_lake(journal, view)
         mount_id = new_mount_id or uuid.uuid4().hex[:16]
         journal.set_meta("mount_id", mount_id)
         journal.commit(durable=True)
