@@ -399,13 +399,15 @@ def fsck_lake(args: argparse.Namespace, output: dict) -> int:
     report = check_lake(Lake(RetryingStore(store, give_up_after=60)), verify_data=args.verify_data)
     output["lake"] = {"segments": report.segments, "versions": report.versions, "manifests": report.manifests,
                       "chunks": report.chunks, "chunk_bytes": report.chunk_bytes, "live_files": report.live_files,
-                      "snapshots": report.snapshots, "packs": report.packs,
+                      "snapshots": report.snapshots, "packs": report.packs, "collected": report.collected,
                       "problems": [vars(p) for p in report.problems]}
     if not args.json:
         print(f"lake {store.url}: {report.live_files} files, {report.versions} versions, {report.manifests} "
               f"manifests, {report.chunks} chunks ({human(report.chunk_bytes)}) in {report.packs} packs, "
               f"{report.segments} log segments, "
-              f"{report.snapshots} snapshots" + ("; chunk data verified" if args.verify_data else ""))
+              f"{report.snapshots} snapshots" + (f"; {report.collected} versions collected by gc"
+                                                  if report.collected else "")
+              + ("; chunk data verified" if args.verify_data else ""))
         for problem in report.problems:
             print(f"{problem.kind}: {problem.key}: {problem.detail}")
         print("ok" if report.ok else f"{len(report.problems)} problem(s)")

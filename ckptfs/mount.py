@@ -16,6 +16,7 @@ lake-level object below both.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,9 @@ class Settings:
     staging_budget: int | None = None  # bytes of staging files; None: no evictor, no backpressure
     refresh_interval: float = 5.0  # seconds between reads of what other mounts published; 0: on demand
     snapshot_segments: int = SNAPSHOT_SEGMENTS
+    # The wall clock that garbage collection's leases compare with the lake's marks (engine/leases.py);
+    # tests of GC pass a clock they move.
+    clock: Callable[[], int] = time.time_ns
 
 
 async def _kernel_forgets_nothing(stale: Invalidations) -> None:
@@ -158,7 +162,8 @@ def assemble(lake: Lake, journal: Journal, staging: Staging, chunks: ChunkCache,
         evictor = Evictor(journal, staging, settings.staging_budget, forget=spill.forget)
     uploader = Uploader(journal, staging, lake, mount_id, round_bytes=settings.upload_round_bytes, spill=spill,
                         on_committed=evictor.committed if evictor is not None else lambda version: None,
-                        on_published=replay.add_own)
+                        on_uncommitted=evictor.uncommitted if evictor is not None else lambda version: None,
+                        on_published=replay.add_own, clock=settings.clock)
     engine = Engine(uploader, fetcher, evictor=evictor, spill=spill)
     files = FileSystem(journal, staging, engine, replay, mount_id=mount_id, durability=settings.durability)
     follower = Follower(lake, mount_id, replay)

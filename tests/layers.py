@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import trio
@@ -20,7 +20,7 @@ from ckptfs.mount import Mount, Settings, assemble
 
 
 def mount_on(tmp_path, name: str, lake: Lake, *, staging_limit: int | None = None, snapshot_every: int = 1000,
-             durability: str = "local") -> Mount:
+             durability: str = "local", clock: Callable[[], int] = time.time_ns) -> Mount:
     """A mount with its cache dir `tmp_path/name` (rebuilt from the lake if new, repaired as after a
     crash if not), uploads at seal only, following on demand, and a staging budget if
     `staging_limit` is given. Start its engine in the test's nursery (`await
@@ -34,7 +34,7 @@ def mount_on(tmp_path, name: str, lake: Lake, *, staging_limit: int | None = Non
     # What the daemon does: rebuild a new cache dir from the lake, repair an existing one.
     name, replayed = prepare_journal(journal, staging, lake, view, new_mount_id=name)
     settings = Settings(durability=durability, staging_budget=staging_limit, refresh_interval=0,
-                        snapshot_segments=snapshot_every)
+                        snapshot_segments=snapshot_every, clock=clock)
     mount = assemble(lake, journal, staging, ChunkCache(str(cache / "chunks"), 1 << 30),
                      mount_id=name, settings=settings)
     mount.files.remote.start_from(view.base, view.events, view.cursors, view.horizon_ns, replayed=replayed,
@@ -58,8 +58,14 @@ async def running(mount: Mount) -> AsyncIterator[trio.Nursery]:
 
 
 async def save(files: FileSystem, name: bytes, data: bytes, block: int = 1 << 20) -> int:
-    """Create `name` in the root, write `data` a block at a time, close it; returns its inode."""
-    opened, attributes = files.handles.create(ROOT, name, 0o644, os.O_WRONLY, ME)
+    """Create `name` in the root (or truncate it), write `data` a block at a time, close it;
+    returns its inode."""
+    existing = files.journal.lookup(ROOT, name)
+    if existing is None:
+        opened, attributes = files.handles.create(ROOT, name, 0o644, os.O_WRONLY, ME)
+    else:
+        opened = await files.handles.open(existing, os.O_WRONLY | os.O_TRUNC)
+        attributes = files.tree.lookup(ROOT, name)
     for offset in range(0, len(data), block):
         assert await files.handles.write(opened.fh, offset, data[offset:offset + block]) == len(
             data[offset:offset + block])

@@ -478,9 +478,24 @@ class Journal:
         self.add_chunk_locations((chunk, manifest.location(index)) for index, (chunk, _) in enumerate(manifest.chunks))
 
     def add_chunk_locations(self, located: Iterable[tuple[bytes, Location]]) -> None:
-        """Chunks the lake holds and where (a location learnt later replaces a loose one: the copy
-        in a pack reads with its neighbours)."""
+        """Chunks the lake holds and where. A location learnt later replaces the one known, unless it
+        is loose and the known one is in a pack (which reads with its neighbours): the newest copy is
+        the one garbage collection is least likely to have marked (engine/leases.py)."""
         self.db.executemany(
             "INSERT INTO known_chunks(id, pack, offset, stored) VALUES (?,?,?,?) ON CONFLICT(id) DO UPDATE "
-            "SET pack=excluded.pack, offset=excluded.offset, stored=excluded.stored WHERE known_chunks.pack IS NULL",
+            "SET pack=excluded.pack, offset=excluded.offset, stored=excluded.stored "
+            "WHERE excluded.pack IS NOT NULL OR known_chunks.pack IS NULL",
             ((identifier, where.pack or None, where.offset, where.stored) for identifier, where in located))
+
+    def forget_objects(self, keys: Iterable[str]) -> None:
+        """Forget chunk locations in lake objects garbage collection has deleted (or will)."""
+        for key in keys:
+            name = key.rsplit("/", 1)[-1]
+            try:
+                identifier = bytes.fromhex(name)
+            except ValueError:
+                continue
+            if key.startswith("packs/"):
+                self.db.execute("DELETE FROM known_chunks WHERE pack=?", (identifier,))
+            elif key.startswith("chunks/"):
+                self.db.execute("DELETE FROM known_chunks WHERE id=? AND pack IS NULL", (identifier,))

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -30,7 +31,7 @@ from ckptfs.engine.tasks import first_failure_wins
 from ckptfs.errors import CkptfsError
 from ckptfs.lake import Lake, codec, packs
 from ckptfs.lake.chunker import Cut
-from ckptfs.lake.packs import Location
+from ckptfs.lake.packs import Location, object_key
 
 # 32 MiB: 32 PUTs per GiB of new data, under the 64 the lake's budget allows with manifests and
 # segments; 8 in flight fill 8 connections (~85 MB/s each on S3) with 256 MiB of packs being PUT
@@ -73,8 +74,12 @@ _Ready = tuple[bytes, int, bytes] | None
 class ChunkUploads:
     def __init__(self, journal: Journal, staging: Staging, lake: Lake, progress: Progress, *,
                  network_threads: int = 16, pack_bytes: int = PACK_BYTES,
-                 packs_in_flight: int = PACKS_IN_FLIGHT) -> None:
+                 packs_in_flight: int = PACKS_IN_FLIGHT, clock: Callable[[], int] = time.time_ns) -> None:
         self.journal = journal
+        self.clock = clock
+        # Objects garbage collection has marked or deleted (engine/leases.py): never deduped against.
+        self.avoid: set[str] = set()
+        self.written: dict[str, int] = {}  # pack key -> when this mount PUT it (the leases vouch for it)
         self.staging = staging
         self.lake = lake
         self.progress = progress
@@ -126,7 +131,7 @@ class ChunkUploads:
         for identifier in run.elsewhere:
             while identifier in self._inflight_chunks:
                 await self._inflight_chunks[identifier].wait()
-            if self.journal.chunk_location(identifier) is None:
+            if self.known(identifier) is None:
                 raise CkptfsError(f"chunk {identifier.hex()} of version {version:x}: the upload packing it failed")
         return [run.entries[number] for number in range(run.count)], run.new_bytes, run.stored_bytes
 
@@ -160,7 +165,7 @@ class ChunkUploads:
             _, blob = await trio.to_thread.run_sync(codec.encode, data, identifier, limiter=self.cpu)
             return identifier, cut.length, blob
         # From here to the claim, no await: two calls never both pack one chunk.
-        if self.journal.chunk_location(identifier) is not None:
+        if self.known(identifier) is not None:
             self._deduplicated(run, cut.length)
             return None
         if identifier in self._inflight_chunks:
@@ -171,6 +176,13 @@ class ChunkUploads:
         run.claimed.add(identifier)
         _, blob = await trio.to_thread.run_sync(codec.encode, data, identifier, limiter=self.cpu)
         return identifier, cut.length, blob
+
+    def known(self, identifier: bytes) -> Location | None:
+        """Where the lake holds a chunk, unless that object is one garbage collection marked."""
+        where = self.journal.chunk_location(identifier)
+        if where is None or self.avoid and object_key(identifier, where) in self.avoid:
+            return None
+        return where
 
     def _deduplicated(self, run: _Upload, length: int) -> None:
         self.journal.add_counter("dedup_bytes", length)
@@ -221,6 +233,7 @@ class ChunkUploads:
                         limiter=self.cpu)
                     pack.objects = []  # the objects are in `data` now: hold them once
                     await trio.to_thread.run_sync(self.lake.put_pack, pack_id, data, limiter=self.network)
+                    self.written[packs.pack_key(pack_id)] = self.clock()
                     self.journal.add_chunk_locations(zip(identifiers, locations, strict=True))
                     self.placed.setdefault(run.version, {}).update(zip(identifiers, locations, strict=True))
                     self.journal.add_counter("packs", 1)

@@ -43,6 +43,10 @@ class Evictor:
         self.clean[version] = None
         self.clean.move_to_end(version)
 
+    def uncommitted(self, version: int) -> None:
+        """A committed version must be uploaded again (engine/leases.py): its staging file is dirty."""
+        self.clean.pop(version, None)
+
     def touch(self, version: int) -> None:
         if version in self.clean:
             self.clean.move_to_end(version)

@@ -9,7 +9,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -33,7 +33,7 @@ class Publisher:
     def __init__(self, journal: Journal, lake: Lake, mount_id: str, progress: Progress, network: trio.CapacityLimiter,
                  on_error: Callable[[str], None],
                  on_published: Callable[[int, list[dict], int], None] = lambda seq, events, published_ns: None,
-                 ) -> None:
+                 recheck: Callable[[list[int]], Awaitable[bool]] | None = None) -> None:
         self.journal = journal
         self.lake = lake
         self.mount_id = mount_id
@@ -44,6 +44,9 @@ class Publisher:
         # follower's replay has this mount's events in their place from that moment, with no window
         # where they are neither pending here nor known to have been published (files/remote.py).
         self.on_published = on_published
+        # Asked before a new batch is chosen whether its versions may be published (GC's writer rule,
+        # engine/leases.py); False: not yet.
+        self.recheck = recheck
         self._hurry_upto = -1  # outbox seqs up to this one are waited for
         self._wake = trio.Event()  # set when an event is queued or committed, or a wait begins
 
@@ -117,6 +120,8 @@ class Publisher:
                         break
                 rows.append(row)
             if not rows:
+                return False
+            if self.recheck is not None and not await self.recheck([row[2] for row in rows if row[2] is not None]):
                 return False
             seq, upto = int(self.journal.get_meta("next_segment") or 0), rows[-1][0]
             published_ns = self._publication_time(rows)

@@ -23,6 +23,7 @@ import trio
 from ckptfs.cache.journal import COMMITTED, SEALED, Journal, Version
 from ckptfs.cache.staging import Staging
 from ckptfs.engine.chunks import ChunkUploads
+from ckptfs.engine.leases import Leases, StaleLocations
 from ckptfs.engine.prefix import DEFAULT_ROUND_BYTES, PrefixUploads
 from ckptfs.engine.progress import Progress
 from ckptfs.engine.publisher import Publisher
@@ -47,21 +48,25 @@ class Uploader:
                  network_threads: int = 16, version_workers: int = VERSION_WORKERS,
                  round_bytes: int = DEFAULT_ROUND_BYTES, spill: Spill | None = None,
                  on_committed: Callable[[int], None] = lambda version: None,
+                 on_uncommitted: Callable[[int], None] = lambda version: None,
                  on_published: Callable[[int, list[dict], int], None] = lambda seq, events, published_ns: None,
-                 ) -> None:
+                 clock: Callable[[], int] = time.time_ns) -> None:
         self.journal = journal
         self.staging = staging
         self.lake = lake
         self.mount_id = mount_id
         self.progress = Progress()
-        self.chunks = ChunkUploads(journal, staging, lake, self.progress, network_threads=network_threads)
+        self.chunks = ChunkUploads(journal, staging, lake, self.progress, network_threads=network_threads,
+                                   clock=clock)
         self.network, self.cpu, self.sent = self.chunks.network, self.chunks.cpu, self.chunks.sent
+        self.leases = Leases(lake, self.network, clock=clock)
+        self.manifest_written: dict[int, int] = {}  # version -> when its manifest was PUT
         # Cutting threads wait on their channel while the chunk path catches up: they must not hold
         # the chunk path's `cpu` tokens meanwhile, or as many versions as cores cutting at once
         # leave none for reading and hashing, and every upload stops.
         self._cutting = trio.CapacityLimiter(max(1, os.cpu_count() or 1))
         self.publisher = Publisher(journal, lake, mount_id, self.progress, self.network, self._record_error,
-                                   on_published)
+                                   on_published, recheck=self._recheck)
         self._version_workers = version_workers
         # Sealed versions to upload, in seal order; every worker takes from it. (A wake-up Event
         # replaced by each worker that went to sleep woke only the last one: uploads ran one at a
@@ -72,6 +77,7 @@ class Uploader:
         self.last_error: str | None = None
         self.last_error_time: float | None = None
         self.on_committed = on_committed  # the evictor learns of clean data here
+        self.on_uncommitted = on_uncommitted  # ... and that it is dirty again (_recheck)
         self.prefix = PrefixUploads(self.chunks, round_bytes, spill)
 
     # -- queueing and waiting -----------------------------------------------------------------
@@ -116,6 +122,10 @@ class Uploader:
         async for version in queue:
             try:
                 await self._upload_version(version)
+            except StaleLocations as error:
+                log.info("%s", error)
+                self._queue_send.send_nowait(version)  # at once: its dedup now skips those objects
+                continue
             except Exception as error:  # noqa: BLE001 - a worker must survive anything; staged data stays
                 if not isinstance(error, (StoreError, OSError, CkptfsError)):
                     log.exception("unexpected failure uploading version %x", version)
@@ -165,14 +175,18 @@ class Uploader:
         locations = []
         placed = self.chunks.placed.pop(identifier, {})
         for chunk, _ in entries:  # every chunk is in the lake by now, and the journal knows where
-            where = placed.get(chunk) or self.journal.chunk_location(chunk)
+            where = placed.get(chunk) or self.chunks.known(chunk)
             if where is None:
                 raise CkptfsError(f"version {identifier:x}: no location known for chunk {chunk.hex()}")
             locations.append(where)
         manifest = Manifest(path=version.path or b"", size=version.size, mode=version.mode,
                             mtime_ns=version.mtime_ns, mount=self.mount_id, time_ns=version.sealed_ns or 0,
                             chunks=entries, inline=inline, locations=locations)
+        await self._check_leases(identifier, manifest.object_keys())
         manifest_id = await trio.to_thread.run_sync(self.lake.put_manifest, manifest, limiter=self.network)
+        written = self.leases.clock()
+        self.leases.vouch(manifest.object_keys(), written)
+        self.manifest_written[identifier] = written
         self.journal.update_version(identifier, state=COMMITTED, manifest=manifest_id, stored_bytes=stored_bytes)
         self.journal.add_counter("versions_committed", 1)
         self.journal.add_counter("logical_bytes", version.size)
@@ -181,6 +195,52 @@ class Uploader:
         self.journal.commit(durable=True)
         self.on_committed(identifier)
         log.info("committed version %x (%s, %d bytes, %d new)", identifier, version.path, version.size, new_bytes)
+
+    async def _check_leases(self, identifier: int, keys: set[str]) -> None:
+        """Garbage collection's writer rule (engine/leases.py): a manifest names only objects that
+        will still be there. Chunks in one that is not are uploaded again, by the retry."""
+        for key in keys & self.chunks.written.keys():
+            self.leases.vouch([key], self.chunks.written[key])
+        bad = await self.leases.unsafe(keys)
+        if not bad:
+            return
+        self.chunks.avoid |= bad
+        self.journal.forget_objects(bad - self.leases.marked.keys())
+        self.journal.commit()
+        raise StaleLocations(f"version {identifier:x}: {len(bad)} lake objects its chunks were deduplicated "
+                             "against are marked or deleted by garbage collection; uploading those chunks again")
+
+    async def _recheck(self, versions: list[int]) -> bool:
+        """Before publishing: a version whose manifest was written more than half a grace ago (or
+        before a restart) is checked again, since GC may have marked what it names meanwhile. One
+        that fails is uploaded again from its staging file; False: the batch must wait for it."""
+        now = self.leases.clock()
+        ready = True
+        for identifier in versions:
+            if now - self.manifest_written.get(identifier, 0) <= self.lake.grace_ns // 2:
+                continue
+            version = self.journal.version(identifier)
+            if version is None or version.manifest is None:
+                continue
+            manifest = await trio.to_thread.run_sync(self.lake.get_manifest, version.manifest, limiter=self.network)
+            bad = await self.leases.unsafe(manifest.object_keys())
+            if not bad:
+                self.manifest_written[identifier] = now
+                continue
+            if not version.staged or self.staging.holes.get(identifier):
+                log.error("version %x (%s) waited to be published until GC marked %d objects it names, and its "
+                          "data is no longer staged: publishing it as it is", identifier, version.path, len(bad))
+                continue
+            log.warning("version %x (%s) waited to be published until GC marked %d objects it names: "
+                        "uploading it again", identifier, version.path, len(bad))
+            self.chunks.avoid |= bad
+            self.journal.forget_objects(bad - self.leases.marked.keys())
+            self.journal.update_version(identifier, state=SEALED, manifest=None)
+            self.journal.commit()
+            self.on_uncommitted(identifier)
+            self.submit(identifier)
+            ready = False
+        return ready
 
     async def _cut_and_upload(self, version: int, fd: int, size: int, start: int,
                               ) -> tuple[list[tuple[bytes, int]], int, int]:

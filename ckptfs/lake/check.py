@@ -1,7 +1,8 @@
 """The lake checker behind `ckptfs fsck`: reads the lake directly, mounts nothing, changes nothing.
 
 Every log segment must parse and every event in it be valid (`events.parse`); every version any
-history state names (live or not) must have a manifest that parses and matches its id; every chunk
+history state names (live or not) must have a manifest that parses and matches its id, unless
+garbage collection recorded that it collected it (`gc/collected/`: counted, not a problem); every chunk
 a manifest names must exist (as a loose object, or in the pack it names), and with `verify_data`
 must decode and hash to its id, read with one ranged GET per run of a pack as a restore would. Every namespace
 snapshot must read, and the newest, with the segments after it, must replay to the same tree and
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from ckptfs.errors import CorruptObjectError
 from ckptfs.lake import codec, namespace, packs
 from ckptfs.lake.events import InvalidEvent
+from ckptfs.lake.gc import read_collected
 from ckptfs.lake.lake import Lake
 from ckptfs.lake.manifest import manifest_key
 from ckptfs.lake.packs import Location
@@ -41,6 +43,7 @@ class Report:
     packs: int = 0
     live_files: int = 0
     snapshots: int = 0
+    collected: int = 0  # versions whose manifest garbage collection deleted, as retention allowed
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -58,11 +61,15 @@ def check_lake(lake: Lake, *, verify_data: bool = False) -> Report:
     report.live_files = sum(1 for entry in tree.entries.values() if entry.kind == "file")
     _check_snapshots(lake, tree, report)
     manifests: dict[str, bytes] = {}
+    collected = read_collected(lake.store)
     for path, states in tree.history.items():
         for state in states:
             if state.manifest is not None:
                 report.versions += 1
-                manifests.setdefault(state.manifest, path)
+                if state.manifest in collected:
+                    report.collected += 1
+                else:
+                    manifests.setdefault(state.manifest, path)
     loose = {key.rsplit("/", 1)[-1] for key in lake.store.list("chunks/")}
     present_packs = set(lake.pack_ids())
     counted: set[bytes] = set()

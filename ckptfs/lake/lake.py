@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptfs.errors import CorruptObjectError
-from ckptfs.lake import chunker, codec, events, manifest, namespace, packs, snapshot
+from ckptfs.lake import chunker, codec, events, manifest, namespace, packs, retention, snapshot
 from ckptfs.lake.packs import LOOSE, Location
 from ckptfs.store import ObjectNotFound, ObjectStore, PreconditionFailed
 
@@ -43,6 +43,10 @@ READABLE_VERSIONS = (1, 2, 3, 4)
 # every mount must place events alike, so they live in the descriptor; these are the defaults.
 LATE_PUBLISH_S = 600
 MAX_CLOCK_SKEW_S = 300
+# How long garbage collection waits between marking an object and deleting it, and how young an
+# object must be for it to be protected unread (docs/DESIGN.md, "Garbage collection"). Lake-wide:
+# every writer's lease is a quarter of it. The floor keeps a writer's lease above the clock skew.
+GC_GRACE_S = 86400
 
 
 @dataclass
@@ -64,12 +68,19 @@ class LogView:
         return tree
 
 
+def gc_grace_floor_s(skew_s: int) -> int:
+    """The shortest grace that keeps writers safe: their lease (a quarter of it) must exceed twice the
+    clock skew, which garbage collection's deadlines allow for on both sides."""
+    return max(2, 8 * skew_s)
+
+
 class Lake:
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
         self.chunking_profile = chunker.PROFILE  # the lake's own, once open() has read its descriptor
         self.late_ns = LATE_PUBLISH_S * 10**9
         self.skew_ns = MAX_CLOCK_SKEW_S * 10**9
+        self.grace_ns = GC_GRACE_S * 10**9
 
     # -- descriptor ---------------------------------------------------------------------------
     def open(self, *, create: bool = True) -> dict[str, Any]:
@@ -108,6 +119,12 @@ class Lake:
                                          "number of seconds up to a week")
         self.late_ns = descriptor.get("late_publish_s", LATE_PUBLISH_S) * 10**9
         self.skew_ns = descriptor.get("max_clock_skew_s", MAX_CLOCK_SKEW_S) * 10**9
+        grace = descriptor.get("gc_grace_s", GC_GRACE_S)
+        floor = gc_grace_floor_s(self.skew_ns // 10**9)
+        if type(grace) is not int or not floor <= grace <= 365 * 86400:
+            raise CorruptObjectError(f"{self.store.url}{DESCRIPTOR_KEY}: gc_grace_s {grace!r:.40} is not a number "
+                                     f"of seconds from {floor} (8 x max_clock_skew_s, at least 2) to a year")
+        self.grace_ns = grace * 10**9
         if create and version < FORMAT_VERSION:
             # A mount writes events of the current format: older readers must refuse the lake with
             # a clear message rather than skip those events. The upgraded descriptor is the same
@@ -330,6 +347,28 @@ class Lake:
         key = snapshot.key(value.horizon_ns, mount, value.segments)
         self.store.put(key, snapshot.encode(value))
         return key
+
+    # -- retention policies -------------------------------------------------------------------
+    def retention_policies(self) -> dict[bytes, retention.Policy]:
+        """Every prefix's policy (one LIST, a GET each). A damaged policy stops the caller: GC
+        must not run on a guess."""
+        policies = {}
+        for key in self.store.list(retention.PREFIX):
+            try:
+                path, policy, _ = retention.decode_policy(self.store.get(key), key)
+            except ObjectNotFound:
+                continue
+            policies[path] = policy
+        return policies
+
+    def set_retention(self, path: bytes, policy: retention.Policy) -> None:
+        self.store.put(retention.policy_key(path), retention.encode_policy(path, policy, time.time_ns()))
+
+    def clear_retention(self, path: bytes) -> bool:
+        key = retention.policy_key(path)
+        existed = self.store.size(key) is not None
+        self.store.delete(key)
+        return existed
 
     # -- mounts -------------------------------------------------------------------------------
     def register_mount(self, mount: str) -> None:

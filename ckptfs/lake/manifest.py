@@ -20,7 +20,7 @@ import xxhash
 
 from ckptfs.errors import CorruptObjectError
 from ckptfs.lake.codec import HEADER_SIZE, MAX_CHUNK
-from ckptfs.lake.packs import LOOSE, Location
+from ckptfs.lake.packs import LOOSE, Location, object_key
 
 MAGIC = b"CKPM"
 FORMAT = 2
@@ -60,6 +60,10 @@ class Manifest:
 
     def location(self, index: int) -> Location:
         return self.locations[index] if self.locations else LOOSE
+
+    def object_keys(self) -> set[str]:
+        """The lake objects holding this version's chunks: its packs, and loose chunk objects."""
+        return {object_key(chunk, self.location(index)) for index, (chunk, _) in enumerate(self.chunks)}
 
     def offsets(self) -> list[int]:
         """Start offset of every chunk, for bisecting a read offset."""

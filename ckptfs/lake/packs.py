@@ -63,6 +63,11 @@ def pack_key(pack: bytes) -> str:
     return f"{PREFIX}{text[:3]}/{text}"
 
 
+def object_key(chunk: bytes, where: Location) -> str:
+    """The lake object holding a chunk at `where`: its pack, or the loose chunk object."""
+    return codec.chunk_key(chunk) if where.loose else pack_key(where.pack)
+
+
 def parse_pack_key(key: str) -> bytes | None:
     name = key.rsplit("/", 1)[-1]
     try:

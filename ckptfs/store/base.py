@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TypeVar
 
 from ckptfs.errors import CkptfsError
@@ -43,6 +44,13 @@ class PreconditionFailed(StoreError):
     """A conditional write lost: the key already exists (If-None-Match: *)."""
 
 
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified_ns: int
+
+
 class ObjectStore(abc.ABC):
     """Synchronous, thread-safe access to one prefix of an object store."""
 
@@ -63,6 +71,12 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def list(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
         """Yield the keys that start with `prefix`, in lexicographic order, after `start_after`."""
+
+    @abc.abstractmethod
+    def list_stat(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Yield every object under `prefix` with its size and last-modified time, in key order
+        (one LIST, as `list`; the time is the store's clock, which garbage collection compares with
+        its own within the lake's `max_clock_skew_s`)."""
 
     @abc.abstractmethod
     def delete(self, key: str) -> None:
@@ -145,6 +159,9 @@ class RetryingStore(ObjectStore):
     def list(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
         # Listing pages lazily would retry mid-iteration; listings here are small enough to collect.
         return iter(self._retry(f"LIST {prefix}", lambda: list(self.inner.list(prefix, start_after))))
+
+    def list_stat(self, prefix: str) -> Iterator[ObjectInfo]:
+        return iter(self._retry(f"LIST {prefix}", lambda: list(self.inner.list_stat(prefix))))
 
     def delete(self, key: str) -> None:
         self._retry(f"DELETE {key}", lambda: self.inner.delete(key))

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ckptfs.store.base import ObjectStore, PermanentStoreError, TemporaryStoreError
+from ckptfs.store.base import ObjectInfo, ObjectStore, PermanentStoreError, TemporaryStoreError
 
 
 @dataclass
@@ -74,6 +74,9 @@ class FaultyStore(ObjectStore):
 
     def list(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
         return iter(self._call("list", prefix, lambda: list(self.inner.list(prefix, start_after))))
+
+    def list_stat(self, prefix: str) -> Iterator[ObjectInfo]:
+        return iter(self._call("list", prefix, lambda: list(self.inner.list_stat(prefix))))
 
     def delete(self, key: str) -> None:
         self._call("delete", key, lambda: self.inner.delete(key))

@@ -11,7 +11,7 @@ import os
 import uuid
 from collections.abc import Iterator
 
-from ckptfs.store.base import ObjectNotFound, ObjectStore, PermanentStoreError, PreconditionFailed
+from ckptfs.store.base import ObjectInfo, ObjectNotFound, ObjectStore, PermanentStoreError, PreconditionFailed
 
 
 class LocalDirStore(ObjectStore):
@@ -88,6 +88,14 @@ class LocalDirStore(ObjectStore):
         for key in keys:
             if start_after is None or key > start_after:
                 yield key
+
+    def list_stat(self, prefix: str) -> Iterator[ObjectInfo]:
+        for key in self.list(prefix):
+            try:
+                status = os.stat(self._path(key))
+            except FileNotFoundError:
+                continue
+            yield ObjectInfo(key, status.st_size, status.st_mtime_ns)
 
     def delete(self, key: str) -> None:
         try:

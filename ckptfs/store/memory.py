@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
-from ckptfs.store.base import ObjectNotFound, ObjectStore, PreconditionFailed
+from ckptfs.store.base import ObjectInfo, ObjectNotFound, ObjectStore, PreconditionFailed
 
 
 class MemoryStore(ObjectStore):
-    def __init__(self, name: str = "memory") -> None:
+    def __init__(self, name: str = "memory", *, clock: Callable[[], int] = time.time_ns) -> None:
         self.url = f"memory://{name}/"
+        self.clock = clock  # last-modified times (tests of garbage collection set it)
+        self._modified: dict[str, int] = {}
         self._objects: dict[str, bytes] = {}
         self._keys: list[str] = []  # sorted, for list()
         self._lock = threading.Lock()
@@ -26,6 +29,7 @@ class MemoryStore(ObjectStore):
             else:
                 bisect.insort(self._keys, key)
             self._objects[key] = bytes(data)
+            self._modified[key] = self.clock()
 
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         with self._lock:
@@ -38,6 +42,12 @@ class MemoryStore(ObjectStore):
         with self._lock:
             data = self._objects.get(key)
         return None if data is None else len(data)
+
+    def list_stat(self, prefix: str) -> Iterator[ObjectInfo]:
+        keys = list(self.list(prefix))
+        with self._lock:
+            return iter([ObjectInfo(key, len(self._objects[key]), self._modified[key])
+                         for key in keys if key in self._objects])
 
     def list(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
         with self._lock:
@@ -56,6 +66,7 @@ class MemoryStore(ObjectStore):
         with self._lock:
             if self._objects.pop(key, None) is not None:
                 self._keys.remove(key)
+                del self._modified[key]
 
     def check_access(self) -> None:
         pass

@@ -15,6 +15,7 @@ import botocore.config
 import botocore.exceptions
 
 from ckptfs.store.base import (
+    ObjectInfo,
     ObjectNotFound,
     ObjectStore,
     PermanentStoreError,
@@ -127,6 +128,17 @@ class S3Store(ObjectStore):
             for page in self.client.get_paginator("list_objects_v2").paginate(**arguments):
                 for item in page.get("Contents", []):
                     yield item["Key"][len(self.prefix):]
+        except Exception as error:  # noqa: BLE001
+            raise classify(error, f"LIST {prefix}") from None
+
+    def list_stat(self, prefix: str) -> Iterator[ObjectInfo]:
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                              Prefix=self._key(prefix)):
+                for item in page.get("Contents", []):
+                    modified = item["LastModified"]
+                    yield ObjectInfo(item["Key"][len(self.prefix):], item["Size"],
+                                     int(modified.timestamp()) * 1_000_000_000 + modified.microsecond * 1000)
         except Exception as error:  # noqa: BLE001
             raise classify(error, f"LIST {prefix}") from None
 

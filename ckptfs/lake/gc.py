@@ -1,0 +1,328 @@
+"""Garbage collection: mark, wait a grace period, sweep. No lock that a save waits for.
+
+One run (`ckptfs gc`, docs/DESIGN.md "Garbage collection"):
+
+1. Take the cut-off time `start` before reading anything (a cut-off taken after a long scan would
+   call objects written during the scan old).
+2. Replay the lake's history and judge every version by the retention policies, tags and holds
+   (lake/retention.py): the manifests of kept versions are live, and so is every manifest written
+   less than a grace ago (it may belong to a version a mount has not published yet).
+3. Read every live manifest (streamed, in parallel; only the object keys it names are kept): the
+   packs and loose chunks they name are live, and so is every object written less than a grace ago.
+4. Everything else is a candidate. A candidate that an earlier run already marked at least a grace
+   ago is deleted now; the others are marked, with the time they were first marked.
+5. The new marks object (`gc/marks/`) is written before anything is deleted, and lists what is
+   deleted as tombstones, kept for two graces: a writer reads the newest marks object and never
+   names a marked or deleted object (engine/leases.py), and names an object it has not checked
+   within its lease only after a HEAD. Then the manifests and objects are deleted, then older marks.
+
+So a deletion always has two scans a grace apart that found the object unreferenced, and a writer
+that dedups against it either published its manifest before the second scan (which then sees it)
+or sees the mark first. Marking is the soft delete: until the sweep after the grace, a policy
+change or a tag brings the data back. Only one run at a time holds `gc/lock` (a run refreshes it
+every minute; one not refreshed for 10 minutes is taken over); mounts never look at it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import secrets
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ckptfs.errors import CkptfsError
+from ckptfs.lake import keeps
+from ckptfs.lake.lake import Lake
+from ckptfs.lake.retention import Retention
+from ckptfs.store import ObjectNotFound, ObjectStore, PreconditionFailed
+
+MARKS = "gc/marks/"
+COLLECTED = "gc/collected/"
+LOCK = "gc/lock"
+LOCK_REFRESH_NS = 60 * 10**9
+LOCK_STALE_NS = 10 * 60 * 10**9
+STANDARD_GB_MONTH = 0.023  # S3 Standard, first 50 TB, us-east-1
+_DATA_PREFIXES = ("packs/", "chunks/")
+
+
+class GcBusy(CkptfsError):
+    """Another garbage collection holds the lake's gc lock."""
+
+
+@dataclass
+class Marks:
+    run_ns: int
+    marked: dict[str, int] = field(default_factory=dict)  # key -> when first marked
+    deleted: dict[str, int] = field(default_factory=dict)  # key -> when deleted (tombstones)
+
+
+def marks_key(run_ns: int, run: str) -> str:
+    return f"{MARKS}{run_ns:016x}-{run}"
+
+
+def encode_marks(marks: Marks) -> bytes:
+    return json.dumps({"format": 1, "run_ns": marks.run_ns, "marked": marks.marked,
+                       "deleted": marks.deleted}).encode()
+
+
+def read_marks(store: ObjectStore) -> tuple[str, Marks] | None:
+    """The newest marks object (one LIST and one GET), or None if no run has marked anything."""
+    keys = sorted(store.list(MARKS))
+    for key in reversed(keys):
+        try:
+            value = json.loads(store.get(key))
+            return key, Marks(int(value["run_ns"]), {str(k): int(v) for k, v in value["marked"].items()},
+                              {str(k): int(v) for k, v in value["deleted"].items()})
+        except ObjectNotFound:
+            continue  # replaced meanwhile; an older one is still a valid view
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise CkptfsError(f"{key} is not a marks object ({error})") from None
+    return None
+
+
+def read_collected(store: ObjectStore) -> dict[str, int]:
+    """Manifest id -> when garbage collection deleted it."""
+    collected: dict[str, int] = {}
+    for key in store.list(COLLECTED):
+        try:
+            value = json.loads(store.get(key))
+        except ObjectNotFound:
+            continue
+        except ValueError as error:
+            raise CkptfsError(f"{key} is not a collection record ({error})") from None
+        for identifier in value.get("manifests", ()):
+            collected[identifier] = int(value["collected_ns"])
+    return collected
+
+
+@dataclass
+class Report:
+    started_ns: int
+    dry_run: bool
+    grace_s: int
+    versions: int = 0
+    versions_kept: int = 0
+    kept_by_rule: Counter[str] = field(default_factory=Counter)
+    versions_collectable: int = 0
+    manifests: int = 0
+    manifests_live: int = 0
+    data_objects: int = 0
+    data_objects_live: int = 0
+    marked: int = 0
+    marked_bytes: int = 0
+    rescued: int = 0
+    deleted: int = 0
+    deleted_bytes: int = 0
+    stored_bytes: int = 0
+    missing: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        after = self.stored_bytes - self.deleted_bytes
+        return {"started_ns": self.started_ns, "dry_run": self.dry_run, "grace_s": self.grace_s,
+                "seconds": round(self.seconds, 3),
+                "versions": {"total": self.versions, "kept": self.versions_kept,
+                             "kept_by_rule": dict(sorted(self.kept_by_rule.items())),
+                             "collectable": self.versions_collectable},
+                "manifests": {"total": self.manifests, "live": self.manifests_live},
+                "data_objects": {"total": self.data_objects, "live": self.data_objects_live},
+                "marked": {"objects": self.marked, "bytes": self.marked_bytes},
+                "rescued": self.rescued,
+                "deleted": {"objects": self.deleted, "bytes": self.deleted_bytes},
+                "stored_bytes": {"before": self.stored_bytes, "after": after},
+                "dollars_per_month": {"before": round(dollars_per_month(self.stored_bytes), 4),
+                                      "after": round(dollars_per_month(after), 4)},
+                "missing_manifests": self.missing[:20]}
+
+
+def dollars_per_month(stored_bytes: int) -> float:
+    return stored_bytes / 1e9 * STANDARD_GB_MONTH
+
+
+class GarbageCollector:
+    def __init__(self, lake: Lake, *, now: Callable[[], int] = time.time_ns, threads: int = 16,
+                 progress: Callable[[str, int, int], None] = lambda phase, done, total: None) -> None:
+        self.lake = lake
+        self.store = lake.store
+        self.now = now
+        self.threads = threads
+        self.progress = progress
+        self.run_id = secrets.token_hex(4)
+        self._lock_touched = 0
+
+    # -- the lock (between runs only) ---------------------------------------------------------
+    def _lock_body(self, started_ns: int) -> bytes:
+        return json.dumps({"run": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
+                           "started_ns": started_ns, "refreshed_ns": self.now()}).encode()
+
+    def _acquire(self, started_ns: int, break_lock: bool) -> None:
+        for _ in range(2):
+            try:
+                self.store.put(LOCK, self._lock_body(started_ns), if_absent=True)
+                self._lock_touched = self.now()
+                return
+            except PreconditionFailed:
+                try:
+                    holder = json.loads(self.store.get(LOCK))
+                except ObjectNotFound:
+                    continue
+                except ValueError:
+                    holder = {}
+                refreshed = int(holder.get("refreshed_ns", 0))
+                if not break_lock and refreshed > self.now() - LOCK_STALE_NS:
+                    raise GcBusy(f"another gc is running on {self.store.url} (run {holder.get('run')} on "
+                                 f"{holder.get('host')}, pid {holder.get('pid')}, refreshed "
+                                 f"{(self.now() - refreshed) / 1e9:.0f} s ago); pass --break-lock only if "
+                                 "that run is dead") from None
+                self.store.delete(LOCK)
+        raise GcBusy(f"could not take {self.store.url}{LOCK}: another run took it meanwhile")
+
+    def _touch(self, started_ns: int) -> None:
+        if self.now() - self._lock_touched >= LOCK_REFRESH_NS:
+            self.store.put(LOCK, self._lock_body(started_ns))
+            self._lock_touched = self.now()
+
+    # -- a run --------------------------------------------------------------------------------
+    def run(self, *, dry_run: bool = False, break_lock: bool = False) -> Report:
+        start = self.now()  # the cut-off, before anything is read
+        began = time.monotonic()
+        grace, skew = self.lake.grace_ns, self.lake.skew_ns
+        report = Report(start, dry_run, grace // 10**9)
+        if not dry_run:
+            self._acquire(start, break_lock)
+        try:
+            self._run(report, start, grace, skew, dry_run)
+        finally:
+            if not dry_run:
+                self.store.delete(LOCK)
+        report.seconds = time.monotonic() - began
+        return report
+
+    def _run(self, report: Report, start: int, grace: int, skew: int, dry_run: bool) -> None:
+        previous = read_marks(self.store)
+        previous_marks = previous[1] if previous is not None else Marks(0)
+        kept = self._kept_manifests(report, start)
+        young = start - grace - skew
+        self.progress("listing manifests", 0, 0)
+        live_manifests: set[str] = set()
+        listed: set[str] = set()
+        candidates: dict[str, int] = {}  # key -> size
+        for info in self.store.list_stat("manifests/"):
+            identifier = info.key.rsplit("/", 1)[-1]
+            listed.add(info.key)
+            report.manifests += 1
+            report.stored_bytes += info.size
+            if identifier in kept or info.modified_ns >= young:
+                live_manifests.add(identifier)
+            else:
+                candidates[info.key] = info.size
+        report.manifests_live = len(live_manifests)
+        report.missing = sorted(kept - live_manifests)
+        live_objects = self._objects_named(live_manifests, start)
+        self.progress("listing packs", 0, 0)
+        for prefix in _DATA_PREFIXES:
+            for info in self.store.list_stat(prefix):
+                listed.add(info.key)
+                report.data_objects += 1
+                report.stored_bytes += info.size
+                if info.key in live_objects or info.modified_ns >= young:
+                    report.data_objects_live += 1
+                else:
+                    candidates[info.key] = info.size
+            self._touch(start)
+        # Decide: due (marked a grace ago by an earlier run, still unreferenced) or marked now.
+        # A tombstone whose object is still there is a sweep that was interrupted: it was due then.
+        due = {key: size for key, size in candidates.items()
+               if previous_marks.marked.get(key, start) <= start - grace or key in previous_marks.deleted}
+        report.rescued = sum(1 for key in previous_marks.marked if key in listed and key not in candidates)
+        marked_at = self.now()  # when writers can first see the new marks
+        marks = Marks(start)
+        for key in candidates.keys() - due.keys():
+            marks.marked[key] = previous_marks.marked.get(key, marked_at)
+        report.marked = len(marks.marked)
+        report.marked_bytes = sum(candidates[key] for key in marks.marked)
+        marks.deleted = {key: when for key, when in previous_marks.deleted.items() if when > start - 2 * grace}
+        for key in due:
+            marks.deleted[key] = marked_at
+        report.deleted = len(due)
+        report.deleted_bytes = sum(due.values())
+        if dry_run:
+            return
+        new_key = marks_key(marked_at, self.run_id)
+        self.store.put(new_key, encode_marks(marks))
+        manifests_due = [key.rsplit("/", 1)[-1] for key in due if key.startswith("manifests/")]
+        if manifests_due:
+            self.store.put(f"{COLLECTED}{marked_at:016x}-{self.run_id}",
+                           json.dumps({"format": 1, "collected_ns": marked_at, "manifests": manifests_due}).encode())
+        # Manifests first: no manifest ever names a pack that is gone while it is still there.
+        order = sorted(due, key=lambda key: (not key.startswith("manifests/"), key))
+        self._delete(order, start)
+        for key in self.store.list(MARKS):
+            if key != new_key:
+                self.store.delete(key)
+
+    def _kept_manifests(self, report: Report, start: int) -> set[str]:
+        self.progress("reading the history", 0, 0)
+        tree = self.lake.read_namespace()
+        policies = self.lake.retention_policies()
+        tags = keeps.read_tags(self.store)
+        tagged: dict[str, list[str]] = {}
+        for tag in tags:
+            for _, identifier in tag.entries:
+                tagged.setdefault(identifier, []).append(tag.name)
+        held = keeps.read_holds(self.store, start)
+        retention = Retention(policies, start, tagged, held)
+        kept: set[str] = set(tagged) | held
+        for _, verdict in retention.judge_all(tree.history):
+            report.versions += 1
+            if verdict.kept:
+                report.versions_kept += 1
+                report.kept_by_rule[verdict.reasons[0].split(" ")[0]] += 1
+                kept.add(verdict.state.manifest or "")
+            else:
+                report.versions_collectable += 1
+        kept.discard("")
+        return kept
+
+    def _objects_named(self, identifiers: Iterable[str], start: int) -> set[str]:
+        """The packs and loose chunks named by these manifests (GETs in parallel, streamed)."""
+        named: set[str] = set()
+        todo = sorted(identifiers)
+        done = 0
+
+        def read(identifier: str) -> set[str]:
+            try:
+                return self.lake.get_manifest(identifier).object_keys()
+            except CkptfsError as error:
+                if isinstance(error.__cause__, ObjectNotFound) or "missing" in str(error):
+                    return set()  # deleted meanwhile: a manifest nothing keeps and a grace old
+                raise
+
+        with concurrent.futures.ThreadPoolExecutor(self.threads) as pool:
+            for batch in _batches(todo, 256):
+                for keys in pool.map(read, batch):
+                    named |= keys
+                done += len(batch)
+                self.progress("reading manifests", done, len(todo))
+                self._touch(start)
+        return named
+
+    def _delete(self, keys: list[str], start: int) -> None:
+        done = 0
+        with concurrent.futures.ThreadPoolExecutor(self.threads) as pool:
+            for batch in _batches(keys, 256):
+                list(pool.map(self.store.delete, batch))
+                done += len(batch)
+                self.progress("deleting", done, len(keys))
+                self._touch(start)
+
+
+def _batches(items: list[str], size: int) -> Iterator[list[str]]:
+    for first in range(0, len(items), size):
+        yield items[first:first + size]

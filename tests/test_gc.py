@@ -1,0 +1,374 @@
+"""Garbage collection and the writer's leases, at the layer (no kernel): mounts assembled as the
+daemon does on one MemoryStore, a wall clock the test moves (the store's last-modified times, the
+leases and GC read it), and after every run `fsck --verify-data` and every kept version read back."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+import trio
+
+from ckptfs.errors import CkptfsError
+from ckptfs.lake import Lake, retention
+from ckptfs.lake.check import check_lake
+from ckptfs.lake.gc import GarbageCollector, GcBusy, read_marks
+from ckptfs.lake.retention import Policy, Retention
+from ckptfs.store import PermanentStoreError, RetryingStore
+from ckptfs.store.faults import FaultyStore
+from ckptfs.store.memory import MemoryStore
+from tests.layers import ROOT, load, mount_on, published, running, save
+
+MIB = 1 << 20
+GRACE = 8  # seconds: the lake's gc_grace_s (lease 2 s)
+
+
+class WallClock:
+    """time.time_ns() moved forward by what the test advanced."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+
+    def __call__(self) -> int:
+        return time.time_ns() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += int(seconds * 1e9)
+
+
+@pytest.fixture(autouse=True)
+def no_folding(monkeypatch):
+    """Saves in these tests are milliseconds apart: fold nothing (folding has tests of its own)."""
+    monkeypatch.setattr(retention, "FOLD_NS", 0)
+
+
+def new_lake(clock: WallClock, *, faulty: bool = False) -> tuple[Lake, MemoryStore, FaultyStore | None]:
+    store = MemoryStore(clock=clock)
+    store.put("lake.json", json.dumps({
+        "format": "ckptfs-lake", "version": 4, "created_ns": 0,
+        "chunking": {"profile": 3, "min": 262144, "avg": 1048576, "max": 4194304},
+        "gc_grace_s": GRACE, "max_clock_skew_s": 0, "late_publish_s": 0}).encode())
+    faults = FaultyStore(store) if faulty else None
+    lake = Lake(RetryingStore(faults or store, first_delay=0.001, max_delay=0.01, give_up_after=5))
+    lake.open()
+    return lake, store, faults
+
+
+def collect(lake: Lake, clock: WallClock, **options):
+    return GarbageCollector(lake, now=clock, threads=4).run(**options)
+
+
+def read_version(lake: Lake, manifest_id: str) -> bytes:
+    value = lake.get_manifest(manifest_id)
+    if value.inline is not None:
+        return value.inline
+    return b"".join(lake.get_chunk(chunk, value.location(index)) for index, (chunk, _) in enumerate(value.chunks))
+
+
+def assert_whole(lake: Lake, clock: WallClock, saved: dict[str, bytes]) -> None:
+    """fsck --verify-data finds nothing, and every version retention keeps now reads back as saved
+    (`saved`: manifest id -> bytes, for every version the test wrote)."""
+    report = check_lake(lake, verify_data=True)
+    assert report.ok, report.problems
+    tree = lake.read_namespace()
+    judge = Retention(lake.retention_policies(), clock())
+    kept = [verdict.state.manifest for _, verdict in judge.judge_all(tree.history) if verdict.kept]
+    assert kept
+    for identifier in kept:
+        assert read_version(lake, identifier) == saved[identifier]
+
+
+def manifests_of(lake: Lake, path: bytes) -> list[str]:
+    return [state.manifest for state in lake.read_namespace().history[path] if state.manifest]
+
+
+def test_retention_rules():
+    """The rules of lake/retention.py on one history: live, last N (live paths only), within,
+    daily (the scope as it stood at the end of each kept day), tags and holds, and no policy."""
+    from ckptfs.lake.namespace import State
+    day, hour = retention.DAY_NS, retention.HOUR_NS
+    now = 10 * day
+    history = {
+        b"run/last.ckpt": [State(t, f"{t:032x}") for t in (1 * day, 2 * day, 9 * day, 9 * day + hour)],
+        # rotated away on day 3: live at the end of day 2 only
+        b"run/ckpt-2/model": [State(2 * day + hour, "a" * 32), State(3 * day + hour, None)],
+        # written and rotated away within day 4: never live at the end of a day
+        b"run/ckpt-4/model": [State(4 * day + hour, "b" * 32), State(4 * day + 2 * hour, None)],
+        b"other/x": [State(1 * day, "c" * 32), State(2 * day, "d" * 32)],
+    }
+    policies = {b"run": Policy(keep_last=2, keep_daily=3)}
+    judge = Retention(policies, now, tagged={f"{day:032x}": ["best"]}, held={"b" * 32})
+    reasons = {(path, verdict.state.manifest): verdict.reasons for path, verdict in judge.judge_all(history)}
+    assert reasons[(b"run/last.ckpt", f"{9 * day + hour:032x}")] == ("live",)
+    assert reasons[(b"run/last.ckpt", f"{9 * day:032x}")] == ("last 2",)
+    # The 3 newest days with changes are 9, 4 and 3; the version of day 2 was content at their ends.
+    assert reasons[(b"run/last.ckpt", f"{2 * day:032x}")] == ("daily 3",)
+    assert reasons[(b"run/last.ckpt", f"{day:032x}")] == ("tag best",)
+    # Rotated away by day 3's last change: not content at the end of any kept day.
+    assert reasons[(b"run/ckpt-2/model", "a" * 32)] == ()
+    assert reasons[(b"run/ckpt-4/model", "b" * 32)] == ("held",)
+    assert reasons[(b"other/x", "c" * 32)] == ("no policy",)
+    within = Retention({b"": Policy(keep_within_s=2 * 86400)}, now)
+    kept = {verdict.state.manifest for _, verdict in within.judge_all(history) if verdict.kept}
+    assert f"{9 * day:032x}" in kept and "d" * 32 in kept and "c" * 32 not in kept and "a" * 32 not in kept
+
+
+def test_folding_hides_the_temp_file_of_an_atomic_save_and_an_append_loop(monkeypatch):
+    monkeypatch.setattr(retention, "FOLD_NS", 10 * 10**9)
+    from ckptfs.lake.namespace import State
+    s = 10**9
+    history = {
+        b"model.pt.tmp": [State(100 * s, "1" * 32), State(101 * s, None)],  # renamed away after 1 s
+        b"model.pt": [State(101 * s, "1" * 32)],
+        b"log.txt": [State(200 * s, "2" * 32), State(203 * s, "3" * 32), State(206 * s, "4" * 32)],
+    }
+    judge = Retention({b"": Policy(keep_last=5, keep_within_s=10**6)}, 300 * s)
+    verdicts = {(path, verdict.state.manifest): verdict for path, verdict in judge.judge_all(history)}
+    assert verdicts[(b"model.pt.tmp", "1" * 32)].folded and not verdicts[(b"model.pt.tmp", "1" * 32)].kept
+    assert verdicts[(b"model.pt", "1" * 32)].kept
+    assert [verdicts[(b"log.txt", m * 32)].folded for m in "234"] == [True, True, False]
+
+
+def test_a_policy_and_two_runs_a_grace_apart_free_what_retention_drops_and_nothing_else(tmp_path):
+    clock = WallClock()
+    lake, store, _ = new_lake(clock)
+    saved: dict[str, bytes] = {}
+
+    async def main():
+        mount = mount_on(tmp_path, "a" * 16, lake, clock=clock)
+        async with running(mount):
+            for _ in range(4):
+                data = os.urandom(2 * MIB)
+                ino = await save(mount.files, b"model.pt", data)
+                await published(mount.files)
+                saved[mount.files.journal.version(mount.files.journal.inode(ino).version).manifest] = data
+        lake.set_retention(b"", Policy(keep_last=2))
+        packs_before = len(list(store.list("packs/")))
+        first = collect(lake, clock)
+        assert first.deleted == 0 and first.marked == 0, "everything is younger than the grace"
+        clock.advance(GRACE + 1)
+        second = collect(lake, clock)
+        assert second.deleted == 0 and second.marked == 4  # 2 manifests and their 2 packs
+        assert second.to_json()["versions"]["kept_by_rule"] == {"last": 1, "live": 1}
+        assert_whole(lake, clock, saved)
+        clock.advance(GRACE + 1)
+        third = collect(lake, clock)
+        assert third.deleted == 4 and third.deleted_bytes > 4 * MIB
+        assert len(list(store.list("packs/"))) == packs_before - 2
+        assert_whole(lake, clock, saved)
+        assert check_lake(lake).collected == 2
+        fresh = mount_on(tmp_path, "b" * 16, lake, clock=clock)
+        async with running(fresh):
+            assert await load(fresh.files, fresh.files.tree.lookup(ROOT, b"model.pt").ino) == data
+
+    trio.run(main)
+
+
+async def _save_version(mount, name: bytes, data: bytes, saved: dict[str, bytes]) -> str:
+    ino = await save(mount.files, name, data)
+    await published(mount.files)
+    manifest = mount.files.journal.version(mount.files.journal.inode(ino).version).manifest
+    saved[manifest] = data
+    return manifest
+
+
+def _packs_of(lake: Lake, manifest: str) -> set[str]:
+    return lake.get_manifest(manifest).object_keys()
+
+
+def test_dedup_against_a_freshly_marked_pack_names_it_and_the_sweep_keeps_it(tmp_path):
+    """A mount saves again what GC has just marked: the manifest names the marked pack (the sweep,
+    a grace after the mark, sees it) and nothing is uploaded twice."""
+    clock = WallClock()
+    lake, store, _ = new_lake(clock)
+    saved: dict[str, bytes] = {}
+    old = os.urandom(2 * MIB)
+
+    async def main():
+        mount = mount_on(tmp_path, "a" * 16, lake, clock=clock)
+        async with running(mount):
+            first = await _save_version(mount, b"model.pt", old, saved)
+            await _save_version(mount, b"model.pt", os.urandom(2 * MIB), saved)
+            lake.set_retention(b"", Policy(keep_last=1))
+            clock.advance(GRACE + 1)
+            assert collect(lake, clock).marked == 2
+            pack, = _packs_of(lake, first)
+            again = await _save_version(mount, b"copy.pt", old, saved)
+            assert pack in _packs_of(lake, again)
+            clock.advance(GRACE + 1)
+            report = collect(lake, clock)
+            assert report.rescued == 1 and store.size(pack) is not None
+            assert_whole(lake, clock, saved)
+
+    trio.run(main)
+
+
+def test_dedup_against_a_pack_marked_too_long_ago_uploads_the_chunks_again(tmp_path):
+    clock = WallClock()
+    lake, store, _ = new_lake(clock)
+    saved: dict[str, bytes] = {}
+    old = os.urandom(2 * MIB)
+
+    async def main():
+        mount = mount_on(tmp_path, "a" * 16, lake, clock=clock)
+        async with running(mount):
+            first = await _save_version(mount, b"model.pt", old, saved)
+            await _save_version(mount, b"model.pt", os.urandom(2 * MIB), saved)
+            lake.set_retention(b"", Policy(keep_last=1))
+            clock.advance(GRACE + 1)
+            collect(lake, clock)
+            pack, = _packs_of(lake, first)
+            clock.advance(GRACE - 1)  # past the mark's deadline for writers (grace - lease)
+            again = await _save_version(mount, b"copy.pt", old, saved)
+            assert pack not in _packs_of(lake, again)
+            clock.advance(2)
+            report = collect(lake, clock)
+            assert report.deleted == 2 and store.size(pack) is None
+            assert_whole(lake, clock, saved)
+
+    trio.run(main)
+
+
+@pytest.mark.parametrize("tombstone", [True, False], ids=["tombstone", "head"])
+def test_a_mount_whose_chunk_locations_outlived_a_sweep_uploads_them_again(tmp_path, tombstone):
+    """borg #9748: a cache dir that remembers chunks in a pack GC has since deleted (the mount was
+    offline, or its cache dir restored) must not name that pack: the marks' tombstone says so, and
+    once the tombstone has expired, a HEAD does."""
+    clock = WallClock()
+    lake, store, _ = new_lake(clock)
+    saved: dict[str, bytes] = {}
+    old = os.urandom(2 * MIB)
+
+    async def main():
+        offline = mount_on(tmp_path, "a" * 16, lake, clock=clock)
+        async with running(offline):
+            first = await _save_version(offline, b"model.pt", old, saved)
+        pack, = _packs_of(lake, first)
+        chunk = lake.get_manifest(first).chunks[0][0]
+        other = mount_on(tmp_path, "b" * 16, lake, clock=clock)
+        async with running(other):
+            await _save_version(other, b"model.pt", os.urandom(2 * MIB), saved)
+        lake.set_retention(b"", Policy(keep_last=1))
+        clock.advance(GRACE + 1)
+        collect(lake, clock)
+        clock.advance(GRACE + 1)
+        assert collect(lake, clock).deleted == 2 and store.size(pack) is None
+        if not tombstone:
+            clock.advance(2 * GRACE + 1)
+            collect(lake, clock)
+            assert pack not in read_marks(store)[1].deleted
+        back = mount_on(tmp_path, "a" * 16, lake, clock=clock)  # the same cache dir, stale locations
+        assert back.files.journal.chunk_location(chunk) is not None
+        async with running(back):
+            again = await _save_version(back, b"copy.pt", old, saved)
+            assert pack not in _packs_of(lake, again)
+            assert (back.uploader.leases.heads > 0) is not tombstone
+        assert_whole(lake, clock, saved)
+
+    trio.run(main)
+
+
+def test_the_cut_off_is_taken_before_the_scan(tmp_path):
+    """JuiceFS #5068: objects written while a long scan runs are younger than its cut-off, however
+    long the scan takes; a cut-off taken after the scan would mark an upload in flight."""
+    clock = WallClock()
+    lake, store, _ = new_lake(clock)
+    saved: dict[str, bytes] = {}
+
+    async def main():
+        mount = mount_on(tmp_path, "a" * 16, lake, clock=clock)
+        async with running(mount):
+            await _save_version(mount, b"model.pt", os.urandom(2 * MIB), saved)
+    trio.run(main)
+    lake.set_retention(b"", Policy(keep_last=1))
+    clock.advance(GRACE + 1)
+    in_flight = "packs/abc/" + "ab" * 16
+
+    def slow_scan(phase: str, done: int, total: int) -> None:
+        if phase == "reading the history":
+            store.put(in_flight, b"a pack of an upload whose manifest is not written yet")
+            clock.advance(2 * GRACE)  # the scan takes longer than the grace
+    report = GarbageCollector(lake, now=clock, progress=slow_scan).run()
+    assert report.marked == 0 and in_flight not in read_marks(store)[1].marked
+
+
+def test_a_run_that_dies_mid_sweep_leaves_the_lake_whole_and_the_next_run_finishes(tmp_path):
+    clock = WallClock()
+    lake, store, faults = new_lake(clock, faulty=True)
+    saved: dict[str, bytes] = {}
+
+    async def main():
+        mount = mount_on(tmp_path, "a" * 16, lake, clock=clock)
+        async with running(mount):
+            for _ in range(5):
+                await _save_version(mount, b"model.pt", os.urandom(MIB + 1000), saved)
+    trio.run(main)
+    lake.set_retention(b"", Policy(keep_last=1))
+    clock.advance(GRACE + 1)
+    collect(lake, clock)
+    clock.advance(GRACE + 1)
+    deleting = faults.fail("delete", "packs/", kind="permanent")
+    with pytest.raises(PermanentStoreError):
+        collect(lake, clock)
+    faults.faults.remove(deleting)
+    assert_whole(lake, clock, saved)  # manifests went first: nothing kept names a missing pack
+    report = collect(lake, clock)
+    assert report.deleted == 4 and not list(store.list("gc/lock"))
+    assert len(list(store.list("packs/"))) == 1
+    assert_whole(lake, clock, saved)
+
+
+def test_a_second_run_is_refused_while_the_first_holds_the_lock(tmp_path):
+    clock = WallClock()
+    lake, store, _ = new_lake(clock)
+    store.put("gc/lock", json.dumps({"run": "dead", "host": "h", "pid": 1, "refreshed_ns": clock()}).encode())
+    with pytest.raises(GcBusy, match="--break-lock"):
+        collect(lake, clock)
+    assert collect(lake, clock, dry_run=True).deleted == 0  # a dry run takes no lock
+    collect(lake, clock, break_lock=True)
+    clock.advance(11 * 60)
+    store.put("gc/lock", json.dumps({"run": "dead", "refreshed_ns": clock() - 11 * 60 * 10**9}).encode())
+    collect(lake, clock)  # a lock not refreshed for 10 minutes is taken over
+
+
+def test_gc_racing_three_mounts_that_keep_saving(tmp_path):
+    """Three mounts save new and repeated data (deduplicating against chunks GC is marking) while
+    GC runs between their saves and the clock runs past graces; after each run the lake is whole."""
+    clock = WallClock()
+    lake, store, _ = new_lake(clock)
+    saved: dict[str, bytes] = {}
+    pool = [os.urandom(MIB + 4096) for _ in range(6)]
+    lake.set_retention(b"", Policy(keep_last=1))
+
+    async def main():
+        mounts = [mount_on(tmp_path, name * 16, lake, clock=clock) for name in "abc"]
+        async with running(mounts[0]), running(mounts[1]), running(mounts[2]):
+            rng = __import__("random").Random(7)
+            for step in range(12):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(trio.to_thread.run_sync, collect, lake, clock)
+                    for index, mount in enumerate(mounts):
+                        data = pool[rng.randrange(len(pool))] + bytes([step, index])
+                        nursery.start_soon(_save_version, mount, f"r{index}-m{rng.randrange(2)}".encode(), data,
+                                           saved)
+                        nursery.start_soon(_save_version, mount, b"shared-%d" % index, pool[rng.randrange(6)], saved)
+                clock.advance(rng.choice([0.5, GRACE / 2, GRACE + 1]))
+                assert_whole(lake, clock, saved)
+            deleted = sum(1 for key in read_marks(store)[1].deleted if key.startswith("packs/"))
+            assert deleted > 0
+
+    trio.run(main)
+
+
+def test_bad_policies_are_refused():
+    with pytest.raises(retention.PolicyError, match="at least one rule"):
+        Policy()
+    with pytest.raises(retention.PolicyError, match="keep-last"):
+        Policy(keep_last=-1)
+    with pytest.raises(retention.PolicyError, match="not a duration"):
+        retention.parse_duration("7 days")
+    assert retention.parse_duration("36h") == 36 * 3600
+    with pytest.raises(CkptfsError):
+        retention.decode_policy(b'{"format": 1, "path": "x", "keep_last": 2}', "retention/" + "0" * 32)
