@@ -1,4 +1,5 @@
-"""The `ckptfs` command: mount, unmount, status, sync, refresh, prefetch, snapshot, latest, fsck.
+"""The `ckptfs` command: mount, unmount, status, sync, refresh, prefetch, snapshot, latest, fsck (and
+the lake's lifecycle: retention, gc, tag, untag, log, du, in lifecycle_cli.py).
 
 Talks to a running mount only through extended attributes on the mount (no socket, no extra port), so
 `status` and `sync` work for any path under a mount. Every error is one line on stderr and a non-zero
@@ -492,6 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--repair", action="store_true", help="repair the cache dir (see docs/DESIGN.md)")
     check.add_argument("--json", action="store_true")
     check.set_defaults(handler=command_fsck)
+
+    from ckptfs.lifecycle_cli import add_parsers
+    add_parsers(commands)
     return parser
 
 

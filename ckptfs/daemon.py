@@ -247,7 +247,10 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
         mount = assemble(lake, cache.journal, cache.staging, cache.chunks, mount_id=mount_id, settings=settings,
                          forget=kernel.forget,
                          start_reading={"start_snapshot": view.snapshot_key, "start_segments_read": view.segments_read,
-                                        "start_read_s": round(time.monotonic() - started, 3)})
+                                        "start_read_s": round(time.monotonic() - started, 3),
+                                        # where the lake is, for the commands that read it directly
+                                        # (retention, gc, tag, log, du: ckptfs/lifecycle_cli.py)
+                                        "store_url": config.store_url, "endpoint_url": config.endpoint_url})
         # Following starts where the reading stopped. A new cache dir was built from the same
         # replay; an existing one is compared with it by the catch-up's reconciliation.
         mount.files.remote.start_from(view.base, view.events, view.cursors, view.horizon_ns, replayed=rebuilt,

@@ -93,9 +93,12 @@ def test_write_upload_and_read_back_from_a_fresh_journal(tmp_path, lake):
             assert attributes.st_size == len(payload)
             assert await read_file(fresh, attributes.st_ino) == payload
             history = await fresh.lookup(ROOT, b".versions", Context())
+            # Renamed right after it was written: its version is folded at the old path and lives at the new.
             run = await fresh.lookup(history.st_ino, b"run", Context())
-            old = await fresh.lookup(run.st_ino, b"model.pt", Context())
-            handle = await fresh.opendir(old.st_ino, Context())
+            handle = await fresh.opendir(run.st_ino, Context())
+            assert fresh._listings[handle] == []
+            moved = await fresh.lookup(history.st_ino, b"moved.pt", Context())
+            handle = await fresh.opendir(moved.st_ino, Context())
             (name, version_ino), = fresh._listings[handle]
             assert await read_file(fresh, version_ino) == payload
             nursery.cancel_scope.cancel()

@@ -389,6 +389,12 @@ class Journal:
         return list(self.db.execute("SELECT time_ns, version FROM history WHERE path=? ORDER BY time_ns, id",
                                     (path,)))
 
+    def newest_history_time(self, path: bytes) -> int:
+        """The newest history time at `path` or under it (0 if none)."""
+        row = self.db.execute("SELECT MAX(time_ns) FROM history WHERE path=? OR (path>=? AND path<?)",
+                              (path, path + b"/", path + b"0")).fetchone()
+        return row[0] or 0
+
     def history_children(self, prefix: bytes) -> list[bytes]:
         """Names of the next path component under `prefix` among all paths with history."""
         if prefix:

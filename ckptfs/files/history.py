@@ -2,8 +2,13 @@
 symlink's history has one symlink per state, pointing where the link pointed then.
 
 `/ckpt/.versions/<path>/` lists the versions of <path> (oldest first when sorted by name) and, if the
-path is or was a directory, the names under it that have history. Deleted paths stay listed. Nodes get
-inode numbers from a range the journal never hands out; they live only in memory. Nothing here writes.
+path is or was a directory, the names under it that have history. Deleted paths stay listed, and show
+it: their directory here has the sticky bit (`dr-xr-xr-t` in `ls -l`), its mtime is when the path was
+deleted (for a live path: its newest change) and its `user.ckptfs.state` says `deleted <time>`.
+A version replaced or removed less than lake/retention.py's FOLD_NS after it was written (the temp
+file of an atomic save, an append loop's intermediate closes) is folded: not listed, like a path
+whose every version was folded. Nodes get inode numbers from a range the journal never hands out;
+they live only in memory. Nothing here writes.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import datetime
 from dataclasses import dataclass
 
 from ckptfs.cache.journal import Journal
+from ckptfs.lake import retention
 
 NAME = b".versions"
 FIRST_VIRTUAL_INODE = 1 << 60
@@ -56,9 +62,12 @@ class VersionsView:
         """(file name, version id, time) of every version of `path` that has content, oldest first."""
         result: list[tuple[bytes, int, int]] = []
         seen: dict[bytes, int] = {}
-        for time_ns, version in self.journal.history(path):
+        rows = self.journal.history(path)
+        for index, (time_ns, version) in enumerate(rows):
             if version is None:
                 continue
+            if index + 1 < len(rows) and rows[index + 1][0] - time_ns < retention.FOLD_NS:
+                continue  # folded into what replaced it
             name = version_name(time_ns).encode()
             count = seen.get(name, 0) + 1
             seen[name] = count
@@ -70,7 +79,7 @@ class VersionsView:
         if node.version is not None:
             return []
         entries = [(name, self._inode_for(Node(self._join(node.path, name), None)))
-                   for name in self.journal.history_children(node.path)]
+                   for name in self.journal.history_children(node.path) if self._shown(self._join(node.path, name))]
         if node.path:
             entries += [(name, self._inode_for(Node(node.path, version, time_ns)))
                         for name, version, time_ns in self.versions_of(node.path)]
@@ -88,6 +97,15 @@ class VersionsView:
         if name in self.journal.history_children(node.path):
             return self._inode_for(Node(child, None))
         return None
+
+    def _shown(self, path: bytes) -> bool:
+        """Whether a path is listed: live, or a (former) directory, or with a version not folded."""
+        return (self.journal.lookup_path(path) is not None or bool(self.journal.history_children(path))
+                or bool(self.versions_of(path)))
+
+    def state(self, path: bytes) -> tuple[bool, int]:
+        """(live, time of its newest change: its deletion if it is deleted) of a path with history."""
+        return self.journal.lookup_path(path) is not None, self.journal.newest_history_time(path)
 
     def link_target(self, ino: int) -> bytes | None:
         """The target a symlink's version shows, or None if the node is not one. A relative target

@@ -64,8 +64,12 @@ class Tree:
             raise fail(errno.ENOENT)
         root = self.inode(ROOT_INODE)
         if node.version is None:
-            return Attributes(ino, stat.S_IFDIR | 0o555, 2, root.uid, root.gid, 0, 0, root.mtime_ns,
-                              root.mtime_ns, root.mtime_ns)
+            if not node.path:
+                return Attributes(ino, stat.S_IFDIR | 0o555, 2, root.uid, root.gid, 0, 0, root.mtime_ns,
+                                  root.mtime_ns, root.mtime_ns)
+            live, changed_ns = self.view.state(node.path)
+            mode = stat.S_IFDIR | 0o555 | (0 if live else stat.S_ISVTX)  # deleted: dr-xr-xr-t
+            return Attributes(ino, mode, 2, root.uid, root.gid, 0, 0, changed_ns, changed_ns, changed_ns)
         version = self.journal.version(node.version)
         kind = stat.S_IFLNK | 0o777 if version is not None and version.target is not None else stat.S_IFREG | 0o444
         size = len(self.view.link_target(ino) or b"") if kind & stat.S_IFLNK == stat.S_IFLNK else (
