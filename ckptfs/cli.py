@@ -37,6 +37,17 @@ def parse_size_or_auto(text: str) -> int | None:
     return None if text.strip().lower() == "auto" else parse_size(text)
 
 
+LAKE_SETTINGS = ("gc_grace_s", "fold_s", "late_publish_s", "max_clock_skew_s")
+
+
+def parse_lake_setting(text: str) -> tuple[str, int]:
+    name, _, value = text.partition("=")
+    if name not in LAKE_SETTINGS or not value.isdigit():
+        raise argparse.ArgumentTypeError(f"not a lake setting: {text!r} (NAME=SECONDS, NAME one of "
+                                         f"{', '.join(LAKE_SETTINGS)})")
+    return name, int(value)
+
+
 def human(count: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(count) < 1024 or unit == "TiB":
@@ -90,7 +101,8 @@ def command_mount(args: argparse.Namespace) -> int:
                                 s3_timeout=args.s3_timeout, metrics_address=args.metrics_address,
                                 durability=args.durability, allow_other=args.allow_other,
                                 drain=not args.no_drain, upload_round_bytes=args.upload_while_writing,
-                                refresh_interval=args.refresh, snapshot_segments=args.snapshot_every)
+                                refresh_interval=args.refresh, snapshot_segments=args.snapshot_every,
+                                lake_settings=dict(args.lake_setting or []))
     config.resolve()
     daemon.check_mountpoint(config.mountpoint)
     daemon.check_cache_dir(config.cache_dir)
@@ -441,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--snapshot-every", type=int, default=500, metavar="SEGMENTS",
                        help="write a namespace snapshot when the newest one is this many log segments (up to "
                             "twice that) behind; mounts starting later read it instead (default 500)")
+    mount.add_argument("--lake-setting", action="append", type=parse_lake_setting, metavar="NAME=SECONDS",
+                       help="a setting of the lake this mount creates (ignored for an existing lake): "
+                            "gc_grace_s (default 86400), fold_s (10), late_publish_s (600), max_clock_skew_s (300)")
     mount.add_argument("--allow-other", action="store_true", help="let other users in (implies default_permissions)")
     mount.add_argument("--no-drain", action="store_true", help="on unmount, leave pending uploads for the next mount")
     mount.add_argument("--foreground", action="store_true", help="stay attached; log to stderr")

@@ -24,7 +24,7 @@ import signal
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyfuse3
@@ -67,6 +67,7 @@ class MountConfig:
     upload_round_bytes: int | None = None  # None: on where the machine has cores to spare
     refresh_interval: float = 5.0  # seconds between reads of what other mounts published; 0: on demand
     snapshot_segments: int = SNAPSHOT_SEGMENTS  # write a namespace snapshot when the newest is this far behind
+    lake_settings: dict[str, int] = field(default_factory=dict)  # lake.json fields, if this mount creates it
 
     def resolve(self) -> None:
         self.mountpoint = os.path.abspath(self.mountpoint)
@@ -126,7 +127,7 @@ def open_lake(config: MountConfig, store: ObjectStore | None = None) -> Lake:
     starting = RetryingStore(inner, give_up_after=START_RETRY_SECONDS, max_delay=2, retry_log_level=logging.DEBUG)
     if store is None:
         starting.check_access()
-    Lake(starting).open(create=True)
+    Lake(starting).open(create=True, settings=config.lake_settings)
     lake = Lake(RetryingStore(inner, max_delay=10))
     lake.open(create=False)
     return lake

@@ -165,7 +165,8 @@ def assemble(lake: Lake, journal: Journal, staging: Staging, chunks: ChunkCache,
                         on_uncommitted=evictor.uncommitted if evictor is not None else lambda version: None,
                         on_published=replay.add_own, clock=settings.clock)
     engine = Engine(uploader, fetcher, evictor=evictor, spill=spill)
-    files = FileSystem(journal, staging, engine, replay, mount_id=mount_id, durability=settings.durability)
+    files = FileSystem(journal, staging, engine, replay, mount_id=mount_id, durability=settings.durability,
+                       fold_ns=lake.fold_ns)
     follower = Follower(lake, mount_id, replay)
     snapshots = Snapshots(lake, replay, mount_id, follower.network, every=settings.snapshot_segments)
     following = Following(follower, snapshots, files, interval=settings.refresh_interval, forget=forget)

@@ -65,6 +65,9 @@ class Mount:
         command = [sys.executable, "-m", "ckptfs", "mount"]
         command += [self.store_url] if self.store_url else []
         command += [self.mountpoint, "--foreground", "--cache-dir", self.cache_dir, "--log-file", self.log_file]
+        # Tests save versions milliseconds apart: a lake they create shows every close unless a test
+        # asks for the default fold (its own --lake-setting comes later and wins).
+        command += ["--lake-setting", "fold_s=0"]
         command += self.extra
         self.process = subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout

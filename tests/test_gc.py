@@ -38,18 +38,13 @@ class WallClock:
         self.offset += int(seconds * 1e9)
 
 
-@pytest.fixture(autouse=True)
-def no_folding(monkeypatch):
-    """Saves in these tests are milliseconds apart: fold nothing (folding has tests of its own)."""
-    monkeypatch.setattr(retention, "FOLD_NS", 0)
-
-
 def new_lake(clock: WallClock, *, faulty: bool = False) -> tuple[Lake, MemoryStore, FaultyStore | None]:
     store = MemoryStore(clock=clock)
     store.put("lake.json", json.dumps({
         "format": "ckptfs-lake", "version": 4, "created_ns": 0,
         "chunking": {"profile": 3, "min": 262144, "avg": 1048576, "max": 4194304},
-        "gc_grace_s": GRACE, "max_clock_skew_s": 0, "late_publish_s": 0}).encode())
+        # saves here are milliseconds apart: fold nothing (folding has tests of its own)
+        "gc_grace_s": GRACE, "max_clock_skew_s": 0, "late_publish_s": 0, "fold_s": 0}).encode())
     faults = FaultyStore(store) if faulty else None
     lake = Lake(RetryingStore(faults or store, first_delay=0.001, max_delay=0.01, give_up_after=5))
     lake.open()
@@ -73,7 +68,7 @@ def assert_whole(lake: Lake, clock: WallClock, saved: dict[str, bytes]) -> None:
     report = check_lake(lake, verify_data=True)
     assert report.ok, report.problems
     tree = lake.read_namespace()
-    judge = Retention(lake.retention_policies(), clock())
+    judge = Retention(lake.retention_policies(), clock(), fold_ns=lake.fold_ns)
     kept = [verdict.state.manifest for _, verdict in judge.judge_all(tree.history) if verdict.kept]
     assert kept
     for identifier in kept:
@@ -115,8 +110,7 @@ def test_retention_rules():
     assert f"{9 * day:032x}" in kept and "d" * 32 in kept and "c" * 32 not in kept and "a" * 32 not in kept
 
 
-def test_folding_hides_the_temp_file_of_an_atomic_save_and_an_append_loop(monkeypatch):
-    monkeypatch.setattr(retention, "FOLD_NS", 10 * 10**9)
+def test_folding_hides_the_temp_file_of_an_atomic_save_and_an_append_loop():
     from ckptfs.lake.namespace import State
     s = 10**9
     history = {

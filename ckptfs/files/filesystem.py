@@ -19,17 +19,18 @@ from ckptfs.files.outbox import Outbox
 from ckptfs.files.remote import RemoteChanges
 from ckptfs.files.tree import Tree
 from ckptfs.lake.replay import LakeReplay
+from ckptfs.lake.retention import FOLD_NS
 
 
 class FileSystem:
     def __init__(self, journal: Journal, staging: Staging, engine: Engine, replay: LakeReplay, *,
-                 mount_id: str, durability: str = "local") -> None:
+                 mount_id: str, durability: str = "local", fold_ns: int = FOLD_NS) -> None:
         self.journal = journal
         self.staging = staging
         self.engine = engine
         self.outbox = Outbox(journal, engine, mount_id)
         self.lifecycle = Lifecycle(journal, staging, engine, self.outbox)
-        self.tree = Tree(journal, staging, self.outbox, self.lifecycle)
+        self.tree = Tree(journal, staging, self.outbox, self.lifecycle, fold_ns=fold_ns)
         self.handles = Handles(journal, staging, engine, self.tree, self.lifecycle, durability=durability)
         self.control = Control(journal, staging, engine, mount_id)
         self.remote = RemoteChanges(journal, self.tree, self.lifecycle, self.outbox, replay)

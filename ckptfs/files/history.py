@@ -5,7 +5,7 @@ symlink's history has one symlink per state, pointing where the link pointed the
 path is or was a directory, the names under it that have history. Deleted paths stay listed, and show
 it: their directory here has the sticky bit (`dr-xr-xr-t` in `ls -l`), its mtime is when the path was
 deleted (for a live path: its newest change) and its `user.ckptfs.state` says `deleted <time>`.
-A version replaced or removed less than lake/retention.py's FOLD_NS after it was written (the temp
+A version replaced or removed less than the lake's `fold_s` after it was written (the temp
 file of an atomic save, an append loop's intermediate closes) is folded: not listed, like a path
 whose every version was folded. Nodes get inode numbers from a range the journal never hands out;
 they live only in memory. Nothing here writes.
@@ -17,7 +17,7 @@ import datetime
 from dataclasses import dataclass
 
 from ckptfs.cache.journal import Journal
-from ckptfs.lake import retention
+from ckptfs.lake.retention import FOLD_NS
 
 NAME = b".versions"
 FIRST_VIRTUAL_INODE = 1 << 60
@@ -41,8 +41,9 @@ def is_virtual(ino: int) -> bool:
 
 
 class VersionsView:
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Journal, fold_ns: int = FOLD_NS) -> None:
         self.journal = journal
+        self.fold_ns = fold_ns  # the lake's fold_s
         self._nodes: dict[int, Node] = {ROOT_VIRTUAL_INODE: Node(b"", None)}
         self._inodes: dict[Node, int] = {Node(b"", None): ROOT_VIRTUAL_INODE}
         self._next = ROOT_VIRTUAL_INODE + 1
@@ -66,7 +67,7 @@ class VersionsView:
         for index, (time_ns, version) in enumerate(rows):
             if version is None:
                 continue
-            if index + 1 < len(rows) and rows[index + 1][0] - time_ns < retention.FOLD_NS:
+            if index + 1 < len(rows) and rows[index + 1][0] - time_ns < self.fold_ns:
                 continue  # folded into what replaced it
             name = version_name(time_ns).encode()
             count = seen.get(name, 0) + 1

@@ -33,12 +33,13 @@ def fail(code: int, why: str = "") -> FsError:
 
 
 class Tree:
-    def __init__(self, journal: Journal, staging: Staging, outbox: Outbox, lifecycle: Lifecycle) -> None:
+    def __init__(self, journal: Journal, staging: Staging, outbox: Outbox, lifecycle: Lifecycle, *,
+                 fold_ns: int = history.FOLD_NS) -> None:
         self.journal = journal
         self.staging = staging
         self.outbox = outbox
         self.lifecycle = lifecycle
-        self.view = history.VersionsView(journal)
+        self.view = history.VersionsView(journal, fold_ns)
         self.lookups: dict[int, int] = {}
         self.page_cache_version: dict[int, int | None] = {}  # inode -> version the kernel's page cache holds
         self.dirty_inodes: set[int] = set()  # changed in memory by writes, saved at the next commit

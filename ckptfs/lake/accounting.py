@@ -40,7 +40,8 @@ def judge(lake: Lake, tree: Namespace, now_ns: int) -> Retention:
     for tag in keeps.read_tags(lake.store):
         for _, identifier in tag.entries:
             tagged.setdefault(identifier, []).append(tag.name)
-    retention = Retention(lake.retention_policies(), now_ns, tagged, keeps.read_holds(lake.store, now_ns))
+    retention = Retention(lake.retention_policies(), now_ns, tagged, keeps.read_holds(lake.store, now_ns),
+                          lake.fold_ns)
     retention.prepare(tree.history)
     return retention
 

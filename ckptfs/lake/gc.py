@@ -277,7 +277,7 @@ class GarbageCollector:
             for _, identifier in tag.entries:
                 tagged.setdefault(identifier, []).append(tag.name)
         held = keeps.read_holds(self.store, start)
-        retention = Retention(policies, start, tagged, held)
+        retention = Retention(policies, start, tagged, held, self.lake.fold_ns)
         kept: set[str] = set(tagged) | held
         for _, verdict in retention.judge_all(tree.history):
             report.versions += 1

@@ -47,6 +47,9 @@ MAX_CLOCK_SKEW_S = 300
 # object must be for it to be protected unread (docs/DESIGN.md, "Garbage collection"). Lake-wide:
 # every writer's lease is a quarter of it. The floor keeps a writer's lease above the clock skew.
 GC_GRACE_S = 86400
+# A version replaced or removed sooner than this after it was written is folded into what followed
+# (lake/retention.py): the temp file of an atomic save, an append loop's closes. 0 shows every close.
+FOLD_S = 10
 
 
 @dataclass
@@ -81,10 +84,12 @@ class Lake:
         self.late_ns = LATE_PUBLISH_S * 10**9
         self.skew_ns = MAX_CLOCK_SKEW_S * 10**9
         self.grace_ns = GC_GRACE_S * 10**9
+        self.fold_ns = FOLD_S * 10**9
 
     # -- descriptor ---------------------------------------------------------------------------
-    def open(self, *, create: bool = True) -> dict[str, Any]:
-        """Check the lake's format version, creating the descriptor in an empty lake."""
+    def open(self, *, create: bool = True, settings: dict[str, int] | None = None) -> dict[str, Any]:
+        """Check the lake's format version, creating the descriptor in an empty lake (with `settings`:
+        late_publish_s, max_clock_skew_s, gc_grace_s, fold_s; checked as when read)."""
         try:
             blob = self.store.get(DESCRIPTOR_KEY)
         except ObjectNotFound:
@@ -93,7 +98,7 @@ class Lake:
             descriptor = {"format": FORMAT_NAME, "version": FORMAT_VERSION,
                           "chunking": {"profile": chunker.PROFILE, "min": chunker.MIN_SIZE,
                                        "avg": chunker.AVG_SIZE, "max": chunker.MAX_SIZE},
-                          "created_ns": time.time_ns()}
+                          "created_ns": time.time_ns(), **(settings or {})}
             try:
                 self.store.put(DESCRIPTOR_KEY, json.dumps(descriptor).encode(), if_absent=True)
             except PreconditionFailed:
@@ -107,6 +112,10 @@ class Lake:
         if name != FORMAT_NAME or version not in READABLE_VERSIONS:
             raise CorruptObjectError(f"{self.store.url} holds lake format {name!r} v{version}; this ckptfs "
                                      f"reads {FORMAT_NAME} v{', v'.join(map(str, READABLE_VERSIONS))}")
+        for name, wanted in (settings or {}).items():
+            if descriptor.get(name) != wanted:
+                log.warning("%s exists with %s=%s; the setting %s=%s applies only to a lake being created",
+                            self.store.url, name, descriptor.get(name, "(default)"), name, wanted)
         profile = descriptor.get("chunking", {}).get("profile", 1)
         if profile not in chunker.PROFILES:
             raise CorruptObjectError(f"{self.store.url} is chunked with profile {profile!r}; this ckptfs "
@@ -125,6 +134,11 @@ class Lake:
             raise CorruptObjectError(f"{self.store.url}{DESCRIPTOR_KEY}: gc_grace_s {grace!r:.40} is not a number "
                                      f"of seconds from {floor} (8 x max_clock_skew_s, at least 2) to a year")
         self.grace_ns = grace * 10**9
+        fold = descriptor.get("fold_s", FOLD_S)
+        if type(fold) is not int or not 0 <= fold <= 86400:
+            raise CorruptObjectError(f"{self.store.url}{DESCRIPTOR_KEY}: fold_s {fold!r:.40} is not a number of "
+                                     "seconds up to a day")
+        self.fold_ns = fold * 10**9
         if create and version < FORMAT_VERSION:
             # A mount writes events of the current format: older readers must refuse the lake with
             # a clear message rather than skip those events. The upgraded descriptor is the same

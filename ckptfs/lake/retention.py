@@ -10,7 +10,7 @@ The rules (docs/SEMANTICS.md, "Retention"), for a version v of path p that was p
 it is p's content):
 
 * **live**: v is the current content of p. Always kept, whatever the policy.
-* **folded**: v was replaced or removed less than FOLD_NS after it was written (the temp file of an
+* **folded**: v was replaced or removed less than the lake's `fold_s` (10 s unless set) after it was written (the temp file of an
   atomic save, renamed away; an append loop's intermediate closes). A folded version counts for no
   rule below and is not shown in `.versions`; its content usually lives on (a rename's destination).
 * **last N**: p is live and v is one of its N newest versions that are not folded. A path deleted
@@ -157,6 +157,7 @@ class Retention:
     now_ns: int
     tagged: Mapping[str, Iterable[str]] = field(default_factory=dict)  # manifest -> tag names
     held: Iterable[str] = ()  # manifests a mount holds (it read them)
+    fold_ns: int = FOLD_NS  # the lake's fold_s
 
     def __post_init__(self) -> None:
         self._held = set(self.held)
@@ -194,7 +195,7 @@ class Retention:
             if state.manifest is None:
                 continue
             end = states[index + 1].time_ns if index + 1 < len(states) else None
-            folded = end is not None and end - state.time_ns < FOLD_NS
+            folded = end is not None and end - state.time_ns < self.fold_ns
             verdicts.append(Verdict(state, end, folded, ()))
         unfolded_newest = [verdict for verdict in verdicts if not verdict.folded]
         last_keep = policy.keep_last if policy is not None and policy.keep_last and live else 0
