@@ -29,6 +29,7 @@ from ckptfs.cache.staging import Staging
 from ckptfs.engine.evictor import Evictor
 from ckptfs.engine.fetcher import Fetcher
 from ckptfs.engine.follower import Follower
+from ckptfs.engine.holds import Holds
 from ckptfs.engine.interface import Engine
 from ckptfs.engine.snapshots import SNAPSHOT_SEGMENTS, Snapshots
 from ckptfs.engine.spill import Spill
@@ -133,6 +134,7 @@ class Mount:
     snapshots: Snapshots
     following: Following
     start_reading: dict[str, Any] = field(default_factory=dict)  # what it read of the lake at start
+    holds: Holds | None = None  # what it has opened for reading, told to the lake (GC keeps it)
 
     def status(self) -> dict[str, Any]:
         return {**self.files.control.status(), **self.following.figures(), **self.start_reading}
@@ -144,6 +146,8 @@ class Mount:
             await nursery.start(self.uploader.run)
             if self.evictor is not None:
                 nursery.start_soon(self.evictor.run)
+            if self.holds is not None:
+                nursery.start_soon(self.holds.run)
             task_status.started()
 
 
@@ -164,11 +168,12 @@ def assemble(lake: Lake, journal: Journal, staging: Staging, chunks: ChunkCache,
                         on_committed=evictor.committed if evictor is not None else lambda version: None,
                         on_uncommitted=evictor.uncommitted if evictor is not None else lambda version: None,
                         on_published=replay.add_own, clock=settings.clock)
-    engine = Engine(uploader, fetcher, evictor=evictor, spill=spill)
+    holds = Holds(lake, mount_id, uploader.network, clock=settings.clock)
+    engine = Engine(uploader, fetcher, evictor=evictor, spill=spill, holds=holds)
     files = FileSystem(journal, staging, engine, replay, mount_id=mount_id, durability=settings.durability,
                        fold_ns=lake.fold_ns)
     follower = Follower(lake, mount_id, replay)
     snapshots = Snapshots(lake, replay, mount_id, follower.network, every=settings.snapshot_segments)
     following = Following(follower, snapshots, files, interval=settings.refresh_interval, forget=forget)
     return Mount(mount_id, lake, journal, staging, replay, fetcher, uploader, evictor, engine, files, follower,
-                 snapshots, following, dict(start_reading or {}))
+                 snapshots, following, dict(start_reading or {}), holds)

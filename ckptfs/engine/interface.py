@@ -15,14 +15,16 @@ import trio
 from ckptfs.cache.journal import Version
 from ckptfs.engine.evictor import Evictor
 from ckptfs.engine.fetcher import Fetcher
+from ckptfs.engine.holds import Holds
 from ckptfs.engine.spill import Spill, spill_threshold
 from ckptfs.engine.uploader import Uploader
 
 
 class Engine:
     def __init__(self, uploader: Uploader, fetcher: Fetcher, *, evictor: Evictor | None = None,
-                 spill: Spill | None = None) -> None:
+                 spill: Spill | None = None, holds: Holds | None = None) -> None:
         self._uploader = uploader
+        self._holds = holds
         self._fetcher = fetcher
         self._evictor = evictor
         self._spill = spill
@@ -30,6 +32,11 @@ class Engine:
         self._spill_at = spill_threshold(evictor.limit_bytes) if evictor is not None else 0
         self.backpressure_waits = 0
         self.backpressure_seconds = 0.0
+
+    def read_opened(self, manifest: str) -> None:
+        """A committed version was opened for reading: hold it in the lake (engine/holds.py)."""
+        if self._holds is not None:
+            self._holds.read(manifest)
 
     # -- uploads and publication --------------------------------------------------------------
     def submit(self, version: int) -> None:

@@ -107,6 +107,7 @@ class Handles:
                 raise fail(errno.EISDIR if node else errno.ENOENT)
             if writable or flags & os.O_TRUNC:
                 raise fail(errno.EROFS)
+            self._hold(node.version)
             return Opened(self._new(Handle(ino, False, fixed_version=node.version)), keep_cache=True)
         inode = self.tree.inode(ino)
         if inode.is_dir:
@@ -118,6 +119,8 @@ class Handles:
         # goes through this mount, so the cached pages are the current version's (warm restores).
         keep_cache = inode.version is not None and self.tree.page_cache_version.get(ino) == inode.version
         self.tree.page_cache_version[ino] = inode.version
+        if not writable and inode.version is not None:
+            self._hold(inode.version)
         if writable and flags & os.O_TRUNC:
             version = await self.lifecycle.writable_version(inode, None, empty=True)
             self.lifecycle.truncate_staged(version, 0)
@@ -125,6 +128,12 @@ class Handles:
             self.tree.touch(inode)
             handle.touched = True
         return Opened(number, keep_cache=keep_cache, direct_io=direct)
+
+    def _hold(self, version_id: int) -> None:
+        """A read of a committed version (a job resuming from a checkpoint): GC keeps it a while."""
+        version = self.journal.version(version_id)
+        if version is not None and version.manifest is not None:
+            self.engine.read_opened(version.manifest)
 
     # -- data ---------------------------------------------------------------------------------
     async def read(self, fh: int, offset: int, size: int) -> bytes:

@@ -10,9 +10,10 @@ The rules (docs/SEMANTICS.md, "Retention"), for a version v of path p that was p
 it is p's content):
 
 * **live**: v is the current content of p. Always kept, whatever the policy.
-* **folded**: v was replaced or removed less than the lake's `fold_s` (10 s unless set) after it was written (the temp file of an
-  atomic save, renamed away; an append loop's intermediate closes). A folded version counts for no
-  rule below and is not shown in `.versions`; its content usually lives on (a rename's destination).
+* **folded**: v was replaced or removed less than the lake's `fold_s` (10 s unless set) after it
+  was written (the temp file of an atomic save, renamed away; an append loop's intermediate
+  closes). A folded version counts for no rule below and is not shown in `.versions`; its content
+  usually lives on (a rename's destination).
 * **last N**: p is live and v is one of its N newest versions that are not folded. A path deleted
   from the live tree (a rotated-away checkpoint) keeps versions only by the rules below.
 * **within D**: v was p's content at some instant of the last D (end is None or end > now - D).
