@@ -37,6 +37,7 @@ from ckptfs.engine.uploader import Uploader
 from ckptfs.files import FileSystem
 from ckptfs.files.remote import Invalidations
 from ckptfs.lake import Lake
+from ckptfs.lake.gc import read_collected
 from ckptfs.lake.replay import LakeReplay
 from ckptfs.store import StoreError
 
@@ -75,6 +76,7 @@ class Following:
         self.forget = forget
         self._lock = trio.Lock()  # a refresh asked for while one runs waits for it and runs anew
         self.last_forced_snapshot: dict[str, Any] = {}  # the answer to the last `ckptfs snapshot`
+        self._collected_records: set[str] = set()  # gc/collected/ records read (they never change)
 
     async def refresh(self, *, sweep: bool = False) -> dict[str, Any]:
         async with self._lock:
@@ -85,6 +87,10 @@ class Following:
             result = self.follower.advance(fetched)
         if result["swept_at_ns"] is not None:
             await self.snapshots.swept(result["swept_at_ns"])
+            # What GC collected leaves .versions (at start, on `ckptfs refresh` and every 5 minutes).
+            collected = await trio.to_thread.run_sync(read_collected, self.follower.lake.store,
+                                                      self._collected_records, limiter=self.follower.network)
+            self.files.tree.view.collected.update(collected)
         return result
 
     async def snapshot(self) -> dict[str, Any]:

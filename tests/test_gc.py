@@ -14,7 +14,7 @@ import trio
 from ckptfs.errors import CkptfsError
 from ckptfs.lake import Lake, retention
 from ckptfs.lake.check import check_lake
-from ckptfs.lake.gc import GarbageCollector, GcBusy, read_marks
+from ckptfs.lake.gc import GarbageCollector, GcBusy, read_collected, read_marks
 from ckptfs.lake.retention import Policy, Retention
 from ckptfs.store import PermanentStoreError, RetryingStore
 from ckptfs.store.faults import FaultyStore
@@ -63,13 +63,15 @@ def read_version(lake: Lake, manifest_id: str) -> bytes:
 
 
 def assert_whole(lake: Lake, clock: WallClock, saved: dict[str, bytes]) -> None:
-    """fsck --verify-data finds nothing, and every version retention keeps now reads back as saved
-    (`saved`: manifest id -> bytes, for every version the test wrote)."""
+    """fsck --verify-data finds nothing, and every version retention keeps now and GC has not
+    collected reads back as saved (`saved`: manifest id -> bytes, for every version the test wrote)."""
     report = check_lake(lake, verify_data=True)
     assert report.ok, report.problems
     tree = lake.read_namespace()
     judge = Retention(lake.retention_policies(), clock(), fold_ns=lake.fold_ns)
-    kept = [verdict.state.manifest for _, verdict in judge.judge_all(tree.history) if verdict.kept]
+    collected = read_collected(lake.store)  # a policy widened after a sweep cannot bring those back
+    kept = [verdict.state.manifest for _, verdict in judge.judge_all(tree.history)
+            if verdict.kept and verdict.state.manifest not in collected]
     assert kept
     for identifier in kept:
         assert read_version(lake, identifier) == saved[identifier]
@@ -366,3 +368,35 @@ def test_bad_policies_are_refused():
     assert retention.parse_duration("36h") == 36 * 3600
     with pytest.raises(CkptfsError):
         retention.decode_policy(b'{"format": 1, "path": "x", "keep_last": 2}', "retention/" + "0" * 32)
+
+
+def test_a_policy_changed_while_mounts_run_takes_effect_at_the_next_run_and_a_mark_is_undone(tmp_path):
+    """Marking is the soft delete: a policy widened before the sweep brings the marked versions back."""
+    clock = WallClock()
+    lake, store, _ = new_lake(clock)
+    saved: dict[str, bytes] = {}
+
+    async def main():
+        mounts = [mount_on(tmp_path, name * 16, lake, clock=clock) for name in "ab"]
+        async with running(mounts[0]), running(mounts[1]):
+            lake.set_retention(b"", Policy(keep_last=4))
+            for step in range(4):
+                await _save_version(mounts[step % 2], b"m%d" % (step % 2), os.urandom(MIB + step), saved)
+                await _save_version(mounts[step % 2], b"m%d" % (step % 2), os.urandom(MIB + step), saved)
+            clock.advance(GRACE + 1)
+            assert collect(lake, clock).marked == 0  # 4 versions of each file, all kept by last 4
+            lake.set_retention(b"", Policy(keep_last=1))  # while the mounts run
+            first = collect(lake, clock)
+            assert first.marked > 0
+            lake.set_retention(b"", Policy(keep_last=4))  # changed back before the sweep
+            await _save_version(mounts[0], b"m0", os.urandom(MIB), saved)
+            clock.advance(GRACE + 1)
+            second = collect(lake, clock)
+            assert second.rescued > 0 and second.deleted < first.marked
+            assert_whole(lake, clock, saved)
+            lake.clear_retention(b"")
+            clock.advance(GRACE + 1)
+            assert collect(lake, clock).marked == 0  # no policy: nothing is collectable
+            assert_whole(lake, clock, saved)
+
+    trio.run(main)

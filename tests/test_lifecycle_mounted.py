@@ -93,6 +93,8 @@ def test_a_rotating_run_a_policy_and_gc_free_the_rotated_checkpoints_and_keep_th
     assert by_path[("run/checkpoint-1/model.pt", False)]["collected"]
     assert by_path[("run/checkpoint-6/model.pt", False)]["rules"] == ["live"]
     assert by_path[("run/checkpoint-6/model.pt", False)]["mount"]
+    ok("refresh", mount.mountpoint)  # a sweep: the mount learns what GC collected
+    assert os.listdir(mount.path(".versions", "run", "checkpoint-1", "model.pt")) == []
     after = json.loads(ok("du", run, "--json"))["total"]
     assert after["stored_bytes"] < before["stored_bytes"]
 

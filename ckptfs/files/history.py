@@ -5,7 +5,8 @@ symlink's history has one symlink per state, pointing where the link pointed the
 path is or was a directory, the names under it that have history. Deleted paths stay listed, and show
 it: their directory here has the sticky bit (`dr-xr-xr-t` in `ls -l`), its mtime is when the path was
 deleted (for a live path: its newest change) and its `user.ckptfs.state` says `deleted <time>`.
-A version replaced or removed less than the lake's `fold_s` after it was written (the temp
+Versions garbage collection deleted are not listed. A version replaced or removed less than the
+lake's `fold_s` after it was written (the temp
 file of an atomic save, an append loop's intermediate closes) is folded: not listed, like a path
 whose every version was folded. Nodes get inode numbers from a range the journal never hands out;
 they live only in memory. Nothing here writes.
@@ -44,6 +45,7 @@ class VersionsView:
     def __init__(self, journal: Journal, fold_ns: int = FOLD_NS) -> None:
         self.journal = journal
         self.fold_ns = fold_ns  # the lake's fold_s
+        self.collected: set[str] = set()  # manifests GC has deleted (mount.py's Following keeps it up)
         self._nodes: dict[int, Node] = {ROOT_VIRTUAL_INODE: Node(b"", None)}
         self._inodes: dict[Node, int] = {Node(b"", None): ROOT_VIRTUAL_INODE}
         self._next = ROOT_VIRTUAL_INODE + 1
@@ -69,6 +71,10 @@ class VersionsView:
                 continue
             if index + 1 < len(rows) and rows[index + 1][0] - time_ns < self.fold_ns:
                 continue  # folded into what replaced it
+            if self.collected:
+                row = self.journal.version(version)
+                if row is not None and row.manifest in self.collected:
+                    continue  # gone from the lake: retention let it go and GC deleted it
             name = version_name(time_ns).encode()
             count = seen.get(name, 0) + 1
             seen[name] = count

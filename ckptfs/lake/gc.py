@@ -86,10 +86,15 @@ def read_marks(store: ObjectStore) -> tuple[str, Marks] | None:
     return None
 
 
-def read_collected(store: ObjectStore) -> dict[str, int]:
-    """Manifest id -> when garbage collection deleted it."""
+def read_collected(store: ObjectStore, skip: set[str] | None = None) -> dict[str, int]:
+    """Manifest id -> when garbage collection deleted it; records in `skip` (keys already read:
+    records never change) are not read again, and the keys read are added to it."""
     collected: dict[str, int] = {}
     for key in store.list(COLLECTED):
+        if skip is not None:
+            if key in skip:
+                continue
+            skip.add(key)
         try:
             value = json.loads(store.get(key))
         except ObjectNotFound:
