@@ -38,6 +38,7 @@ from ckptfs.files import FileSystem
 from ckptfs.files.remote import Invalidations
 from ckptfs.lake import Lake
 from ckptfs.lake.gc import read_collected
+from ckptfs.lake.keeps import read_tags
 from ckptfs.lake.replay import LakeReplay
 from ckptfs.store import StoreError
 
@@ -88,9 +89,12 @@ class Following:
         if result["swept_at_ns"] is not None:
             await self.snapshots.swept(result["swept_at_ns"])
             # What GC collected leaves .versions (at start, on `ckptfs refresh` and every 5 minutes).
-            collected = await trio.to_thread.run_sync(read_collected, self.follower.lake.store,
-                                                      self._collected_records, limiter=self.follower.network)
+            store = self.follower.lake.store
+            collected = await trio.to_thread.run_sync(read_collected, store, self._collected_records,
+                                                      limiter=self.follower.network)
             self.files.tree.view.collected.update(collected)
+            tags = await trio.to_thread.run_sync(read_tags, store, limiter=self.follower.network)
+            self.files.tree.view.past.tags = {tag.name: (tag.root, dict(tag.entries)) for tag in tags}
         return result
 
     async def snapshot(self) -> dict[str, Any]:

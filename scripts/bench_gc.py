@@ -115,6 +115,9 @@ def saves_during_gc(size_mib: int, repeat: int) -> None:
     from tests.helpers import is_mounted
     from tests.s3model import S3Model
 
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):
+        os.environ.setdefault(name, value)  # the model's moto accepts any credentials
     model = S3Model()
     root = tempfile.mkdtemp(prefix="ckptfs-gc-save-")
     mountpoint, process = os.path.join(root, "mnt"), None

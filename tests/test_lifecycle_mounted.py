@@ -4,6 +4,7 @@ after every run `ckptfs fsck --verify-data` is clean and every kept version read
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import stat
@@ -55,6 +56,9 @@ def test_a_rotating_run_a_policy_and_gc_free_the_rotated_checkpoints_and_keep_th
             subprocess.run(["rm", "-rf", os.path.join(run, f"checkpoint-{step - 2}")], check=True)
         if step == 3:
             ok("tag", directory, "best")  # kept whatever the policy, browsable by `tag --list`
+            time.sleep(0.01)
+            instant = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+            time.sleep(0.01)
     mount.sync()
     # Rotated and live checkpoints are told apart in .versions: sticky bit and `deleted <time>`.
     rotated = mount.path(".versions", "run", "checkpoint-1")
@@ -62,6 +66,12 @@ def test_a_rotating_run_a_policy_and_gc_free_the_rotated_checkpoints_and_keep_th
     assert os.stat(rotated).st_mode & stat.S_ISVTX and not os.stat(live).st_mode & stat.S_ISVTX
     assert os.getxattr(rotated, "user.ckptfs.state").startswith(b"deleted ")
     assert os.getxattr(live, "user.ckptfs.state") == b"live"
+    # Time travel: the run as it was after step 3; the tag as it was made.
+    assert sorted(os.listdir(mount.path(".at", instant, "run"))) == ["checkpoint-2", "checkpoint-3"]
+    assert torch.load(mount.path(".at", instant, "run", "checkpoint-2", "model.pt"))["step"] == 2
+    ok("refresh", mount.mountpoint)  # a sweep: the mount reads the lake's tags
+    assert sorted(os.listdir(mount.path(".tags", "best"))) == ["model.pt", "trainer_state.json"]
+    assert torch.load(mount.path(".tags", "best", "model.pt"))["step"] == 3
 
     ok("retention", "set", mount.mountpoint, "--keep-last", "1")
     shown = json.loads(ok("retention", "show", run, "--json"))
@@ -79,7 +89,9 @@ def test_a_rotating_run_a_policy_and_gc_free_the_rotated_checkpoints_and_keep_th
     assert second["deleted"]["bytes"] > 0
     assert second["stored_bytes"]["after"] < second["stored_bytes"]["before"]
     lake = fsck_clean(url, extra)
-    assert lake["collected"] == 6  # checkpoints 1, 2, 4 (two files each); 3 is tagged, 5 and 6 live
+    # Checkpoints 1 and 4 (two files each) and 2's trainer_state.json: 3 is tagged, 5 and 6 are live,
+    # and 2's model.pt was read (through .at above), so this mount holds it.
+    assert lake["collected"] == 5
 
     # What is kept reads back: the live checkpoints, and the tagged one through .versions.
     for step in (5, 6):
@@ -89,12 +101,13 @@ def test_a_rotating_run_a_policy_and_gc_free_the_rotated_checkpoints_and_keep_th
     assert torch.load(os.path.join(tagged_dir, version))["step"] == 3
     history = json.loads(ok("log", run, "--json"))
     by_path = {(row["path"], row.get("deleted", False)): row for row in history}
-    assert by_path[("run/checkpoint-3/model.pt", False)]["rules"] == ["tag best"]
+    assert by_path[("run/checkpoint-3/model.pt", False)]["rules"] == ["tag best", "held"]  # read via .tags
     assert by_path[("run/checkpoint-1/model.pt", False)]["collected"]
     assert by_path[("run/checkpoint-6/model.pt", False)]["rules"] == ["live"]
     assert by_path[("run/checkpoint-6/model.pt", False)]["mount"]
     ok("refresh", mount.mountpoint)  # a sweep: the mount learns what GC collected
     assert os.listdir(mount.path(".versions", "run", "checkpoint-1", "model.pt")) == []
+    assert os.listdir(mount.path(".at", instant, "run", "checkpoint-2")) == ["model.pt"]  # the rest collected
     after = json.loads(ok("du", run, "--json"))["total"]
     assert after["stored_bytes"] < before["stored_bytes"]
 

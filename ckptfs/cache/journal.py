@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS versions(
     prefix_end INTEGER NOT NULL DEFAULT 0, hole_end INTEGER NOT NULL DEFAULT 0,
     prefix_new INTEGER NOT NULL DEFAULT 0, prefix_stored INTEGER NOT NULL DEFAULT 0, target BLOB);
 CREATE INDEX IF NOT EXISTS versions_by_state ON versions(state);
+CREATE INDEX IF NOT EXISTS versions_by_manifest ON versions(manifest);
 CREATE TABLE IF NOT EXISTS history(
     id INTEGER PRIMARY KEY, path BLOB NOT NULL, time_ns INTEGER NOT NULL, version INTEGER);
 CREATE INDEX IF NOT EXISTS history_by_path ON history(path, time_ns);
@@ -388,6 +389,30 @@ class Journal:
     def history(self, path: bytes) -> list[tuple[int, int | None]]:
         return list(self.db.execute("SELECT time_ns, version FROM history WHERE path=? ORDER BY time_ns, id",
                                     (path,)))
+
+    def states_at(self, prefix: bytes, at_ns: int) -> list[tuple[bytes, int]]:
+        """(path, version) of every path at or under `prefix` whose newest state at or before
+        `at_ns` has content (time travel: files/past.py)."""
+        newest = ("SELECT h2.id FROM history h2 WHERE h2.path = h.path AND h2.time_ns <= ? "
+                  "ORDER BY h2.time_ns DESC, h2.id DESC LIMIT 1")
+        if prefix:
+            rows = self.db.execute(
+                f"SELECT h.path, h.version FROM history h WHERE (h.path = ? OR (h.path >= ? AND h.path < ?)) "
+                f"AND h.time_ns <= ? AND h.id = ({newest})", (prefix, prefix + b"/", prefix + b"0", at_ns, at_ns))
+        else:
+            rows = self.db.execute(
+                f"SELECT h.path, h.version FROM history h WHERE h.time_ns <= ? AND h.id = ({newest})", (at_ns, at_ns))
+        return [(bytes(path), version) for path, version in rows if version is not None]
+
+    def history_times(self, limit: int) -> list[int]:
+        """The newest distinct times at which any path changed, newest first."""
+        return [time_ns for (time_ns,) in self.db.execute(
+            "SELECT DISTINCT time_ns FROM history ORDER BY time_ns DESC LIMIT ?", (limit,))]
+
+    def version_by_manifest(self, manifest: str) -> int | None:
+        row = self.db.execute("SELECT id FROM versions WHERE manifest=? ORDER BY id DESC LIMIT 1",
+                              (manifest,)).fetchone()
+        return row[0] if row else None
 
     def newest_history_time(self, path: bytes) -> int:
         """The newest history time at `path` or under it (0 if none)."""

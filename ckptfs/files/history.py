@@ -18,6 +18,7 @@ import datetime
 from dataclasses import dataclass
 
 from ckptfs.cache.journal import Journal
+from ckptfs.files.past import PastNode, PastView
 from ckptfs.lake.retention import FOLD_NS
 
 NAME = b".versions"
@@ -45,15 +46,19 @@ class VersionsView:
     def __init__(self, journal: Journal, fold_ns: int = FOLD_NS) -> None:
         self.journal = journal
         self.fold_ns = fold_ns  # the lake's fold_s
-        self.collected: set[str] = set()  # manifests GC has deleted (mount.py's Following keeps it up)
-        self._nodes: dict[int, Node] = {ROOT_VIRTUAL_INODE: Node(b"", None)}
-        self._inodes: dict[Node, int] = {Node(b"", None): ROOT_VIRTUAL_INODE}
+        self._nodes: dict[int, Node | PastNode] = {ROOT_VIRTUAL_INODE: Node(b"", None)}
+        self._inodes: dict[Node | PastNode, int] = {Node(b"", None): ROOT_VIRTUAL_INODE}
         self._next = ROOT_VIRTUAL_INODE + 1
+        self.collected: set[str] = set()  # manifests GC has deleted (mount.py's Following keeps it up)
+        self.past = PastView(journal)  # .at and .tags (files/past.py), on the same inode numbers
+        self.past.collected = self.collected
+        self.at_root = self._inode_for(PastNode("at", None, b"", None))
+        self.tags_root = self._inode_for(PastNode("tags", None, b"", None))
 
-    def node(self, ino: int) -> Node | None:
+    def node(self, ino: int) -> Node | PastNode | None:
         return self._nodes.get(ino)
 
-    def _inode_for(self, node: Node) -> int:
+    def _inode_for(self, node: Node | PastNode) -> int:
         ino = self._inodes.get(node)
         if ino is None:
             ino = self._inodes[node] = self._next
@@ -83,6 +88,9 @@ class VersionsView:
 
     def children(self, ino: int) -> list[tuple[bytes, int]]:
         node = self._nodes[ino]
+        if isinstance(node, PastNode):
+            return [(name, self._inode_for(child)) for name, child in self.past.children(node)] \
+                if node.version is None else []
         if node.version is not None:
             return []
         entries = [(name, self._inode_for(Node(self._join(node.path, name), None)))
@@ -96,6 +104,9 @@ class VersionsView:
         node = self._nodes.get(ino)
         if node is None or node.version is not None:
             return None
+        if isinstance(node, PastNode):
+            child = self.past.lookup(node, name)
+            return None if child is None else self._inode_for(child)
         if node.path:
             for version_file, version, time_ns in self.versions_of(node.path):
                 if version_file == name:
@@ -124,7 +135,8 @@ class VersionsView:
         version = self.journal.version(node.version)
         if version is None or version.target is None:
             return None
-        if version.target.startswith(b"/"):
+        if isinstance(node, PastNode) or version.target.startswith(b"/"):
+            return version.target  # .at and .tags mirror the tree: a relative target resolves as it did
             return version.target
         directory = node.path.rpartition(b"/")[0]
         climb = b"../" * (node.path.count(b"/") + 2)  # the name's folder, then .versions itself

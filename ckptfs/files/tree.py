@@ -21,11 +21,15 @@ from ckptfs.files import history
 from ckptfs.files.attributes import AttributeChanges, Attributes, Caller
 from ckptfs.files.lifecycle import Lifecycle
 from ckptfs.files.outbox import Outbox
+from ckptfs.files.past import AT, TAGS, PastNode
 from ckptfs.lake.events import NAME_MAX, SPECIAL_KINDS
 
 log = logging.getLogger(__name__)
 
 SPECIAL_TYPES = dict(zip((stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK), SPECIAL_KINDS, strict=True))
+
+
+VIEWS = (history.NAME, AT, TAGS)  # read-only views of the past at the root: reachable by name, never listed
 
 
 def fail(code: int, why: str = "") -> FsError:
@@ -64,6 +68,16 @@ class Tree:
         if node is None:
             raise fail(errno.ENOENT)
         root = self.inode(ROOT_INODE)
+        if isinstance(node, PastNode):
+            if node.version is None:
+                when = node.key if node.kind == "at" and isinstance(node.key, int) else root.mtime_ns
+                return Attributes(ino, stat.S_IFDIR | 0o555, 2, root.uid, root.gid, 0, 0, when, when, when)
+            version = self.journal.version(node.version)
+            if version is not None and version.target is not None:
+                return Attributes(ino, stat.S_IFLNK | 0o777, 1, root.uid, root.gid, len(version.target), 0,
+                                  version.mtime_ns, version.mtime_ns, version.mtime_ns)
+            size, when = (version.size, version.mtime_ns) if version is not None else (0, 0)
+            return Attributes(ino, stat.S_IFREG | 0o444, 1, root.uid, root.gid, size, 0, when, when, when)
         if node.version is None:
             if not node.path:
                 return Attributes(ino, stat.S_IFDIR | 0o555, 2, root.uid, root.gid, 0, 0, root.mtime_ns,
@@ -77,14 +91,17 @@ class Tree:
             version.size if version else 0)
         return Attributes(ino, kind, 1, root.uid, root.gid, size, 0, node.time_ns, node.time_ns, node.time_ns)
 
+    def _view_root(self, name: bytes) -> int:
+        return {history.NAME: history.ROOT_VIRTUAL_INODE, AT: self.view.at_root, TAGS: self.view.tags_root}[name]
+
     def lookup(self, parent: int, name: bytes) -> Attributes:
         if history.is_virtual(parent):
             ino = parent if name == b"." else self.view.lookup(parent, name)
             if ino is None:
                 raise fail(errno.ENOENT)
             return self._virtual_attributes(ino)
-        if parent == ROOT_INODE and name == history.NAME:
-            return self._virtual_attributes(history.ROOT_VIRTUAL_INODE)
+        if parent == ROOT_INODE and name in VIEWS:
+            return self._virtual_attributes(self._view_root(name))
         if len(name) > NAME_MAX:
             raise fail(errno.ENAMETOOLONG)
         if name == b".":
@@ -170,7 +187,7 @@ class Tree:
             raise fail(errno.ENAMETOOLONG)
         if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
             raise fail(errno.EINVAL)
-        if parent == ROOT_INODE and name == history.NAME:
+        if parent == ROOT_INODE and name in VIEWS:
             raise fail(errno.EEXIST)
         inode = self.inode(parent)
         if not inode.is_dir:

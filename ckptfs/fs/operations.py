@@ -247,7 +247,8 @@ class Operations(pyfuse3.Operations):
     async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
         if history.is_virtual(inode):
             node = self.tree.view.node(inode)
-            if name == XATTR_STATE and node is not None and node.path and node.version is None:
+            if (name == XATTR_STATE and isinstance(node, history.Node) and node.path
+                    and node.version is None):
                 live, changed_ns = self.tree.view.state(node.path)
                 return b"live" if live else b"deleted " + history.version_name(changed_ns).encode()
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
