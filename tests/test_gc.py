@@ -400,3 +400,71 @@ def test_a_policy_changed_while_mounts_run_takes_effect_at_the_next_run_and_a_ma
             assert_whole(lake, clock, saved)
 
     trio.run(main)
+
+
+def _stored(store: MemoryStore) -> int:
+    return sum(info.size for prefix in ("packs/", "manifests/") for info in store.list_stat(prefix))
+
+
+def test_a_mostly_dead_pack_is_repacked_and_readers_follow_the_relocation(tmp_path):
+    clock = WallClock()
+    lake, store, _ = new_lake(clock)
+    saved: dict[str, bytes] = {}
+    rng = __import__("random").Random(3)
+    first = rng.randbytes(6 * MIB)
+    second = first[:3 * MIB] + rng.randbytes(3 * MIB)  # shares its first chunks (< half) with the first
+
+    async def main():
+        mount = mount_on(tmp_path, "a" * 16, lake, clock=clock)
+        async with running(mount):
+            old = await _save_version(mount, b"model.pt", first, saved)
+            await _save_version(mount, b"model.pt", second, saved)
+        old_pack, = _packs_of(lake, old)
+        lake.set_retention(b"", Policy(keep_last=1))
+        clock.advance(GRACE + 1)
+        report = collect(lake, clock)
+        assert report.repacked == 1 and report.repacked_bytes < 3 * MIB < report.repack_frees
+        assert list(store.list("relocations/"))
+        assert_whole(lake, clock, saved)
+        before = _stored(store)
+        for _ in range(2):  # the old manifest goes, then the old pack (no longer named once relocated)
+            clock.advance(GRACE + 1)
+            collect(lake, clock)
+            assert_whole(lake, clock, saved)
+        assert store.size(old_pack) is None
+        assert _stored(store) < before - 3 * MIB
+        fresh = mount_on(tmp_path, "b" * 16, lake, clock=clock)
+        async with running(fresh):
+            assert await load(fresh.files, fresh.files.tree.lookup(ROOT, b"model.pt").ino) == second
+
+    trio.run(main)
+
+
+def test_packs_of_small_chunks_only_are_merged(tmp_path):
+    """A state dict of small tensors is cut into small chunks (chunker profile 3: a chunk per record),
+    each save a small pack of its own: GC merges them."""
+    import io
+
+    import torch
+    clock = WallClock()
+    lake, store, _ = new_lake(clock)
+    saved: dict[str, bytes] = {}
+
+    async def main():
+        mount = mount_on(tmp_path, "a" * 16, lake, clock=clock)
+        async with running(mount):
+            for index in range(3):
+                buffer = io.BytesIO()
+                torch.save({f"t{n}": torch.randn(4096) for n in range(12)}, buffer)
+                await _save_version(mount, b"small-%d" % index, buffer.getvalue(), saved)
+        lake.set_retention(b"", Policy(keep_last=1))
+        assert len(list(store.list("packs/"))) == 3
+        clock.advance(GRACE + 1)
+        assert collect(lake, clock).repacked == 3
+        for _ in range(2):
+            clock.advance(GRACE + 1)
+            collect(lake, clock)
+        assert len(list(store.list("packs/"))) == 1
+        assert_whole(lake, clock, saved)
+
+    trio.run(main)

@@ -3,7 +3,8 @@
 Every log segment must parse and every event in it be valid (`events.parse`); every version any
 history state names (live or not) must have a manifest that parses and matches its id, unless
 garbage collection recorded that it collected it (`gc/collected/`: counted, not a problem); every chunk
-a manifest names must exist (as a loose object, or in the pack it names), and with `verify_data`
+a manifest names must exist (as a loose object, or in the pack it names, or where the relocation
+of a pack GC repacked and deleted says), and with `verify_data`
 must decode and hash to its id, read with one ranged GET per run of a pack as a restore would. Every namespace
 snapshot must read, and the newest, with the segments after it, must replay to the same tree and
 history as the whole log. Each problem names the object it concerns.
@@ -91,6 +92,11 @@ def check_lake(lake: Lake, *, verify_data: bool = False) -> Report:
                 report.chunks += 1
                 report.chunk_bytes += length
             where = value.location(index)
+            while not where.loose and where.pack not in present_packs:  # repacked by GC: follow it
+                moved = lake.relocation(where.pack)
+                if moved is None or chunk not in moved:
+                    break
+                where = moved[chunk]
             if (chunk, where) in checked:
                 continue
             checked.add((chunk, where))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import logging
 import os
 import secrets
 import socket
@@ -37,12 +38,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptfs.errors import CkptfsError
-from ckptfs.lake import keeps
+from ckptfs.lake import codec, keeps, packs
 from ckptfs.lake.lake import Lake
+from ckptfs.lake.packs import Location
 from ckptfs.lake.retention import Retention
 from ckptfs.store import ObjectNotFound, ObjectStore, PreconditionFailed
 
+# Repacking: a pack whose live bytes have fallen below REPACK_BELOW of its size has its live chunks
+# copied into a new pack and a relocation written (docs/DESIGN.md "Repacking", measured by
+# scripts/measure_repack.py); packs under SMALL_PACK made of small chunks only are merged. At most
+# REPACK_BUDGET bytes a run.
+REPACK_BELOW = 0.5
+SMALL_PACK = 4 << 20
+SMALL_CHUNK_OBJECT = (64 << 10) + 32  # a chunk the uploader packs again at every save (engine/chunks.py)
+NEW_PACK = 32 << 20
+REPACK_BUDGET = 4 << 30
 MARKS = "gc/marks/"
+log = logging.getLogger(__name__)
 COLLECTED = "gc/collected/"
 LOCK = "gc/lock"
 LOCK_REFRESH_NS = 60 * 10**9
@@ -124,6 +136,9 @@ class Report:
     rescued: int = 0
     deleted: int = 0
     deleted_bytes: int = 0
+    repacked: int = 0  # packs whose live chunks were copied (the old ones go at a later sweep)
+    repacked_bytes: int = 0  # live bytes copied
+    repack_frees: int = 0  # bytes of those packs that were dead
     stored_bytes: int = 0
     missing: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -140,6 +155,8 @@ class Report:
                 "marked": {"objects": self.marked, "bytes": self.marked_bytes},
                 "rescued": self.rescued,
                 "deleted": {"objects": self.deleted, "bytes": self.deleted_bytes},
+                "repacked": {"packs": self.repacked, "bytes_copied": self.repacked_bytes,
+                             "dead_bytes": self.repack_frees},
                 "stored_bytes": {"before": self.stored_bytes, "after": after},
                 "dollars_per_month": {"before": round(dollars_per_month(self.stored_bytes), 4),
                                       "after": round(dollars_per_month(after), 4)},
@@ -229,8 +246,10 @@ class GarbageCollector:
                 candidates[info.key] = info.size
         report.manifests_live = len(live_manifests)
         report.missing = sorted(kept - live_manifests)
-        live_objects = self._objects_named(live_manifests, start)
+        relocated = {packs.parse_relocation_key(key) for key in self.store.list(packs.RELOCATIONS)} - {None}
+        live_objects, live_ranges = self._objects_named(live_manifests, start, relocated)
         self.progress("listing packs", 0, 0)
+        sizes: dict[str, tuple[int, int]] = {}
         for prefix in _DATA_PREFIXES:
             for info in self.store.list_stat(prefix):
                 listed.add(info.key)
@@ -238,6 +257,7 @@ class GarbageCollector:
                 report.stored_bytes += info.size
                 if info.key in live_objects or info.modified_ns >= young:
                     report.data_objects_live += 1
+                    sizes[info.key] = (info.size, info.modified_ns)
                 else:
                     candidates[info.key] = info.size
             self._touch(start)
@@ -259,6 +279,7 @@ class GarbageCollector:
         report.deleted_bytes = sum(due.values())
         if dry_run:
             return
+        self._repack(report, live_ranges, sizes, young, start)
         new_key = marks_key(marked_at, self.run_id)
         self.store.put(new_key, encode_marks(marks))
         manifests_due = [key.rsplit("/", 1)[-1] for key in due if key.startswith("manifests/")]
@@ -295,28 +316,115 @@ class GarbageCollector:
         kept.discard("")
         return kept
 
-    def _objects_named(self, identifiers: Iterable[str], start: int) -> set[str]:
-        """The packs and loose chunks named by these manifests (GETs in parallel, streamed)."""
+    def _objects_named(self, identifiers: Iterable[str], start: int,
+                       relocated: set[bytes]) -> tuple[set[str], dict[bytes, set[int]]]:
+        """The packs and loose chunks named by these manifests, through relocations (GETs in
+        parallel, streamed), and each pack's live chunk objects as offset << 32 | stored length."""
         named: set[str] = set()
+        ranges: dict[bytes, set[int]] = {}
         todo = sorted(identifiers)
         done = 0
 
-        def read(identifier: str) -> set[str]:
+        def read(identifier: str) -> list[tuple[bytes, Location]]:
             try:
-                return self.lake.get_manifest(identifier).object_keys()
+                value = self.lake.get_manifest(identifier)
             except CkptfsError as error:
-                if isinstance(error.__cause__, ObjectNotFound) or "missing" in str(error):
-                    return set()  # deleted meanwhile: a manifest nothing keeps and a grace old
+                if "missing" in str(error):
+                    return []  # deleted meanwhile: a manifest nothing keeps and a grace old
                 raise
+            return [(chunk, self._resolve(chunk, value.location(index), relocated))
+                    for index, (chunk, _) in enumerate(value.chunks)]
 
         with concurrent.futures.ThreadPoolExecutor(self.threads) as pool:
             for batch in _batches(todo, 256):
-                for keys in pool.map(read, batch):
-                    named |= keys
+                for located in pool.map(read, batch):
+                    for chunk, where in located:
+                        named.add(packs.object_key(chunk, where))
+                        if not where.loose:
+                            ranges.setdefault(where.pack, set()).add(where.offset << 32 | where.stored)
                 done += len(batch)
                 self.progress("reading manifests", done, len(todo))
                 self._touch(start)
-        return named
+        return named, ranges
+
+    def _resolve(self, chunk: bytes, where: Location, relocated: set[bytes]) -> Location:
+        """Where a chunk is now: a repacked pack's chunks are where its relocation says (a chunk the
+        relocation lacks was named again after the repack: its old pack stays)."""
+        while not where.loose and where.pack in relocated:
+            moved = self.lake.relocation(where.pack)
+            if moved is None or chunk not in moved:
+                break
+            where = moved[chunk]
+        return where
+
+    def _repack(self, report: Report, ranges: dict[bytes, set[int]], sizes: dict[str, tuple[int, int]],
+                young: int, start: int) -> None:
+        """Copy the live chunks of mostly dead packs (and of small packs) into new packs, then write
+        a relocation for each old pack. The old packs, no longer named through the relocations, are
+        marked by the next run and deleted a grace later; readers follow the relocation once they
+        are gone (Lake.get_run)."""
+        chosen = []
+        small = []
+        for pack, live in ranges.items():
+            size, modified = sizes.get(packs.pack_key(pack), (0, young))
+            if not size or modified >= young:
+                continue  # gone, or too young to judge
+            live_bytes = sum(value & 0xFFFFFFFF for value in live)
+            if live_bytes < REPACK_BELOW * size:
+                chosen.append((pack, live, live_bytes, size))
+            elif size < SMALL_PACK and all(value & 0xFFFFFFFF <= SMALL_CHUNK_OBJECT for value in live):
+                small.append((pack, live, live_bytes, size))  # only small chunks: torch.save's headers
+        if len(small) >= 2:
+            chosen += small
+        budget = REPACK_BUDGET
+        group: list[tuple[bytes, list[tuple[bytes, bytes]]]] = []
+        filled = 0
+        for pack, live, live_bytes, size in sorted(chosen, key=lambda item: item[0]):
+            if live_bytes > budget:
+                break
+            objects = self._live_objects(pack, live, size)
+            if objects is None:
+                continue
+            budget -= live_bytes
+            report.repacked += 1
+            report.repacked_bytes += live_bytes
+            report.repack_frees += size - live_bytes
+            group.append((pack, objects))
+            filled += sum(len(blob) for _, blob in objects)
+            if filled >= NEW_PACK:
+                self._write_repacked(group)
+                group, filled = [], 0
+            self.progress("repacking", report.repacked, len(chosen))
+            self._touch(start)
+        if group:
+            self._write_repacked(group)
+
+    def _live_objects(self, pack: bytes, live: set[int], size: int) -> list[tuple[bytes, bytes]] | None:
+        """(chunk id, chunk object) of a pack's live chunks, read and verified."""
+        key = packs.pack_key(pack)
+        try:
+            trailer = self.store.get(key, size - packs.TRAILER_SIZE, size)
+            begin, end = packs.index_range(pack, trailer, size)
+            _, entries = packs.read_index(pack, self.store.get(key, begin, end), size)
+        except (ObjectNotFound, CkptfsError) as error:
+            log.warning("not repacking %s: %s", key, error)
+            return None
+        wanted = [(chunk, where) for chunk, where in entries if where.offset << 32 | where.stored in live]
+        if not wanted:
+            return None
+        datas = self.lake.get_run(wanted)
+        return [codec.encode(data, chunk) for (chunk, _), data in zip(wanted, datas, strict=True)]
+
+    def _write_repacked(self, group: list[tuple[bytes, list[tuple[bytes, bytes]]]]) -> None:
+        new = packs.new_pack_id()
+        objects = [item for _, chosen in group for item in chosen]
+        data, locations = packs.encode(new, objects)
+        self.lake.put_pack(new, data)  # the new pack first: a relocation never names a missing pack
+        position = 0
+        for old, chosen in group:
+            moved = dict(zip((chunk for chunk, _ in chosen), locations[position:position + len(chosen)], strict=True))
+            position += len(chosen)
+            self.store.put(packs.relocation_key(old), packs.encode_relocation(old, moved))
 
     def _delete(self, keys: list[str], start: int) -> None:
         done = 0

@@ -85,6 +85,7 @@ class Lake:
         self.skew_ns = MAX_CLOCK_SKEW_S * 10**9
         self.grace_ns = GC_GRACE_S * 10**9
         self.fold_ns = FOLD_S * 10**9
+        self._relocations: dict[bytes, dict[bytes, Location]] = {}
 
     # -- descriptor ---------------------------------------------------------------------------
     def open(self, *, create: bool = True, settings: dict[str, int] | None = None) -> dict[str, Any]:
@@ -178,7 +179,12 @@ class Lake:
         try:
             blob = self.store.get(key, first.offset, end)
         except ObjectNotFound:
-            raise CorruptObjectError(f"pack {first.pack.hex()} is missing from the lake ({key})") from None
+            moved = self.relocation(first.pack)
+            if moved is None or any(identifier not in moved for identifier, _ in run):
+                raise CorruptObjectError(f"pack {first.pack.hex()} is missing from the lake ({key})") from None
+            # Repacked by GC (lake/gc.py): the chunks are where the relocation says, perhaps in
+            # several packs, perhaps moved again.
+            return [self.get_chunk(identifier, moved[identifier]) for identifier, _ in run]
         if len(blob) != end - first.offset:
             raise CorruptObjectError(f"chunk {run[-1][0].hex()}: pack {first.pack.hex()} ends before byte {end} "
                                      f"({key})")
@@ -190,6 +196,18 @@ class Lake:
                 except CorruptObjectError as error:
                     raise CorruptObjectError(f"{error} ({key} at byte {where.offset})") from None
         return datas
+
+    def relocation(self, pack: bytes) -> dict[bytes, Location] | None:
+        """Where GC moved the live chunks of a repacked pack (`relocations/`), or None. Cached: a
+        relocation never changes."""
+        if pack in self._relocations:
+            return self._relocations[pack]
+        try:
+            moved = packs.decode_relocation(self.store.get(packs.relocation_key(pack)), pack)
+        except ObjectNotFound:
+            return None
+        self._relocations[pack] = moved
+        return moved
 
     def put_pack(self, pack: bytes, data: bytes) -> None:
         """Store a pack. Its id is random, so it is new: no condition needed, and a retried PUT

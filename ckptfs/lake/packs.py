@@ -14,6 +14,7 @@ from a pack is verified against its id (codec.decode) like any other.
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 from dataclasses import dataclass
@@ -63,6 +64,44 @@ def pack_key(pack: bytes) -> str:
     return f"{PREFIX}{text[:3]}/{text}"
 
 
+RELOCATIONS = "relocations/"
+
+
+def relocation_key(pack: bytes) -> str:
+    text = pack.hex()
+    return f"{RELOCATIONS}{text[:3]}/{text}"
+
+
+def parse_relocation_key(key: str) -> bytes | None:
+    name = key.rsplit("/", 1)[-1]
+    try:
+        pack = bytes.fromhex(name)
+    except ValueError:
+        return None
+    return pack if len(pack) == 16 and key == relocation_key(pack) else None
+
+
+def encode_relocation(pack: bytes, moved: dict[bytes, Location]) -> bytes:
+    return json.dumps({"format": 1, "pack": pack.hex(),
+                       "chunks": {chunk.hex(): [where.pack.hex(), where.offset, where.stored]
+                                  for chunk, where in moved.items()}}).encode()
+
+
+def decode_relocation(blob: bytes, pack: bytes) -> dict[bytes, Location]:
+    try:
+        value = json.loads(blob)
+        if value.get("format") != 1 or value["pack"] != pack.hex():
+            raise ValueError("not this pack's relocation")
+        moved = {bytes.fromhex(chunk): Location(bytes.fromhex(new), int(offset), int(stored))
+                 for chunk, (new, offset, stored) in value["chunks"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CorruptObjectError(f"{relocation_key(pack)}: not a relocation ({error})") from None
+    if any(len(chunk) != 16 or len(where.pack) != 16 or where.stored < codec.HEADER_SIZE
+           for chunk, where in moved.items()):
+        raise CorruptObjectError(f"{relocation_key(pack)}: a malformed entry")
+    return moved
+
+
 def object_key(chunk: bytes, where: Location) -> str:
     """The lake object holding a chunk at `where`: its pack, or the loose chunk object."""
     return codec.chunk_key(chunk) if where.loose else pack_key(where.pack)
@@ -87,6 +126,16 @@ def encode(pack: bytes, objects: list[tuple[bytes, bytes]]) -> tuple[bytes, list
                      for (identifier, _), where in zip(objects, locations, strict=True))
     trailer = _TRAILER.pack(offset, len(objects), MAGIC)
     return b"".join([*(blob for _, blob in objects), index, trailer]), locations
+
+
+def index_range(pack: bytes, trailer: bytes, size: int) -> tuple[int, int]:
+    """From a pack's last TRAILER_SIZE bytes: the byte range [start, size) holding its index and trailer."""
+    if len(trailer) != TRAILER_SIZE:
+        raise CorruptObjectError(f"pack {pack.hex()}: truncated")
+    index_offset, count, magic = _TRAILER.unpack(trailer)
+    if magic != MAGIC or index_offset + count * _INDEX_ENTRY.size + TRAILER_SIZE != size:
+        raise CorruptObjectError(f"pack {pack.hex()}: bad trailer")
+    return index_offset, size
 
 
 def read_index(pack: bytes, tail: bytes, size: int) -> tuple[int, list[tuple[bytes, Location]]]:
