@@ -122,8 +122,8 @@ def saves_during_gc(size_mib: int, repeat: int) -> None:
     root = tempfile.mkdtemp(prefix="ckptfs-gc-save-")
     mountpoint, process = os.path.join(root, "mnt"), None
     os.makedirs(mountpoint)
-    url = f"s3://{model.bucket()}/lake"
     try:
+        url = f"s3://{model.bucket()}/lake"
         process = subprocess.Popen([sys.executable, "-m", "ckptfs", "mount", url, mountpoint, "--foreground",
                                     "--cache-dir", os.path.join(root, "cache"), "--endpoint-url", model.endpoint,
                                     "--log-file", os.path.join(root, "daemon.log"),

@@ -468,3 +468,35 @@ def test_packs_of_small_chunks_only_are_merged(tmp_path):
         assert_whole(lake, clock, saved)
 
     trio.run(main)
+
+
+class SlowMarksStore(MemoryStore):
+    """Listing GC's marks takes longer than half a writer's lease."""
+
+    def list(self, prefix: str, start_after: str | None = None):
+        if prefix.startswith("gc/marks/"):
+            time.sleep(GRACE / 4 / 2 + 0.3)
+        return super().list(prefix, start_after)
+
+
+def test_a_marks_read_slower_than_half_a_lease_does_not_stop_uploads(tmp_path):
+    """The view was read again as long as it was older than half a lease when the read ended: a
+    read slower than that never ended the loop, and no manifest was ever written (found on the S3
+    model, whose first-byte latency made every read that slow at a grace of 2 s)."""
+    clock = WallClock()
+    store = SlowMarksStore(clock=clock)
+    store.put("lake.json", json.dumps({"format": "ckptfs-lake", "version": 4, "created_ns": 0,
+                                       "gc_grace_s": GRACE, "max_clock_skew_s": 0, "fold_s": 0}).encode())
+    lake = Lake(RetryingStore(store, first_delay=0.001, max_delay=0.01))
+    lake.open()
+    saved: dict[str, bytes] = {}
+
+    async def main():
+        mount = mount_on(tmp_path, "a" * 16, lake, clock=clock)
+        async with running(mount):
+            with trio.fail_after(30):
+                await _save_version(mount, b"model.pt", os.urandom(2 * MIB), saved)
+                clock.advance(GRACE)  # the view is stale: the next upload reads it again, once
+                await _save_version(mount, b"model.pt", os.urandom(2 * MIB), saved)
+
+    trio.run(main)

@@ -58,10 +58,13 @@ class Leases:
                 self.vouched[key] = when
 
     async def _fresh_view(self) -> None:
-        while self.view_ns is None or self.clock() - self.view_ns > self.lease_ns // 2:
-            if self._reading is not None:
-                await self._reading.wait()
-                continue
+        """Read the marks again if the view is older than half a lease: once (a read that takes
+        longer than that must not start another; the view's time is when its read began)."""
+        if self.view_ns is not None and self.clock() - self.view_ns <= self.lease_ns // 2:
+            return
+        if self._reading is not None:
+            await self._reading.wait()
+        else:
             self._reading = trio.Event()
             try:
                 taken = self.clock()
@@ -73,6 +76,8 @@ class Leases:
             finally:
                 self._reading.set()
                 self._reading = None
+        if self.view_ns is None:
+            raise CkptfsError("could not read garbage collection's marks; will try again")
 
     async def unsafe(self, keys: Iterable[str]) -> set[str]:
         """The objects among `keys` that a manifest written now must not name."""
