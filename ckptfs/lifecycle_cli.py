@@ -63,8 +63,10 @@ def command_retention(args: argparse.Namespace) -> int:
     lake, inside, _ = lake_at(args.path)
     if args.action == "set":
         within = retention.parse_duration(args.keep_within) if args.keep_within else None
+        archive = retention.parse_duration(args.archive_after) if args.archive_after else None
         policy = retention.Policy(keep_last=args.keep_last, keep_within_s=within, keep_hourly=args.keep_hourly,
-                                  keep_daily=args.keep_daily, keep_weekly=args.keep_weekly)
+                                  keep_daily=args.keep_daily, keep_weekly=args.keep_weekly,
+                                  archive_after_s=archive, archive_class=args.archive_class)
         lake.set_retention(inside, policy)
         return _answer(args, {"path": os.fsdecode(inside), "policy": policy.rules()},
                        f"{_shown(inside)}: keep {policy.describe()}; the live version of every file is always kept")
@@ -114,6 +116,8 @@ def command_gc(args: argparse.Namespace) -> int:
     print(f"{'would mark' if args.dry_run else 'marked'} {report.marked} objects ({human(report.marked_bytes)}), "
           f"{'would delete' if args.dry_run else 'deleted'} {report.deleted} ({human(report.deleted_bytes)}), "
           f"{report.rescued} marked earlier are in use again")
+    if report.archived:
+        print(f"moved {report.archived} packs ({human(report.archived_bytes)}) to a colder storage class")
     print(f"versions: {versions['kept']} kept of {versions['total']} "
           f"({', '.join(f'{rule} {count}' for rule, count in versions['kept_by_rule'].items()) or 'none'}), "
           f"{versions['collectable']} left to collect")
@@ -242,6 +246,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                          help="the tree as it was at the end of each of the N newest hours with changes")
     setting.add_argument("--keep-daily", type=int, metavar="N", help="the same for days (UTC)")
     setting.add_argument("--keep-weekly", type=int, metavar="N", help="the same for weeks (Monday to Sunday, UTC)")
+    setting.add_argument("--archive-after", metavar="DURATION",
+                         help="move kept versions older than this (and no longer current) to --archive-class")
+    setting.add_argument("--archive-class", metavar="CLASS",
+                         help="the S3 storage class for them: STANDARD_IA, ONEZONE_IA, GLACIER_IR (read as usual, "
+                              "a fee per GB), GLACIER, DEEP_ARCHIVE (read only after a restore)")
     showing = actions.add_parser("show", help="the policy that governs PATH, and every policy of the lake")
     showing.add_argument("path", help="a path inside a mount")
     clearing = actions.add_parser("clear", help="remove PATH's own policy (the one above it governs it again)")

@@ -62,7 +62,7 @@ def read_version(lake: Lake, manifest_id: str) -> bytes:
     return b"".join(lake.get_chunk(chunk, value.location(index)) for index, (chunk, _) in enumerate(value.chunks))
 
 
-def assert_whole(lake: Lake, clock: WallClock, saved: dict[str, bytes]) -> None:
+def assert_whole(lake: Lake, clock: WallClock, saved: dict[str, bytes], *, archived: bool = False) -> None:
     """fsck --verify-data finds nothing, and every version retention keeps now and GC has not
     collected reads back as saved (`saved`: manifest id -> bytes, for every version the test wrote)."""
     report = check_lake(lake, verify_data=True)
@@ -74,6 +74,8 @@ def assert_whole(lake: Lake, clock: WallClock, saved: dict[str, bytes]) -> None:
             if verdict.kept and verdict.state.manifest not in collected]
     assert kept
     for identifier in kept:
+        if archived and identifier not in saved:
+            continue  # in an archive class: the test checked it fails at once
         assert read_version(lake, identifier) == saved[identifier]
 
 

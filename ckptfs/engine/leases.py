@@ -71,7 +71,11 @@ class Leases:
                 found = await trio.to_thread.run_sync(read_marks, self.lake.store, limiter=self.network)
                 marks = found[1] if found is not None else None
                 self.marked = dict(marks.marked) if marks is not None else {}
-                self.deleted = set(marks.deleted) if marks is not None else set()
+                if marks is not None:  # announced for a colder class: the same deadline as a mark
+                    for key, first in marks.archiving.items():
+                        self.marked[key] = min(first, self.marked.get(key, first))
+                # deleted, or in a colder class: a manifest naming it would not read back
+                self.deleted = set(marks.deleted) | set(marks.archived) if marks is not None else set()
                 self.view_ns = taken
             finally:
                 self._reading.set()

@@ -24,6 +24,7 @@ from ckptfs.engine.interface import Engine
 from ckptfs.errors import CkptfsError, FsError
 from ckptfs.files.changes import ChangesInFlight
 from ckptfs.files.outbox import Outbox
+from ckptfs.store import ObjectArchived
 
 log = logging.getLogger(__name__)
 
@@ -178,4 +179,9 @@ class Lifecycle:
             return os.pread(self.staging.fd(version_id), size, offset)
         if version.manifest is None:
             raise CkptfsError(f"version {version_id:x} has neither local data nor a manifest")
-        return await self.engine.read(version.manifest, offset, size, sequential=sequential)
+        try:
+            return await self.engine.read(version.manifest, offset, size, sequential=sequential)
+        except ObjectArchived as error:  # at once, never a hang: a retention policy moved it
+            raise CkptfsError(f"{(version.path or b'?').decode(errors='replace')} (version of "
+                              f"{version.mtime_ns / 1e9:.0f}, manifest {version.manifest}) is in an archive storage "
+                              f"class: {error}") from None

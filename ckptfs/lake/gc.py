@@ -72,6 +72,8 @@ class Marks:
     run_ns: int
     marked: dict[str, int] = field(default_factory=dict)  # key -> when first marked
     deleted: dict[str, int] = field(default_factory=dict)  # key -> when deleted (tombstones)
+    archived: dict[str, str] = field(default_factory=dict)  # key -> storage class (writers avoid them)
+    archiving: dict[str, int] = field(default_factory=dict)  # key -> when first announced for archiving
 
 
 def marks_key(run_ns: int, run: str) -> str:
@@ -80,7 +82,8 @@ def marks_key(run_ns: int, run: str) -> str:
 
 def encode_marks(marks: Marks) -> bytes:
     return json.dumps({"format": 1, "run_ns": marks.run_ns, "marked": marks.marked,
-                       "deleted": marks.deleted}).encode()
+                       "deleted": marks.deleted, "archived": marks.archived,
+                       "archiving": marks.archiving}).encode()
 
 
 def read_marks(store: ObjectStore) -> tuple[str, Marks] | None:
@@ -90,7 +93,9 @@ def read_marks(store: ObjectStore) -> tuple[str, Marks] | None:
         try:
             value = json.loads(store.get(key))
             return key, Marks(int(value["run_ns"]), {str(k): int(v) for k, v in value["marked"].items()},
-                              {str(k): int(v) for k, v in value["deleted"].items()})
+                              {str(k): int(v) for k, v in value["deleted"].items()},
+                              {str(k): str(v) for k, v in value.get("archived", {}).items()},
+                              {str(k): int(v) for k, v in value.get("archiving", {}).items()})
         except ObjectNotFound:
             continue  # replaced meanwhile; an older one is still a valid view
         except (ValueError, KeyError, TypeError, AttributeError) as error:
@@ -139,6 +144,8 @@ class Report:
     repacked: int = 0  # packs whose live chunks were copied (the old ones go at a later sweep)
     repacked_bytes: int = 0  # live bytes copied
     repack_frees: int = 0  # bytes of those packs that were dead
+    archived: int = 0  # packs moved to a colder storage class by this run
+    archived_bytes: int = 0
     stored_bytes: int = 0
     missing: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -155,6 +162,7 @@ class Report:
                 "marked": {"objects": self.marked, "bytes": self.marked_bytes},
                 "rescued": self.rescued,
                 "deleted": {"objects": self.deleted, "bytes": self.deleted_bytes},
+                "archived": {"packs": self.archived, "bytes": self.archived_bytes},
                 "repacked": {"packs": self.repacked, "bytes_copied": self.repacked_bytes,
                              "dead_bytes": self.repack_frees},
                 "stored_bytes": {"before": self.stored_bytes, "after": after},
@@ -229,7 +237,7 @@ class GarbageCollector:
     def _run(self, report: Report, start: int, grace: int, skew: int, dry_run: bool) -> None:
         previous = read_marks(self.store)
         previous_marks = previous[1] if previous is not None else Marks(0)
-        kept = self._kept_manifests(report, start)
+        kept, cold = self._kept_manifests(report, start)
         young = start - grace - skew
         self.progress("listing manifests", 0, 0)
         live_manifests: set[str] = set()
@@ -247,14 +255,17 @@ class GarbageCollector:
         report.manifests_live = len(live_manifests)
         report.missing = sorted(kept - live_manifests)
         relocated = {packs.parse_relocation_key(key) for key in self.store.list(packs.RELOCATIONS)} - {None}
-        live_objects, live_ranges = self._objects_named(live_manifests, start, relocated)
+        live_objects, live_ranges, cold_packs = self._objects_named(live_manifests, start, relocated, cold)
         self.progress("listing packs", 0, 0)
         sizes: dict[str, tuple[int, int]] = {}
+        archived: dict[str, str] = {}
         for prefix in _DATA_PREFIXES:
             for info in self.store.list_stat(prefix):
                 listed.add(info.key)
                 report.data_objects += 1
                 report.stored_bytes += info.size
+                if info.storage_class != "STANDARD":
+                    archived[info.key] = info.storage_class
                 if info.key in live_objects or info.modified_ns >= young:
                     report.data_objects_live += 1
                     sizes[info.key] = (info.size, info.modified_ns)
@@ -273,6 +284,19 @@ class GarbageCollector:
         report.marked = len(marks.marked)
         report.marked_bytes = sum(candidates[key] for key in marks.marked)
         marks.deleted = {key: when for key, when in previous_marks.deleted.items() if when > start - 2 * grace}
+        # Tiers: a pack only cold versions name is announced, and moved a grace later if it still is
+        # (a writer that names it meanwhile makes it hot again, as with marks).
+        marks.archived = {key: cls for key, cls in archived.items() if key not in due}
+        moving = {}
+        for key, cls in cold_packs.items():
+            if key in archived or key in due or key in marks.marked or sizes.get(key, (0, start))[1] >= young:
+                continue
+            first = previous_marks.archiving.get(key, marked_at)
+            if first <= start - grace:
+                moving[key] = cls
+            else:
+                marks.archiving[key] = first
+        marks.archived.update(moving)
         for key in due:
             marks.deleted[key] = marked_at
         report.deleted = len(due)
@@ -289,6 +313,11 @@ class GarbageCollector:
         # Manifests first: no manifest ever names a pack that is gone while it is still there.
         order = sorted(due, key=lambda key: (not key.startswith("manifests/"), key))
         self._delete(order, start)
+        for key, cls in sorted(moving.items()):
+            self.store.set_storage_class(key, cls)
+            report.archived += 1
+            report.archived_bytes += sizes[key][0]
+            self._touch(start)
         for key in self.store.list(MARKS):
             if key != new_key:
                 self.store.delete(key)
@@ -305,47 +334,60 @@ class GarbageCollector:
         held = keeps.read_holds(self.store, start)
         retention = Retention(policies, start, tagged, held, self.lake.fold_ns)
         kept: set[str] = set(tagged) | held
-        for _, verdict in retention.judge_all(tree.history):
+        cold: dict[str, str | None] = {}  # kept manifest -> the class all its versions may move to
+        for path, verdict in retention.judge_all(tree.history):
             report.versions += 1
             if verdict.kept:
                 report.versions_kept += 1
                 report.kept_by_rule[verdict.reasons[0].split(" ")[0]] += 1
-                kept.add(verdict.state.manifest or "")
+                identifier = verdict.state.manifest or ""
+                kept.add(identifier)
+                cls = None if "held" in verdict.reasons else retention.archive_class(path, verdict)
+                cold[identifier] = cls if cold.get(identifier, cls) == cls else None
             else:
                 report.versions_collectable += 1
         kept.discard("")
-        return kept
+        return kept, {identifier: cls for identifier, cls in cold.items() if cls and identifier not in held}
 
-    def _objects_named(self, identifiers: Iterable[str], start: int,
-                       relocated: set[bytes]) -> tuple[set[str], dict[bytes, set[int]]]:
+    def _objects_named(self, identifiers: Iterable[str], start: int, relocated: set[bytes],
+                       cold: dict[str, str]) -> tuple[set[str], dict[bytes, set[int]], dict[str, str]]:
         """The packs and loose chunks named by these manifests, through relocations (GETs in
-        parallel, streamed), and each pack's live chunk objects as offset << 32 | stored length."""
+        parallel, streamed); each pack's live chunk objects as offset << 32 | stored length; and
+        the packs only `cold` manifests name, with the class they may move to."""
         named: set[str] = set()
         ranges: dict[bytes, set[int]] = {}
+        hot: set[str] = set()
+        cold_packs: dict[str, str] = {}
         todo = sorted(identifiers)
         done = 0
 
-        def read(identifier: str) -> list[tuple[bytes, Location]]:
+        def read(identifier: str) -> tuple[str, list[tuple[bytes, Location]]]:
             try:
                 value = self.lake.get_manifest(identifier)
             except CkptfsError as error:
                 if "missing" in str(error):
-                    return []  # deleted meanwhile: a manifest nothing keeps and a grace old
+                    return identifier, []  # deleted meanwhile: a manifest nothing keeps and a grace old
                 raise
-            return [(chunk, self._resolve(chunk, value.location(index), relocated))
-                    for index, (chunk, _) in enumerate(value.chunks)]
+            return identifier, [(chunk, self._resolve(chunk, value.location(index), relocated))
+                                for index, (chunk, _) in enumerate(value.chunks)]
 
         with concurrent.futures.ThreadPoolExecutor(self.threads) as pool:
             for batch in _batches(todo, 256):
-                for located in pool.map(read, batch):
+                for identifier, located in pool.map(read, batch):
+                    cls = cold.get(identifier)
                     for chunk, where in located:
-                        named.add(packs.object_key(chunk, where))
+                        key = packs.object_key(chunk, where)
+                        named.add(key)
                         if not where.loose:
                             ranges.setdefault(where.pack, set()).add(where.offset << 32 | where.stored)
+                            if cls is None:
+                                hot.add(key)
+                            else:
+                                cold_packs.setdefault(key, cls)
                 done += len(batch)
                 self.progress("reading manifests", done, len(todo))
                 self._touch(start)
-        return named, ranges
+        return named, ranges, {key: cls for key, cls in cold_packs.items() if key not in hot}
 
     def _resolve(self, chunk: bytes, where: Location, relocated: set[bytes]) -> Location:
         """Where a chunk is now: a repacked pack's chunks are where its relocation says (a chunk the

@@ -36,6 +36,7 @@ import xxhash
 from ckptfs.errors import CkptfsError
 from ckptfs.lake.manifest import decode_path, encode_path
 from ckptfs.lake.namespace import State
+from ckptfs.store import STORAGE_CLASSES
 
 PREFIX = "retention/"
 FOLD_NS = 10 * 10**9
@@ -60,14 +61,23 @@ class Policy:
     keep_hourly: int | None = None
     keep_daily: int | None = None
     keep_weekly: int | None = None
+    archive_after_s: int | None = None  # versions older than this (and not current) move to ...
+    archive_class: str | None = None  # ... this storage class (S3 lakes)
 
     def __post_init__(self) -> None:
+        if (self.archive_after_s is None) != (self.archive_class is None):
+            raise PolicyError("--archive-after and --archive-class go together")
+        if self.archive_class is not None and self.archive_class not in STORAGE_CLASSES:
+            raise PolicyError(f"{self.archive_class!r:.30} is not a storage class a policy can use: "
+                              f"{', '.join(STORAGE_CLASSES)}")
         for name, value in asdict(self).items():
-            limit = _MAX_SECONDS if name == "keep_within_s" else _MAX_COUNT
+            if name == "archive_class":
+                continue
+            limit = _MAX_SECONDS if name.endswith("_s") else _MAX_COUNT
             if value is not None and (type(value) is not int or not 0 <= value <= limit):
                 raise PolicyError(f"{name.replace('_', '-')} must be a whole number from 0 to {limit}, "
                                   f"not {value!r:.40}")
-        if all(value is None for value in asdict(self).values()):
+        if all(value is None for name, value in asdict(self).items() if not name.startswith("archive")):
             raise PolicyError("a policy needs at least one rule (--keep-last, --keep-within, --keep-hourly, "
                               "--keep-daily, --keep-weekly)")
 
@@ -77,8 +87,8 @@ class Policy:
     def describe(self) -> str:
         parts = []
         for name, value in self.rules().items():
-            shown = format_duration(value) if name == "keep_within_s" else str(value)
-            parts.append(f"{name.replace('_s', '').replace('_', '-')} {shown}")
+            shown = format_duration(value) if name.endswith("_s") else str(value)
+            parts.append(f"{name.removesuffix('_s').replace('_', '-')} {shown}")
         return ", ".join(parts)
 
 
@@ -225,6 +235,16 @@ class Retention:
                 reasons.append("held")
             judged.append(Verdict(state, end, verdict.folded, tuple(reasons)))
         return judged
+
+    def archive_class(self, path: bytes, verdict: Verdict) -> str | None:
+        """The storage class a kept version may move to: its policy's, once it is no longer current
+        and older than the policy's archive age."""
+        prefix = governing(path, self.policies)
+        policy = self.policies.get(prefix) if prefix is not None else None
+        if policy is None or policy.archive_class is None or verdict.end_ns is None:
+            return None
+        return policy.archive_class if verdict.state.time_ns < self.now_ns - (policy.archive_after_s or 0) * 10**9 \
+            else None
 
     def judge_all(self, history: Mapping[bytes, list[State]]) -> Iterator[tuple[bytes, Verdict]]:
         self.prepare(history)

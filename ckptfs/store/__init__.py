@@ -7,6 +7,9 @@ from urllib.parse import urlparse
 
 from ckptfs.errors import ConfigError
 from ckptfs.store.base import (
+    ARCHIVE_CLASSES,
+    STORAGE_CLASSES,
+    ObjectArchived,
     ObjectNotFound,
     ObjectStore,
     PermanentStoreError,
@@ -17,8 +20,9 @@ from ckptfs.store.base import (
 )
 from ckptfs.store.localdir import LocalDirStore
 
-__all__ = ["ObjectNotFound", "ObjectStore", "PermanentStoreError", "PreconditionFailed", "RetryingStore",
-           "StoreError", "TemporaryStoreError", "LocalDirStore", "open_store"]
+__all__ = ["ARCHIVE_CLASSES", "STORAGE_CLASSES", "ObjectArchived", "ObjectNotFound", "ObjectStore",
+           "PermanentStoreError", "PreconditionFailed", "RetryingStore", "StoreError", "TemporaryStoreError",
+           "LocalDirStore", "open_store"]
 
 
 def open_store(url: str, *, endpoint_url: str | None = None, timeout: float = 60) -> ObjectStore:

@@ -40,6 +40,17 @@ class ObjectNotFound(StoreError):
     """The key does not exist."""
 
 
+class ObjectArchived(PermanentStoreError):
+    """The object is in an archive storage class (S3 GLACIER, DEEP_ARCHIVE): it must be restored
+    before it can be read."""
+
+
+# Storage classes a policy may move old packs to (docs/SEMANTICS.md, "Retention"): the first three
+# read like STANDARD (a retrieval fee per GB), the last two only after a restore.
+STORAGE_CLASSES = ("STANDARD_IA", "ONEZONE_IA", "GLACIER_IR", "GLACIER", "DEEP_ARCHIVE")
+ARCHIVE_CLASSES = ("GLACIER", "DEEP_ARCHIVE")
+
+
 class PreconditionFailed(StoreError):
     """A conditional write lost: the key already exists (If-None-Match: *)."""
 
@@ -49,6 +60,7 @@ class ObjectInfo:
     key: str
     size: int
     modified_ns: int
+    storage_class: str = "STANDARD"
 
 
 class ObjectStore(abc.ABC):
@@ -81,6 +93,10 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def delete(self, key: str) -> None:
         """Remove the key; removing a missing key is not an error."""
+
+    def set_storage_class(self, key: str, storage_class: str) -> None:
+        """Move an object to another storage class (S3: a copy onto itself)."""
+        raise PermanentStoreError(f"{self.url} has no storage classes: tiers need an S3 lake")
 
     def check_access(self) -> None:
         """Raise a StoreError with a clear message if the store cannot be used at all."""
@@ -165,6 +181,9 @@ class RetryingStore(ObjectStore):
 
     def delete(self, key: str) -> None:
         self._retry(f"DELETE {key}", lambda: self.inner.delete(key))
+
+    def set_storage_class(self, key: str, storage_class: str) -> None:
+        self._retry(f"COPY {key}", lambda: self.inner.set_storage_class(key, storage_class))
 
     def check_access(self) -> None:
         self._retry("check access", self.inner.check_access)

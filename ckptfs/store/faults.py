@@ -81,5 +81,8 @@ class FaultyStore(ObjectStore):
     def delete(self, key: str) -> None:
         self._call("delete", key, lambda: self.inner.delete(key))
 
+    def set_storage_class(self, key: str, storage_class: str) -> None:
+        self._call("put", key, lambda: self.inner.set_storage_class(key, storage_class))
+
     def check_access(self) -> None:
         self.inner.check_access()

@@ -9,7 +9,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from ckptfs.store.base import ObjectInfo, ObjectNotFound, ObjectStore, PreconditionFailed
+from ckptfs.store.base import (
+    ARCHIVE_CLASSES,
+    ObjectArchived,
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectStore,
+    PreconditionFailed,
+)
 
 
 class MemoryStore(ObjectStore):
@@ -17,6 +24,7 @@ class MemoryStore(ObjectStore):
         self.url = f"memory://{name}/"
         self.clock = clock  # last-modified times (tests of garbage collection set it)
         self._modified: dict[str, int] = {}
+        self._classes: dict[str, str] = {}  # keys not in STANDARD
         self._objects: dict[str, bytes] = {}
         self._keys: list[str] = []  # sorted, for list()
         self._lock = threading.Lock()
@@ -30,12 +38,16 @@ class MemoryStore(ObjectStore):
                 bisect.insort(self._keys, key)
             self._objects[key] = bytes(data)
             self._modified[key] = self.clock()
+            self._classes.pop(key, None)
 
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         with self._lock:
             data = self._objects.get(key)
         if data is None:
             raise ObjectNotFound(f"{self.url}{key} does not exist")
+        if self._classes.get(key) in ARCHIVE_CLASSES:
+            raise ObjectArchived(f"GET {key}: in storage class {self._classes[key]}: restore it first "
+                                 "(aws s3api restore-object)")
         return data[start or 0:end if end is not None else len(data)]
 
     def size(self, key: str) -> int | None:
@@ -46,8 +58,19 @@ class MemoryStore(ObjectStore):
     def list_stat(self, prefix: str) -> Iterator[ObjectInfo]:
         keys = list(self.list(prefix))
         with self._lock:
-            return iter([ObjectInfo(key, len(self._objects[key]), self._modified[key])
+            return iter([ObjectInfo(key, len(self._objects[key]), self._modified[key],
+                                    self._classes.get(key, "STANDARD"))
                          for key in keys if key in self._objects])
+
+    def set_storage_class(self, key: str, storage_class: str) -> None:
+        with self._lock:
+            if key not in self._objects:
+                raise ObjectNotFound(f"{self.url}{key} does not exist")
+            self._classes[key] = storage_class
+            self._modified[key] = self.clock()  # a copy onto itself, as S3 does it
+
+    def storage_class(self, key: str) -> str:
+        return self._classes.get(key, "STANDARD")
 
     def list(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
         with self._lock:
@@ -67,6 +90,7 @@ class MemoryStore(ObjectStore):
             if self._objects.pop(key, None) is not None:
                 self._keys.remove(key)
                 del self._modified[key]
+                self._classes.pop(key, None)
 
     def check_access(self) -> None:
         pass

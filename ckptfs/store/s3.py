@@ -15,6 +15,7 @@ import botocore.config
 import botocore.exceptions
 
 from ckptfs.store.base import (
+    ObjectArchived,
     ObjectInfo,
     ObjectNotFound,
     ObjectStore,
@@ -37,6 +38,9 @@ def classify(error: Exception, what: str) -> StoreError:
         code = str(error.response.get("Error", {}).get("Code", ""))
         status = str(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
         message = error.response.get("Error", {}).get("Message") or code
+        if code == "InvalidObjectState":
+            return ObjectArchived(f"{what}: the object is in an archive storage class; restore it first "
+                                  "(aws s3api restore-object --restore-request Days=7, then wait for it)")
         if code in _NOT_FOUND_CODES and code != "NoSuchBucket":
             return ObjectNotFound(f"{what}: not found")
         if code in _PRECONDITION_CODES or status in ("412", "409"):
@@ -138,9 +142,18 @@ class S3Store(ObjectStore):
                 for item in page.get("Contents", []):
                     modified = item["LastModified"]
                     yield ObjectInfo(item["Key"][len(self.prefix):], item["Size"],
-                                     int(modified.timestamp()) * 1_000_000_000 + modified.microsecond * 1000)
+                                     int(modified.timestamp()) * 1_000_000_000 + modified.microsecond * 1000,
+                                     item.get("StorageClass", "STANDARD"))
         except Exception as error:  # noqa: BLE001
             raise classify(error, f"LIST {prefix}") from None
+
+    def set_storage_class(self, key: str, storage_class: str) -> None:
+        try:
+            self.client.copy_object(Bucket=self.bucket, Key=self._key(key), StorageClass=storage_class,
+                                    CopySource={"Bucket": self.bucket, "Key": self._key(key)},
+                                    MetadataDirective="COPY")
+        except Exception as error:  # noqa: BLE001
+            raise classify(error, f"COPY {key} to {storage_class}") from None
 
     def delete(self, key: str) -> None:
         try:
