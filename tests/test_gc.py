@@ -16,7 +16,7 @@ from ckptfs.lake import Lake, retention
 from ckptfs.lake.check import check_lake
 from ckptfs.lake.gc import GarbageCollector, GcBusy, read_collected, read_marks
 from ckptfs.lake.retention import Policy, Retention
-from ckptfs.store import PermanentStoreError, RetryingStore
+from ckptfs.store import PermanentStoreError, RetryingStore, open_store
 from ckptfs.store.faults import FaultyStore
 from ckptfs.store.memory import MemoryStore
 from tests.layers import ROOT, load, mount_on, published, running, save
@@ -38,13 +38,21 @@ class WallClock:
         self.offset += int(seconds * 1e9)
 
 
-def new_lake(clock: WallClock, *, faulty: bool = False) -> tuple[Lake, MemoryStore, FaultyStore | None]:
-    store = MemoryStore(clock=clock)
+class RealClock(WallClock):
+    """The wall clock, moved by sleeping: for a store whose last-modified times are its own (S3)."""
+
+    def advance(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+def new_lake(clock: WallClock, *, faulty: bool = False, store=None,
+             grace: int = GRACE) -> tuple[Lake, MemoryStore, FaultyStore | None]:
+    store = store if store is not None else MemoryStore(clock=clock)
     store.put("lake.json", json.dumps({
         "format": "ckptfs-lake", "version": 4, "created_ns": 0,
         "chunking": {"profile": 3, "min": 262144, "avg": 1048576, "max": 4194304},
         # saves here are milliseconds apart: fold nothing (folding has tests of its own)
-        "gc_grace_s": GRACE, "max_clock_skew_s": 0, "late_publish_s": 0, "fold_s": 0}).encode())
+        "gc_grace_s": grace, "max_clock_skew_s": 0, "late_publish_s": 0, "fold_s": 0}).encode())
     faults = FaultyStore(store) if faulty else None
     lake = Lake(RetryingStore(faults or store, first_delay=0.001, max_delay=0.01, give_up_after=5))
     lake.open()
@@ -150,6 +158,7 @@ def test_a_policy_and_two_runs_a_grace_apart_free_what_retention_drops_and_nothi
         second = collect(lake, clock)
         assert second.deleted == 0 and second.marked == 4  # 2 manifests and their 2 packs
         assert second.to_json()["versions"]["kept_by_rule"] == {"last": 1, "live": 1}
+        assert second.to_json()["versions"]["by_policy"] == {"/": {"kept": 2, "collectable": 2}}
         assert_whole(lake, clock, saved)
         clock.advance(GRACE + 1)
         third = collect(lake, clock)
@@ -331,11 +340,18 @@ def test_a_second_run_is_refused_while_the_first_holds_the_lock(tmp_path):
     collect(lake, clock)  # a lock not refreshed for 10 minutes is taken over
 
 
-def test_gc_racing_three_mounts_that_keep_saving(tmp_path):
+@pytest.mark.parametrize("kind", ["memory", "s3"])
+def test_gc_racing_three_mounts_that_keep_saving(tmp_path, kind, request):
     """Three mounts save new and repeated data (deduplicating against chunks GC is marking) while
-    GC runs between their saves and the clock runs past graces; after each run the lake is whole."""
-    clock = WallClock()
-    lake, store, _ = new_lake(clock)
+    GC runs beside their saves and the clock runs past graces; after each run the lake is whole.
+    On moto_server the clock is the real one (S3 stamps objects with its own), with a 2 s grace."""
+    if kind == "s3":
+        url, endpoint = request.getfixturevalue("s3_url")
+        clock, grace = RealClock(), 2
+        lake, store, _ = new_lake(clock, store=open_store(url, endpoint_url=endpoint), grace=grace)
+    else:
+        clock, grace = WallClock(), GRACE
+        lake, store, _ = new_lake(clock)
     saved: dict[str, bytes] = {}
     pool = [os.urandom(MIB + 4096) for _ in range(6)]
     lake.set_retention(b"", Policy(keep_last=1))
@@ -352,7 +368,7 @@ def test_gc_racing_three_mounts_that_keep_saving(tmp_path):
                         nursery.start_soon(_save_version, mount, f"r{index}-m{rng.randrange(2)}".encode(), data,
                                            saved)
                         nursery.start_soon(_save_version, mount, b"shared-%d" % index, pool[rng.randrange(6)], saved)
-                clock.advance(rng.choice([0.5, GRACE / 2, GRACE + 1]))
+                clock.advance(rng.choice([0.5, grace / 2, grace + 1]))
                 assert_whole(lake, clock, saved)
             deleted = sum(1 for key in read_marks(store)[1].deleted if key.startswith("packs/"))
             assert deleted > 0

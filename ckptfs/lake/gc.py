@@ -41,7 +41,7 @@ from ckptfs.errors import CkptfsError
 from ckptfs.lake import codec, keeps, packs
 from ckptfs.lake.lake import Lake
 from ckptfs.lake.packs import Location
-from ckptfs.lake.retention import Retention
+from ckptfs.lake.retention import Retention, governing
 from ckptfs.store import ObjectNotFound, ObjectStore, PreconditionFailed
 
 # Repacking: a pack whose live bytes have fallen below REPACK_BELOW of its size has its live chunks
@@ -131,6 +131,8 @@ class Report:
     versions: int = 0
     versions_kept: int = 0
     kept_by_rule: Counter[str] = field(default_factory=Counter)
+    kept_by_policy: Counter[str] = field(default_factory=Counter)  # governing prefix ("" the default)
+    collectable_by_policy: Counter[str] = field(default_factory=Counter)
     versions_collectable: int = 0
     manifests: int = 0
     manifests_live: int = 0
@@ -156,6 +158,10 @@ class Report:
                 "seconds": round(self.seconds, 3),
                 "versions": {"total": self.versions, "kept": self.versions_kept,
                              "kept_by_rule": dict(sorted(self.kept_by_rule.items())),
+                             "by_policy": {prefix: {"kept": self.kept_by_policy[prefix],
+                                                    "collectable": self.collectable_by_policy[prefix]}
+                                           for prefix in sorted(set(self.kept_by_policy)
+                                                                | set(self.collectable_by_policy))},
                              "collectable": self.versions_collectable},
                 "manifests": {"total": self.manifests, "live": self.manifests_live},
                 "data_objects": {"total": self.data_objects, "live": self.data_objects_live},
@@ -337,8 +343,11 @@ class GarbageCollector:
         cold: dict[str, str | None] = {}  # kept manifest -> the class all its versions may move to
         for path, verdict in retention.judge_all(tree.history):
             report.versions += 1
+            prefix = governing(path, policies)
+            policy = "(no policy)" if prefix is None else "/" + prefix.decode(errors="replace")
             if verdict.kept:
                 report.versions_kept += 1
+                report.kept_by_policy[policy] += 1
                 report.kept_by_rule[verdict.reasons[0].split(" ")[0]] += 1
                 identifier = verdict.state.manifest or ""
                 kept.add(identifier)
@@ -346,6 +355,7 @@ class GarbageCollector:
                 cold[identifier] = cls if cold.get(identifier, cls) == cls else None
             else:
                 report.versions_collectable += 1
+                report.collectable_by_policy[policy] += 1
         kept.discard("")
         return kept, {identifier: cls for identifier, cls in cold.items() if cls and identifier not in held}
 
