@@ -48,6 +48,17 @@ def parse_lake_setting(text: str) -> tuple[str, int]:
     return name, int(value)
 
 
+def parse_duration_arg(text: str) -> int:
+    from ckptfs.lake.retention import PolicyError, parse_duration
+    try:
+        seconds = parse_duration(text)
+    except PolicyError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if seconds < 60:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least a minute")
+    return seconds
+
+
 def human(count: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(count) < 1024 or unit == "TiB":
@@ -102,7 +113,7 @@ def command_mount(args: argparse.Namespace) -> int:
                                 durability=args.durability, allow_other=args.allow_other,
                                 drain=not args.no_drain, upload_round_bytes=args.upload_while_writing,
                                 refresh_interval=args.refresh, snapshot_segments=args.snapshot_every,
-                                lake_settings=dict(args.lake_setting or []))
+                                lake_settings=dict(args.lake_setting or []), gc_every_s=args.gc_every or 0)
     config.resolve()
     daemon.check_mountpoint(config.mountpoint)
     daemon.check_cache_dir(config.cache_dir)
@@ -456,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--lake-setting", action="append", type=parse_lake_setting, metavar="NAME=SECONDS",
                        help="a setting of the lake this mount creates (ignored for an existing lake): "
                             "gc_grace_s (default 86400), fold_s (10), late_publish_s (600), max_clock_skew_s (300)")
+    mount.add_argument("--gc-every", type=parse_duration_arg, metavar="DURATION",
+                       help="run garbage collection from this mount this often (e.g. 1d; one mount at a time "
+                            "runs it, whatever the number given it); off by default: `ckptfs gc` from cron")
     mount.add_argument("--allow-other", action="store_true", help="let other users in (implies default_permissions)")
     mount.add_argument("--no-drain", action="store_true", help="on unmount, leave pending uploads for the next mount")
     mount.add_argument("--foreground", action="store_true", help="stay attached; log to stderr")

@@ -68,6 +68,7 @@ class MountConfig:
     refresh_interval: float = 5.0  # seconds between reads of what other mounts published; 0: on demand
     snapshot_segments: int = SNAPSHOT_SEGMENTS  # write a namespace snapshot when the newest is this far behind
     lake_settings: dict[str, int] = field(default_factory=dict)  # lake.json fields, if this mount creates it
+    gc_every_s: float = 0  # run `ckptfs gc` from this mount this often (0: never)
 
     def resolve(self) -> None:
         self.mountpoint = os.path.abspath(self.mountpoint)
@@ -244,7 +245,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
         kernel = KernelCaches()
         settings = Settings(durability=config.durability, upload_round_bytes=config.upload_round_bytes or 0,
                             staging_budget=cache.staging_budget, refresh_interval=config.refresh_interval,
-                            snapshot_segments=config.snapshot_segments)
+                            snapshot_segments=config.snapshot_segments, gc_every_s=config.gc_every_s)
         mount = assemble(lake, cache.journal, cache.staging, cache.chunks, mount_id=mount_id, settings=settings,
                          forget=kernel.forget,
                          start_reading={"start_snapshot": view.snapshot_key, "start_segments_read": view.segments_read,

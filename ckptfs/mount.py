@@ -31,6 +31,7 @@ from ckptfs.engine.fetcher import Fetcher
 from ckptfs.engine.follower import Follower
 from ckptfs.engine.holds import Holds
 from ckptfs.engine.interface import Engine
+from ckptfs.engine.scheduled_gc import ScheduledGc
 from ckptfs.engine.snapshots import SNAPSHOT_SEGMENTS, Snapshots
 from ckptfs.engine.spill import Spill
 from ckptfs.engine.uploader import Uploader
@@ -56,6 +57,7 @@ class Settings:
     # The wall clock that garbage collection's leases compare with the lake's marks (engine/leases.py);
     # tests of GC pass a clock they move.
     clock: Callable[[], int] = time.time_ns
+    gc_every_s: float = 0  # run garbage collection this often (engine/scheduled_gc.py); 0: never
 
 
 async def _kernel_forgets_nothing(stale: Invalidations) -> None:
@@ -145,9 +147,12 @@ class Mount:
     following: Following
     start_reading: dict[str, Any] = field(default_factory=dict)  # what it read of the lake at start
     holds: Holds | None = None  # what it has opened for reading, told to the lake (GC keeps it)
+    scheduled_gc: ScheduledGc | None = None
 
     def status(self) -> dict[str, Any]:
-        return {**self.files.control.status(), **self.following.figures(), **self.start_reading}
+        gc = ({"gc_every_s": self.scheduled_gc.every_s, "gc_runs": self.scheduled_gc.runs,
+               "gc_last": self.scheduled_gc.last} if self.scheduled_gc is not None else {})
+        return {**self.files.control.status(), **self.following.figures(), **self.start_reading, **gc}
 
     async def run_engine(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The engine's tasks (fetcher, uploads and publication, eviction) until cancelled."""
@@ -158,6 +163,8 @@ class Mount:
                 nursery.start_soon(self.evictor.run)
             if self.holds is not None:
                 nursery.start_soon(self.holds.run)
+            if self.scheduled_gc is not None:
+                nursery.start_soon(self.scheduled_gc.run)
             task_status.started()
 
 
@@ -186,4 +193,5 @@ def assemble(lake: Lake, journal: Journal, staging: Staging, chunks: ChunkCache,
     snapshots = Snapshots(lake, replay, mount_id, follower.network, every=settings.snapshot_segments)
     following = Following(follower, snapshots, files, interval=settings.refresh_interval, forget=forget)
     return Mount(mount_id, lake, journal, staging, replay, fetcher, uploader, evictor, engine, files, follower,
-                 snapshots, following, dict(start_reading or {}), holds)
+                 snapshots, following, dict(start_reading or {}), holds,
+                 ScheduledGc(lake, settings.gc_every_s) if settings.gc_every_s > 0 else None)

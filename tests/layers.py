@@ -20,7 +20,7 @@ from ckptfs.mount import Mount, Settings, assemble
 
 
 def mount_on(tmp_path, name: str, lake: Lake, *, staging_limit: int | None = None, snapshot_every: int = 1000,
-             durability: str = "local", clock: Callable[[], int] = time.time_ns) -> Mount:
+             durability: str = "local", clock: Callable[[], int] = time.time_ns, gc_every_s: float = 0) -> Mount:
     """A mount with its cache dir `tmp_path/name` (rebuilt from the lake if new, repaired as after a
     crash if not), uploads at seal only, following on demand, and a staging budget if
     `staging_limit` is given. Start its engine in the test's nursery (`await
@@ -34,7 +34,7 @@ def mount_on(tmp_path, name: str, lake: Lake, *, staging_limit: int | None = Non
     # What the daemon does: rebuild a new cache dir from the lake, repair an existing one.
     name, replayed = prepare_journal(journal, staging, lake, view, new_mount_id=name)
     settings = Settings(durability=durability, staging_budget=staging_limit, refresh_interval=0,
-                        snapshot_segments=snapshot_every, clock=clock)
+                        snapshot_segments=snapshot_every, clock=clock, gc_every_s=gc_every_s)
     mount = assemble(lake, journal, staging, ChunkCache(str(cache / "chunks"), 1 << 30),
                      mount_id=name, settings=settings)
     mount.files.remote.start_from(view.base, view.events, view.cursors, view.horizon_ns, replayed=replayed,

@@ -518,3 +518,21 @@ def test_a_marks_read_slower_than_half_a_lease_does_not_stop_uploads(tmp_path):
                 await _save_version(mount, b"model.pt", os.urandom(2 * MIB), saved)
 
     trio.run(main)
+
+
+def test_a_mount_runs_gc_on_a_schedule(tmp_path):
+    clock = WallClock()
+    lake, store, _ = new_lake(clock)
+    lake.set_retention(b"", Policy(keep_last=1))
+
+    async def main():
+        mount = mount_on(tmp_path, "a" * 16, lake, clock=clock, gc_every_s=0.2)
+        async with running(mount):
+            await _save_version(mount, b"model.pt", os.urandom(MIB), {})
+            with trio.fail_after(10):
+                while mount.status().get("gc_runs", 0) < 2:
+                    await trio.sleep(0.05)
+            assert mount.status()["gc_last"]["versions"]["total"] == 1
+            assert read_marks(store) is not None  # each run wrote its marks
+
+    trio.run(main)
