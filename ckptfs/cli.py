@@ -37,6 +37,7 @@ def parse_size_or_auto(text: str) -> int | None:
     return None if text.strip().lower() == "auto" else parse_size(text)
 
 
+DEFAULT_CACHE_SIZE = 50 << 30
 LAKE_SETTINGS = ("gc_grace_s", "fold_s", "late_publish_s", "max_clock_skew_s")
 
 
@@ -74,12 +75,31 @@ def fail(message: str, code: int = EXIT_ERROR) -> int:
 
 # -- talking to a mount -------------------------------------------------------------------------
 def mount_root(path: str) -> str:
-    path = os.path.realpath(path)
-    if not os.path.exists(path):
+    """The root of the ckptfs mount holding `path`. Anything else is refused before a control
+    command touches it, naming the path as given (an xattr set on a path of another file system
+    would stay there)."""
+    real = os.path.realpath(path)
+    if not os.path.exists(real):
         raise CkptfsError(f"{path} does not exist")
-    while not os.path.ismount(path):
-        path = os.path.dirname(path)
-    return path
+    root = real
+    while not os.path.ismount(root):
+        root = os.path.dirname(root)
+    kind = filesystem_type(root)
+    if kind != "fuse.ckptfs":
+        raise CkptfsError(f"{path} is not on a ckptfs mount ({root} is {kind or 'not a mount point'})")
+    return root
+
+
+def filesystem_type(mountpoint: str) -> str | None:
+    """The type /proc/self/mountinfo gives the mount at `mountpoint` (the topmost one)."""
+    found = None
+    with open("/proc/self/mountinfo") as mounts:
+        for line in mounts:
+            fields, _, rest = line.partition(" - ")
+            where = re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), fields.split()[4])
+            if where == mountpoint:
+                found = rest.split()[0]
+    return found
 
 
 def read_xattr(path: str, name: str) -> dict:
@@ -108,16 +128,53 @@ def command_mount(args: argparse.Namespace) -> int:
     else:
         store_url, mountpoint = args.store_or_mountpoint, args.mountpoint
     config = daemon.MountConfig(mountpoint=mountpoint, store_url=store_url, cache_dir=args.cache_dir,
-                                cache_size=args.cache_size, endpoint_url=args.endpoint_url,
+                                cache_size=DEFAULT_CACHE_SIZE if args.cache_size is None else args.cache_size,
+                                endpoint_url=args.endpoint_url,
                                 s3_timeout=args.s3_timeout, metrics_address=args.metrics_address,
                                 durability=args.durability, allow_other=args.allow_other,
                                 drain=not args.no_drain, upload_round_bytes=args.upload_while_writing,
                                 refresh_interval=args.refresh, snapshot_segments=args.snapshot_every,
-                                lake_settings=dict(args.lake_setting or []), gc_every_s=args.gc_every or 0)
+                                lake_settings=dict(args.lake_setting or []), gc_every_s=args.gc_every or 0,
+                                reset_cache_dir=args.reset_cache_dir, drain_timeout=args.drain_timeout)
     config.resolve()
     daemon.check_mountpoint(config.mountpoint)
-    daemon.check_cache_dir(config.cache_dir)
-    daemon.open_lake(config)  # fail here, on the terminal, for a bad URL, bucket or credentials
+    created = not os.path.exists(config.cache_dir)
+    try:
+        daemon.check_cache_dir(config.cache_dir)
+        daemon.open_lake(config)  # fail here, on the terminal, for a bad URL, bucket or credentials
+        room = cache_disk_room(config.cache_dir)
+        if args.cache_size is None:
+            config.cache_size = min(DEFAULT_CACHE_SIZE, max(room * 4 // 5, 1 << 30))
+        elif config.cache_size > room:
+            print(f"ckptfs: warning: --cache-size {human(config.cache_size)} but the cache disk has room for "
+                  f"{human(room)} ({config.cache_dir}); writes fail with ENOSPC before the cache is full",
+                  file=sys.stderr)
+        code = _mount(args, config)
+    except BaseException:
+        _remove_if_unused(config.cache_dir, created)
+        raise
+    if code:
+        _remove_if_unused(config.cache_dir, created)
+    return code
+
+
+def cache_disk_room(cache_dir: str) -> int:
+    """What the cache dir can grow to: the disk's free space and what the cache dir holds already.
+    A --cache-size above it works until the disk fills; the mount says so at once."""
+    status = os.statvfs(cache_dir)
+    used = sum(os.path.getsize(os.path.join(top, name)) for top, _, names in os.walk(cache_dir) for name in names)
+    return status.f_bavail * status.f_frsize + used
+
+
+def _remove_if_unused(cache_dir: str, created: bool) -> None:
+    """A mount that failed leaves no cache dir it created behind (only its lock file is in it)."""
+    if created and os.path.isdir(cache_dir) and set(os.listdir(cache_dir)) <= {"lock"}:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+def _mount(args: argparse.Namespace, config) -> int:
+    from ckptfs import daemon
+
     log_file = args.log_file or (None if args.foreground else os.path.join(config.cache_dir, "daemon.log"))
     if args.foreground:
         configure_logging(log_file, args.verbose)
@@ -257,7 +314,7 @@ def command_prefetch(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     path = os.path.realpath(args.path)
-    root = mount_root(path)
+    root = mount_root(args.path)
     outcome: dict[str, BaseException | None] = {"error": None}
 
     def run() -> None:
@@ -294,16 +351,19 @@ def command_snapshot(args: argparse.Namespace) -> int:
     try:
         os.setxattr(root, "user.ckptfs.snapshot", b"1")
     except OSError as error:
-        raise CkptfsError(f"{root} is not on a running ckptfs mount ({error.strerror})") from None
+        raise CkptfsError(f"{args.path}: the ckptfs mount at {root} does not answer ({error.strerror})") from None
     done = read_xattr(root, "user.ckptfs.snapshot")
-    return answer(args, done, f"ckptfs: wrote {done['written']} ({done['entries']} entries, {done['segments']} "
-                              f"segments, {done['tail_events']} events after its horizon, {done['seconds']:.2f} s)")
+    return answer(args, done, f"ckptfs: wrote {done['written']} ({done['entries']} entries in the tree, "
+                              f"{done['segments']} segments, {done['tail_events']} events after its horizon, "
+                              f"{done['seconds']:.2f} s)")
 
 
 def command_unmount(args: argparse.Namespace) -> int:
     root = os.path.realpath(args.mountpoint)
     if not os.path.ismount(root):
-        return fail(f"{root} is not a mount point")
+        return fail(f"{args.mountpoint} is not a mount point")
+    if mount_root(root) != root:
+        return fail(f"{args.mountpoint} is not a ckptfs mount point")
     pid = status_of(root)["pid"]
     if args.no_drain:
         os.setxattr(root, "user.ckptfs.no_drain", b"1")
@@ -419,7 +479,7 @@ def fsck_lake(args: argparse.Namespace, output: dict) -> int:
     from ckptfs.store import RetryingStore, open_store
 
     store = open_store(args.store_url, endpoint_url=args.endpoint_url)
-    store.check_access()
+    store.check_access(create=False)
     report = check_lake(Lake(RetryingStore(store, give_up_after=60)), verify_data=args.verify_data)
     output["lake"] = {"segments": report.segments, "versions": report.versions, "manifests": report.manifests,
                       "chunks": report.chunks, "chunk_bytes": report.chunk_bytes, "live_files": report.live_files,
@@ -439,14 +499,18 @@ def fsck_lake(args: argparse.Namespace, output: dict) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ckptfs import __version__
+
     parser = argparse.ArgumentParser(prog="ckptfs", description="Mount an S3 checkpoint lake as a directory.")
+    parser.add_argument("--version", action="version", version=f"ckptfs {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     mount = commands.add_parser("mount", help="mount a lake (s3://bucket/prefix, file:///dir; default: embedded)")
     mount.add_argument("store_or_mountpoint", metavar="[STORE_URL] MOUNTPOINT")
     mount.add_argument("mountpoint", nargs="?", help=argparse.SUPPRESS)
     mount.add_argument("--cache-dir", help="write-back cache directory (default under ~/.local/share/ckptfs)")
-    mount.add_argument("--cache-size", type=parse_size, default=parse_size("50G"), help="cache size, e.g. 200G")
+    mount.add_argument("--cache-size", type=parse_size, default=None,
+                       help="cache size, e.g. 200G (default: 50G, or 80%% of what the cache disk can hold if less)")
     mount.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"),
                        help="S3-compatible endpoint (default: AWS_ENDPOINT_URL or AWS)")
     mount.add_argument("--s3-timeout", type=float, default=60,
@@ -470,57 +534,66 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--gc-every", type=parse_duration_arg, metavar="DURATION",
                        help="run garbage collection from this mount this often (e.g. 1d; one mount at a time "
                             "runs it, whatever the number given it); off by default: `ckptfs gc` from cron")
+    mount.add_argument("--drain-timeout", type=float, default=25.0, metavar="SECONDS",
+                       help="stopped by SIGTERM (a preempted node), upload for at most this long, then exit and "
+                            "leave the rest to the next mount on the same cache dir (default 25; `umount` waits "
+                            "for everything)")
+    mount.add_argument("--reset-cache-dir", action="store_true",
+                       help="empty a cache dir that belongs to another lake (refused while it holds changes "
+                            "that lake has not received)")
     mount.add_argument("--allow-other", action="store_true", help="let other users in (implies default_permissions)")
     mount.add_argument("--no-drain", action="store_true", help="on unmount, leave pending uploads for the next mount")
     mount.add_argument("--foreground", action="store_true", help="stay attached; log to stderr")
     mount.add_argument("--log-file", help="log here (default: daemon.log in the cache dir)")
-    mount.add_argument("-v", "--verbose", action="store_true")
+    mount.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     mount.set_defaults(handler=command_mount)
 
     unmount = commands.add_parser("unmount", help="wait for uploads (with progress), then unmount")
-    unmount.add_argument("mountpoint")
+    unmount.add_argument("mountpoint", help="the mount point of a ckptfs mount")
     unmount.add_argument("--no-drain", action="store_true", help="unmount now; uploads resume at the next mount")
-    unmount.add_argument("--timeout", type=float, default=None)
+    unmount.add_argument("--timeout", type=float, default=None,
+                         help="give up waiting for uploads after this many seconds (exit 1, still mounted)")
     unmount.set_defaults(handler=command_unmount)
 
     status = commands.add_parser("status", help="dirty/uploading/committed figures of a mount")
-    status.add_argument("path")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("path", help="a path inside a ckptfs mount")
+    status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=command_status)
 
     sync = commands.add_parser("sync", help="block until everything under PATH is committed in the lake")
-    sync.add_argument("path")
+    sync.add_argument("path", help="a path inside a ckptfs mount")
     sync.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
     sync.set_defaults(handler=command_sync)
     newest = commands.add_parser("latest", help="the newest checkpoint under PATH committed in the lake, whole")
-    newest.add_argument("path")
-    newest.add_argument("--json", action="store_true")
+    newest.add_argument("path", help="a path inside a ckptfs mount")
+    newest.add_argument("--json", action="store_true", help="print JSON")
     newest.add_argument("--no-refresh", action="store_true", help="do not first apply what other mounts published")
     newest.set_defaults(handler=command_latest)
 
     refresh = commands.add_parser("refresh", help="apply now what other mounts published before this call")
-    refresh.add_argument("path")
-    refresh.add_argument("--json", action="store_true")
+    refresh.add_argument("path", help="a path inside a ckptfs mount")
+    refresh.add_argument("--json", action="store_true", help="print JSON")
     refresh.set_defaults(handler=command_refresh)
 
     prefetch = commands.add_parser("prefetch", help="bring a checkpoint into this node's cache before it is read")
-    prefetch.add_argument("path")
-    prefetch.add_argument("--json", action="store_true")
+    prefetch.add_argument("path", help="a path inside a ckptfs mount")
+    prefetch.add_argument("--json", action="store_true", help="print JSON")
     prefetch.set_defaults(handler=command_prefetch)
 
     snap = commands.add_parser("snapshot", help="write a namespace snapshot of the lake now (starting mounts read "
                                                 "it instead of every log segment)")
-    snap.add_argument("path")
-    snap.add_argument("--json", action="store_true")
+    snap.add_argument("path", help="a path inside a ckptfs mount")
+    snap.add_argument("--json", action="store_true", help="print JSON")
     snap.set_defaults(handler=command_snapshot)
 
     check = commands.add_parser("fsck", help="check a lake and/or a cache dir; --repair fixes a cache dir")
     check.add_argument("store_url", nargs="?", help="the lake to check (s3://bucket/prefix, file:///dir)")
-    check.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"))
+    check.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"),
+                       help="S3-compatible endpoint (default: AWS_ENDPOINT_URL or AWS)")
     check.add_argument("--verify-data", action="store_true", help="read and re-hash every chunk")
     check.add_argument("--cache-dir", help="also check this (unmounted) cache dir")
     check.add_argument("--repair", action="store_true", help="repair the cache dir (see docs/DESIGN.md)")
-    check.add_argument("--json", action="store_true")
+    check.add_argument("--json", action="store_true", help="print JSON")
     check.set_defaults(handler=command_fsck)
 
     from ckptfs.lifecycle_cli import add_parsers
@@ -528,8 +601,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _negative_values(argv: list[str]) -> list[str]:
+    """`--cache-size -5G` as `--cache-size=-5G`, so the option's own check answers (argparse takes a
+    value starting with '-' for an option and says only "expected one argument")."""
+    joined: list[str] = []
+    for token in argv:
+        if joined and joined[-1].startswith("--") and "=" not in joined[-1] and re.match(r"^-\d", token):
+            joined[-1] = f"{joined[-1]}={token}"
+        else:
+            joined.append(token)
+    return joined
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_negative_values(sys.argv[1:] if argv is None else argv))
     try:
         return args.handler(args)
     except CkptfsError as error:

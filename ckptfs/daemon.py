@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
+import shutil
 import signal
 import stat
 import time
@@ -32,7 +34,7 @@ import trio
 
 from ckptfs.cache.check import check_cache, lock_cache_dir
 from ckptfs.cache.chunkcache import ChunkCache
-from ckptfs.cache.journal import Journal
+from ckptfs.cache.journal import OPEN, SEALED, Journal
 from ckptfs.cache.rebuild import prepare_journal
 from ckptfs.cache.staging import Staging
 from ckptfs.engine.prefix import MIN_ROUND_BYTES, default_round_bytes
@@ -69,6 +71,8 @@ class MountConfig:
     snapshot_segments: int = SNAPSHOT_SEGMENTS  # write a namespace snapshot when the newest is this far behind
     lake_settings: dict[str, int] = field(default_factory=dict)  # lake.json fields, if this mount creates it
     gc_every_s: float = 0  # run `ckptfs gc` from this mount this often (0: never)
+    reset_cache_dir: bool = False  # empty a cache dir of another lake (if it holds nothing unpublished)
+    drain_timeout: float = 25.0  # on SIGTERM, upload for at most this long (spot nodes get 30 s)
 
     def resolve(self) -> None:
         self.mountpoint = os.path.abspath(self.mountpoint)
@@ -82,6 +86,16 @@ class MountConfig:
             self.upload_round_bytes = default_round_bytes()
         if self.snapshot_segments < 1:
             raise ConfigError("--snapshot-every must be at least 1 segment")
+        if self.drain_timeout < 0:
+            raise ConfigError("--drain-timeout must be 0 or more seconds")
+        if self.refresh_interval < 0:
+            raise ConfigError(f"--refresh {self.refresh_interval:g}: seconds between refreshes, 0 or more "
+                              "(0: only at start and on `ckptfs refresh`)")
+        if self.cache_size <= 0:
+            raise ConfigError("--cache-size must be more than 0 (e.g. 200G)")
+        if self.metrics_address:
+            from ckptfs.metrics import check_address
+            check_address(self.metrics_address)
         if self.upload_round_bytes and self.upload_round_bytes < MIN_ROUND_BYTES:
             raise ConfigError(f"--upload-while-writing must be 0 (off) or at least {MIN_ROUND_BYTES >> 20}M")
 
@@ -114,6 +128,7 @@ def check_cache_dir(path: str) -> None:
         raise ConfigError(f"cache dir {path} is writable by other users (mode {stat.S_IMODE(mode):o}); "
                           "make it 0700")
     os.chmod(path, 0o700)
+    lock_cache_dir(path).close()  # in use by another daemon: refused before anything is created
 
 
 START_RETRY_SECONDS = 10
@@ -132,6 +147,37 @@ def open_lake(config: MountConfig, store: ObjectStore | None = None) -> Lake:
     lake = Lake(RetryingStore(inner, max_delay=10))
     lake.open(create=False)
     return lake
+
+
+def bind_cache_dir(cache: CacheDir, lake: Lake, config: MountConfig) -> CacheDir:
+    """A cache dir belongs to one lake (its journal records the lake's creation time, its identity):
+    another lake's is refused with both names, or with --reset-cache-dir emptied, unless it holds
+    changes that lake has not received yet."""
+    identity = str(lake.created_ns)
+    known, known_url = cache.journal.get_meta("lake_created_ns"), cache.journal.get_meta("lake_url")
+    if known is not None and known != identity:
+        other = known_url or "another lake"
+        if not config.reset_cache_dir:
+            cache.close()
+            raise ConfigError(f"cache dir {config.cache_dir} belongs to {other}, not {config.store_url}: give this "
+                              "mount its own --cache-dir (or --reset-cache-dir to empty this one)")
+        waiting = cache.journal.outbox_length() + len(cache.journal.versions_in_state(OPEN)) + len(
+            cache.journal.versions_in_state(SEALED))
+        if waiting:
+            cache.close()
+            raise ConfigError(f"cache dir {config.cache_dir} holds {waiting} changes not yet in {other}: mount it on "
+                              "that lake and let them upload (`ckptfs unmount` waits for them) before resetting it")
+        cache.close()
+        for name in os.listdir(config.cache_dir):
+            if name != "lock":
+                target = os.path.join(config.cache_dir, name)
+                shutil.rmtree(target) if os.path.isdir(target) else os.unlink(target)
+        log.warning("emptied cache dir %s of %s for %s", config.cache_dir, other, config.store_url)
+        cache = CacheDir(config.cache_dir, config.cache_size)
+    cache.journal.set_meta("lake_created_ns", identity)
+    cache.journal.set_meta("lake_url", config.store_url or "")
+    cache.journal.commit(durable=True)
+    return cache
 
 
 class CacheDir:
@@ -235,7 +281,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
     check_mountpoint(config.mountpoint)
     check_cache_dir(config.cache_dir)
     lake = open_lake(config, store)
-    cache = CacheDir(config.cache_dir, config.cache_size)
+    cache = bind_cache_dir(CacheDir(config.cache_dir, config.cache_size), lake, config)
     try:
         started, listed_at_ns = time.monotonic(), time.time_ns()
         view = lake.read_log()  # a snapshot and the segments after it (lake/snapshot.py)
@@ -299,10 +345,10 @@ async def _main(config: MountConfig, mount: Mount, kernel: KernelCaches, on_read
         await nursery.start(mount.following.run)
         nursery.start_soon(_commit_periodically, files)
         if config.metrics_address:
-            from ckptfs.metrics import serve_metrics
+            from ckptfs.metrics import start_metrics, update_metrics
 
-            nursery.start_soon(serve_metrics, config.metrics_address, mount.status)
-        nursery.start_soon(_terminate_on_signal)
+            nursery.start_soon(update_metrics, start_metrics(config.metrics_address, mount.status), mount.status)
+        nursery.start_soon(_terminate_on_signal, state)
         nursery.start_soon(set_read_ahead, config.mountpoint, READ_AHEAD_KB)
         log.info("mounted %s on %s (cache %s)", config.store_url, config.mountpoint, config.cache_dir)
         on_ready()
@@ -314,7 +360,17 @@ async def _main(config: MountConfig, mount: Mount, kernel: KernelCaches, on_read
         files.lifecycle.seal_unheld_versions()  # the kernel released every handle: nothing more is written
         files.commit(durable=True)
         if config.drain and not files.control.no_drain:
-            await drain(mount.uploader, mount.journal)
+            # Stopped by a signal (a preempted node: SIGKILL follows), drain for a bounded time and
+            # keep the rest for the next mount on this cache dir; unmounted by hand, drain it all.
+            with trio.move_on_after(config.drain_timeout if state.get("signalled") else math.inf):
+                await drain(mount.uploader, mount.journal)
+            if mount.journal.outbox_length():
+                log_not_in_lake(mount.journal, config.cache_dir, config.drain_timeout)
+                # Uploads still retrying hold worker threads trio would wait for (for minutes): go
+                # now, as a SIGKILL would, which the cache dir is made to survive (docs/DESIGN.md).
+                files.commit(durable=True)
+                logging.shutdown()
+                os._exit(0)
         else:
             log.info("not draining: %d events stay queued for the next mount on %s",
                      mount.journal.outbox_length(), config.cache_dir)
@@ -336,9 +392,18 @@ async def _commit_periodically(files: FileSystem) -> None:
         files.commit()
 
 
-async def _terminate_on_signal() -> None:
+async def _terminate_on_signal(state: dict[str, Any]) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             log.info("signal %d: unmounting", signum)
+            state["signalled"] = True
             pyfuse3.terminate()
             return
+
+
+def log_not_in_lake(journal: Journal, cache_dir: str, timeout: float) -> None:
+    """Name every file whose latest change is not in the lake yet (what a lost node would lose)."""
+    paths = sorted(set(journal.outbox_paths()))
+    log.warning("after %.0f s of draining, %d changes are not in the lake; the next mount on %s uploads "
+                "them: %s", timeout, journal.outbox_length(), cache_dir, ", ".join(paths[:50])
+                + (f" and {len(paths) - 50} more" if len(paths) > 50 else ""))

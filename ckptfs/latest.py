@@ -8,7 +8,8 @@ files exist once they are published) and is `committed` (`user.ckptfs.state`). T
   the metadata names (read with torch when torch is installed; without it, every file present).
 * Hugging Face: `checkpoint-N` with `trainer_state.json` (the Trainer writes it last).
 * Lightning and plain `torch.save`: a file (`.ckpt`, `.pt`, `.pth`, `.bin`, `.safetensors`).
-* Anything else: a directory all of whose files are committed.
+* Anything else: a directory with files of its own, all committed. A directory whose files all lie in
+  subdirectories (a run directory) is not a checkpoint: its checkpoints are looked for inside it.
 
 Checkpoints are ordered by the step in their name (`step-100`, `checkpoint-100`, `epoch=3-step=100`,
 `global_step100`), then by modification time.
@@ -94,6 +95,8 @@ def examine(path: str) -> Checkpoint | None:
     elif "trainer_state.json" in present or name.startswith("checkpoint-"):
         needed = ["trainer_state.json"]
         layout = "huggingface"
+    elif all("/" in file for file in present):
+        return None  # only subdirectories hold files: a run directory, whose checkpoints are inside it
     else:
         needed, layout = [], "directory"
     files = sorted(set(present) | set(needed))
@@ -102,13 +105,16 @@ def examine(path: str) -> Checkpoint | None:
     return Checkpoint(path, layout, step_of(name), info.st_mtime_ns, files, missing, uncommitted)
 
 
-def checkpoints(top: str) -> list[Checkpoint]:
-    """Every checkpoint directly under `top`, newest first."""
+def checkpoints(top: str, depth: int = 3) -> list[Checkpoint]:
+    """Every checkpoint under `top` (in run directories too, down to `depth`), newest first."""
     found = []
     for entry in sorted(os.listdir(top)):
-        checkpoint = examine(os.path.join(top, entry))
+        path = os.path.join(top, entry)
+        checkpoint = examine(path)
         if checkpoint is not None:
             found.append(checkpoint)
+        elif depth > 1 and os.path.isdir(path) and not os.path.islink(path):
+            found += checkpoints(path, depth - 1)
     found.sort(key=lambda c: (c.step if c.step is not None else -1, c.mtime_ns), reverse=True)
     return found
 

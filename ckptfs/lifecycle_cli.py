@@ -28,7 +28,7 @@ def _open_lake(url: str, endpoint_url: str | None):
     from ckptfs.store import RetryingStore, open_store
 
     store = open_store(url, endpoint_url=endpoint_url)
-    store.check_access()
+    store.check_access(create=False)
     lake = Lake(RetryingStore(store, give_up_after=60))
     lake.open(create=False)
     return lake

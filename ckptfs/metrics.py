@@ -7,12 +7,15 @@ reference is atomic). Values are as old as one refresh at most.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from ckptfs.errors import ConfigError
 
 _GAUGES = {
     "dirty_files": "files open for writing with unsealed data",
@@ -21,6 +24,8 @@ _GAUGES = {
     "uploading_files": "sealed versions waiting for or in upload",
     "uploading_bytes": "bytes of sealed versions not yet uploaded",
     "oldest_pending_age_s": "age in seconds of the oldest version not yet committed",
+    "at_risk_bytes": "bytes a loss of this node now would lose: written here, not yet in the lake",
+    "at_risk_oldest_s": "age in seconds of the oldest change not yet in the lake",
     "events_pending": "namespace events waiting to be published",
     "staged_bytes": "bytes in staging files on the cache disk",
     "store_retrying": "1 while the object store is failing and being retried",
@@ -62,18 +67,41 @@ class StatusCollector(Collector):
 
 
 def parse_address(text: str) -> tuple[str, int]:
+    """HOST:PORT (HOST defaults to 127.0.0.1); ConfigError for anything else."""
     host, _, port = text.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--metrics-address {text!r}: expected HOST:PORT with a port from 1 to 65535 "
+                          "(e.g. 127.0.0.1:9464)")
     return host or "127.0.0.1", int(port)
 
 
-async def serve_metrics(address: str, status: Callable[[], dict[str, Any]]) -> None:
+def check_address(text: str) -> None:
+    """Refuse, before the daemon starts, an address that does not parse or cannot be bound."""
+    host, port = parse_address(text)
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as error:
+        raise ConfigError(f"--metrics-address {text}: cannot listen there ({error.strerror or error})") from None
+
+
+def start_metrics(address: str, status: Callable[[], dict[str, Any]]) -> StatusCollector:
+    """Serve metrics on `address` (bound before this returns: a failure stops the mount before it
+    says it is ready); update_metrics keeps them current."""
     from prometheus_client import start_http_server
 
     collector = StatusCollector(status())
     registry = CollectorRegistry()
     registry.register(collector)
     host, port = parse_address(address)
-    start_http_server(port, addr=host, registry=registry)
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as error:
+        raise ConfigError(f"--metrics-address {address}: cannot listen there ({error.strerror or error})") from None
+    return collector
+
+
+async def update_metrics(collector: StatusCollector, status: Callable[[], dict[str, Any]]) -> None:
     while True:
         await trio.sleep(1)
         collector.update(status())

@@ -6,7 +6,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 
 need_apt=()
-for pkg in fuse3 libfuse3-dev pkg-config; do
+for pkg in fuse3 libfuse3-dev pkg-config attr; do  # attr: getfattr, which the README uses
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -32,6 +32,8 @@ def test_layouts_and_what_is_not_committed(mount):
     code, out, err = latest(mount, run)
     assert (code, out) == (0, os.path.join(run, "checkpoint-10"))
     assert "checkpoint-20 (missing trainer_state.json)" in err
+    # From the mount's root, the run directory is not a checkpoint: its checkpoints are looked into.
+    assert latest(mount, mount.mountpoint)[:2] == (0, os.path.join(run, "checkpoint-10"))
 
     lightning = mount.path("lightning")
     write(os.path.join(lightning, "epoch=0-step=10.ckpt"), b"a")

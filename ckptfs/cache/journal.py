@@ -443,6 +443,15 @@ class Journal:
             rows = self.db.execute("SELECT seq, event, version FROM outbox WHERE seq<=? ORDER BY seq", (upto,))
         return [(seq, json.loads(text), version) for seq, text, version in rows]
 
+    def oldest_unpublished_ns(self) -> int | None:
+        """The time of the oldest change not yet in the lake: a queued event, or a version being
+        written (whose event is queued at its close)."""
+        event = self.db.execute("SELECT MIN(json_extract(event, '$.time_ns')) FROM outbox").fetchone()[0]
+        opened = self.db.execute("SELECT MIN(i.mtime_ns) FROM versions v JOIN inodes i ON v.ino = i.ino "
+                                 "WHERE v.state=?", (OPEN,)).fetchone()[0]
+        found = [value for value in (event, opened) if value]
+        return min(found) if found else None
+
     def outbox_paths(self) -> Iterator[str]:
         """The encoded paths (and destinations) the queued events name."""
         for path, destination in self.db.execute("SELECT json_extract(event, '$.path'), json_extract(event, '$.dst') "

@@ -66,8 +66,11 @@ class Snapshots:
             log.info("wrote namespace snapshot %s (%d entries, %d segments, %d events after its horizon) in %.1f s",
                      key, len(value.tree.entries) - 1, value.segments, len(tail), time.monotonic() - started)
             await trio.to_thread.run_sync(self._prune, existing, horizon, limiter=self.network)
-            return {"written": key, "segments": value.segments, "entries": len(value.tree.entries) - 1,
-                    "tail_events": len(tail), "seconds": round(time.monotonic() - started, 3)}
+            # `entries`: the tree the snapshot gives a starting mount (its folded base and its tail
+            # replayed), not the base alone (a young lake's base is empty: "0 entries" misled).
+            return {"written": key, "segments": value.segments, "entries": len(self.replay.tree().entries) - 1,
+                    "folded_entries": len(value.tree.entries) - 1, "tail_events": len(tail),
+                    "seconds": round(time.monotonic() - started, 3)}
 
     def _prune(self, existing: list[tuple[int, str, int, str]], horizon_ns: int) -> None:
         """Older snapshots beyond the newest KEEP_SNAPSHOTS, and feed markers before the horizon."""

@@ -94,6 +94,10 @@ class Control:
             "uploading_files": sealed_count,
             "uploading_bytes": self.engine.pending_bytes(),
             "oldest_pending_age_s": round((time.time_ns() - oldest) / 1e9, 1) if oldest else 0,
+            # What a loss of this node now would lose (dirty and sealed bytes), and since when.
+            "at_risk_bytes": sum(self.staging.sizes.get(v.id, 0) for v in open_versions) + self.engine.pending_bytes(),
+            "at_risk_oldest_s": round((time.time_ns() - first) / 1e9, 1)
+            if (first := self.journal.oldest_unpublished_ns()) else 0,
             "events_pending": self.journal.outbox_length(),
             "outbox_head": self.engine.outbox_head(),
             "committed_versions": counters.get("versions_committed", 0),

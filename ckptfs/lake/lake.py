@@ -86,6 +86,7 @@ class Lake:
         self.grace_ns = GC_GRACE_S * 10**9
         self.fold_ns = FOLD_S * 10**9
         self._relocations: dict[bytes, dict[bytes, Location]] = {}
+        self.created_ns = 0
 
     # -- descriptor ---------------------------------------------------------------------------
     def open(self, *, create: bool = True, settings: dict[str, int] | None = None) -> dict[str, Any]:
@@ -122,6 +123,7 @@ class Lake:
             raise CorruptObjectError(f"{self.store.url} is chunked with profile {profile!r}; this ckptfs "
                                      f"knows profiles {', '.join(map(str, chunker.PROFILES))}")
         self.chunking_profile = profile
+        self.created_ns = descriptor.get("created_ns", 0)  # the lake's identity, for cache dirs
         for name, default in (("late_publish_s", LATE_PUBLISH_S), ("max_clock_skew_s", MAX_CLOCK_SKEW_S)):
             value = descriptor.get(name, default)
             if type(value) is not int or not 0 <= value <= 7 * 24 * 3600:

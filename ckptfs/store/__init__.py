@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from urllib.parse import urlparse
 
 from ckptfs.errors import ConfigError
@@ -25,6 +26,9 @@ __all__ = ["ARCHIVE_CLASSES", "STORAGE_CLASSES", "ObjectArchived", "ObjectNotFou
            "LocalDirStore", "open_store"]
 
 
+_MISTYPED = re.compile(r"^(s3|file|gs|https?)(:/?[^/]|/+|:?$)", re.IGNORECASE)  # s3//b/p, s3:/b, file:/x
+
+
 def open_store(url: str, *, endpoint_url: str | None = None, timeout: float = 60) -> ObjectStore:
     """Build the store a URL names: `s3://bucket/prefix`, `file:///path` or a plain directory path."""
     parsed = urlparse(url)
@@ -39,5 +43,8 @@ def open_store(url: str, *, endpoint_url: str | None = None, timeout: float = 60
             raise ConfigError(f"store URL {url!r}: file URLs take a local path (file:///path)")
         return LocalDirStore(parsed.path)
     if parsed.scheme == "" and url:
+        if _MISTYPED.match(url):
+            raise ConfigError(f"store URL {url!r} looks mistyped: s3://bucket/prefix or file:///path (a local "
+                              f"directory of that name: ./{url})")
         return LocalDirStore(os.path.abspath(url))
     raise ConfigError(f"unknown store URL {url!r}: use s3://bucket/prefix or file:///path")

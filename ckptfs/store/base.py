@@ -98,8 +98,9 @@ class ObjectStore(abc.ABC):
         """Move an object to another storage class (S3: a copy onto itself)."""
         raise PermanentStoreError(f"{self.url} has no storage classes: tiers need an S3 lake")
 
-    def check_access(self) -> None:
-        """Raise a StoreError with a clear message if the store cannot be used at all."""
+    def check_access(self, *, create: bool = True) -> None:
+        """Raise a StoreError with a clear message if the store cannot be used at all (`create`:
+        a mount may create what holds the lake; fsck and gc only read an existing one)."""
         next(iter(self.list("lake.json")), None)
 
 
@@ -185,5 +186,5 @@ class RetryingStore(ObjectStore):
     def set_storage_class(self, key: str, storage_class: str) -> None:
         self._retry(f"COPY {key}", lambda: self.inner.set_storage_class(key, storage_class))
 
-    def check_access(self) -> None:
-        self._retry("check access", self.inner.check_access)
+    def check_access(self, *, create: bool = True) -> None:
+        self._retry("check access", lambda: self.inner.check_access(create=create))

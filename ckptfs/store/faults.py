@@ -84,5 +84,5 @@ class FaultyStore(ObjectStore):
     def set_storage_class(self, key: str, storage_class: str) -> None:
         self._call("put", key, lambda: self.inner.set_storage_class(key, storage_class))
 
-    def check_access(self) -> None:
-        self.inner.check_access()
+    def check_access(self, *, create: bool = True) -> None:
+        self.inner.check_access(create=create)

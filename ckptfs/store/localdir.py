@@ -24,7 +24,9 @@ class LocalDirStore(ObjectStore):
             raise PermanentStoreError(f"invalid object key {key!r}")
         return os.path.join(self.root, key)
 
-    def check_access(self) -> None:
+    def check_access(self, *, create: bool = True) -> None:
+        if not create and not os.path.isdir(self.root):
+            raise PermanentStoreError(f"no lake at {self.url}: {self.root} does not exist")
         try:
             os.makedirs(self.root, exist_ok=True)
         except OSError as error:

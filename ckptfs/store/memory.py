@@ -92,5 +92,5 @@ class MemoryStore(ObjectStore):
                 del self._modified[key]
                 self._classes.pop(key, None)
 
-    def check_access(self) -> None:
+    def check_access(self, *, create: bool = True) -> None:
         pass

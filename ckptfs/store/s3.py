@@ -8,12 +8,14 @@ shared by all threads (clients are thread-safe, sessions are not). boto3's own r
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import boto3
 import botocore.config
 import botocore.exceptions
 
+from ckptfs.errors import ConfigError
 from ckptfs.store.base import (
     ObjectArchived,
     ObjectInfo,
@@ -67,9 +69,15 @@ def classify(error: Exception, what: str) -> StoreError:
     raise error
 
 
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
 class S3Store(ObjectStore):
     def __init__(self, bucket: str, prefix: str, *, endpoint_url: str | None = None,
                  max_connections: int = 32, timeout: float = 60) -> None:
+        if not _BUCKET.match(bucket) or ".." in bucket:
+            raise ConfigError(f"s3://{bucket}: not an S3 bucket name (3 to 63 lowercase letters, digits, dots and "
+                              "hyphens, starting and ending with a letter or digit)")
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.url = f"s3://{bucket}/{self.prefix}"
@@ -87,7 +95,7 @@ class S3Store(ObjectStore):
     def _key(self, key: str) -> str:
         return self.prefix + key
 
-    def check_access(self) -> None:
+    def check_access(self, *, create: bool = True) -> None:
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except botocore.exceptions.ClientError as error:
