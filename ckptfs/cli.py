@@ -506,7 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     mount = commands.add_parser("mount", help="mount a lake (s3://bucket/prefix, file:///dir; default: embedded)")
-    mount.add_argument("store_or_mountpoint", metavar="[STORE_URL] MOUNTPOINT")
+    mount.add_argument("store_or_mountpoint", metavar="[STORE_URL|NAME] MOUNTPOINT",
+                       help="the lake (s3://bucket/prefix, file:///dir, or a lake NAME from the config file; "
+                            "none: the embedded lake) and where to mount it")
     mount.add_argument("mountpoint", nargs="?", help=argparse.SUPPRESS)
     mount.add_argument("--cache-dir", help="write-back cache directory (default under ~/.local/share/ckptfs)")
     mount.add_argument("--cache-size", type=parse_size, default=None,
@@ -538,6 +540,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stopped by SIGTERM (a preempted node), upload for at most this long, then exit and "
                             "leave the rest to the next mount on the same cache dir (default 25; `umount` waits "
                             "for everything)")
+    mount.add_argument("--config", metavar="PATH",
+                       help="the configuration file (default: /etc/ckptfs/config.toml, then "
+                            "~/.config/ckptfs/config.toml); `ckptfs mount NAME` mounts a lake it names")
+    mount.add_argument("--profile", help="the AWS profile for this lake's credentials")
+    mount.add_argument("--region", help="the AWS region of its bucket")
     mount.add_argument("--reset-cache-dir", action="store_true",
                        help="empty a cache dir that belongs to another lake (refused while it holds changes "
                             "that lake has not received)")
@@ -597,7 +604,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=command_fsck)
 
     from ckptfs.lifecycle_cli import add_parsers
+    from ckptfs.offline_cli import add_parsers as add_offline_parsers
     add_parsers(commands)
+    add_offline_parsers(commands)
+    parser.mount_parser = mount  # type: ignore[attr-defined] - main() gives it the config file's defaults
     return parser
 
 
@@ -613,8 +623,45 @@ def _negative_values(argv: list[str]) -> list[str]:
     return joined
 
 
+def with_config(parser: argparse.ArgumentParser, argv: list[str], args: argparse.Namespace) -> argparse.Namespace:
+    """`ckptfs mount`: the config file's defaults and named lake (ckptfs/config.py) under the flags."""
+    from ckptfs import config as configuration
+
+    loaded = configuration.load(args.config)
+    name, lake = args.store_or_mountpoint, None
+    if name in loaded["lakes"]:
+        lake = loaded["lakes"][name]
+    elif args.mountpoint is None and "/" not in name and not os.path.isdir(name) and (
+            args.config or loaded["lakes"]):
+        known = ", ".join(sorted(loaded["lakes"])) or "none"
+        raise CkptfsError(f"no lake named {name!r} in the config (lakes: {known}), and no directory {name}")
+    values = {**loaded["defaults"], **{k: v for k, v in (lake or {}).items() if k not in ("url", "mountpoint")}}
+    converters = {"cache_size": parse_size, "upload_while_writing": parse_size_or_auto, "gc_every": parse_duration_arg}
+    try:
+        values = {key: converters[key](str(value)) if key in converters else value for key, value in values.items()}
+    except argparse.ArgumentTypeError as error:
+        raise CkptfsError(f"config: {error}") from None
+    parser.mount_parser.set_defaults(**values)  # type: ignore[attr-defined]
+    args = parser.parse_args(argv)
+    if lake is not None:
+        if args.mountpoint is None and "mountpoint" not in lake:
+            raise CkptfsError(f"lake {name!r} in the config has no mountpoint; give one: ckptfs mount {name} DIR")
+        args.store_or_mountpoint, args.mountpoint = lake["url"], args.mountpoint or lake["mountpoint"]
+    for variable, value in (("AWS_PROFILE", args.profile), ("AWS_DEFAULT_REGION", args.region)):
+        if value:
+            os.environ[variable] = value  # boto3 reads them, here and in the daemon
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(_negative_values(sys.argv[1:] if argv is None else argv))
+    argv = _negative_values(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "mount":
+        try:
+            args = with_config(parser, argv, args)
+        except CkptfsError as error:
+            return fail(str(error))
     try:
         return args.handler(args)
     except CkptfsError as error:

@@ -32,6 +32,7 @@ from typing import Any
 import pyfuse3
 import trio
 
+from ckptfs import systemd
 from ckptfs.cache.check import check_cache, lock_cache_dir
 from ckptfs.cache.chunkcache import ChunkCache
 from ckptfs.cache.journal import OPEN, SEALED, Journal
@@ -352,6 +353,7 @@ async def _main(config: MountConfig, mount: Mount, kernel: KernelCaches, on_read
         nursery.start_soon(set_read_ahead, config.mountpoint, READ_AHEAD_KB)
         log.info("mounted %s on %s (cache %s)", config.store_url, config.mountpoint, config.cache_dir)
         on_ready()
+        systemd.notify(f"READY=1\nSTATUS=mounted {config.store_url} on {config.mountpoint}")
         await pyfuse3.main()
         # Release the mount point before draining, so `umount` returns and nothing blocks on us.
         pyfuse3.close(unmount=True)
@@ -396,6 +398,7 @@ async def _terminate_on_signal(state: dict[str, Any]) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             log.info("signal %d: unmounting", signum)
+            systemd.notify("STOPPING=1")
             state["signalled"] = True
             pyfuse3.terminate()
             return

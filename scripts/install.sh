@@ -29,3 +29,10 @@ if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ] || ! "$PYTHON" -
 fi
 # Under pyenv, console scripts installed by `python -m pip` get their shims only on a rehash.
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
+
+# mount(8) and /etc/fstab find a file system's helper as /sbin/mount.fuse.<type> (ckptfs/mount_helper.py).
+helper="$("$PYTHON" -c 'import sys, os; print(os.path.join(os.path.dirname(sys.executable), "mount.fuse.ckptfs"))')"
+if [ "$(id -u)" -eq 0 ] && [ -x "$helper" ] && [ "$(readlink /sbin/mount.fuse.ckptfs 2>/dev/null)" != "$helper" ]; then
+  ln -sf "$helper" /sbin/mount.fuse.ckptfs
+  echo "ckptfs install: /sbin/mount.fuse.ckptfs -> $helper"
+fi
