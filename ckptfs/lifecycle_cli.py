@@ -208,7 +208,12 @@ def command_log(args: argparse.Namespace) -> int:
         else:
             state = "folded" if row["folded"] else "to collect"
         new = human(row["new_bytes"]) if row["new_bytes"] is not None else "?"
-        print(f"{_time(row['time_ns'])}  {human(row['size']):>10}  {new + ' new':>14}  {(row['mount'] or '?')[:8]:<8}  "
+        writer = row.get("writer") or {}
+        who = f"{writer.get('user', '?')}@{writer.get('host', '?')}" if writer else (row["mount"] or "?")[:8]
+        job = writer.get("job", {})
+        who += f" job {job.get('slurm_job_id') or job.get('torchelastic_run_id') or job.get('pod')}" if job and (
+            job.get("slurm_job_id") or job.get("torchelastic_run_id") or job.get("pod")) else ""
+        print(f"{_time(row['time_ns'])}  {human(row['size']):>10}  {new + ' new':>14}  {who:<20}  "
               f"{state:<24}  {path}")
     return 0
 

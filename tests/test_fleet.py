@@ -120,3 +120,22 @@ def test_one_config_file_names_lakes_and_flags_win(tmp_path):
     assert result.returncode == 1 and "unknown key 'cache_sise'" in result.stderr and str(config) in result.stderr
     config.write_text('[lakes.runs]\nurl = "file:///x"\n')
     assert "no lake named 'nothere'" in ckptfs("mount", "nothere", "--config", str(config)).stderr
+
+
+def test_the_lake_records_who_wrote_each_version(tmp_path):
+    mountpoint = tmp_path / "ckpt"
+    mountpoint.mkdir()
+    env = {**os.environ, "SLURM_JOB_ID": "4242"}
+    result = ckptfs("mount", f"file://{tmp_path}/lake", str(mountpoint), "--cache-dir", str(tmp_path / "cache"),
+                    env=env)
+    assert result.returncode == 0, result.stderr
+    try:
+        (mountpoint / "model.pt").write_bytes(b"weights" * 1000)
+        assert ckptfs("sync", str(mountpoint)).returncode == 0
+        assert status(str(mountpoint))["writer"]["job"]["slurm_job_id"] == "4242"
+        rows = json.loads(ckptfs("log", str(mountpoint / "model.pt"), "--json").stdout)
+        writer = rows[0]["writer"]
+        assert writer["host"] == socket.gethostname() and writer["job"] == {"slurm_job_id": "4242"}
+        assert "job 4242" in ckptfs("log", str(mountpoint / "model.pt")).stdout
+    finally:
+        assert ckptfs("unmount", str(mountpoint)).returncode == 0

@@ -17,6 +17,8 @@ from ckptfs.lake.manifest import encode_path
 
 class Control:
     def __init__(self, journal: Journal, staging: Staging, engine: Engine, mount_id: str) -> None:
+        from ckptfs.lake.lake import writer_identity
+        self.writer = writer_identity()
         self.journal = journal
         self.staging = staging
         self.engine = engine
@@ -80,6 +82,7 @@ class Control:
         new_bytes, stored = counters.get("new_chunk_bytes", 0), counters.get("stored_bytes", 0)
         return {
             "pid": os.getpid(),
+            "writer": self.writer,  # host, user and job, as the lake records them (lake.writer_identity)
             "mount_id": self.mount_id,
             "dirty_files": len(open_versions),
             "dirty_bytes": sum(self.staging.sizes.get(v.id, 0) for v in open_versions),

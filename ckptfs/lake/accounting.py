@@ -72,6 +72,7 @@ def history_log(lake: Lake, tree: Namespace, top: bytes, now_ns: int) -> list[di
     wanted = {state.manifest for path in paths for state in tree.history[path]
               if state.manifest and state.manifest not in collected}
     manifests = read_manifests(lake, wanted)
+    writers = lake.writers()
     rows: list[dict[str, Any]] = []
     for path in paths:
         states = tree.history[path]
@@ -95,6 +96,7 @@ def history_log(lake: Lake, tree: Namespace, top: bytes, now_ns: int) -> list[di
             row.update(size=state.size, manifest=state.manifest, live=verdict.end_ns is None,
                        kept=verdict.kept, rules=list(verdict.reasons), folded=verdict.folded,
                        mount=value.mount if value is not None else None,
+                       writer=writers.get(value.mount) if value is not None else None,
                        new_bytes=(state.size if value is not None and value.inline is not None else new),
                        collected=state.manifest in collected)
             rows.append(row)

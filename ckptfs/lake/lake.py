@@ -21,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -69,6 +70,26 @@ class LogView:
             tree.apply(change)
         tree.events, tree.cursors = self.events, self.cursors
         return tree
+
+
+# Where a job scheduler says which job a process belongs to.
+JOB_VARIABLES = ("SLURM_JOB_ID", "SLURM_PROCID", "TORCHELASTIC_RUN_ID", "RANK", "KUBERNETES_POD_NAME",
+                 "POD_NAME", "JOB_ID")
+
+
+def writer_identity() -> dict[str, Any]:
+    """The host, user and job (from the scheduler's environment) of this process."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    job = {name.lower(): os.environ[name] for name in JOB_VARIABLES if os.environ.get(name)}
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and os.environ.get("HOSTNAME"):
+        job.setdefault("pod", os.environ["HOSTNAME"])
+    return {"host": socket.gethostname(), "user": user, "job": job}
 
 
 def gc_grace_floor_s(skew_s: int) -> int:
@@ -406,10 +427,23 @@ class Lake:
 
     # -- mounts -------------------------------------------------------------------------------
     def register_mount(self, mount: str) -> None:
-        """Announce a mount, so that running mounts find its log with one small LIST (`mounts/`)."""
+        """Announce a mount, so that running mounts find its log with one small LIST (`mounts/`), and
+        say who it is (host, user, job: `writer_identity`), the audit trail `ckptfs log` shows."""
         key = f"mounts/{mount}"
         if self.store.size(key) is None:
-            self.store.put(key, json.dumps({"mount": mount, "created_ns": time.time_ns()}).encode())
+            self.store.put(key, json.dumps({"mount": mount, "created_ns": time.time_ns(),
+                                            **writer_identity()}).encode())
+
+    def writers(self) -> dict[str, dict[str, Any]]:
+        """mount id -> what its mounts/ object says of it (host, user, job), for the mounts that say."""
+        found = {}
+        for mount in self.mounts():
+            try:
+                value = json.loads(self.store.get(f"mounts/{mount}"))
+            except (ObjectNotFound, ValueError):
+                continue
+            found[mount] = {key: value[key] for key in ("host", "user", "job") if key in value}
+        return found
 
     def mounts(self) -> list[str]:
         found = [key.rsplit("/", 1)[-1] for key in self.store.list("mounts/")]
