@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import trio
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from ckptfs.errors import ConfigError
@@ -26,6 +26,7 @@ _GAUGES = {
     "oldest_pending_age_s": "age in seconds of the oldest version not yet committed",
     "at_risk_bytes": "bytes a loss of this node now would lose: written here, not yet in the lake",
     "at_risk_oldest_s": "age in seconds of the oldest change not yet in the lake",
+    "cache_hit_ratio": "share of the bytes read from committed versions that the caches served",
     "events_pending": "namespace events waiting to be published",
     "staged_bytes": "bytes in staging files on the cache disk",
     "store_retrying": "1 while the object store is failing and being retried",
@@ -39,6 +40,7 @@ _COUNTERS = {
     "store_retries": "object store requests retried",
     "backpressure_waits": "writes that waited for uploads to free cache space",
     "backpressure_seconds": "seconds writers spent waiting for cache space",
+    "fetched_bytes": "bytes read from the lake (S3 egress)",
 }
 
 
@@ -64,6 +66,18 @@ class StatusCollector(Collector):
         for kind, number in sorted((snapshot.get("store_requests") or {}).items()):
             requests.add_metric([kind], float(number))
         yield requests
+        errors = CounterMetricFamily("ckptfs_store_errors", "object store requests that failed, by S3 request "
+                                     "type and whether a retry may help", labels=["kind", "class"])
+        for name, number in sorted((snapshot.get("store_errors") or {}).items()):
+            kind, _, category = name.partition(" ")
+            errors.add_metric([kind, category], float(number))
+        yield errors
+        for name, figures in sorted((snapshot.get("latency_seconds") or {}).items()):
+            histogram = HistogramMetricFamily(f"ckptfs_{name}_latency_seconds",
+                                              f"seconds the kernel's {name} requests took to answer (the save stall)")
+            bounds = [str(bound) for bound in figures["buckets"]] + ["+Inf"]
+            histogram.add_metric([], list(zip(bounds, map(float, figures["counts"]), strict=True)), figures["sum"])
+            yield histogram
 
 
 def parse_address(text: str) -> tuple[str, int]:

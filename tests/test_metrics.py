@@ -45,5 +45,29 @@ def test_metrics_report_the_backlog_and_its_age(mounter, s3_url, moto_server):
         made = {kind: counted.get(kind, 0) - before.get(kind, 0) for kind in counted}
         assert {kind: n for kind, n in made.items() if n} == dict(proxy.by_kind)
         assert made["PUT"] > 3 and after['ckptfs_store_requests_total{kind="PUT"}'] == counted["PUT"]
+        # What an operator alerts on: failed requests by type, bytes at risk, the save stall.
+        assert after['ckptfs_store_errors_total{class="temporary",kind="PUT"}'] > 0
+        assert during["ckptfs_at_risk_bytes"] >= 2_000_000 and after["ckptfs_at_risk_bytes"] == 0
+        assert after["ckptfs_write_latency_seconds_count"] >= 1 and after["ckptfs_close_latency_seconds_count"] >= 1
+        assert after['ckptfs_write_latency_seconds_bucket{le="+Inf"}'] == after["ckptfs_write_latency_seconds_count"]
     finally:
         proxy.stop()
+
+
+def test_metrics_report_egress_and_the_cache_hit_ratio(mounter, tmp_path):
+    port = free_port()
+    writer = mounter(f"file://{tmp_path}/lake", cache="c1", name="w")
+    data = os.urandom(3_000_000)
+    with open(writer.path("model.pt"), "wb") as file:
+        file.write(data)
+    writer.sync()
+    reader = mounter(f"file://{tmp_path}/lake", ["--metrics-address", f"127.0.0.1:{port}"], cache="c2", name="r")
+    for _ in range(2):  # cold, then served by the chunk cache (the page cache is bypassed by reopening)
+        with open(reader.path("model.pt"), "rb") as file:
+            assert file.read() == data
+        with open("/proc/sys/vm/drop_caches", "w") as caches:
+            caches.write("1\n")
+    time.sleep(1.2)
+    figures = scrape(port)
+    assert figures["ckptfs_fetched_bytes_total"] >= 3_000_000
+    assert 0 < figures["ckptfs_cache_hit_ratio"] < 1

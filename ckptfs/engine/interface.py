@@ -32,6 +32,7 @@ class Engine:
         self._spill_at = spill_threshold(evictor.limit_bytes) if evictor is not None else 0
         self.backpressure_waits = 0
         self.backpressure_seconds = 0.0
+        self.remote_read_bytes = 0  # bytes of committed, unstaged versions read
 
     def read_opened(self, manifest: str) -> None:
         """A committed version was opened for reading: hold it in the lake (engine/holds.py)."""
@@ -103,7 +104,14 @@ class Engine:
 
     # -- reads --------------------------------------------------------------------------------
     async def read(self, manifest: str, offset: int, size: int, *, sequential: bool) -> bytes:
-        return await self._fetcher.read(manifest, offset, size, sequential=sequential)
+        data = await self._fetcher.read(manifest, offset, size, sequential=sequential)
+        self.remote_read_bytes += len(data)
+        return data
+
+    @property
+    def fetched_bytes(self) -> int:
+        """Bytes the fetcher has read from the lake (what S3 bills as egress out of its region)."""
+        return self._fetcher.fetched_bytes
 
     async def read_all_into(self, manifest: str, fd: int) -> None:
         await self._fetcher.read_all_into(manifest, fd)
@@ -155,4 +163,5 @@ class Engine:
         retrying = bool(last_error_time and (last_success_time is None or last_error_time > last_success_time))
         return {"store_retries": retries, "store_retrying": retrying,
                 "store_requests": dict(getattr(store, "requests", {})),
+                "store_errors": dict(getattr(store, "errors", {})),
                 "last_store_error": getattr(store, "last_error", None) if retrying else None}

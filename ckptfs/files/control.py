@@ -14,11 +14,35 @@ from ckptfs.engine.interface import Engine
 from ckptfs.errors import CkptfsError
 from ckptfs.lake.manifest import encode_path
 
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0)
+
+
+class Latencies:
+    """How long the kernel's write, flush (close) and fsync requests took to answer: the save stall a
+    trainer sees, backpressure waits included. Cumulative bucket counts, as Prometheus histograms."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, list[int]] = {}
+        self.sums: dict[str, float] = {}
+
+    def observe(self, name: str, seconds: float) -> None:
+        counts = self.counts.setdefault(name, [0] * (len(LATENCY_BUCKETS) + 1))
+        for index, bound in enumerate(LATENCY_BUCKETS):
+            if seconds <= bound:
+                counts[index] += 1
+        counts[-1] += 1  # +Inf: every observation
+        self.sums[name] = self.sums.get(name, 0.0) + seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: {"buckets": list(LATENCY_BUCKETS), "counts": list(counts), "sum": round(self.sums[name], 6)}
+                for name, counts in self.counts.items()}
+
 
 class Control:
     def __init__(self, journal: Journal, staging: Staging, engine: Engine, mount_id: str) -> None:
         from ckptfs.lake.lake import writer_identity
         self.writer = writer_identity()
+        self.latencies = Latencies()
         self.journal = journal
         self.staging = staging
         self.engine = engine
@@ -113,6 +137,13 @@ class Control:
             "dedup_ratio": round(logical / new_bytes, 2) if new_bytes else None,
             "compression_ratio": round(new_bytes / stored, 2) if stored else None,
             "last_error": self.engine.last_error,
+            "latency_seconds": self.latencies.to_dict(),
+            # Reads of content in the lake: bytes asked for, bytes that had to come from the lake
+            # (S3 egress), and the share the chunk cache and memory served.
+            "remote_read_bytes": self.engine.remote_read_bytes,
+            "fetched_bytes": self.engine.fetched_bytes,
+            "cache_hit_ratio": round(1 - min(1.0, self.engine.fetched_bytes / self.engine.remote_read_bytes), 4)
+            if self.engine.remote_read_bytes else None,
             **self.engine.store_health(),
             "no_drain": self.no_drain,
             "prefetching": self.prefetching,

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from typing import Any
 
 import pyfuse3
@@ -232,16 +233,23 @@ class Operations(pyfuse3.Operations):
         return await self.handles.read(fh, off, size)
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return await self.handles.write(fh, off, buf)
+        started = time.monotonic()
+        written = await self.handles.write(fh, off, buf)
+        self.control.latencies.observe("write", time.monotonic() - started)
+        return written
 
     async def flush(self, fh: int) -> None:
+        started = time.monotonic()
         self.handles.flush(fh)
+        self.control.latencies.observe("close", time.monotonic() - started)
 
     async def release(self, fh: int) -> None:
         self.handles.release(fh)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
+        started = time.monotonic()
         await self.handles.fsync(fh)
+        self.control.latencies.observe("fsync", time.monotonic() - started)
 
     # -- extended attributes: per-file state and the control interface of the CLI -------------
     async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:

@@ -126,6 +126,7 @@ class RetryingStore(ObjectStore):
         # Requests made, by S3 request type, each attempt counted (what a bill counts; a LIST of
         # n keys is ceil(n / 1000) requests, the S3 page size, whatever the backend).
         self.requests: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()  # "PUT temporary", "GET permanent", ... (not-found is no error)
         self._count_lock = threading.Lock()
         self.last_error: str | None = None
         self.last_error_time: float | None = None
@@ -150,6 +151,8 @@ class RetryingStore(ObjectStore):
                 return result
             except TemporaryStoreError as error:
                 self._count(kind)
+                with self._count_lock:
+                    self.errors[f"{kind} temporary"] += 1
                 attempt += 1
                 self.retries += 1
                 self.last_error, self.last_error_time = str(error), time.time()
@@ -160,8 +163,11 @@ class RetryingStore(ObjectStore):
                 if self.on_retry is not None:
                     self.on_retry(what, error)
                 self._sleep(delay)
-            except StoreError:  # permanent, not found, precondition failed: a request all the same
+            except StoreError as error:  # permanent, not found, precondition failed: a request all the same
                 self._count(kind)
+                if isinstance(error, PermanentStoreError):
+                    with self._count_lock:
+                        self.errors[f"{kind} permanent"] += 1
                 raise
 
     def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
