@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/install.sh
 
-# The interpreter that install.sh installed into, whether or not its script directory is on PATH.
-ckptfs() { python3 -m ckptfs "$@"; }
+# The interpreter that install.sh installed into (a venv of its own on a PEP 668 system Python).
+python="$(cat .ckptfs-python)"
+ckptfs() { "$python" -m ckptfs "$@"; }
 
 work="$(mktemp -d /tmp/ckptfs-demo.XXXXXX)"
 export CKPTFS_HOME="$work/home"
@@ -20,13 +21,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold="" plain=""; fi  # no escapes into a file
+step() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
 
 step "ckptfs mount $mountpoint   (embedded lake in $CKPTFS_HOME/lake)"
-ckptfs mount "$mountpoint"
+# The demo saves every few hundred milliseconds; a real run's checkpoints are minutes apart and the
+# lake's default fold_s (10 s) would fold these into one (docs/SEMANTICS.md, "Retention"): show them all.
+ckptfs mount "$mountpoint" --lake-setting fold_s=0
 
 step "training: torch.save to $mountpoint/run1 every 10 steps"
-python3 scripts/demo_train.py "$mountpoint"
+"$python" scripts/demo_train.py "$mountpoint"
 
 step "ls $mountpoint/run1"
 ls -l "$mountpoint/run1"
@@ -35,7 +39,7 @@ ls -l "$mountpoint/.versions/run1/last.ckpt/"
 
 step "torch.load of the oldest last.ckpt version"
 oldest="$(ls "$mountpoint/.versions/run1/last.ckpt/" | head -n 1)"
-python3 -c "import torch,sys; print('step', torch.load(sys.argv[1], weights_only=True)['step'])" \
+"$python" -c "import torch,sys; print('step', torch.load(sys.argv[1], weights_only=True)['step'])" \
   "$mountpoint/.versions/run1/last.ckpt/$oldest"
 
 step "ckptfs sync $mountpoint   (barrier: wait until committed in the lake)"

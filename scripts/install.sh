@@ -1,20 +1,41 @@
 #!/usr/bin/env bash
 # Installs what ckptfs needs on a Debian machine, idempotently: system packages for FUSE, then the
 # Python package with its runtime and test dependencies. Safe to run again; does nothing it need not.
+# A Python that refuses `pip install` outside a venv (PEP 668: Debian 12 and 13's /usr/bin/python3)
+# gets a venv of its own ($CKPTFS_VENV, default ~/.local/share/ckptfs/venv). The interpreter used is
+# written to .ckptfs-python, which scripts/test.sh and scripts/demo.sh run.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+managed=0
+if [ -z "${VIRTUAL_ENV:-}" ] && "$PYTHON" -c 'import os, sys, sysconfig
+sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else 1)'; then
+  managed=1
+fi
 
 need_apt=()
-for pkg in fuse3 libfuse3-dev pkg-config attr; do  # attr: getfattr, which the README uses
+packages=(fuse3 libfuse3-dev pkg-config attr)  # attr: getfattr, which the README uses
+[ "$managed" -eq 1 ] && packages+=(python3-venv python3-dev gcc)  # Debian splits venv out; pyfuse3 builds
+for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "ckptfs install: apt packages ${need_apt[*]}"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  # Another apt run (unattended-upgrades at boot) holds the lock: wait for it rather than fail.
+  $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
+  $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ "$managed" -eq 1 ]; then
+  venv="${CKPTFS_VENV:-$HOME/.local/share/ckptfs/venv}"
+  if [ ! -x "$venv/bin/python" ]; then
+    echo "ckptfs install: $PYTHON is managed by the system (PEP 668): a venv in $venv"
+    "$PYTHON" -m venv "$venv"
+  fi
+  PYTHON="$venv/bin/python"
 fi
 
 # torch is pinned to the CPU build that lies on this machine; installing it first keeps pip from
@@ -26,6 +47,13 @@ if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ] || ! "$PYTHON" -
   "$PYTHON" -m pip install -q --disable-pip-version-check "torch==2.13.0"
   "$PYTHON" -m pip install -q --disable-pip-version-check -e "$here[$extras]"
   touch "$stamp"
+fi
+echo "$PYTHON" > "$here/.ckptfs-python"
+if [ "$managed" -eq 1 ]; then  # put ckptfs on PATH
+  bin="/usr/local/bin"; [ "$(id -u)" -eq 0 ] || bin="$HOME/.local/bin"
+  mkdir -p "$bin"
+  for tool in ckptfs mount.fuse.ckptfs; do ln -sf "$(dirname "$PYTHON")/$tool" "$bin/$tool"; done
+  echo "ckptfs install: ckptfs is installed in $(dirname "$(dirname "$PYTHON")"), on PATH as $bin/ckptfs"
 fi
 # Under pyenv, console scripts installed by `python -m pip` get their shims only on a rehash.
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/install.sh
-python3 -m pytest -q -p no:cacheprovider --durations=10 "$@"
+"$(cat .ckptfs-python)" -m pytest -q -p no:cacheprovider --durations=10 "$@"
