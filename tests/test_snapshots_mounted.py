@@ -42,6 +42,9 @@ def test_a_mount_started_after_a_snapshot_reads_it_and_the_segments_after_it(mou
     writer.sync()
     done = json.loads(writer.cli("snapshot", "--json", writer.mountpoint).stdout)
     assert done["written"].startswith("snapshots/") and done["segments"] >= 7  # one sync each, at least
+    # The tree a starting mount gets: best and step-1..5 with a model.pt each, last.pt and latest
+    # (the folded base alone is empty in a young lake: "0 entries" misled).
+    assert done["entries"] == 14
     write(writer.path("after.pt"), b"after the snapshot")
     os.unlink(writer.path("step-1", "model.pt"))
     writer.sync()
