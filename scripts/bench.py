@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -62,6 +63,101 @@ def settle(*, drop: bool = False) -> None:
 
 
 # -- data -----------------------------------------------------------------------------------------
+# -- the client's own cost: CPU and GIL per GiB, which do not depend on the server -----------------
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+GIL_RATE = 200  # py-spy samples per second
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds a process has used so far, all its threads (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
+class GilSampler:
+    """Seconds a process holds the GIL while it runs: py-spy records, at GIL_RATE Hz and without
+    stopping the process, only the samples in which a thread holds the GIL (`--gil --nonblocking`)."""
+
+    def __init__(self, pid: int, workdir: str) -> None:
+        self.output = os.path.join(workdir, f"gil-{pid}-{uuid.uuid4().hex[:6]}.txt")
+        self.process = subprocess.Popen(
+            ["py-spy", "record", "--pid", str(pid), "--gil", "--nonblocking", "--rate", str(GIL_RATE),
+             "--format", "raw", "--output", self.output], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # attached
+
+    def stop(self) -> float:
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(timeout=60)
+        try:
+            with open(self.output) as samples:
+                count = sum(int(line.rsplit(" ", 1)[1]) for line in samples if line.strip())
+        except FileNotFoundError:
+            return float("nan")
+        os.unlink(self.output)
+        return count / GIL_RATE
+
+
+class CostMeter:
+    """CPU (user, system) and GIL seconds of one process, and the server's CPU, over one phase."""
+
+    def __init__(self, bench: Bench, pid: int, *, gil: bool = True) -> None:
+        self.bench, self.pid = bench, pid
+        self.server = bench.model.moto.process.pid if bench.model is not None else (
+            bench.server.process.pid if bench.server is not None else None)
+        self.sampler = GilSampler(pid, bench.workdir) if gil and shutil.which("py-spy") else None
+        self.cpu = cpu_seconds(pid)
+        self.server_cpu = cpu_seconds(self.server) if self.server else (0.0, 0.0)
+
+    def record(self, system: str, phase: str, size: int) -> None:
+        user, sys_ = (after - before for after, before in zip(cpu_seconds(self.pid), self.cpu, strict=True))
+        gil = self.sampler.stop() if self.sampler is not None else float("nan")
+        gib = size / GIB
+        self.bench.record(system, f"{phase}: CPU s per GiB (user)", user / gib)
+        self.bench.record(system, f"{phase}: CPU s per GiB (system)", sys_ / gib)
+        self.bench.record(system, f"{phase}: GIL s per GiB", gil / gib)
+        if self.server:
+            server = sum(cpu_seconds(self.server)) - sum(self.server_cpu)
+            self.bench.record(system, f"{phase}: server CPU s per GiB", server / gib)
+
+
+BOTO3_CHILD = """
+import sys, time, boto3
+kind, endpoint, bucket, key, path = sys.argv[1:6]
+client = boto3.client("s3", endpoint_url=endpoint)
+sys.stdout.write("ready\\n"); sys.stdout.flush()
+sys.stdin.readline()
+(client.upload_file if kind == "upload" else client.download_file)(*(
+    (path, bucket, key) if kind == "upload" else (bucket, key, path)))
+"""
+
+
+def boto3_cost(bench: Bench, kind: str, key: str, path: str, size: int) -> None:
+    """boto3's own CPU and GIL for an upload_file or download_file of `size` bytes, in a process of
+    its own (the bench's process also runs the S3 model's proxy); its start-up is not counted."""
+    child = subprocess.Popen([sys.executable, "-c", BOTO3_CHILD, kind, bench.endpoint, bench.bucket, key, path],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdin is not None
+    child.stdout.readline()  # imported, client made
+    meter = CostMeter(bench, child.pid)
+    child.stdin.write("go\n")
+    child.stdin.flush()
+    # Measured before it exits: /proc/PID/stat is gone once it has been waited for.
+    while child.poll() is None and not _finished(child.pid):
+        time.sleep(0.01)
+    meter.record("boto3 direct", f"{kind}", size)
+    child.wait()
+
+
+def _finished(pid: int) -> bool:
+    """The child is a zombie (exited, not yet waited for): its figures are final."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def state_dict(size_gib: float, seed: int) -> dict:
     generator = torch.Generator().manual_seed(seed)
     count = max(1, int(size_gib * GIB / (4 * MIB)))
@@ -405,7 +501,13 @@ def run_system(bench: Bench, kind: type[System], data: list[dict]) -> None:
             step = 1000 * (round_number + 1)
             fresh = checkpoint(round_data["base"], step)
             before = bench.requests()
+            meter = CostMeter(bench, system.process.pid) if isinstance(system, Ckptfs) else None
             stall, durable = system.save(fresh, f"r{round_number}/step-{step}/model.pt")
+            if meter is not None:
+                meter.record(system.name, "save to durable", round_data["size"])
+            if isinstance(system, Boto3Direct):
+                name = f"r{round_number}/step-{step}/model.pt"
+                boto3_cost(bench, "upload", f"{system.prefix}/{name}-cpu", system.path(name), round_data["size"])
             bench.record(system.name, "save stall (s)", stall)
             if isinstance(system, NullFuse):
                 continue  # the floor of the stall: nothing is kept
@@ -425,6 +527,9 @@ def run_system(bench: Bench, kind: type[System], data: list[dict]) -> None:
                          100 * (system.stored_bytes() - stored) / round_data["size"])
             name = f"r{round_number}/step-{step}/model.pt"
             if isinstance(system, Boto3Direct):
+                boto3_cost(bench, "download", f"{system.prefix}/{name}", system.path(name) + ".cpu",
+                           round_data["size"])
+                os.unlink(system.path(name) + ".cpu")
                 before = bench.requests()
                 elapsed = system.restore(name)
                 bench.record(system.name, "cold restore (MB/s)", round_data["size"] / elapsed / 1e6)
@@ -433,8 +538,11 @@ def run_system(bench: Bench, kind: type[System], data: list[dict]) -> None:
             system.make_cold()
             settle()
             before = bench.requests()
+            meter = CostMeter(bench, system.process.pid) if isinstance(system, Ckptfs) else None
             started = time.perf_counter()
             torch.load(system.path(name), weights_only=True)
+            if meter is not None:
+                meter.record(system.name, "cold restore", round_data["size"])
             bench.record(system.name, "cold restore (MB/s)",
                          round_data["size"] / (time.perf_counter() - started) / 1e6)
             if counted:
