@@ -142,20 +142,11 @@ def boto3_cost(bench: Bench, kind: str, key: str, path: str, size: int) -> None:
     meter = CostMeter(bench, child.pid)
     child.stdin.write("go\n")
     child.stdin.flush()
-    # Measured before it exits: /proc/PID/stat is gone once it has been waited for.
-    while child.poll() is None and not _finished(child.pid):
-        time.sleep(0.01)
+    # Wait for its exit without reaping it (WNOWAIT): /proc/PID/stat holds its final figures until
+    # it is waited for.
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
     meter.record("boto3 direct", f"{kind}", size)
     child.wait()
-
-
-def _finished(pid: int) -> bool:
-    """The child is a zombie (exited, not yet waited for): its figures are final."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def state_dict(size_gib: float, seed: int) -> dict:
