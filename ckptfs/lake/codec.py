@@ -55,7 +55,7 @@ def encode(data: bytes | memoryview, identifier: bytes | None = None) -> tuple[b
         if len(compressed) < _WORTH_IT * len(data):
             codec, payload = CODEC_LZ4, compressed
     header = _HEADER.pack(MAGIC, FORMAT, codec, 0, len(data), identifier)
-    return identifier, header + bytes(payload)
+    return identifier, b"".join((header, payload))  # one copy (`header + bytes(payload)` made two)
 
 
 def decode(blob: bytes, expected_id: bytes) -> bytes:

@@ -87,6 +87,10 @@ class S3Store(ObjectStore):
             # uncounted and unpaced); RetryingStore retries with backoff and counts every one.
             retries={"total_max_attempts": 1, "mode": "standard"},
             connect_timeout=min(10, timeout), read_timeout=timeout,
+            # No CRC32 of every PUT body and GET answer: every chunk is verified against its xxh3-128
+            # id and every manifest and segment against its own checksum (docs/FORMAT.md), so
+            # botocore's checksums cost CPU per byte (issue 20) and catch nothing more.
+            request_checksum_calculation="when_required", response_checksum_validation="when_required",
         )
         session = boto3.session.Session()
         self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
