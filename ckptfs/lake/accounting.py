@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptfs.errors import CkptfsError
-from ckptfs.lake import keeps
 from ckptfs.lake.codec import HEADER_SIZE
-from ckptfs.lake.gc import STANDARD_GB_MONTH, read_collected
+from ckptfs.lake.gc import dollars_per_month, read_collected, retention_now
 from ckptfs.lake.lake import Lake
 from ckptfs.lake.manifest import Manifest, encode_path
 from ckptfs.lake.namespace import Namespace
@@ -36,12 +35,7 @@ def under(path: bytes, top: bytes) -> bool:
 
 
 def judge(lake: Lake, tree: Namespace, now_ns: int) -> Retention:
-    tagged: dict[str, list[str]] = {}
-    for tag in keeps.read_tags(lake.store):
-        for _, identifier in tag.entries:
-            tagged.setdefault(identifier, []).append(tag.name)
-    retention = Retention(lake.retention_policies(), now_ns, tagged, keeps.read_holds(lake.store, now_ns),
-                          lake.fold_ns)
+    retention = retention_now(lake, now_ns)
     retention.prepare(tree.history)
     return retention
 
@@ -61,7 +55,7 @@ def read_manifests(lake: Lake, identifiers: Iterable[str], threads: int = 16) ->
 
 
 def dollars(stored_bytes: int) -> float:
-    return round(stored_bytes / 1e9 * STANDARD_GB_MONTH, 6)
+    return round(dollars_per_month(stored_bytes), 6)
 
 
 def history_log(lake: Lake, tree: Namespace, top: bytes, now_ns: int) -> list[dict[str, Any]]:

@@ -177,6 +177,16 @@ class Report:
                 "missing_manifests": self.missing[:20]}
 
 
+def retention_now(lake: Lake, now_ns: int) -> Retention:
+    """The lake's policies, tags and holds, judging at `now_ns`: what GC keeps, and what `ckptfs log`
+    and `ckptfs du` say it keeps."""
+    tagged: dict[str, list[str]] = {}
+    for tag in keeps.read_tags(lake.store):
+        for _, identifier in tag.entries:
+            tagged.setdefault(identifier, []).append(tag.name)
+    return Retention(lake.retention_policies(), now_ns, tagged, keeps.read_holds(lake.store, now_ns), lake.fold_ns)
+
+
 def dollars_per_month(stored_bytes: int) -> float:
     return stored_bytes / 1e9 * STANDARD_GB_MONTH
 
@@ -331,15 +341,9 @@ class GarbageCollector:
     def _kept_manifests(self, report: Report, start: int) -> set[str]:
         self.progress("reading the history", 0, 0)
         tree = self.lake.read_namespace()
-        policies = self.lake.retention_policies()
-        tags = keeps.read_tags(self.store)
-        tagged: dict[str, list[str]] = {}
-        for tag in tags:
-            for _, identifier in tag.entries:
-                tagged.setdefault(identifier, []).append(tag.name)
-        held = keeps.read_holds(self.store, start)
-        retention = Retention(policies, start, tagged, held, self.lake.fold_ns)
-        kept: set[str] = set(tagged) | held
+        retention = retention_now(self.lake, start)
+        policies, held = retention.policies, retention.held
+        kept: set[str] = set(retention.tagged) | held
         cold: dict[str, str | None] = {}  # kept manifest -> the class all its versions may move to
         for path, verdict in retention.judge_all(tree.history):
             report.versions += 1

@@ -171,7 +171,7 @@ class Retention:
     fold_ns: int = FOLD_NS  # the lake's fold_s
 
     def __post_init__(self) -> None:
-        self._held = set(self.held)
+        self.held = frozenset(self.held)
         self._instants: dict[tuple[bytes, str], list[int]] = {}
 
     def prepare(self, history: Mapping[bytes, list[State]]) -> None:
@@ -231,7 +231,7 @@ class Retention:
                             break
             for tag in self.tagged.get(state.manifest or "", ()):
                 reasons.append(f"tag {tag}")
-            if state.manifest in self._held:
+            if state.manifest in self.held:
                 reasons.append("held")
             judged.append(Verdict(state, end, verdict.folded, tuple(reasons)))
         return judged
