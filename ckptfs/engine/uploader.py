@@ -204,11 +204,16 @@ class Uploader:
         bad = await self.leases.unsafe(keys)
         if not bad:
             return
-        self.chunks.avoid |= bad
-        self.journal.forget_objects(bad - self.leases.marked.keys())
+        self._avoid(bad)
         self.journal.commit()
         raise StaleLocations(f"version {identifier:x}: {len(bad)} lake objects its chunks were deduplicated "
                              "against are marked or deleted by garbage collection; uploading those chunks again")
+
+    def _avoid(self, bad: set[str]) -> None:
+        """Never dedup against these objects again; forget the chunk locations in those GC deleted
+        (a marked one still holds its chunks, and a spilled prefix may still be read from it)."""
+        self.chunks.avoid |= bad
+        self.journal.forget_objects(bad - self.leases.marked.keys())
 
     async def _recheck(self, versions: list[int]) -> bool:
         """Before publishing: a version whose manifest was written more than half a grace ago (or
@@ -233,8 +238,7 @@ class Uploader:
                 continue
             log.warning("version %x (%s) waited to be published until GC marked %d objects it names: "
                         "uploading it again", identifier, version.path, len(bad))
-            self.chunks.avoid |= bad
-            self.journal.forget_objects(bad - self.leases.marked.keys())
+            self._avoid(bad)
             self.journal.update_version(identifier, state=SEALED, manifest=None)
             self.journal.commit()
             self.on_uncommitted(identifier)
