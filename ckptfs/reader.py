@@ -21,7 +21,6 @@ from ckptfs.lake.manifest import Manifest, chunk_offsets
 from ckptfs.lake.namespace import Namespace
 from ckptfs.store import RetryingStore, open_store
 
-RUN_BYTES = 32 << 20
 THREADS = 16
 
 
@@ -88,7 +87,7 @@ def copy_to(lake: Lake, manifest: Manifest, destination: str, *,
             file.truncate(manifest.size)
             offsets = chunk_offsets(manifest.chunks)
             located = [(chunk, manifest.location(index)) for index, (chunk, _) in enumerate(manifest.chunks)]
-            runs = _runs(located)
+            runs = packs.runs([where for _, where in located], packs.RUN_BYTES, packs.RUN_GAP)
 
             def fetch(run: list[int]) -> list[tuple[int, bytes]]:
                 datas = lake.get_run([located[index] for index in run])
@@ -102,22 +101,6 @@ def copy_to(lake: Lake, manifest: Manifest, destination: str, *,
         file.flush()
         os.fsync(file.fileno())
     os.replace(tmp, destination)
-
-
-def _runs(located: list[tuple[bytes, packs.Location]]) -> list[list[int]]:
-    """Indices of chunks grouped into runs of one pack lying end to end (loose chunks alone)."""
-    order = sorted(range(len(located)), key=lambda index: (located[index][1].pack, located[index][1].offset))
-    runs: list[list[int]] = []
-    for index in order:
-        where = located[index][1]
-        if runs and not where.loose:
-            last = located[runs[-1][-1]][1]
-            if (not last.loose and last.pack == where.pack and last.end == where.offset
-                    and where.end - located[runs[-1][0]][1].offset <= RUN_BYTES):
-                runs[-1].append(index)
-                continue
-        runs.append([index])
-    return runs
 
 
 class LakeFile(io.RawIOBase):
@@ -182,12 +165,12 @@ class LakeFile(io.RawIOBase):
             index += 1
 
     def _fetch_from(self, index: int) -> None:
-        """The chunk at `index` and those after it in its pack's run (read-ahead), up to RUN_BYTES."""
+        """The chunk at `index` and those after it in its pack's run (read-ahead), up to packs.RUN_BYTES."""
         run = [index]
         while (run[-1] + 1 < len(self._located) and not self._located[index][1].loose
                and self._located[run[-1] + 1][1].pack == self._located[index][1].pack
                and self._located[run[-1]][1].end == self._located[run[-1] + 1][1].offset
-               and self._located[run[-1] + 1][1].end - self._located[index][1].offset <= RUN_BYTES):
+               and self._located[run[-1] + 1][1].end - self._located[index][1].offset <= packs.RUN_BYTES):
             run.append(run[-1] + 1)
         for position, data in zip(run, self.lake.get_run([self._located[i] for i in run]), strict=True):
             self._cache[position] = data
