@@ -142,7 +142,8 @@ def command_mount(args: argparse.Namespace) -> int:
     try:
         daemon.check_cache_dir(config.cache_dir)
         daemon.open_lake(config)  # fail here, on the terminal, for a bad URL, bucket or credentials
-        room = cache_disk_room(config.cache_dir)
+        room = cache_disk_room(config.cache_dir, DEFAULT_CACHE_SIZE * 5 // 4 if args.cache_size is None
+                               else config.cache_size)
         if args.cache_size is None:
             config.cache_size = min(DEFAULT_CACHE_SIZE, max(room * 4 // 5, 1 << 30))
         elif config.cache_size > room:
@@ -158,12 +159,16 @@ def command_mount(args: argparse.Namespace) -> int:
     return code
 
 
-def cache_disk_room(cache_dir: str) -> int:
+def cache_disk_room(cache_dir: str, wanted: int) -> int:
     """What the cache dir can grow to: the disk's free space and what the cache dir holds already.
-    A --cache-size above it works until the disk fills; the mount says so at once."""
+    A --cache-size above it works until the disk fills; the mount says so at once. The cache dir's
+    files (many, in a large cache) are summed only when the free space alone is short of `wanted`."""
     status = os.statvfs(cache_dir)
-    used = sum(os.path.getsize(os.path.join(top, name)) for top, _, names in os.walk(cache_dir) for name in names)
-    return status.f_bavail * status.f_frsize + used
+    free = status.f_bavail * status.f_frsize
+    if free >= wanted:
+        return free
+    return free + sum(os.path.getsize(os.path.join(top, name)) for top, _, names in os.walk(cache_dir)
+                      for name in names)
 
 
 def _remove_if_unused(cache_dir: str, created: bool) -> None:

@@ -12,6 +12,7 @@ from ckptfs.cache.journal import COMMITTED, OPEN, SEALED, STATE_NAMES, Inode, Jo
 from ckptfs.cache.staging import Staging
 from ckptfs.engine.interface import Engine
 from ckptfs.errors import CkptfsError
+from ckptfs.lake.lake import writer_identity
 from ckptfs.lake.manifest import encode_path
 
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0)
@@ -40,7 +41,6 @@ class Latencies:
 
 class Control:
     def __init__(self, journal: Journal, staging: Staging, engine: Engine, mount_id: str) -> None:
-        from ckptfs.lake.lake import writer_identity
         self.writer = writer_identity()
         self.latencies = Latencies()
         self.journal = journal
