@@ -41,7 +41,7 @@ import boto3  # noqa: E402
 import torch  # noqa: E402
 
 from tests.helpers import MotoServer, force_unmount, is_mounted  # noqa: E402
-from tests.s3model import S3Model  # noqa: E402
+from tests.s3model import S3Model, use_test_credentials  # noqa: E402
 
 GIB = 1024**3
 MIB = 1024**2
@@ -410,9 +410,7 @@ class Bench:
         self.server = None
         self.model: S3Model | None = None
         if not args.endpoint_url:
-            os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-            os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-            os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+            use_test_credentials()  # moto, plain or behind the model
         self.fresh_endpoint()
         credentials = boto3.session.Session().get_credentials()
         self.access_key, self.secret_key = credentials.access_key, credentials.secret_key

@@ -40,18 +40,14 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=512)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                        ("AWS_DEFAULT_REGION", "us-east-1")):
-        os.environ.setdefault(name, value)
     import boto3
 
-    from tests.helpers import is_mounted
+    from tests.helpers import Mount
     from tests.s3model import S3Model
 
-    model = S3Model()
+    model = S3Model()  # which sets moto's credentials, as boto3 below needs
     root = tempfile.mkdtemp(prefix="ckptfs-cp-bench-")
-    mountpoint, process = os.path.join(root, "mnt"), None
-    os.makedirs(mountpoint)
+    mount = None
     try:
         bucket = model.bucket()
         url = f"s3://{bucket}/lake"
@@ -59,16 +55,12 @@ def main() -> int:
         with open(data_path, "wb") as file:
             for _ in range(args.size_mib):
                 file.write(os.urandom(1 << 20))
-        process = subprocess.Popen([sys.executable, "-m", "ckptfs", "mount", url, mountpoint, "--foreground",
-                                    "--cache-dir", os.path.join(root, "cache"), "--endpoint-url", model.endpoint,
-                                    "--log-file", os.path.join(root, "daemon.log")])
-        while not is_mounted(mountpoint):
-            time.sleep(0.05)
-        shutil.copyfile(data_path, os.path.join(mountpoint, "model.bin"))
-        subprocess.run([sys.executable, "-m", "ckptfs", "sync", mountpoint], check=True, capture_output=True)
-        subprocess.run(["fusermount3", "-u", mountpoint], check=True)
-        process.wait()
-        process = None
+        mount = Mount(url, os.path.join(root, "mnt"), os.path.join(root, "cache"), os.path.join(root, "daemon.log"),
+                      extra=["--endpoint-url", model.endpoint]).start()
+        shutil.copyfile(data_path, mount.path("model.bin"))
+        mount.sync()
+        mount.unmount()
+        mount = None
         boto3.client("s3", endpoint_url=model.direct).upload_file(data_path, bucket, "plain/model.bin")
         figures: dict[str, list[float]] = {"ckptfs cp": [], "boto3 download_file": []}
         for _ in range(args.repeat):
@@ -90,9 +82,8 @@ def main() -> int:
         ratio = statistics.median(figures["boto3 download_file"]) / statistics.median(figures["ckptfs cp"])
         print(json.dumps({"ckptfs_cp_speed_vs_boto3": round(ratio, 2)}))
     finally:
-        if process is not None:
-            subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True)
-            process.wait()
+        if mount is not None:
+            mount.unmount()
         model.stop()
         shutil.rmtree(root, ignore_errors=True)
     return 0

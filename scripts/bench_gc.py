@@ -112,24 +112,17 @@ def synthetic(sizes: list[int]) -> None:
 def saves_during_gc(size_mib: int, repeat: int) -> None:
     import torch
 
-    from tests.helpers import is_mounted
+    from tests.helpers import Mount
     from tests.s3model import S3Model
 
-    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                        ("AWS_DEFAULT_REGION", "us-east-1")):
-        os.environ.setdefault(name, value)  # the model's moto accepts any credentials
     model = S3Model()
     root = tempfile.mkdtemp(prefix="ckptfs-gc-save-")
-    mountpoint, process = os.path.join(root, "mnt"), None
-    os.makedirs(mountpoint)
+    mountpoint, mount = os.path.join(root, "mnt"), None
     try:
         url = f"s3://{model.bucket()}/lake"
-        process = subprocess.Popen([sys.executable, "-m", "ckptfs", "mount", url, mountpoint, "--foreground",
-                                    "--cache-dir", os.path.join(root, "cache"), "--endpoint-url", model.endpoint,
-                                    "--log-file", os.path.join(root, "daemon.log"),
-                                    "--lake-setting", "gc_grace_s=2", "--lake-setting", "max_clock_skew_s=0"])
-        while not is_mounted(mountpoint):
-            time.sleep(0.05)
+        mount = Mount(url, mountpoint, os.path.join(root, "cache"), os.path.join(root, "daemon.log"),
+                      extra=["--endpoint-url", model.endpoint, "--lake-setting", "gc_grace_s=2",
+                             "--lake-setting", "max_clock_skew_s=0"]).start()
         time.sleep(0.5)
 
         def durable(path: str) -> None:
@@ -182,9 +175,8 @@ def saves_during_gc(size_mib: int, repeat: int) -> None:
             ratio = statistics.median(figures["during gc"][figure]) / statistics.median(figures["without gc"][figure])
             print(f"{figure} during gc / without: {ratio:.2f}x")
     finally:
-        if process is not None:
-            subprocess.run(["fusermount3", "-u", mountpoint], check=False)
-            process.wait()
+        if mount is not None:
+            mount.unmount()
         model.stop()
         shutil.rmtree(root, ignore_errors=True)
 

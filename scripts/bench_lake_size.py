@@ -29,15 +29,14 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                    "AWS_DEFAULT_REGION": "us-east-1"}.items():
-    os.environ.setdefault(name, value)
 
 from ckptfs.lake import Lake, events, namespace, snapshot  # noqa: E402
 from ckptfs.lake.events import record  # noqa: E402
 from ckptfs.store import open_store  # noqa: E402
 from tests.helpers import Mount  # noqa: E402
-from tests.s3model import S3Model  # noqa: E402
+from tests.s3model import S3Model, use_test_credentials  # noqa: E402
+
+use_test_credentials()
 
 DIRECTORY_ENTRIES = 10_000
 

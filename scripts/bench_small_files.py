@@ -55,9 +55,6 @@ def main() -> int:
     if args.endpoint_url:
         url, endpoint = args.store_url, args.endpoint_url
     else:
-        for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                            ("AWS_DEFAULT_REGION", "us-east-1")):
-            os.environ.setdefault(name, value)
         model = S3Model()
         url, endpoint = f"s3://{model.bucket()}/small", model.endpoint
     extra = ["--endpoint-url", endpoint, "--refresh", str(args.refresh)]

@@ -7,9 +7,7 @@ import boto3
 import pytest
 
 from tests.helpers import MotoServer, Mount
-
-AWS_TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_DEFAULT_REGION": "us-east-1"}
+from tests.s3model import TEST_CREDENTIALS as AWS_TEST_ENV
 
 
 @pytest.fixture(scope="session")

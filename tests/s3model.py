@@ -16,12 +16,24 @@ still spends its own CPU on each request, on the same cores as the client: a ben
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import boto3
 
 from tests.faultproxy import FaultProxy
 from tests.helpers import MotoServer
+
+# moto accepts any credentials; tests and benchmarks on it use these where none are set.
+TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                    "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def use_test_credentials() -> None:
+    """Credentials for moto, unless the environment gives some."""
+    for name, value in TEST_CREDENTIALS.items():
+        os.environ.setdefault(name, value)
+
 
 FIRST_BYTE_S = 0.100
 CONNECTION_BYTES_S = 85e6
@@ -30,6 +42,7 @@ PRICE_PER_1000 = {"PUT": 0.005, "POST": 0.005, "LIST": 0.005, "GET": 0.0004, "HE
 
 class S3Model:
     def __init__(self, *, first_byte_s: float = FIRST_BYTE_S, connection_bytes_s: float = CONNECTION_BYTES_S) -> None:
+        use_test_credentials()
         self.moto = MotoServer()
         self.proxy = FaultProxy(self.moto.port)
         self.proxy.delay_seconds = first_byte_s

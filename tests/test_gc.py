@@ -185,6 +185,18 @@ def _packs_of(lake: Lake, manifest: str) -> set[str]:
     return lake.get_manifest(manifest).object_keys()
 
 
+async def _superseded_and_marked(mount, lake: Lake, clock: WallClock, old: bytes, saved: dict[str, bytes]):
+    """Save `old`, then other bytes over it, keep the last version only, and let GC mark `old`'s
+    manifest and pack: (that GC run's report, the pack)."""
+    first = await _save_version(mount, b"model.pt", old, saved)
+    await _save_version(mount, b"model.pt", os.urandom(2 * MIB), saved)
+    lake.set_retention(b"", Policy(keep_last=1))
+    clock.advance(GRACE + 1)
+    report = collect(lake, clock)
+    pack, = _packs_of(lake, first)
+    return report, pack
+
+
 def test_dedup_against_a_freshly_marked_pack_names_it_and_the_sweep_keeps_it(tmp_path):
     """A mount saves again what GC has just marked: the manifest names the marked pack (the sweep,
     a grace after the mark, sees it) and nothing is uploaded twice."""
@@ -196,12 +208,8 @@ def test_dedup_against_a_freshly_marked_pack_names_it_and_the_sweep_keeps_it(tmp
     async def main():
         mount = mount_on(tmp_path, "a" * 16, lake, clock=clock)
         async with running(mount):
-            first = await _save_version(mount, b"model.pt", old, saved)
-            await _save_version(mount, b"model.pt", os.urandom(2 * MIB), saved)
-            lake.set_retention(b"", Policy(keep_last=1))
-            clock.advance(GRACE + 1)
-            assert collect(lake, clock).marked == 2
-            pack, = _packs_of(lake, first)
+            marking, pack = await _superseded_and_marked(mount, lake, clock, old, saved)
+            assert marking.marked == 2
             again = await _save_version(mount, b"copy.pt", old, saved)
             assert pack in _packs_of(lake, again)
             clock.advance(GRACE + 1)
@@ -221,12 +229,7 @@ def test_dedup_against_a_pack_marked_too_long_ago_uploads_the_chunks_again(tmp_p
     async def main():
         mount = mount_on(tmp_path, "a" * 16, lake, clock=clock)
         async with running(mount):
-            first = await _save_version(mount, b"model.pt", old, saved)
-            await _save_version(mount, b"model.pt", os.urandom(2 * MIB), saved)
-            lake.set_retention(b"", Policy(keep_last=1))
-            clock.advance(GRACE + 1)
-            collect(lake, clock)
-            pack, = _packs_of(lake, first)
+            _, pack = await _superseded_and_marked(mount, lake, clock, old, saved)
             clock.advance(GRACE - 1)  # past the mark's deadline for writers (grace - lease)
             again = await _save_version(mount, b"copy.pt", old, saved)
             assert pack not in _packs_of(lake, again)
