@@ -7,7 +7,6 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
-SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 managed=0
 if [ -z "${VIRTUAL_ENV:-}" ] && "$PYTHON" -c 'import os, sys, sysconfig
@@ -15,19 +14,9 @@ sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNA
   managed=1
 fi
 
-need_apt=()
 packages=(fuse3 libfuse3-dev pkg-config attr)  # attr: getfattr, which the README uses
 [ "$managed" -eq 1 ] && packages+=(python3-venv python3-dev gcc)  # Debian splits venv out; pyfuse3 builds
-for pkg in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
-done
-if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "ckptfs install: apt packages ${need_apt[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  # Another apt run (unattended-upgrades at boot) holds the lock: wait for it rather than fail.
-  $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
-  $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${need_apt[@]}" >/dev/null
-fi
+"$here/scripts/apt_install.sh" "${packages[@]}"
 
 if [ "$managed" -eq 1 ]; then
   venv="${CKPTFS_VENV:-$HOME/.local/share/ckptfs/venv}"
