@@ -17,6 +17,7 @@ Start-up repair (every crash state; docs/DESIGN.md has the reasoning):
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import math
@@ -33,7 +34,7 @@ import pyfuse3
 import trio
 
 from ckptfs import systemd
-from ckptfs.cache.check import check_cache, lock_cache_dir
+from ckptfs.cache.check import check_cache, drop_unsynced_losses, lock_cache_dir
 from ckptfs.cache.chunkcache import ChunkCache
 from ckptfs.cache.journal import OPEN, SEALED, Journal
 from ckptfs.cache.rebuild import prepare_journal
@@ -187,6 +188,8 @@ class CacheDir:
     def __init__(self, path: str, cache_size: int) -> None:
         self.path = path
         self._lock = lock_cache_dir(path)
+        for line in drop_unsynced_losses(path):
+            log.warning("after a crash: %s", line)
         problems = check_cache(path)
         if problems:
             self._lock.close()
@@ -194,6 +197,13 @@ class CacheDir:
             raise ConfigError(f"cache dir {path}: {problems[0].detail}{more}; "
                               f"run `ckptfs fsck --cache-dir {path} --repair`")
         self.journal = Journal(os.path.join(path, "journal.sqlite"))
+        # "running" holds the boot of the daemon using the cache dir, and goes at a clean close. Left
+        # there by another boot, the machine lost power (or rebooted) with unsynced data on the cache
+        # disk: prepare_journal then distrusts staging copies no fsync made durable.
+        running = self.journal.get_meta("running")
+        self.rebooted = running is not None and running != boot_id()
+        self.journal.set_meta("running", boot_id())
+        self.journal.commit(durable=True)
         self.staging = Staging(os.path.join(path, "staging"))
         # A quarter of the budget caches fetched chunks, a sixteenth (at most 64 MiB) is left to the
         # journal and its WAL, the rest holds staging files (dirty data is never evicted: it waits
@@ -204,8 +214,32 @@ class CacheDir:
 
     def close(self) -> None:
         self.staging.close()
+        syncfs(self.path)  # what the staging files and the chunk cache hold is on the disk now
+        self.journal.delete_meta("running")
         self.journal.close()
         self._lock.close()
+
+
+def boot_id() -> str:
+    """This boot of the machine (changes at every restart, a power cut's included)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as file:
+            return file.read().strip()
+    except OSError:
+        return "unknown"
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def syncfs(path: str) -> None:
+    """Write back everything the file system holding `path` has in memory (syncfs(2))."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            log.warning("syncfs of the cache dir failed: %s", os.strerror(ctypes.get_errno()))
+    finally:
+        os.close(fd)
 
 
 READ_AHEAD_KB = 1024
@@ -288,7 +322,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
         view = lake.read_log()  # a snapshot and the segments after it (lake/snapshot.py)
         log.info("read the lake in %.1f s: %s and %d segments after it", time.monotonic() - started,
                  view.snapshot_key or "no snapshot", view.segments_read)
-        mount_id, rebuilt = prepare_journal(cache.journal, cache.staging, lake, view)
+        mount_id, rebuilt = prepare_journal(cache.journal, cache.staging, lake, view, rebooted=cache.rebooted)
         kernel = KernelCaches()
         settings = Settings(durability=config.durability, upload_round_bytes=config.upload_round_bytes or 0,
                             staging_budget=cache.staging_budget, refresh_interval=config.refresh_interval,

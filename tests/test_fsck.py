@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -118,7 +119,9 @@ def test_damaged_journal_stops_the_mount_until_repaired(mounter, tmp_path):
     assert open(again.path("kept"), "rb").read() == b"committed before the damage"
 
 
-def test_lost_staging_file_stops_the_mount_until_repaired(mounter, tmp_path):
+def _a_version_waiting_for_upload_loses_its_staged_bytes(mounter, tmp_path, *, fsync: bool):
+    """`f` holds a committed version, then a 64 MiB one (fsync'ed or not) that cannot upload; the
+    daemon stops without draining and the staging file of the new version is cut to 1000 bytes."""
     mount = mounter(cache="cache")
     with open(mount.path("f"), "wb") as file:
         file.write(b"old and committed")
@@ -129,6 +132,9 @@ def test_lost_staging_file_stops_the_mount_until_repaired(mounter, tmp_path):
     packs.write_bytes(b"")
     with open(mount.path("f"), "wb") as file:
         file.write(os.urandom(64 * 1024 * 1024))
+        if fsync:
+            file.flush()
+            os.fsync(file.fileno())
     assert os.getxattr(mount.path("f"), "user.ckptfs.state").startswith(b"uploading")
     mount.cli("unmount", "--no-drain", mount.mountpoint)
     mount.process.wait(timeout=60)
@@ -136,6 +142,27 @@ def test_lost_staging_file_stops_the_mount_until_repaired(mounter, tmp_path):
     for name in os.listdir(staging):
         if os.path.getsize(staging / name) == 64 * 1024 * 1024:
             os.truncate(staging / name, 1000)
+    return packs
+
+
+def test_a_version_lost_before_any_fsync_gives_way_to_the_previous_one_at_start(mounter, tmp_path):
+    """What a power cut does to a version closed without fsync (tests/powercut.py makes it happen
+    for real in test_crash.py): the mount starts by itself, the file shows its previous version,
+    and the log names the file."""
+    packs = _a_version_waiting_for_upload_loses_its_staged_bytes(mounter, tmp_path, fsync=False)
+    packs.unlink()
+    again = mounter(cache="cache")
+    assert open(again.path("f"), "rb").read() == b"old and committed"
+    assert re.search(r"WARNING .*after a crash: b'f': dropped version \w+ \(its staged bytes were lost.*"
+                     r"the file shows its previous version", again.log())
+    again.sync()
+    assert [len(open(again.path(".versions", "f", name), "rb").read())
+            for name in os.listdir(again.path(".versions", "f"))] == [17]
+
+
+def test_lost_staging_file_stops_the_mount_until_repaired(mounter, tmp_path):
+    """A version a caller fsync'ed whose bytes are gone: the disk broke its word, a person decides."""
+    packs = _a_version_waiting_for_upload_loses_its_staged_bytes(mounter, tmp_path, fsync=True)
     with pytest.raises(RuntimeError, match="missing or truncated"):
         mounter(cache="cache")
     repaired = ckptfs("fsck", "--cache-dir", str(tmp_path / "cache"), "--repair", "--json")

@@ -38,3 +38,44 @@ def test_sigkill_with_pending_uploads_then_remount_commits_everything(mounter, l
     for name, digest in expected.items():
         assert hashlib.sha256(open(third.path(name), "rb").read()).hexdigest() == digest
     third.assert_clean_log()
+
+
+def test_after_a_reboot_unsynced_staging_copies_are_read_from_the_lake(mounter, tmp_path):
+    """The daemon stopped without closing its cache dir, and the machine restarted since (the boot
+    id it recorded is another): staging copies no fsync made durable may hold anything, so the
+    versions already in the lake are read from there; an fsync'ed one keeps its copy."""
+    import sqlite3
+
+    first = mounter(cache="cache")
+    synced, unsynced = os.urandom(3 << 20), os.urandom(3 << 20)
+    with open(first.path("synced.pt"), "wb") as file:
+        file.write(synced)
+        file.flush()
+        os.fsync(file.fileno())
+    with open(first.path("unsynced.pt"), "wb") as file:
+        file.write(unsynced)
+    first.sync()
+    first.kill()
+    journal = sqlite3.connect(tmp_path / "cache" / "journal.sqlite")
+    assert journal.execute("SELECT value FROM meta WHERE key='running'").fetchone() is not None
+    journal.execute("UPDATE meta SET value='a boot before the power cut' WHERE key='running'")
+    journal.commit()
+    journal.close()
+    staged = sorted(os.listdir(tmp_path / "cache" / "staging"))
+    assert len(staged) == 2
+    for name in staged:  # what a disk may hold of an unsynced file after a power cut
+        path = tmp_path / "cache" / "staging" / name
+        if open(path, "rb").read() == unsynced:
+            with open(path, "r+b") as file:
+                file.write(b"\0" * 4096)
+
+    second = mounter(cache="cache")
+    assert open(second.path("unsynced.pt"), "rb").read() == unsynced
+    assert open(second.path("synced.pt"), "rb").read() == synced
+    assert "unsynced before a reboot" in second.log()
+    assert len(os.listdir(tmp_path / "cache" / "staging")) == 1  # the fsync'ed copy stays
+    second.unmount()
+    journal = sqlite3.connect(tmp_path / "cache" / "journal.sqlite")
+    assert journal.execute("SELECT value FROM meta WHERE key='running'").fetchone() is None  # a clean close
+    journal.close()
+    second.assert_clean_log()

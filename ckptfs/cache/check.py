@@ -6,7 +6,16 @@ and names the repair command; `repair` then does the least destructive thing:
   `lost+found/`; the next mount rebuilds the tree from the lake;
 * versions that were waiting for upload but whose staging file is missing or shorter than the
   version are dropped from the upload queue and the history; a file whose current content was such
-  a version falls back to its last committed version, or disappears if it has none.
+  a version falls back to its newest older version that is whole (in the lake, or staged in full),
+  or disappears if it has none.
+
+One loss is not damage but what a power cut does to data nobody fsync'ed, and the mount repairs it
+by itself at start (`drop_unsynced_losses`), with a warning naming each file: a version closed but
+never fsync'ed whose staged bytes the cache disk lost, and a version a writer was still writing when
+the daemon died and never fsync'ed (its bytes are whatever part of the write reached the disk). Both
+give way to the file's previous whole version, as a local file system gives the old content of a file
+replaced without fsync. A version a caller fsync'ed (the journal's `synced`) is never dropped
+silently: its loss means the disk broke its word, and the mount refuses as above.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import TextIO
 
-from ckptfs.cache.journal import COMMITTED, Journal, Version
+from ckptfs.cache.journal import COMMITTED, OPEN, Journal, Version
 from ckptfs.errors import ConfigError
 
 JOURNAL_NAME = "journal.sqlite"
@@ -92,6 +101,33 @@ def check_cache(cache_dir: str) -> list[CacheProblem]:
         journal.db.close()
 
 
+def drop_unsynced_losses(cache_dir: str) -> list[str]:
+    """At mount start, before `check_cache`: drop the versions a crash may have left torn that no
+    caller fsync'ed (see the module's docstring); one line per file, for a warning."""
+    try:
+        journal = open_journal(cache_dir)
+    except sqlite3.DatabaseError:
+        return []  # check_cache reports it
+    lines = []
+    try:
+        synced = journal.synced_versions()
+        damaged = damaged_versions(journal, os.path.join(cache_dir, "staging"))
+        interrupted = [v for v in journal.versions_in_state(OPEN) if v.id not in synced and v.ino is not None]
+        drop = {v.id: v for v in damaged + interrupted if v.id not in synced}
+        for version in drop.values():
+            path = journal.path_of(version.ino) if version.ino is not None else None
+            fallback = _drop_version(journal, version, set(drop))
+            why = ("its staged bytes were lost with the cache disk's unsynced writes" if version.state != OPEN
+                   else "it was being written when the daemon stopped and was never fsync'ed")
+            shows = f"its previous version {fallback:x}" if fallback is not None else "nothing (no earlier version)"
+            lines.append(f"{path or version.path!r}: dropped version {version.id:x} ({why}); the file shows {shows}")
+        if drop:
+            journal.commit(durable=True)
+    finally:
+        journal.db.close()
+    return lines
+
+
 def repair_cache(cache_dir: str) -> list[str]:
     """Repair what check_cache finds; returns one line per action taken."""
     actions = []
@@ -113,8 +149,9 @@ def repair_cache(cache_dir: str) -> list[str]:
         actions.append("the next mount rebuilds the tree from the lake")
         return actions
     try:
-        for version in damaged_versions(journal, os.path.join(cache_dir, "staging")):
-            _drop_version(journal, version)
+        damaged = damaged_versions(journal, os.path.join(cache_dir, "staging"))
+        for version in damaged:
+            _drop_version(journal, version, {v.id for v in damaged})
             actions.append(f"dropped version {version.id:x} of {version.path!r}: its staged data was lost")
         journal.commit(durable=True)
     finally:
@@ -122,17 +159,21 @@ def repair_cache(cache_dir: str) -> list[str]:
     return actions
 
 
-def _drop_version(journal: Journal, version: Version) -> None:
+def _drop_version(journal: Journal, version: Version, unusable: set[int]) -> int | None:
+    """Forget a version; a file whose content it was falls back to its newest older version that is
+    whole (in the lake, or staged and not in `unusable`), or is removed. Returns the fallback."""
     db = journal.db
     db.execute("DELETE FROM outbox WHERE version=?", (version.id,))
     db.execute("DELETE FROM history WHERE version=?", (version.id,))
+    fallback = None
     for (ino,) in db.execute("SELECT ino FROM inodes WHERE version=?", (version.id,)).fetchall():
         fallback = None
         path = journal.path_of(ino)
         if path is not None:
             for _, candidate in reversed(journal.history(path)):
                 older = journal.version(candidate) if candidate is not None else None
-                if older is not None and older.state == COMMITTED:
+                if older is not None and older.id not in unusable and older.id != version.id and (
+                        older.state == COMMITTED or (older.staged and older.state != OPEN)):
                     fallback = older
                     break
         if fallback is None:
@@ -145,3 +186,4 @@ def _drop_version(journal: Journal, version: Version) -> None:
         os.unlink(os.path.join(os.path.dirname(journal.path), "staging", f"{version.id:016x}"))
     except FileNotFoundError:
         pass
+    return fallback.id if fallback is not None else None

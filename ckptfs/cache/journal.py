@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS known_chunks(
     id BLOB PRIMARY KEY, pack BLOB, offset INTEGER NOT NULL DEFAULT 0, stored INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS synced(version INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS prefix_chunks(
     version INTEGER NOT NULL, seq INTEGER NOT NULL, id BLOB NOT NULL, length INTEGER NOT NULL,
     PRIMARY KEY(version, seq)) WITHOUT ROWID;
@@ -356,6 +357,15 @@ class Journal:
         self._version_rows.pop(identifier, None)
         self.db.execute("DELETE FROM versions WHERE id=?", (identifier,))
         self.db.execute("DELETE FROM prefix_chunks WHERE version=?", (identifier,))
+        self.db.execute("DELETE FROM synced WHERE version=?", (identifier,))
+
+    def mark_synced(self, identifier: int) -> None:
+        """A caller fsync'ed this version: its staged bytes were promised to survive a power cut
+        (cache/check.py tells such a loss from one of unsynced data)."""
+        self.db.execute("INSERT OR IGNORE INTO synced(version) VALUES (?)", (identifier,))
+
+    def synced_versions(self) -> set[int]:
+        return {row[0] for row in self.db.execute("SELECT version FROM synced")}
 
     # -- the uploaded prefix of a version whose bytes left the cache disk ---------------------
     def extend_prefix(self, identifier: int, chunks: list[tuple[bytes, int]], *, first_seq: int, end: int,

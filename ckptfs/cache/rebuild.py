@@ -86,10 +86,11 @@ def _inode_for_entry(journal: Journal, path: bytes, entry: namespace.Entry, vers
 
 
 def prepare_journal(journal: Journal, staging: Staging, lake: Lake, view: LogView, *,
-                    new_mount_id: str | None = None) -> tuple[str, namespace.Namespace | None]:
+                    new_mount_id: str | None = None, rebooted: bool = False) -> tuple[str, namespace.Namespace | None]:
     """Return this cache dir's mount id, and the lake's replayed tree (from `view`) if the cache dir
     was new and rebuilt from it (None after a repair of an existing one). A new cache dir gets
-    `new_mount_id`, or a random one."""
+    `new_mount_id`, or a random one. `rebooted`: the machine restarted since a daemon stopped
+    without closing the cache dir (CacheDir.rebooted)."""
     mount_id = journal.get_meta("mount_id")
     if mount_id is None:
         tree = rebuild_from_lake(journal, view)
@@ -100,10 +101,22 @@ def prepare_journal(journal: Journal, staging: Staging, lake: Lake, view: LogVie
                  mount_id)
         return mount_id, tree
     known = set()
+    synced = journal.synced_versions()
     for version in journal.staged_versions():
         known.add(version.id)
-        if not staging.exists(version.id) and version.state == COMMITTED:
-            journal.update_version(version.id, staged=0)  # its bytes are in the lake
+        if version.state != COMMITTED:
+            continue
+        # Its bytes are in the lake. The staging copy serves reads only if it is whole: a power cut
+        # keeps of an unsynced file whatever part reached the disk (cache/check.py), and a reboot
+        # after an unclean stop may have kept any part of it.
+        size = os.stat(staging.path(version.id)).st_size if staging.exists(version.id) else None
+        if size is not None and (size != version.size or (rebooted and version.id not in synced)):
+            log.info("not reading version %x from its staging copy (%d of %d bytes%s): from the lake instead",
+                     version.id, size, version.size, ", unsynced before a reboot" if rebooted else "")
+            staging.remove(version.id)
+            size = None
+        if size is None:
+            journal.update_version(version.id, staged=0)
     for identifier in staging.versions_on_disk():
         if identifier not in known:
             staging.remove(identifier)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import trio
 
-from ckptfs.cache.journal import OPEN, Journal
+from ckptfs.cache.journal import COMMITTED, Journal
 from ckptfs.cache.staging import Staging
 from ckptfs.engine.interface import Engine
 from ckptfs.files import history
@@ -214,8 +214,17 @@ class Handles:
             return
         inode = self.tree.inode(handle.ino)
         current = self.lifecycle.current(inode)
-        if current is not None and current.state == OPEN:
-            await trio.to_thread.run_sync(self.staging.datasync, current.id)
+        if current is not None and current.state != COMMITTED and current.staged:
+            # A version sealed by an earlier close is still only on the cache disk: an fsync after
+            # close (an O_RDONLY open and fsync, as some savers do) must reach its bytes too.
+            newly_pinned = current.id not in self.staging.pinned  # not evicted under the datasync
+            self.staging.pinned.add(current.id)
+            try:
+                await trio.to_thread.run_sync(self.staging.datasync, current.id)
+            finally:
+                if newly_pinned:
+                    self.staging.pinned.discard(current.id)
+            self.journal.mark_synced(current.id)
         self.tree.commit(durable=True)
         if self.durability == "remote" and inode.version is not None:
             version = self.lifecycle.seal(inode) or inode.version
