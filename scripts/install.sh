@@ -7,6 +7,8 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
+# A minimal image (debootstrap, a container's) has no Python at all: Debian's comes first.
+command -v "$PYTHON" >/dev/null 2>&1 || "$here/scripts/apt_install.sh" python3
 
 managed=0
 if [ -z "${VIRTUAL_ENV:-}" ] && "$PYTHON" -c 'import os, sys, sysconfig
