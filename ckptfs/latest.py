@@ -4,8 +4,9 @@ What a restart script calls after `ckptfs refresh`: it must never name a checkpo
 left half-uploaded. A checkpoint is complete when every file it needs exists here (other mounts'
 files exist once they are published) and is `committed` (`user.ckptfs.state`). The layouts known:
 
-* PyTorch Distributed Checkpoint: a directory with `.metadata`; it needs `.metadata` and every file
-  the metadata names (read with torch when torch is installed; without it, every file present).
+* PyTorch Distributed Checkpoint: a directory with `.metadata` or `.distcp` files; it needs `.metadata`
+  (written last, once every rank's files are) and every file the metadata names (read with torch
+  when torch is installed; without it, every file present).
 * Hugging Face: `checkpoint-N` with `trainer_state.json` (the Trainer writes it last).
 * Lightning and plain `torch.save`: a file (`.ckpt`, `.pt`, `.pth`, `.bin`, `.safetensors`).
 * Anything else: a directory with files of its own, all committed. A directory whose files all lie in
@@ -92,6 +93,8 @@ def examine(path: str) -> Checkpoint | None:
     if ".metadata" in present:
         needed = [".metadata"] + (dcp_files(path) or [])
         layout = "dcp"
+    elif any(file.endswith(".distcp") for file in present):
+        needed, layout = [".metadata"], "dcp"  # DCP writes .metadata last: a save that failed midway
     elif "trainer_state.json" in present or name.startswith("checkpoint-"):
         needed = ["trainer_state.json"]
         layout = "huggingface"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -40,6 +41,7 @@ def main() -> int:
     parser.add_argument("--power-cut", action="store_true",
                         help="the first mount's cache disk loses what no fsync made durable at each kill")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop by pid: the mounts and the layer are cleaned up
     shape = Shape(writers=args.writers, mounts=args.mounts, memmap=args.memmap, gc=args.gc, power_cut=args.power_cut)
     server = None
 

@@ -89,6 +89,10 @@ class PowerCutFs(pyfuse3.Operations):
     async def getattr(self, inode, ctx=None):
         self._check()
         try:
+            if inode not in self.path_of:  # unlinked, still open
+                fd = next((fd for fd, of in self.fds.items() if of == inode), None)
+                if fd is not None:
+                    return self._attributes(inode, os.fstat(fd))
             return self._attributes(inode, os.lstat(self._path(inode)))
         except OSError as error:
             raise pyfuse3.FUSEError(error.errno) from None
@@ -151,17 +155,32 @@ class PowerCutFs(pyfuse3.Operations):
 
     async def unlink(self, parent_inode, name, ctx):
         self._check()
+        path = self._path(parent_inode, name)
         try:
-            os.unlink(self._path(parent_inode, name))
+            st = os.lstat(path)
+            os.unlink(path)
         except OSError as error:
             raise pyfuse3.FUSEError(error.errno) from None
+        if st.st_nlink == 1:
+            self._forget_name(st.st_ino, path)
 
     async def rmdir(self, parent_inode, name, ctx):
         self._check()
+        path = self._path(parent_inode, name)
         try:
-            os.rmdir(self._path(parent_inode, name))
+            st = os.lstat(path)
+            os.rmdir(path)
         except OSError as error:
             raise pyfuse3.FUSEError(error.errno) from None
+        self._forget_name(st.st_ino, path)
+
+    def _forget_name(self, st_ino: int, path: str) -> None:
+        """The name is gone: stop invalidating it at cuts (the kernel may still hold the inode
+        number; a later lookup of another file gets a fresh one)."""
+        inode = self.inode_of.get(st_ino)
+        if inode is not None and self.path_of.get(inode) == path:
+            del self.inode_of[st_ino]
+            del self.path_of[inode]
 
     async def rename(self, parent_old, name_old, parent_new, name_new, flags, ctx):
         self._check()
@@ -290,19 +309,19 @@ class PowerCutFs(pyfuse3.Operations):
         self.cuts += 1
         # The kernel's pages and attributes of the layer were the volatile state too. Invalidating
         # may wait for the kernel to write dirty pages back through this loop: from a thread.
-        for inode in list(self.path_of):
-            await trio.to_thread.run_sync(_invalidate, inode)
+        await trio.to_thread.run_sync(_invalidate, list(self.path_of))
         return undone
 
     def revive(self) -> None:
         self.dead = False
 
 
-def _invalidate(inode: int) -> None:
-    try:
-        pyfuse3.invalidate_inode(inode, attr_only=False)
-    except OSError:
-        pass  # the kernel had forgotten it
+def _invalidate(inodes: list[int]) -> None:
+    for inode in inodes:
+        try:
+            pyfuse3.invalidate_inode(inode, attr_only=False)
+        except OSError:
+            pass  # the kernel had forgotten it
 
 
 async def serve(fs: PowerCutFs) -> None:

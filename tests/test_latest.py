@@ -47,6 +47,19 @@ def test_layouts_and_what_is_not_committed(mount):
     assert report["latest"]["layout"] == "file" and report["latest"]["step"] == 10
     assert report["passed_over"][0]["uncommitted"] == ["epoch=1-step=20.ckpt"]
 
+    # A DCP save that failed on one rank: the others' shards, committed, and no .metadata (DCP writes
+    # it last). Seen in scripts/soak.py when a rank's mount was killed mid-save.
+    import torch
+    import torch.distributed.checkpoint
+
+    dcp = mount.path("dcp")
+    torch.distributed.checkpoint.save({"w": torch.zeros(4)}, checkpoint_id=os.path.join(dcp, "step-10"), no_dist=True)
+    write(os.path.join(dcp, "step-20", "__0_0.distcp"), b"x")
+    mount.sync()
+    code, out, err = latest(mount, dcp)
+    assert (code, out) == (0, os.path.join(dcp, "step-10")), err
+    assert "step-20 (missing .metadata)" in err
+
 
 def test_a_node_that_died_mid_save_leaves_the_previous_checkpoint_latest(mounter, s3_url, moto_server, tmp_path):
     pytest.importorskip("torch")

@@ -1,0 +1,691 @@
+#!/usr/bin/env python3
+"""A training run in miniature against real mounts of one lake on the S3 model: baseline, stress, soak.
+
+    python scripts/soak.py --minutes 2                      # what CI-sized machines can afford
+    python scripts/soak.py --minutes 120 --out docs/soak     # the documented run
+    python scripts/soak.py --endpoint-url URL --bucket B     # a real endpoint instead of the model
+
+Ranks are separate processes in one gloo process group, each with its own mount (its own cache dir)
+of the same lake, like the nodes of a job. Each rank holds a replicated model (weights that change a
+little every step, an embedding that never does) and its shard of an optimizer state that changes
+everywhere, and saves every `--interval` seconds, alternating a PyTorch Distributed Checkpoint that
+all ranks write (`run/dcp/step-N`) with a `torch.save` of the model by rank 0 (`run/export/step-N.pt`),
+keeping the last three of each as frameworks rotate. A save is followed by `ckptfs sync` of it in the
+background: the time from save to durable.
+
+Phases, one after the other on the same lake:
+* baseline: no faults, `--baseline-saves` checkpoints;
+* stress: saves back to back, many small files beside each checkpoint, and rank 1's mount restarted
+  with a cache smaller than one checkpoint (it spills), for `--stress-saves` checkpoints;
+* soak: `--minutes` with faults injected throughout: a share of failing S3 requests, a full outage of
+  `--outage` seconds, a rank's mount SIGKILLed mid-save and restarted (the job resumes from `ckptfs
+  latest`), and the whole job killed and started again on fresh mounts (empty cache dirs).
+
+Every second the coordinator samples each mount (bytes at risk and their age, store errors, daemon
+RSS, cache disk use), the lake (bytes and objects, every 10 s) and the requests the model counted;
+`ckptfs latest` is asked every few seconds and what it names is recorded. At the end every checkpoint
+`latest` ever named is loaded from the lake as it was then (`.at/<time>/`) and compared, tensor by
+tensor, with what the ranks saved. Writes `soak.json` and `soak.png` (one panel per figure, faults
+marked) to `--out`, and prints the acceptance figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from tests.helpers import Mount, free_port  # noqa: E402
+
+PRICE_PER_1000 = {"PUT": 0.005, "POST": 0.005, "LIST": 0.005, "GET": 0.0004, "HEAD": 0.0004, "DELETE": 0.0}
+KEEP = 3  # checkpoints of each kind the rotation keeps
+STEP_S = 0.05  # a training step
+
+
+# -- the ranks ---------------------------------------------------------------------------------
+def digest_of(tensors: dict) -> dict[str, str]:
+    import xxhash
+
+    return {key: xxhash.xxh3_64_hexdigest(tensor.contiguous().numpy().tobytes())
+            for key, tensor in sorted(tensors.items())}
+
+
+def make_state(rank: int, world: int, mib: int):
+    import torch
+
+    generator = torch.Generator().manual_seed(1234)  # the model is the same on every rank
+    quarter = mib * (1 << 20) // 4 // 4  # float32 elements in a quarter of the checkpoint
+    model = {"embedding": torch.randn(quarter * 2, generator=generator),  # never changes
+             "layer1": torch.randn(quarter // 2, generator=generator),
+             "layer2": torch.randn(quarter // 2, generator=generator)}
+    shard = torch.Generator().manual_seed(99 + rank)
+    optim = {f"exp_avg.{rank}": torch.randn(quarter // world, generator=shard),
+             f"exp_avg_sq.{rank}": torch.rand(quarter // world, generator=shard)}
+    return model, optim
+
+
+def train_step(model: dict, optim: dict, rng) -> None:
+    import torch
+
+    for name in ("layer1", "layer2"):  # a little of every layer changes (same on every rank: same seed)
+        tensor = model[name]
+        index = torch.from_numpy(rng.integers(0, tensor.numel(), size=max(1, tensor.numel() // 2000)))
+        tensor[index] += 0.001
+    for tensor in optim.values():  # an optimizer state changes everywhere
+        tensor.mul_(0.9).add_(0.01)
+
+
+def rank_main(args: argparse.Namespace) -> int:
+    import numpy
+    import torch
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException: DCP shares it
+
+    rank, world, mount = args.rank, args.world, args.mount
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=600))
+    events = open(args.events, "a")  # noqa: SIM115 - for the life of the process
+
+    def log(**event) -> None:
+        events.write(json.dumps({"rank": rank, "t": time.time(), **event}) + "\n")
+        events.flush()
+
+    model, optim = make_state(rank, world, args.mib)
+    step = 0
+
+    def resume(reason: str) -> None:
+        nonlocal step
+        while True:  # this rank's mount answers again
+            try:
+                os.getxattr(mount, "user.ckptfs.status")
+                break
+            except OSError:
+                time.sleep(0.2)
+        dist.barrier()
+        named = [None]
+        if rank == 0:
+            subprocess.run([sys.executable, "-m", "ckptfs", "refresh", mount], capture_output=True)
+            found = subprocess.run([sys.executable, "-m", "ckptfs", "latest", os.path.join(mount, "run", "dcp")],
+                                   capture_output=True, text=True)
+            named = [os.path.relpath(found.stdout.strip(), mount) if found.returncode == 0 else None]
+            if named[0] is not None:  # what this mount wrote of it is published: the others can see it
+                subprocess.run([sys.executable, "-m", "ckptfs", "sync", os.path.join(mount, named[0])],
+                               capture_output=True)
+        dist.broadcast_object_list(named, src=0)
+        if named[0] is None:
+            log(event="resumed", step=0, path=None, reason=reason)
+            return
+        deadline = time.monotonic() + 120
+        while rank != 0 and not os.path.exists(os.path.join(mount, named[0], ".metadata")):
+            subprocess.run([sys.executable, "-m", "ckptfs", "refresh", mount], capture_output=True)
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        state = {"model": model, "optim": optim, "step": torch.tensor(0)}
+        dcp.load(state, checkpoint_id=os.path.join(mount, named[0]))
+        step = int(state["step"])
+        log(event="resumed", step=step, path=named[0], reason=reason)
+
+    if args.resume:
+        resume("job restarted")
+    rng = numpy.random.default_rng(7 + step)
+    saves = 0
+    # Every rank takes the same steps, and saves at the same ones: DCP's save is a collective.
+    save_every = max(1, round(args.interval / STEP_S))
+    stop = os.path.join(os.path.dirname(args.events), "stop")
+    while True:
+        stopping = [os.path.exists(stop)]
+        dist.broadcast_object_list(stopping, src=0)  # every rank leaves at the same step
+        if stopping[0]:
+            break
+        train_step(model, optim, rng)
+        step += 1
+        time.sleep(STEP_S)
+        if step % save_every:
+            continue
+        kind = "dcp" if saves % 2 == 0 else "export"
+        saves += 1
+        relative = f"run/dcp/step-{step}" if kind == "dcp" else f"run/export/step-{step}.pt"
+        path = os.path.join(mount, relative)
+        log(event="save_begin", kind=kind, step=step, path=relative)
+        started = time.monotonic()
+        try:
+            if kind == "dcp":
+                dcp.save({"model": model, "optim": optim, "step": torch.tensor(step)}, checkpoint_id=path)
+                if os.path.exists(os.path.join(os.path.dirname(args.events), "small_files")):
+                    for index in range(20):  # what a trainer writes beside a checkpoint: configs, RNG, logs
+                        with open(os.path.join(path, f"extra-r{rank}-{index}.json"), "w") as file:
+                            json.dump({"step": step, "rank": rank, "index": index}, file)
+            elif rank == 0:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                torch.save({"model": model, "step": step}, path)
+        except (Exception, CheckpointException) as error:  # noqa: BLE001 - a dead mount, or another rank's
+            log(event="save_failed", kind=kind, step=step, path=relative, error=str(error)[:300])
+            resume(f"save of step {step} failed")
+            continue
+        stall = time.monotonic() - started
+        digests = digest_of(optim) if kind == "dcp" else {}
+        if rank == 0:
+            digests.update(digest_of(model))
+        log(event="saved", kind=kind, step=step, path=relative, stall=stall, digests=digests)
+        if kind == "dcp" or rank == 0:
+            threading.Thread(target=_durable, args=(log, mount, path, kind, step), daemon=True).start()
+        if rank == 0:
+            _rotate(os.path.dirname(path))
+    return 0
+
+
+def _durable(log, mount: str, path: str, kind: str, step: int) -> None:
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "ckptfs", "sync", "--timeout", "900", path], capture_output=True)
+    if done.returncode == 0:
+        log(event="durable", kind=kind, step=step, after=time.monotonic() - started)
+
+
+def _rotate(directory: str) -> None:
+    """Keep the newest KEEP checkpoints, as Lightning's save_top_k or HF's save_total_limit do."""
+    def step_of(name: str) -> int:
+        digits = "".join(c for c in name.split("-")[-1] if c.isdigit())
+        return int(digits or 0)
+    with contextlib.suppress(OSError):
+        names = sorted(os.listdir(directory), key=step_of)
+        for name in names[:-KEEP]:
+            victim = os.path.join(directory, name)
+            with contextlib.suppress(OSError):
+                shutil.rmtree(victim) if os.path.isdir(victim) else os.unlink(victim)
+
+
+# -- the coordinator ---------------------------------------------------------------------------
+class Soak:
+    def __init__(self, args: argparse.Namespace, work: str) -> None:
+        self.args = args
+        self.work = work
+        self.model = None
+        if args.endpoint_url:
+            self.endpoint, self.bucket = args.endpoint_url, args.bucket
+        else:
+            from tests.s3model import S3Model
+
+            self.model = S3Model()
+            self.endpoint, self.bucket = self.model.endpoint, self.model.bucket()
+        self.url = f"s3://{self.bucket}/soak-{int(time.time())}"
+        self.mounts: list[Mount | None] = [None] * args.ranks
+        self.generation = 0  # fresh cache dirs after a job restart
+        self.ranks: list[subprocess.Popen] = []
+        self.events_path = os.path.join(work, "events.jsonl")
+        self.events_offset = 0
+        self.events: list[dict] = []
+        self.samples: list[dict] = []
+        self.faults: list[dict] = []
+        self.named: list[dict] = []  # what `ckptfs latest` named, and when
+        self.phase = "baseline"
+        self.started = time.time()
+        self.stop_sampling = threading.Event()
+        self.cache_size = {}
+
+    # mounts and ranks
+    def mount(self, rank: int, *, cache_size: str | None = None) -> Mount:
+        cache_size = cache_size or self.args.cache_size
+        mount = Mount(self.url, os.path.join(self.work, f"mnt{rank}"),
+                      os.path.join(self.work, f"cache{rank}-g{self.generation}"),
+                      os.path.join(self.work, f"daemon{rank}.log"),
+                      extra=["--endpoint-url", self.endpoint, "--cache-size", cache_size, "--refresh", "2"])
+        self.mounts[rank] = mount.start(timeout=120)
+        self.cache_size[rank] = cache_size
+        return mount
+
+    def start_ranks(self, *, resume: bool) -> None:
+        port = free_port()
+        self.ranks = [subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--rank", str(rank), "--world", str(self.args.ranks),
+             "--port", str(port), "--mount", self.mounts[rank].mountpoint, "--events", self.events_path,
+             "--mib", str(self.args.mib), "--interval", str(self.interval)] + (["--resume"] if resume else []),
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.work, f"rank{rank}.log"), "a"))  # noqa: SIM115
+            for rank in range(self.args.ranks)]
+
+    def stop_ranks(self, *, kill: bool = False) -> None:
+        if kill:
+            for process in self.ranks:
+                if process.poll() is None:
+                    process.kill()
+        else:
+            open(os.path.join(self.work, "stop"), "w").close()
+        for process in self.ranks:
+            try:
+                process.wait(timeout=600)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.work, "stop"))
+
+    def set_interval(self, seconds: float) -> None:
+        self.interval = seconds  # for the ranks started next
+
+    # observation
+    def read_events(self) -> list[dict]:
+        new = []
+        if os.path.exists(self.events_path):
+            with open(self.events_path) as file:
+                file.seek(self.events_offset)
+                for line in file:
+                    if not line.endswith("\n"):
+                        break
+                    self.events_offset += len(line.encode())
+                    event = json.loads(line)
+                    event["phase"] = self.phase
+                    new.append(event)
+        self.events += new
+        return new
+
+    def saves_done(self) -> int:
+        return sum(1 for e in self.events if e["event"] == "saved" and e["rank"] == 0)
+
+    def sample_forever(self) -> None:
+        last_lake, lake = 0.0, {}
+        last_latest = 0.0
+        while not self.stop_sampling.is_set():
+            now = time.time()
+            sample = {"t": now, "phase": self.phase, "mounts": {}}
+            for rank, mount in enumerate(self.mounts):
+                if mount is None or mount.process is None:
+                    continue
+                entry = {"rss_mib": _rss_mib(mount.process.pid), "cache_mib": _disk_mib(mount.cache_dir)}
+                with contextlib.suppress(OSError, ValueError):
+                    status = mount.status()
+                    entry.update({key: status.get(key) for key in (
+                        "at_risk_bytes", "at_risk_oldest_s", "store_retrying", "store_retries", "last_store_error",
+                        "staged_bytes", "spilled_bytes")})
+                    entry["store_errors"] = sum((status.get("store_errors") or {}).values())
+                sample["mounts"][rank] = entry
+            if self.model is not None:
+                sample["requests"] = dict(self.model.counts())
+            if now - last_lake >= 10:
+                lake = _lake_size(self.endpoint, self.bucket, self.url.split("/", 3)[3])
+                last_lake = now
+            sample["lake"] = lake
+            self.samples.append(sample)
+            if now - last_latest >= 3 and self.mounts[0] is not None and self.mounts[0].process is not None:
+                last_latest = now
+                self.ask_latest()
+            self.stop_sampling.wait(1.0)
+
+    def ask_latest(self) -> None:
+        mount = self.mounts[0]
+        for kind in ("dcp", "export"):
+            found = subprocess.run([sys.executable, "-m", "ckptfs", "latest", mount.path("run", kind)],
+                                   capture_output=True, text=True)
+            if found.returncode != 0 or not found.stdout.strip():
+                continue
+            path = os.path.relpath(found.stdout.strip(), mount.mountpoint)
+            if not self.named or all(n["path"] != path for n in self.named[-4:]):
+                self.named.append({"t": time.time(), "path": path, "kind": kind})
+
+    def fault(self, kind: str, **detail) -> dict:
+        fault = {"kind": kind, "start": time.time(), **detail}
+        self.faults.append(fault)
+        print(f"  fault: {kind} {detail}", flush=True)
+        return fault
+
+    # phases
+    def wait_saves(self, count: int, timeout: float) -> None:
+        target = self.saves_done() + count
+        deadline = time.monotonic() + timeout
+        while self.saves_done() < target and time.monotonic() < deadline:
+            time.sleep(0.5)
+            self.read_events()
+
+    def run(self) -> dict:
+        args = self.args
+        for rank in range(args.ranks):
+            self.mount(rank)
+        self.set_interval(args.interval)
+        self.start_ranks(resume=False)
+        sampler = threading.Thread(target=self.sample_forever, daemon=True)
+        sampler.start()
+        try:
+            print(f"baseline: {args.baseline_saves} checkpoints every {args.interval} s", flush=True)
+            self.wait_saves(args.baseline_saves, timeout=args.baseline_saves * (args.interval + 60))
+            self.phase = "stress"
+            print(f"stress: {args.stress_saves} checkpoints back to back, small files, a spilling cache", flush=True)
+            open(os.path.join(self.work, "small_files"), "w").close()
+            self.stop_ranks()
+            self.set_interval(0)
+            spill = self.mounts[1 % args.ranks]
+            spill.unmount()
+            self.mount(1 % args.ranks, cache_size=args.stress_cache_size)
+            self.start_ranks(resume=True)
+            self.wait_saves(args.stress_saves, timeout=args.stress_saves * 120)
+            os.unlink(os.path.join(self.work, "small_files"))
+            self.stop_ranks()
+            self.mounts[1 % args.ranks].unmount()
+            self.mount(1 % args.ranks)
+            self.phase = "soak"
+            self.set_interval(args.interval)
+            print(f"soak: {args.minutes} min with faults", flush=True)
+            self.start_ranks(resume=True)
+            self.soak(args.minutes * 60)
+        finally:
+            self.stop_ranks()
+            self.stop_sampling.set()
+            sampler.join()
+            self.read_events()
+        for mount in self.mounts:
+            if mount is not None:
+                mount.cli("sync", "--timeout", "900", mount.mountpoint, check=False)
+        self.ask_latest()
+        verified = self.verify()
+        for mount in self.mounts:
+            if mount is not None:
+                mount.unmount()
+        return self.report(verified)
+
+    def soak(self, seconds: float) -> None:
+        args = self.args
+        end = time.monotonic() + seconds
+        rng = random.Random(args.seed)
+        # the faults, spread over the soak: (fraction of the soak, what)
+        plan = sorted([(0.15, "errors"), (0.35, "outage"), (0.55, "kill_mount"), (0.8, "restart_job")])
+        for at, kind in plan:
+            while time.monotonic() < end - seconds * (1 - at):
+                time.sleep(0.5)
+                self.read_events()
+            if kind == "errors" and self.model is not None:
+                fault = self.fault("failing requests", rate=0.05)
+                self.model.proxy.fault_rate = 0.05
+                time.sleep(min(60.0, seconds * 0.1))
+                self.model.proxy.fault_rate = 0.0
+                fault["end"] = time.time()
+            elif kind == "outage" and self.model is not None:
+                fault = self.fault("outage", seconds=args.outage)
+                self.model.proxy.outage = True
+                time.sleep(args.outage)
+                self.model.proxy.outage = False
+                fault["end"] = time.time()
+            elif kind == "kill_mount":
+                self.kill_mount_mid_save(rng)
+            elif kind == "restart_job":
+                fault = self.fault("job killed, restarted on fresh mounts")
+                self.stop_ranks(kill=True)
+                for mount in self.mounts:
+                    mount.kill()
+                self.generation += 1
+                for rank in range(args.ranks):
+                    self.mount(rank)
+                self.start_ranks(resume=True)
+                self.wait_resumed(after=fault["start"])
+                fault["end"] = time.time()
+        while time.monotonic() < end:
+            time.sleep(0.5)
+            self.read_events()
+
+    def kill_mount_mid_save(self, rng: random.Random) -> None:
+        rank = self.args.ranks - 1
+        seen = len(self.events)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the next save that rank begins
+            self.read_events()
+            if any(e["event"] == "save_begin" and e["rank"] == rank for e in self.events[seen:]):
+                break
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.2))
+        fault = self.fault("mount SIGKILLed mid-save", rank=rank)
+        self.mounts[rank].kill()
+        self.mount(rank)  # the same cache dir: what it held is uploaded now
+        self.wait_resumed(after=fault["start"])
+        fault["end"] = time.time()
+
+    def wait_resumed(self, after: float, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(process.poll() is not None for process in self.ranks):
+                raise RuntimeError(f"every rank exited; see {self.work}/rank*.log")
+            self.read_events()
+            if sum(1 for e in self.events if e["event"] == "resumed" and e["t"] > after) >= self.args.ranks:
+                return
+            time.sleep(0.2)
+
+    # the end
+    def verify(self) -> dict:
+        """Load every checkpoint `latest` named, from the lake as it was when named, and compare."""
+        import torch
+        import torch.distributed.checkpoint as dcp
+
+        saved: dict[str, dict[str, str]] = {}
+        for event in self.events:
+            if event["event"] == "saved":
+                saved.setdefault(event["path"], {}).update(event["digests"])
+        mount = self.mounts[0]
+        mount.cli("refresh", mount.mountpoint, check=False)
+        checked, failures = 0, []
+        for named in self.named:
+            moment = datetime.datetime.fromtimestamp(named["t"] + 0.5, datetime.UTC)
+            when = moment.isoformat(timespec="seconds")
+            where = mount.path(".at", when, named["path"])
+            expected = saved.get(named["path"])
+            try:
+                if expected is None:
+                    raise ValueError("no rank recorded saving it")
+                if named["kind"] == "dcp":
+                    model, _ = make_state(0, self.args.ranks, self.args.mib)
+                    optim = {}
+                    for rank in range(self.args.ranks):
+                        optim.update(make_state(rank, self.args.ranks, self.args.mib)[1])
+                    state = {"model": model, "optim": optim, "step": torch.tensor(0)}
+                    dcp.load(state, checkpoint_id=where, no_dist=True)
+                    actual = {**digest_of(model), **digest_of(optim)}
+                else:
+                    actual = digest_of(torch.load(where, weights_only=True)["model"])
+                if actual != expected:
+                    raise ValueError(f"{sum(actual.get(k) != v for k, v in expected.items())} tensors differ")
+                checked += 1
+            except Exception as error:  # noqa: BLE001 - each failure is reported
+                failures.append(f"{named['path']} (named at {when}): {error}")
+        return {"named": len(self.named), "loaded_and_equal": checked, "failures": failures}
+
+    def report(self, verified: dict) -> dict:
+        saves = [e for e in self.events if e["event"] == "saved"]
+        durable = [e for e in self.events if e["event"] == "durable"]
+        soak = [e for e in saves if e["phase"] == "soak"]
+        tenth = max(1, len(soak) // 10)
+
+        def p(values: list[float], q: float) -> float | None:
+            values = sorted(values)
+            return values[min(len(values) - 1, int(q * len(values)))] if values else None
+
+        first, last = [e["stall"] for e in soak[:tenth]], [e["stall"] for e in soak[-tenth:]]
+        rss = {rank: [s["mounts"][rank]["rss_mib"] for s in self.samples if rank in s["mounts"]
+                      and s["phase"] == "soak"] for rank in range(self.args.ranks)}
+        warm = {rank: values[len(values) // 5:] for rank, values in rss.items()}
+        resumed = [e for e in self.events if e["event"] == "resumed" and e["rank"] == 0 and e.get("path")]
+        recoveries = []
+        for fault in self.faults:
+            if "end" in fault and fault["kind"] != "failing requests" and fault["kind"] != "outage":
+                after = [e for e in resumed if e["t"] > fault["start"]]
+                if after:
+                    recoveries.append({"fault": fault["kind"], "seconds": round(after[0]["t"] - fault["start"], 2)})
+        requests = self.samples[-1].get("requests", {}) if self.samples else {}
+        dollars = sum(PRICE_PER_1000.get(k, 0) * n / 1000 for k, n in requests.items())
+        visible = {}
+        for fault in self.faults:
+            if fault["kind"] in ("failing requests", "outage") and "end" in fault:
+                during = [s for s in self.samples if fault["start"] + 5 <= s["t"] <= fault["end"]]
+                shown = [s for s in during
+                         if any(m.get("store_retrying") or m.get("store_errors") for m in s["mounts"].values())]
+                visible[fault["kind"]] = len(shown) / max(1, len(during))
+        figures = {
+            "saves": len(saves), "durable": len(durable),
+            "stall_p50_s": p([e["stall"] for e in saves], 0.5), "stall_p99_s": p([e["stall"] for e in saves], 0.99),
+            "soak_stall_p99_first_tenth_s": p(first, 0.99), "soak_stall_p99_last_tenth_s": p(last, 0.99),
+            "stall_p99_drift": (p(last, 0.99) / p(first, 0.99) - 1) if first and last and p(first, 0.99) else None,
+            "durable_p50_s": p([e["after"] for e in durable], 0.5),
+            "durable_p99_s": p([e["after"] for e in durable], 0.99),
+            "rss_growth_after_warmup": {rank: (max(v) / v[0] - 1) if v else None for rank, v in warm.items()},
+            "recoveries": recoveries,
+            "requests": requests, "request_dollars": round(dollars, 4),
+            "request_dollars_per_checkpoint": round(dollars / max(1, len([e for e in saves if e["rank"] == 0])), 6),
+            "lake_bytes": (self.samples[-1]["lake"] or {}).get("bytes") if self.samples else None,
+            "faults_visible_share_of_samples": visible,
+            "verified": verified,
+        }
+        return {"figures": figures, "faults": self.faults, "named": self.named, "events": self.events,
+                "samples": self.samples, "args": vars(self.args), "cache_size": self.cache_size}
+
+    def close(self) -> None:
+        for mount in self.mounts:
+            if mount is not None:
+                mount.kill()
+        if self.model is not None:
+            self.model.stop()
+
+
+def _rss_mib(pid: int) -> float | None:
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    return None
+
+
+def _disk_mib(path: str) -> float:
+    total = 0
+    for directory, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(directory, name)).st_blocks * 512
+    return total / (1 << 20)
+
+
+def _lake_size(endpoint: str, bucket: str, prefix: str) -> dict:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint)
+    count = size = 0
+    with contextlib.suppress(Exception):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+            for item in page.get("Contents", []):
+                count += 1
+                size += item["Size"]
+    return {"objects": count, "bytes": size}
+
+
+def chart(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    start = result["samples"][0]["t"] if result["samples"] else 0
+    figure, axes = plt.subplots(6, 1, figsize=(11, 18), sharex=True)
+    saves = [e for e in result["events"] if e["event"] == "saved"]
+    axes[0].plot([e["t"] - start for e in saves], [e["stall"] for e in saves], ".", label="save stall (s), each rank")
+    durable = [e for e in result["events"] if e["event"] == "durable"]
+    axes[0].plot([e["t"] - start for e in durable], [e["after"] for e in durable], "x", label="save to durable (s)")
+    axes[0].legend()
+    axes[0].set_ylabel("seconds")
+    ranks = sorted({rank for s in result["samples"] for rank in s["mounts"]})
+    for rank in ranks:
+        times = [s["t"] - start for s in result["samples"] if rank in s["mounts"]]
+        entries = [s["mounts"][rank] for s in result["samples"] if rank in s["mounts"]]
+        axes[1].plot(times, [(e.get("at_risk_bytes") or 0) / 2**20 for e in entries], label=f"mount {rank}")
+        axes[2].plot(times, [e.get("rss_mib") or 0 for e in entries], label=f"mount {rank}")
+        axes[3].plot(times, [e.get("cache_mib") or 0 for e in entries], label=f"mount {rank}")
+    axes[1].set_ylabel("not yet durable (MiB)")
+    axes[2].set_ylabel("daemon RSS (MiB)")
+    axes[3].set_ylabel("cache disk (MiB)")
+    lake = [(s["t"] - start, s["lake"]) for s in result["samples"] if s.get("lake")]
+    axes[4].plot([t for t, _ in lake], [v["bytes"] / 2**20 for _, v in lake], label="lake MiB")
+    axes[4].plot([t for t, _ in lake], [v["objects"] for _, v in lake], label="lake objects")
+    axes[4].legend()
+    requests = [(s["t"] - start, s.get("requests") or {}) for s in result["samples"]]
+    dollars = [sum(PRICE_PER_1000.get(k, 0) * n / 1000 for k, n in r.items()) for _, r in requests]
+    axes[5].plot([t for t, _ in requests], dollars, label="request dollars (S3 Standard)")
+    axes[5].legend()
+    axes[5].set_xlabel("seconds since start")
+    for axis in axes[1:4]:
+        axis.legend()
+    for fault in result["faults"]:
+        for axis in axes:
+            axis.axvspan(fault["start"] - start, fault.get("end", fault["start"] + 1) - start, color="red", alpha=0.15)
+        axes[0].annotate(fault["kind"], (fault["start"] - start, axes[0].get_ylim()[1] * 0.9), fontsize=7, rotation=90)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=2, help="length of the soak phase")
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--mib", type=int, default=32, help="checkpoint size per rank, MiB")
+    parser.add_argument("--interval", type=float, default=5, help="seconds between saves")
+    parser.add_argument("--baseline-saves", type=int, default=6)
+    parser.add_argument("--stress-saves", type=int, default=6)
+    parser.add_argument("--cache-size", default="4G")
+    parser.add_argument("--stress-cache-size", default="40M", help="smaller than a checkpoint: it spills")
+    parser.add_argument("--outage", type=float, default=60, help="seconds of the full outage")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--endpoint-url", help="a real S3 endpoint instead of the model")
+    parser.add_argument("--bucket", help="with --endpoint-url: the bucket to use")
+    parser.add_argument("--out", default=".", help="directory for soak.json and soak.png")
+    # a rank (started by the coordinator)
+    parser.add_argument("--rank", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--world", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--mount", help=argparse.SUPPRESS)
+    parser.add_argument("--events", help=argparse.SUPPRESS)
+    parser.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rank is not None:
+        return rank_main(args)
+    if args.endpoint_url and not args.bucket:
+        parser.error("--endpoint-url needs --bucket")
+    os.makedirs(args.out, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="ckptfs-soak-")
+    soak = Soak(args, work)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    try:
+        result = soak.run()
+    finally:
+        soak.close()
+    with open(os.path.join(args.out, "soak.json"), "w") as file:
+        json.dump({k: v for k, v in result.items() if k != "events"} | {"saves": [
+            e for e in result["events"] if e["event"] != "save_begin"]}, file, indent=1, default=str)
+    chart(result, os.path.join(args.out, "soak.png"))
+    figures = result["figures"]
+    print(json.dumps(figures, indent=1, default=str))
+    verified = figures["verified"]
+    drift = figures["stall_p99_drift"]
+    growth = [g for g in figures["rss_growth_after_warmup"].values() if g is not None]
+    print("acceptance:")
+    print(f"  stall p99 drift (last tenth of the soak against the first): "
+          f"{'n/a' if drift is None else f'{drift:+.0%}'} (target ≤ +10%)")
+    print(f"  daemon RSS growth after warm-up: {', '.join(f'{g:+.0%}' for g in growth)} (target ≤ +10%)")
+    print(f"  recoveries (kill → training resumed from what latest named): "
+          f"{', '.join(str(r['fault']) + ': ' + str(r['seconds']) + ' s' for r in figures['recoveries'])}")
+    print(f"  checkpoints latest named: {verified['named']}, loaded and equal: {verified['loaded_and_equal']}, "
+          f"failed: {len(verified['failures'])} (target 0)")
+    for failure in verified["failures"][:10]:
+        print("    " + failure)
+    print(f"  request cost per checkpoint: ${figures['request_dollars_per_checkpoint']:.6f}")
+    print("  faults visible in status while they lasted (share of samples):",
+          figures["faults_visible_share_of_samples"])
+    shutil.rmtree(work, ignore_errors=True)
+    return 0 if not verified["failures"] and verified["loaded_and_equal"] > 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
