@@ -235,6 +235,7 @@ class Soak:
         self.started = time.time()
         self.stop_sampling = threading.Event()
         self.cache_size = {}
+        self.lake: dict = {}
 
     # mounts and ranks
     def mount(self, rank: int, *, cache_size: str | None = None) -> Mount:
@@ -294,9 +295,19 @@ class Soak:
     def saves_done(self) -> int:
         return sum(1 for e in self.events if e["event"] == "saved" and e["rank"] == 0)
 
+    def watch_lake(self) -> None:
+        """The lake's size every 10 s, and what `ckptfs latest` names every 3 s (own threads: the
+        per-second samples must not wait for them)."""
+        while not self.stop_sampling.wait(10):
+            self.lake = _lake_size(self.endpoint, self.bucket, self.url.split("/", 3)[3])
+
+    def watch_latest(self) -> None:
+        while not self.stop_sampling.wait(3):
+            if self.mounts[0] is not None and self.mounts[0].process is not None:
+                with contextlib.suppress(OSError, AttributeError):
+                    self.ask_latest()
+
     def sample_forever(self) -> None:
-        last_lake, lake = 0.0, {}
-        last_latest = 0.0
         while not self.stop_sampling.is_set():
             now = time.time()
             sample = {"t": now, "phase": self.phase, "mounts": {}}
@@ -313,15 +324,9 @@ class Soak:
                 sample["mounts"][rank] = entry
             if self.model is not None:
                 sample["requests"] = dict(self.model.counts())
-            if now - last_lake >= 10:
-                lake = _lake_size(self.endpoint, self.bucket, self.url.split("/", 3)[3])
-                last_lake = now
-            sample["lake"] = lake
+            sample["lake"] = self.lake
             self.samples.append(sample)
-            if now - last_latest >= 3 and self.mounts[0] is not None and self.mounts[0].process is not None:
-                last_latest = now
-                self.ask_latest()
-            self.stop_sampling.wait(1.0)
+            self.stop_sampling.wait(max(0.0, 1.0 - (time.time() - now)))
 
     def ask_latest(self) -> None:
         mount = self.mounts[0]
@@ -354,8 +359,10 @@ class Soak:
             self.mount(rank)
         self.set_interval(args.interval)
         self.start_ranks(resume=False)
-        sampler = threading.Thread(target=self.sample_forever, daemon=True)
-        sampler.start()
+        watchers = [threading.Thread(target=target, daemon=True)
+                    for target in (self.sample_forever, self.watch_lake, self.watch_latest)]
+        for watcher in watchers:
+            watcher.start()
         try:
             print(f"baseline: {args.baseline_saves} checkpoints every {args.interval} s", flush=True)
             self.wait_saves(args.baseline_saves, timeout=args.baseline_saves * (args.interval + 60))
@@ -381,7 +388,8 @@ class Soak:
         finally:
             self.stop_ranks()
             self.stop_sampling.set()
-            sampler.join()
+            for watcher in watchers:
+                watcher.join()
             self.read_events()
         for mount in self.mounts:
             if mount is not None:
@@ -438,25 +446,27 @@ class Soak:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # the next save that rank begins
             self.read_events()
-            if any(e["event"] == "save_begin" and e["rank"] == rank for e in self.events[seen:]):
-                break
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.2))
+            if any(e["event"] == "save_begin" and e["rank"] == rank and e["kind"] == "dcp" for e in self.events[seen:]):
+                break  # a save this rank writes a shard of
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.05))
         fault = self.fault("mount SIGKILLed mid-save", rank=rank)
         self.mounts[rank].kill()
         self.mount(rank)  # the same cache dir: what it held is uploaded now
-        self.wait_resumed(after=fault["start"])
+        if not self.wait_resumed(after=fault["start"], timeout=120):
+            fault["note"] = "the save had finished: training went on without noticing"
         fault["end"] = time.time()
 
-    def wait_resumed(self, after: float, timeout: float = 600) -> None:
+    def wait_resumed(self, after: float, timeout: float = 600) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if all(process.poll() is not None for process in self.ranks):
                 raise RuntimeError(f"every rank exited; see {self.work}/rank*.log")
             self.read_events()
             if sum(1 for e in self.events if e["event"] == "resumed" and e["t"] > after) >= self.args.ranks:
-                return
+                return True
             time.sleep(0.2)
+        return False
 
     # the end
     def verify(self) -> dict:
@@ -464,10 +474,12 @@ class Soak:
         import torch
         import torch.distributed.checkpoint as dcp
 
-        saved: dict[str, dict[str, str]] = {}
+        # A path can be saved twice (the job resumed from an older step and got there again): what
+        # `latest` named is each rank's last save of it before the naming.
+        saves: dict[str, dict[int, list[tuple[float, dict]]]] = {}
         for event in self.events:
             if event["event"] == "saved":
-                saved.setdefault(event["path"], {}).update(event["digests"])
+                saves.setdefault(event["path"], {}).setdefault(event["rank"], []).append((event["t"], event["digests"]))
         mount = self.mounts[0]
         mount.cli("refresh", mount.mountpoint, check=False)
         checked, failures = 0, []
@@ -475,9 +487,13 @@ class Soak:
             moment = datetime.datetime.fromtimestamp(named["t"] + 0.5, datetime.UTC)
             when = moment.isoformat(timespec="seconds")
             where = mount.path(".at", when, named["path"])
-            expected = saved.get(named["path"])
+            expected = {}
+            for history in saves.get(named["path"], {}).values():
+                before = [digests for t, digests in history if t <= named["t"]]
+                if before:
+                    expected.update(before[-1])
             try:
-                if expected is None:
+                if not expected:
                     raise ValueError("no rank recorded saving it")
                 if named["kind"] == "dcp":
                     model, _ = make_state(0, self.args.ranks, self.args.mib)
@@ -522,10 +538,14 @@ class Soak:
         visible = {}
         for fault in self.faults:
             if fault["kind"] in ("failing requests", "outage") and "end" in fault:
-                during = [s for s in self.samples if fault["start"] + 5 <= s["t"] <= fault["end"]]
-                shown = [s for s in during
-                         if any(m.get("store_retrying") or m.get("store_errors") for m in s["mounts"].values())]
-                visible[fault["kind"]] = len(shown) / max(1, len(during))
+                before = [s for s in self.samples if s["t"] < fault["start"]]
+                errors_before = {rank: m.get("store_errors") or 0 for rank, m in (before[-1]["mounts"] if before
+                                                                                   else {}).items()}
+                during = [s for s in self.samples if fault["start"] + 2 <= s["t"] <= fault["end"]]
+                shown = [s for s in during if any(
+                    m.get("store_retrying") or (m.get("store_errors") or 0) > errors_before.get(rank, 0)
+                    for rank, m in s["mounts"].items())]
+                visible[fault["kind"]] = {"samples": len(during), "showing_it": len(shown)}
         figures = {
             "saves": len(saves), "durable": len(durable),
             "stall_p50_s": p([e["stall"] for e in saves], 0.5), "stall_p99_s": p([e["stall"] for e in saves], 0.99),
