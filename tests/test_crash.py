@@ -38,7 +38,7 @@ def test_randomized_sigkill_trials_on_s3(tmp_path, s3_url):
 def test_randomized_power_cuts_lose_nothing_fsynced_and_show_no_torn_version(tmp_path):
     """The cache disk forgets every write no fsync made durable, with three writers and a writable
     memmap on the mount: each restart repairs by itself and shows what was fsynced, whole."""
-    result = run_trials(str(tmp_path), trials=24, seed=11, shape=Shape(writers=3, memmap=True, power_cut=True))
+    result = run_trials(str(tmp_path), trials=16, seed=11, shape=Shape(writers=3, memmap=True, power_cut=True))
     _assert_clean(result, files=60)
     assert result.undone_writes > 100, "the cuts took back too little to test anything"
 
@@ -46,7 +46,7 @@ def test_randomized_power_cuts_lose_nothing_fsynced_and_show_no_torn_version(tmp
 def test_crash_trials_shaped_like_training_with_two_mounts_and_gc(tmp_path):
     """Two mounts of one lake, two writers and a memmap on each, `ckptfs gc` running throughout:
     every process of the node killed at once, at random moments (upload, publish, snapshot, sweep)."""
-    result = run_trials(str(tmp_path), trials=8, seed=5, shape=Shape(writers=2, mounts=2, memmap=True, gc=True))
+    result = run_trials(str(tmp_path), trials=6, seed=5, shape=Shape(writers=2, mounts=2, memmap=True, gc=True))
     _assert_clean(result, files=40)
     assert os.listdir(tmp_path / "lake" / "gc" / "collected"), "GC never finished a sweep during the trials"
 

@@ -1,0 +1,32 @@
+"""scripts/soak.py as CI runs it (2 minutes of soak after a short baseline and stress): a job of two
+ranks on two mounts of one lake on the S3 model, through failing requests, an outage, a mount
+SIGKILLed mid-save and the whole job restarted on fresh mounts. Its timing targets are checked by
+the script's printout, never here; this checks what must hold on any machine."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_a_short_soak_loses_nothing_and_every_fault_is_seen(tmp_path):
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "soak.py"), "--minutes", "2", "--outage", "20",
+         "--baseline-saves", "2", "--stress-saves", "2", "--mib", "16", "--interval", "3",
+         "--stress-cache-size", "24M", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=1500, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.load(open(tmp_path / "soak.json"))
+    figures = report["figures"]
+    verified = figures["verified"]
+    assert verified["failures"] == [] and verified["loaded_and_equal"] >= 3, verified
+    kinds = [fault["kind"] for fault in report["faults"]]
+    assert kinds == ["failing requests", "outage", "mount SIGKILLed mid-save", "job killed, restarted on fresh mounts"]
+    restarted = [r for r in figures["recoveries"] if r["fault"] == "job killed, restarted on fresh mounts"]
+    assert restarted, figures["recoveries"]  # training resumed from what latest named, on empty cache dirs
+    outage = figures["faults_visible_share_of_samples"]["outage"]
+    assert outage["showing_it"] > 0, outage  # status said the store was failing while it was
+    assert figures["durable"] > 0 and figures["saves"] > 10
+    assert os.path.getsize(tmp_path / "soak.png") > 10_000
