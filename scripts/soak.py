@@ -339,11 +339,12 @@ class Soak:
         for kind in ("dcp", "export"):
             found = subprocess.run([sys.executable, "-m", "ckptfs", "latest", mount.path("run", kind)],
                                    capture_output=True, text=True)
+            answered = time.time()
             if found.returncode != 0 or not found.stdout.strip():
                 continue
             path = os.path.relpath(found.stdout.strip(), mount.mountpoint)
             if not self.named or all(n["path"] != path for n in self.named[-4:]):
-                self.named.append({"t": time.time(), "path": path, "kind": kind})
+                self.named.append({"t": answered, "path": path, "kind": kind})
 
     def fault(self, kind: str, **detail) -> dict:
         fault = {"kind": kind, "start": time.time(), **detail}
@@ -490,8 +491,8 @@ class Soak:
         mount.cli("refresh", mount.mountpoint, check=False)
         checked, failures = 0, []
         for named in self.named:
-            moment = datetime.datetime.fromtimestamp(named["t"] + 0.5, datetime.UTC)
-            when = moment.isoformat(timespec="seconds")
+            # `latest` saw it complete just before it answered at t; rotation may remove it soon after.
+            when = datetime.datetime.fromtimestamp(named["t"], datetime.UTC).isoformat(timespec="microseconds")
             where = mount.path(".at", when, named["path"])
             expected = {}
             for history in saves.get(named["path"], {}).values():
