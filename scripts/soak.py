@@ -104,6 +104,8 @@ def rank_main(args: argparse.Namespace) -> int:
         events.write(json.dumps({"rank": rank, "t": time.time(), **event}) + "\n")
         events.flush()
 
+    log(event="started")  # the job's own start (interpreter, torch, process group) ends here
+
     model, optim = make_state(rank, world, args.mib)
     step = 0
 
@@ -118,20 +120,17 @@ def rank_main(args: argparse.Namespace) -> int:
         dist.barrier()
         named = [None]
         if rank == 0:
-            subprocess.run([sys.executable, "-m", "ckptfs", "refresh", mount], capture_output=True)
-            found = subprocess.run([sys.executable, "-m", "ckptfs", "latest", os.path.join(mount, "run", "dcp")],
-                                   capture_output=True, text=True)
-            named = [os.path.relpath(found.stdout.strip(), mount) if found.returncode == 0 else None]
+            code, out = ckptfs_command("latest", os.path.join(mount, "run", "dcp"))  # it refreshes first
+            named = [os.path.relpath(out.strip(), mount) if code == 0 else None]
             if named[0] is not None:  # what this mount wrote of it is published: the others can see it
-                subprocess.run([sys.executable, "-m", "ckptfs", "sync", os.path.join(mount, named[0])],
-                               capture_output=True)
+                ckptfs_command("sync", os.path.join(mount, named[0]))
         dist.broadcast_object_list(named, src=0)
         if named[0] is None:
             log(event="resumed", step=0, path=None, reason=reason)
             return
         deadline = time.monotonic() + 120
         while rank != 0 and not os.path.exists(os.path.join(mount, named[0], ".metadata")):
-            subprocess.run([sys.executable, "-m", "ckptfs", "refresh", mount], capture_output=True)
+            ckptfs_command("refresh", mount)
             if time.monotonic() > deadline:
                 break
             time.sleep(0.5)
@@ -190,6 +189,19 @@ def rank_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def ckptfs_command(*args: str) -> tuple[int, str]:
+    """A ckptfs command in this process, as a restart script that imports ckptfs runs it (no
+    interpreter start per call): (exit code, stdout)."""
+    import io
+
+    from ckptfs import cli
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        code = cli.main(list(args))
+    return code, out.getvalue()
+
+
 def _durable(log, mount: str, path: str, kind: str, step: int) -> None:
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "ckptfs", "sync", "--timeout", "900", path], capture_output=True)
@@ -239,14 +251,17 @@ class Soak:
         self.cache_size = {}
         self.lake: dict = {}
         self.mount_times: list[dict] = []
+        self.metrics_ports: dict[int, int] = {}
 
     # mounts and ranks
     def mount(self, rank: int, *, cache_size: str | None = None) -> Mount:
         cache_size = cache_size or self.args.cache_size
+        self.metrics_ports[rank] = free_port()
         mount = Mount(self.url, os.path.join(self.work, f"mnt{rank}"),
                       os.path.join(self.work, f"cache{rank}-g{self.generation}"),
                       os.path.join(self.work, f"daemon{rank}.log"),
-                      extra=["--endpoint-url", self.endpoint, "--cache-size", cache_size, "--refresh", "2"])
+                      extra=["--endpoint-url", self.endpoint, "--cache-size", cache_size, "--refresh", "2",
+                             "--metrics-address", f"127.0.0.1:{self.metrics_ports[rank]}"])
         started = time.monotonic()
         self.mounts[rank] = mount.start(timeout=120)
         self.mount_times.append({"t": time.time(), "rank": rank, "seconds": time.monotonic() - started})
@@ -327,6 +342,7 @@ class Soak:
                         "at_risk_bytes", "at_risk_oldest_s", "store_retrying", "store_retries", "last_store_error",
                         "staged_bytes", "spilled_bytes")})
                     entry["store_errors"] = sum((status.get("store_errors") or {}).values())
+                entry.update(_scrape(self.metrics_ports[rank]))
                 sample["mounts"][rank] = entry
             if self.model is not None:
                 sample["requests"] = dict(self.model.counts())
@@ -438,8 +454,11 @@ class Soak:
                 for mount in self.mounts:
                     mount.kill()
                 self.generation += 1
-                for rank in range(args.ranks):
-                    self.mount(rank)
+                starting = [threading.Thread(target=self.mount, args=(rank,)) for rank in range(args.ranks)]
+                for thread in starting:  # nodes come back side by side
+                    thread.start()
+                for thread in starting:
+                    thread.join()
                 self.start_ranks(resume=True)
                 self.wait_resumed(after=fault["start"])
                 fault["end"] = time.time()
@@ -520,7 +539,7 @@ class Soak:
         return {"named": len(self.named), "loaded_and_equal": checked, "failures": failures}
 
     def report(self, verified: dict) -> dict:
-        saves = [e for e in self.events if e["event"] == "saved"]
+        saves = [e for e in self.events if e["event"] == "saved" and (e["kind"] == "dcp" or e["rank"] == 0)]
         durable = [e for e in self.events if e["event"] == "durable"]
         soak = [e for e in saves if e["phase"] == "soak"]
         tenth = max(1, len(soak) // 10)
@@ -551,8 +570,13 @@ class Soak:
                          and fault["start"] < e["t"] <= fault["end"] + 1]
                 if after:
                     mounts = [m["seconds"] for m in self.mount_times if fault["start"] <= m["t"] <= fault["end"]]
+                    started = [e["t"] for e in self.events if e["event"] == "started"
+                               and fault["start"] < e["t"] <= fault["end"] + 1]
+                    job_start = (max(started) - min(m["t"] for m in self.mount_times if m["t"] >= fault["start"])
+                                 if started else 0.0)  # the ranks' interpreter, torch and process group
                     recoveries.append({"fault": fault["kind"],
                                        "seconds": round(max(e["t"] for e in after) - fault["start"], 2),
+                                       "job_start_s": round(max(0.0, job_start), 2),
                                        "mount_s": round(max(mounts, default=0), 2),
                                        "restore_s": round(max(e.get("load_s", 0) for e in after), 2)})
         requests = self.samples[-1].get("requests", {}) if self.samples else {}
@@ -563,11 +587,17 @@ class Soak:
                 before = [s for s in self.samples if s["t"] < fault["start"]]
                 errors_before = {rank: m.get("store_errors") or 0 for rank, m in (before[-1]["mounts"] if before
                                                                                    else {}).items()}
+                metrics_before = {rank: m.get("metrics_store_errors") or 0 for rank, m in (
+                    before[-1]["mounts"] if before else {}).items()}
                 during = [s for s in self.samples if fault["start"] + 2 <= s["t"] <= fault["end"]]
                 shown = [s for s in during if any(
                     m.get("store_retrying") or (m.get("store_errors") or 0) > errors_before.get(rank, 0)
                     for rank, m in s["mounts"].items())]
-                visible[fault["kind"]] = {"samples": len(during), "showing_it": len(shown)}
+                scraped = [s for s in during if any(
+                    m.get("metrics_store_retrying")
+                    or (m.get("metrics_store_errors") or 0) > metrics_before.get(rank, 0)
+                    for rank, m in s["mounts"].items())]
+                visible[fault["kind"]] = {"samples": len(during), "in_status": len(shown), "in_metrics": len(scraped)}
         figures = {
             "saves": len(saves), "durable": len(durable),
             "stall_p50_s": p([e["stall"] for e in saves], 0.5), "stall_p99_s": p([e["stall"] for e in saves], 0.99),
@@ -592,6 +622,21 @@ class Soak:
                 mount.kill()
         if self.model is not None:
             self.model.stop()
+
+
+def _scrape(port: int) -> dict:
+    """What the mount's Prometheus endpoint says of the store: errors so far, and retrying now."""
+    import urllib.request
+
+    found = {"metrics_store_errors": 0.0}
+    with contextlib.suppress(OSError, ValueError):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith("ckptfs_store_errors_total{"):
+                    found["metrics_store_errors"] += float(line.rsplit(" ", 1)[1])
+                elif line.startswith("ckptfs_store_retrying "):
+                    found["metrics_store_retrying"] = float(line.rsplit(" ", 1)[1])
+    return found
 
 
 def _rss_mib(pid: int) -> float | None:
@@ -718,8 +763,9 @@ def main() -> int:
     print(f"  daemon RSS growth after warm-up, per daemon that lived through the soak: "
           f"{', '.join(f'{g:+.0%}' for g in growth) or 'none lived long enough'} (target ≤ +10%)")
     for r in figures["recoveries"]:
+        own = f", of which {r['job_start_s']} s the job's own start" if r["job_start_s"] else ""
         print(f"  recovery, {r['fault']}: {r['seconds']} s from the kill to every rank resumed from what latest "
-              f"named (target ≤ mount {r['mount_s']} s + restore {r['restore_s']} s = "
+              f"named{own} (target ≤ mount {r['mount_s']} s + restore {r['restore_s']} s = "
               f"{r['mount_s'] + r['restore_s']:.2f} s)")
     print(f"  checkpoints latest named: {verified['named']}, loaded and equal: {verified['loaded_and_equal']}, "
           f"failed: {len(verified['failures'])} (target 0)")

@@ -27,6 +27,6 @@ def test_a_short_soak_loses_nothing_and_every_fault_is_seen(tmp_path):
     restarted = [r for r in figures["recoveries"] if r["fault"] == "job killed, restarted on fresh mounts"]
     assert restarted, figures["recoveries"]  # training resumed from what latest named, on empty cache dirs
     outage = figures["faults_visible_share_of_samples"]["outage"]
-    assert outage["showing_it"] > 0, outage  # status said the store was failing while it was
+    assert outage["in_status"] > 0 and outage["in_metrics"] > 0, outage  # both said the store was failing
     assert figures["durable"] > 0 and figures["saves"] > 10
     assert os.path.getsize(tmp_path / "soak.png") > 10_000
