@@ -15,8 +15,8 @@ background: the time from save to durable.
 
 Phases, one after the other on the same lake:
 * baseline: no faults, `--baseline-saves` checkpoints;
-* stress: saves back to back, many small files beside each checkpoint, and rank 1's mount restarted
-  with a cache smaller than one checkpoint (it spills), for `--stress-saves` checkpoints;
+* stress: saves back to back, many small files beside each checkpoint, and rank 0's mount restarted
+  with a cache smaller than what it saves (it spills), for `--stress-saves` checkpoints;
 * soak: `--minutes` with faults injected throughout: a share of failing S3 requests, a full outage of
   `--outage` seconds, a rank's mount SIGKILLed mid-save and restarted (the job resumes from `ckptfs
   latest`), and the whole job killed and started again on fresh mounts (empty cache dirs).
@@ -340,7 +340,7 @@ class Soak:
                     status = mount.status()
                     entry.update({key: status.get(key) for key in (
                         "at_risk_bytes", "at_risk_oldest_s", "store_retrying", "store_retries", "last_store_error",
-                        "staged_bytes", "spilled_bytes")})
+                        "staged_bytes", "spilled_bytes", "spilled_bytes_total")})
                     entry["store_errors"] = sum((status.get("store_errors") or {}).values())
                 entry.update(_scrape(self.metrics_ports[rank]))
                 sample["mounts"][rank] = entry
@@ -394,15 +394,14 @@ class Soak:
             open(os.path.join(self.work, "small_files"), "w").close()
             self.stop_ranks()
             self.set_interval(0)
-            spill = self.mounts[1 % args.ranks]
-            spill.unmount()
-            self.mount(1 % args.ranks, cache_size=args.stress_cache_size)
+            self.mounts[0].unmount()  # rank 0 writes the most: its shard and the torch.save of the model
+            self.mount(0, cache_size=args.stress_cache_size)
             self.start_ranks(resume=True)
             self.wait_saves(args.stress_saves, timeout=args.stress_saves * 120)
             os.unlink(os.path.join(self.work, "small_files"))
             self.stop_ranks()
-            self.mounts[1 % args.ranks].unmount()
-            self.mount(1 % args.ranks)
+            self.mounts[0].unmount()
+            self.mount(0)
             self.phase = "soak"
             self.set_interval(args.interval)
             print(f"soak: {args.minutes} min with faults", flush=True)
@@ -598,8 +597,10 @@ class Soak:
                     or (m.get("metrics_store_errors") or 0) > metrics_before.get(rank, 0)
                     for rank, m in s["mounts"].items())]
                 visible[fault["kind"]] = {"samples": len(during), "in_status": len(shown), "in_metrics": len(scraped)}
+        spilled = {phase: max((m.get("spilled_bytes_total") or 0 for s in self.samples if s["phase"] == phase
+                               for m in s["mounts"].values()), default=0) for phase in ("baseline", "stress", "soak")}
         figures = {
-            "saves": len(saves), "durable": len(durable),
+            "saves": len(saves), "durable": len(durable), "spilled_bytes_max": spilled,
             "stall_p50_s": p([e["stall"] for e in saves], 0.5), "stall_p99_s": p([e["stall"] for e in saves], 0.99),
             "soak_stall_p99_first_tenth_s": p(first, 0.99), "soak_stall_p99_last_tenth_s": p(last, 0.99),
             "stall_p99_drift": (p(last, 0.99) / p(first, 0.99) - 1) if first and last and p(first, 0.99) else None,
@@ -722,7 +723,8 @@ def main() -> int:
     parser.add_argument("--baseline-saves", type=int, default=6)
     parser.add_argument("--stress-saves", type=int, default=6)
     parser.add_argument("--cache-size", default="4G")
-    parser.add_argument("--stress-cache-size", default="40M", help="smaller than a checkpoint: it spills")
+    parser.add_argument("--stress-cache-size", default="16M",
+                        help="rank 0's cache in the stress phase: smaller than what it saves, so it spills")
     parser.add_argument("--outage", type=float, default=60, help="seconds of the full outage")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--endpoint-url", help="a real S3 endpoint instead of the model")

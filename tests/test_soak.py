@@ -15,7 +15,7 @@ def test_a_short_soak_loses_nothing_and_every_fault_is_seen(tmp_path):
     done = subprocess.run(
         [sys.executable, os.path.join(ROOT, "scripts", "soak.py"), "--minutes", "2", "--outage", "20",
          "--baseline-saves", "2", "--stress-saves", "2", "--mib", "16", "--interval", "3",
-         "--stress-cache-size", "24M", "--out", str(tmp_path)],
+         "--stress-cache-size", "12M", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=1500, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.load(open(tmp_path / "soak.json"))
@@ -29,4 +29,5 @@ def test_a_short_soak_loses_nothing_and_every_fault_is_seen(tmp_path):
     outage = figures["faults_visible_share_of_samples"]["outage"]
     assert outage["in_status"] > 0 and outage["in_metrics"] > 0, outage  # both said the store was failing
     assert figures["durable"] > 0 and figures["saves"] > 10
+    assert figures["spilled_bytes_max"]["stress"] > 0  # the stress phase's small cache did spill
     assert os.path.getsize(tmp_path / "soak.png") > 10_000

@@ -89,6 +89,7 @@ def test_a_file_larger_than_the_cache_stays_within_cache_size_and_reads_back(mou
     mount.sync()
     assert mount.status()["committed_bytes"] == len(data)
     assert mount.status()["staged_bytes"] == 0  # committed spilled files are evicted at once
+    assert mount.status()["spilled_bytes_total"] >= status["spilled_bytes"]  # what spilled, counted for good
     with open(mount.path("big.ckpt"), "rb") as file:
         assert file.read() == data
     assert fresh_read(mounter, store_url, extra, "fresh", "big.ckpt") == data

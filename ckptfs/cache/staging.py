@@ -40,6 +40,7 @@ class Staging:
         self.pinned: set[int] = set()  # versions whose staging file a copy is reading: not evictable
         self.sizes: dict[int, int] = {}
         self.holes: dict[int, int] = {}  # version -> end of its punched prefix
+        self.punched_bytes = 0  # punched out since the daemon started: what spilled to the lake
         self.total_bytes = 0
         self.peak_bytes = 0
         self._reserve = self.reserve_bytes()
@@ -71,6 +72,7 @@ class Staging:
         if end <= start:
             return
         punch_hole(self.fd(version), start, end - start)
+        self.punched_bytes += end - start
         self.set_hole(version, end)
 
     def set_hole(self, version: int, end: int) -> None:

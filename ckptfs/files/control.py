@@ -114,6 +114,7 @@ class Control:
             "upload_while_writing_bytes": self.engine.round_bytes,
             "staged_bytes": self.staging.total_bytes,
             "spilled_bytes": sum(self.staging.holes.values()),
+            "spilled_bytes_total": self.staging.punched_bytes,  # since the daemon started
             "peak_staged_bytes": self.staging.peak_bytes,
             "staging_limit_bytes": self.engine.limit_bytes,
             "backpressure_waits": self.engine.backpressure_waits,
