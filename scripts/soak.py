@@ -319,7 +319,9 @@ class Soak:
         """The lake's size every 10 s, and what `ckptfs latest` names every 3 s (own threads: the
         per-second samples must not wait for them)."""
         while not self.stop_sampling.wait(10):
-            self.lake = _lake_size(self.endpoint, self.bucket, self.url.split("/", 3)[3])
+            # The model's own endpoint: the soak's listings are not the mounts' requests to count.
+            direct = self.model.direct if self.model is not None else self.endpoint
+            self.lake = _lake_size(direct, self.bucket, self.url.split("/", 3)[3])
 
     def watch_latest(self) -> None:
         while not self.stop_sampling.wait(3):
