@@ -17,7 +17,6 @@ Start-up repair (every crash state; docs/DESIGN.md has the reasoning):
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import logging
 import math
@@ -38,7 +37,7 @@ from ckptfs.cache.check import check_cache, drop_unsynced_losses, lock_cache_dir
 from ckptfs.cache.chunkcache import ChunkCache
 from ckptfs.cache.journal import OPEN, SEALED, Journal
 from ckptfs.cache.rebuild import prepare_journal
-from ckptfs.cache.staging import Staging
+from ckptfs.cache.staging import Staging, syncfs
 from ckptfs.engine.prefix import MIN_ROUND_BYTES, default_round_bytes
 from ckptfs.engine.snapshots import SNAPSHOT_SEGMENTS, Snapshots
 from ckptfs.engine.uploader import Uploader
@@ -200,9 +199,9 @@ class CacheDir:
         # "running" holds the boot of the daemon using the cache dir, and goes at a clean close. Left
         # there by another boot, the machine lost power (or rebooted) with unsynced data on the cache
         # disk: prepare_journal then distrusts staging copies no fsync made durable.
-        running = self.journal.get_meta("running")
-        self.rebooted = running is not None and running != boot_id()
-        self.journal.set_meta("running", boot_id())
+        running, this_boot = self.journal.get_meta("running"), boot_id()
+        self.rebooted = running is not None and running != this_boot
+        self.journal.set_meta("running", this_boot)
         self.journal.commit(durable=True)
         self.staging = Staging(os.path.join(path, "staging"))
         # A quarter of the budget caches fetched chunks, a sixteenth (at most 64 MiB) is left to the
@@ -227,19 +226,6 @@ def boot_id() -> str:
             return file.read().strip()
     except OSError:
         return "unknown"
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def syncfs(path: str) -> None:
-    """Write back everything the file system holding `path` has in memory (syncfs(2))."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if _libc.syncfs(fd) != 0:
-            log.warning("syncfs of the cache dir failed: %s", os.strerror(ctypes.get_errno()))
-    finally:
-        os.close(fd)
 
 
 READ_AHEAD_KB = 1024
