@@ -126,32 +126,23 @@ class PowerCutFs(pyfuse3.Operations):
         self._check()
         return os.fsencode(os.readlink(self._path(inode)))
 
-    async def mkdir(self, parent_inode, name, mode, ctx):
+    def _make(self, path: str, make) -> pyfuse3.EntryAttributes:
+        """A new name on the backing directory (durable at once, as names are in this model)."""
         self._check()
-        path = self._path(parent_inode, name)
         try:
-            os.mkdir(path, mode)
+            make(path)
             return self._remember(path)
         except OSError as error:
             raise pyfuse3.FUSEError(error.errno) from None
+
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        return self._make(self._path(parent_inode, name), lambda path: os.mkdir(path, mode))
 
     async def symlink(self, parent_inode, name, target, ctx):
-        self._check()
-        path = self._path(parent_inode, name)
-        try:
-            os.symlink(target, path)
-            return self._remember(path)
-        except OSError as error:
-            raise pyfuse3.FUSEError(error.errno) from None
+        return self._make(self._path(parent_inode, name), lambda path: os.symlink(target, path))
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
-        self._check()
-        path = self._path(new_parent_inode, new_name)
-        try:
-            os.link(self._path(inode), path)
-            return self._remember(path)
-        except OSError as error:
-            raise pyfuse3.FUSEError(error.errno) from None
+        return self._make(self._path(new_parent_inode, new_name), lambda path: os.link(self._path(inode), path))
 
     async def unlink(self, parent_inode, name, ctx):
         self._check()
