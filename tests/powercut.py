@@ -24,6 +24,7 @@ requests, never inside one.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import signal
 import stat
@@ -33,6 +34,20 @@ import pyfuse3
 import trio
 
 ROOT = pyfuse3.ROOT_INODE
+
+
+def _request(handler):
+    """A request handler: EIO while the power is off; a backing error (ENOSPC, ENOENT, ...) goes
+    back to the caller as that error, as a disk's would."""
+    @functools.wraps(handler)
+    async def serve(self, *args):
+        if self.dead:
+            raise pyfuse3.FUSEError(errno.EIO)
+        try:
+            return await handler(self, *args)
+        except OSError as error:
+            raise pyfuse3.FUSEError(error.errno) from None
+    return serve
 
 
 class PowerCutFs(pyfuse3.Operations):
@@ -49,10 +64,6 @@ class PowerCutFs(pyfuse3.Operations):
         self.cuts = 0
 
     # -- names --------------------------------------------------------------------------------
-    def _check(self) -> None:
-        if self.dead:
-            raise pyfuse3.FUSEError(errno.EIO)
-
     def _remember(self, path: str) -> pyfuse3.EntryAttributes:
         st = os.lstat(path)
         inode = self.inode_of.get(st.st_ino)
@@ -79,90 +90,76 @@ class PowerCutFs(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ESTALE) from None
         return base if name is None else os.path.join(base, os.fsdecode(name))
 
+    @_request
     async def lookup(self, parent_inode, name, ctx=None):
-        self._check()
-        try:
-            return self._remember(self._path(parent_inode, name))
-        except OSError as error:
-            raise pyfuse3.FUSEError(error.errno) from None
+        return self._remember(self._path(parent_inode, name))
 
+    @_request
     async def getattr(self, inode, ctx=None):
-        self._check()
-        try:
-            if inode not in self.path_of:  # unlinked, still open
-                fd = next((fd for fd, of in self.fds.items() if of == inode), None)
-                if fd is not None:
-                    return self._attributes(inode, os.fstat(fd))
-            return self._attributes(inode, os.lstat(self._path(inode)))
-        except OSError as error:
-            raise pyfuse3.FUSEError(error.errno) from None
+        if inode not in self.path_of:  # unlinked, still open
+            fd = next((fd for fd, of in self.fds.items() if of == inode), None)
+            if fd is not None:
+                return self._attributes(inode, os.fstat(fd))
+        return self._attributes(inode, os.lstat(self._path(inode)))
 
+    @_request
     async def setattr(self, inode, attr, fields, fh, ctx):
-        self._check()
         path = self._path(inode)
-        try:
-            if fields.update_size:
-                fd = os.open(path, os.O_RDWR) if fh is None else fh
-                try:
-                    self._truncate(inode, fd, attr.st_size)
-                finally:
-                    if fh is None:
-                        os.close(fd)
-            if fields.update_mode:
-                os.chmod(path, stat.S_IMODE(attr.st_mode))
-            if fields.update_uid or fields.update_gid:
-                os.chown(path, attr.st_uid if fields.update_uid else -1, attr.st_gid if fields.update_gid else -1,
-                         follow_symlinks=False)
-            if fields.update_atime or fields.update_mtime:
-                st = os.lstat(path)
-                os.utime(path, ns=(attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
-                                   attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns),
-                         follow_symlinks=False)
-            return self._attributes(inode, os.lstat(path))
-        except OSError as error:
-            raise pyfuse3.FUSEError(error.errno) from None
+        if fields.update_size:
+            fd = os.open(path, os.O_RDWR) if fh is None else fh
+            try:
+                self._truncate(inode, fd, attr.st_size)
+            finally:
+                if fh is None:
+                    os.close(fd)
+        if fields.update_mode:
+            os.chmod(path, stat.S_IMODE(attr.st_mode))
+        if fields.update_uid or fields.update_gid:
+            os.chown(path, attr.st_uid if fields.update_uid else -1, attr.st_gid if fields.update_gid else -1,
+                     follow_symlinks=False)
+        if fields.update_atime or fields.update_mtime:
+            st = os.lstat(path)
+            os.utime(path, ns=(attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
+                               attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns),
+                     follow_symlinks=False)
+        return self._attributes(inode, os.lstat(path))
 
+    @_request
     async def readlink(self, inode, ctx):
-        self._check()
         return os.fsencode(os.readlink(self._path(inode)))
 
-    def _make(self, path: str, make) -> pyfuse3.EntryAttributes:
-        """A new name on the backing directory (durable at once, as names are in this model)."""
-        self._check()
-        try:
-            make(path)
-            return self._remember(path)
-        except OSError as error:
-            raise pyfuse3.FUSEError(error.errno) from None
-
+    # A new name on the backing directory is durable at once, as names are in this model.
+    @_request
     async def mkdir(self, parent_inode, name, mode, ctx):
-        return self._make(self._path(parent_inode, name), lambda path: os.mkdir(path, mode))
-
-    async def symlink(self, parent_inode, name, target, ctx):
-        return self._make(self._path(parent_inode, name), lambda path: os.symlink(target, path))
-
-    async def link(self, inode, new_parent_inode, new_name, ctx):
-        return self._make(self._path(new_parent_inode, new_name), lambda path: os.link(self._path(inode), path))
-
-    async def unlink(self, parent_inode, name, ctx):
-        self._check()
         path = self._path(parent_inode, name)
-        try:
-            st = os.lstat(path)
-            os.unlink(path)
-        except OSError as error:
-            raise pyfuse3.FUSEError(error.errno) from None
+        os.mkdir(path, mode)
+        return self._remember(path)
+
+    @_request
+    async def symlink(self, parent_inode, name, target, ctx):
+        path = self._path(parent_inode, name)
+        os.symlink(target, path)
+        return self._remember(path)
+
+    @_request
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        path = self._path(new_parent_inode, new_name)
+        os.link(self._path(inode), path)
+        return self._remember(path)
+
+    @_request
+    async def unlink(self, parent_inode, name, ctx):
+        path = self._path(parent_inode, name)
+        st = os.lstat(path)
+        os.unlink(path)
         if st.st_nlink == 1:
             self._forget_name(st.st_ino, path)
 
+    @_request
     async def rmdir(self, parent_inode, name, ctx):
-        self._check()
         path = self._path(parent_inode, name)
-        try:
-            st = os.lstat(path)
-            os.rmdir(path)
-        except OSError as error:
-            raise pyfuse3.FUSEError(error.errno) from None
+        st = os.lstat(path)
+        os.rmdir(path)
         self._forget_name(st.st_ino, path)
 
     def _forget_name(self, st_ino: int, path: str) -> None:
@@ -173,15 +170,12 @@ class PowerCutFs(pyfuse3.Operations):
             del self.inode_of[st_ino]
             del self.path_of[inode]
 
+    @_request
     async def rename(self, parent_old, name_old, parent_new, name_new, flags, ctx):
-        self._check()
         if flags:
             raise pyfuse3.FUSEError(errno.EINVAL)
         old, new = self._path(parent_old, name_old), self._path(parent_new, name_new)
-        try:
-            os.rename(old, new)
-        except OSError as error:
-            raise pyfuse3.FUSEError(error.errno) from None
+        os.rename(old, new)
         prefix = old + os.sep
         for inode, path in list(self.path_of.items()):  # the moved entry and, for a directory, what is below
             if path == old:
@@ -189,12 +183,12 @@ class PowerCutFs(pyfuse3.Operations):
             elif path.startswith(prefix):
                 self.path_of[inode] = new + path[len(old):]
 
+    @_request
     async def opendir(self, inode, ctx):
-        self._check()
         return inode
 
+    @_request
     async def readdir(self, fh, start_id, token):
-        self._check()
         directory = self._path(fh)
         names = sorted(os.listdir(directory))
         for index, name in enumerate(names[start_id:], start_id):
@@ -208,11 +202,12 @@ class PowerCutFs(pyfuse3.Operations):
     async def releasedir(self, fh):
         pass
 
+    @_request
     async def fsyncdir(self, fh, datasync):
-        self._check()  # names are durable at once
+        pass  # names are durable at once
 
+    @_request
     async def statfs(self, ctx):
-        self._check()
         st = os.statvfs(self.backing)
         result = pyfuse3.StatvfsData()
         for name in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree",
@@ -240,44 +235,38 @@ class PowerCutFs(pyfuse3.Operations):
         self.fds[fd] = inode
         return pyfuse3.FileInfo(fh=fd)
 
+    @_request
     async def open(self, inode, flags, ctx):
-        self._check()
-        try:
-            return self._open(inode, self._path(inode), flags)
-        except OSError as error:
-            raise pyfuse3.FUSEError(error.errno) from None
+        return self._open(inode, self._path(inode), flags)
 
+    @_request
     async def create(self, parent_inode, name, mode, flags, ctx):
-        self._check()
         path = self._path(parent_inode, name)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | (flags & os.O_EXCL), mode)
-            os.close(fd)
-            attributes = self._remember(path)
-            return self._open(attributes.st_ino, path, flags & ~(os.O_CREAT | os.O_EXCL)), attributes
-        except OSError as error:
-            raise pyfuse3.FUSEError(error.errno) from None
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | (flags & os.O_EXCL), mode))
+        attributes = self._remember(path)
+        return self._open(attributes.st_ino, path, flags & ~(os.O_CREAT | os.O_EXCL)), attributes
 
+    @_request
     async def read(self, fh, offset, size):
-        self._check()
         return os.pread(fh, size, offset)
 
+    @_request
     async def write(self, fh, offset, buf):
-        self._check()
         inode = self.fds[fh]
         self._keep_undo(inode, fh, offset, os.pread(fh, len(buf), offset), os.fstat(fh).st_size)
         return os.pwrite(fh, buf, offset)
 
+    @_request
     async def fsync(self, fh, datasync):
-        self._check()
         inode = self.fds[fh]
         self.undo.pop(inode, None)  # every earlier write to this inode is durable now
         fd = self.undo_fds.pop(inode, None)
         if fd is not None:
             os.close(fd)
 
+    @_request
     async def flush(self, fh):
-        self._check()
+        pass
 
     async def release(self, fh):
         self.fds.pop(fh, None)
