@@ -37,7 +37,7 @@ from ckptfs.cache.check import check_cache, drop_unsynced_losses, lock_cache_dir
 from ckptfs.cache.chunkcache import ChunkCache
 from ckptfs.cache.journal import OPEN, SEALED, Journal
 from ckptfs.cache.rebuild import prepare_journal
-from ckptfs.cache.staging import Staging, syncfs
+from ckptfs.cache.staging import Staging
 from ckptfs.engine.prefix import MIN_ROUND_BYTES, default_round_bytes
 from ckptfs.engine.snapshots import SNAPSHOT_SEGMENTS, Snapshots
 from ckptfs.engine.uploader import Uploader
@@ -45,6 +45,7 @@ from ckptfs.errors import ConfigError
 from ckptfs.files import FileSystem
 from ckptfs.fs.operations import KernelCaches, Operations
 from ckptfs.lake import Lake
+from ckptfs.libc import fix_mmap_threshold, syncfs
 from ckptfs.mount import Mount, Settings, assemble
 from ckptfs.store import ObjectStore, RetryingStore, open_store
 
@@ -299,6 +300,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
           store: ObjectStore | None = None) -> None:
     """Mount and serve until unmounted. Raises ConfigError before mounting if anything is wrong."""
     config.resolve()
+    fix_mmap_threshold()
     check_mountpoint(config.mountpoint)
     check_cache_dir(config.cache_dir)
     lake = open_lake(config, store)

@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from ckptfs.cache.staging import punch_hole
+from ckptfs.libc import punch_hole
 from tests.helpers import read
 
 MiB = 1 << 20

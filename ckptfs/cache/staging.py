@@ -12,36 +12,15 @@ are what counts.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
 import shutil
 from collections import OrderedDict
 
-_FALLOC_FL_KEEP_SIZE = 0x01
-_FALLOC_FL_PUNCH_HOLE = 0x02
+from ckptfs.libc import punch_hole
+
 log = logging.getLogger(__name__)
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-
-
-def punch_hole(fd: int, offset: int, length: int) -> None:
-    """Free the blocks of [offset, offset + length) of a file; the size stays and the range reads as zeros."""
-    if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"punching a hole in a staging file: {os.strerror(code)}")
-
-
-def syncfs(path: str) -> None:
-    """Write back everything the file system holding `path` has in memory (syncfs(2)); a failure
-    is logged, not raised (it runs at a clean close)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if _libc.syncfs(fd) != 0:
-            log.warning("syncfs of %s failed: %s", path, os.strerror(ctypes.get_errno()))
-    finally:
-        os.close(fd)
 
 
 class Staging:

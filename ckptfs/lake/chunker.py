@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import pyfastcdc
 
+from ckptfs.libc import libc
+
 # FastCDC parameters, chosen by scripts/measure_chunking.py: a mean chunk of ~1 MiB keeps S3 requests
 # large enough for throughput while a changed tensor drags in little of its neighbours.
 MIN_SIZE = 256 * 1024
@@ -114,12 +116,9 @@ def _with_payload_starts(data: Searchable, boundaries: list[int], skip: int, end
     return sorted(cuts)
 
 
-# The search runs in libc's memmem through ctypes, which lets go of the GIL for the call. bytes.find
-# holds it: beside a thread searching with it, a loop of 1 MiB pwrites (the FUSE write path) took
+# The search runs in libc's memmem through ctypes (ckptfs/libc.py), which lets go of the GIL for the
+# call. bytes.find holds it: beside a thread searching with it, a loop of 1 MiB pwrites (the FUSE write path) took
 # 2.2-2.5 s per GiB instead of 0.26 s, whatever the size of the pieces searched; beside memmem, 0.24 s.
-_libc = ctypes.CDLL(None)
-_libc.memmem.restype = ctypes.c_void_p
-_libc.memmem.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
 
 
 class _Buffer(ctypes.Structure):
@@ -146,7 +145,7 @@ def _occurrences(data: Searchable, needle: bytes, start: int, end: int) -> Itera
         base = view.buf
         position = start
         while end - position >= len(needle):
-            hit = _libc.memmem(base + position, end - position, needle, len(needle))
+            hit = libc.memmem(base + position, end - position, needle, len(needle))
             if not hit:
                 return
             yield hit - base
