@@ -153,16 +153,11 @@ class ChunkUploads:
                 await send.send((index, await self._prepare_one(run, index, cut)))
 
     async def _prepare_one(self, run: _Upload, index: int, cut: Cut) -> _Ready:
-        data = await trio.to_thread.run_sync(os.pread, run.fd, cut.length, cut.offset, limiter=self.cpu)
+        data, identifier, blob = await trio.to_thread.run_sync(_read_chunk, run.fd, cut, limiter=self.cpu)
         if len(data) != cut.length:
             raise CkptfsError(f"staging file of version {run.version:x} changed under the uploader")
-        identifier = await trio.to_thread.run_sync(codec.chunk_id, data, limiter=self.cpu)
         run.entries[index] = (identifier, cut.length)
-        if cut.length < SMALL_CHUNK:
-            # Always packed again next to its neighbours, even while another call packs it too: a
-            # torch.save record header is the same in every save, and naming another upload's copy
-            # broke this file's runs at every record (saves uploaded side by side: 59 GETs, not 10).
-            _, blob = await trio.to_thread.run_sync(codec.encode, data, identifier, limiter=self.cpu)
+        if blob is not None:
             return identifier, cut.length, blob
         # From here to the claim, no await: two calls never both pack one chunk.
         if self.known(identifier) is not None:
@@ -250,6 +245,21 @@ class ChunkUploads:
             if identifier in claimed:
                 claimed.discard(identifier)
                 self._inflight_chunks.pop(identifier).set()
+
+
+def _read_chunk(fd: int, cut: Cut) -> tuple[bytes, bytes, bytes | None]:
+    """In a worker thread, one hand-off for what every chunk needs: its bytes, its id, and for a
+    small chunk its object. A small chunk is always packed again next to its neighbours, even while
+    another call packs it too: a torch.save record header is the same in every save, and naming
+    another upload's copy broke this file's runs at every record (saves uploaded side by side: 59
+    GETs, not 10). This was three hand-offs per chunk (read, hash, encode); trio's hand-off to a
+    thread (ThreadCache.start_thread_soon) had 8% of the daemon's GIL samples in a save
+    (scripts/profile_cpu.py)."""
+    data = os.pread(fd, cut.length, cut.offset)
+    identifier = codec.chunk_id(data)
+    if cut.length < SMALL_CHUNK and len(data) == cut.length:
+        return data, identifier, codec.encode(data, identifier)[1]
+    return data, identifier, None
 
 
 async def _batches(cuts: list[Cut] | trio.MemoryReceiveChannel[list[Cut]]) -> AsyncIterator[list[Cut]]:
