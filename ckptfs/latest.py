@@ -91,8 +91,7 @@ def examine(path: str) -> Checkpoint | None:
     if not present:
         return None
     if ".metadata" in present:
-        needed = [".metadata"] + (dcp_files(path) or [])
-        layout = "dcp"
+        needed, layout = [".metadata"], "dcp"  # and what it names: `latest` reads it (with_dcp_files)
     elif any(file.endswith(".distcp") for file in present):
         needed, layout = [".metadata"], "dcp"  # DCP writes .metadata last: a save that failed midway
     elif "trainer_state.json" in present or name.startswith("checkpoint-"):
@@ -122,11 +121,22 @@ def checkpoints(top: str, depth: int = 3) -> list[Checkpoint]:
     return found
 
 
+def with_dcp_files(checkpoint: Checkpoint) -> Checkpoint:
+    """A DCP checkpoint with `.metadata` needs every file the metadata names too. Reading it is a
+    lake GET on a mount that has not read it yet, so `latest` reads only the ones it considers,
+    newest first: a restart on a new mount waited for every checkpoint's metadata."""
+    if checkpoint.layout == "dcp" and ".metadata" in checkpoint.files and ".metadata" not in checkpoint.missing:
+        named = dcp_files(checkpoint.path) or []
+        checkpoint.missing += [file for file in named if file not in checkpoint.files]
+        checkpoint.files = sorted(set(checkpoint.files) | set(named))
+    return checkpoint
+
+
 def latest(top: str) -> tuple[Checkpoint | None, list[Checkpoint]]:
     """The newest complete checkpoint under `top`, and the newer incomplete ones it passed over."""
     passed = []
     for checkpoint in checkpoints(top):
-        if checkpoint.complete:
+        if checkpoint.complete and with_dcp_files(checkpoint).complete:
             return checkpoint, passed
         passed.append(checkpoint)
     return None, passed

@@ -83,3 +83,29 @@ def test_a_node_that_died_mid_save_leaves_the_previous_checkpoint_latest(mounter
         reader.assert_clean_log()
     finally:
         proxy.stop()
+
+
+def test_latest_reads_the_metadata_of_only_the_dcp_checkpoints_it_considers(tmp_path, monkeypatch):
+    # On a new mount each `.metadata` read is a lake GET: a restart must not wait for every one.
+    from ckptfs import latest as module
+
+    read = []
+
+    def dcp_files(path):
+        read.append(os.path.basename(path))
+        return ["__0_0.distcp", "__1_0.distcp"]
+
+    monkeypatch.setattr(module, "dcp_files", dcp_files)
+    monkeypatch.setattr(module, "committed", lambda path: True)
+    for step in (10, 20, 30):
+        write(str(tmp_path / f"step-{step}" / ".metadata"), b"m")
+        write(str(tmp_path / f"step-{step}" / "__0_0.distcp"), b"x")
+        write(str(tmp_path / f"step-{step}" / "__1_0.distcp"), b"x")
+    best, passed = module.latest(str(tmp_path))
+    assert best.path == str(tmp_path / "step-30") and passed == [] and read == ["step-30"]
+
+    os.unlink(tmp_path / "step-30" / "__1_0.distcp")  # a shard the metadata names is not there
+    read.clear()
+    best, passed = module.latest(str(tmp_path))
+    assert best.path == str(tmp_path / "step-20") and read == ["step-30", "step-20"]
+    assert [(c.path, c.missing) for c in passed] == [(str(tmp_path / "step-30"), ["__1_0.distcp"])]
