@@ -111,34 +111,50 @@ def rank_main(args: argparse.Namespace) -> int:
 
     def resume(reason: str) -> None:
         nonlocal step
+        # Where the time goes (the report's recovery breakdown): each part from the end of the last.
+        parts, mark = {}, [time.monotonic()]
+
+        def part(name: str) -> None:
+            now = time.monotonic()
+            parts[name] = round(now - mark[0], 3)
+            mark[0] = now
+
         while True:  # this rank's mount answers again
             try:
                 os.getxattr(mount, "user.ckptfs.status")
                 break
             except OSError:
-                time.sleep(0.2)
+                time.sleep(0.05)
+        part("mount_answers_s")
         dist.barrier()
+        part("barrier_s")
         named = [None]
         if rank == 0:
             code, out = ckptfs_command("latest", os.path.join(mount, "run", "dcp"))  # it refreshes first
             named = [os.path.relpath(out.strip(), mount) if code == 0 else None]
+            part("latest_s")
             if named[0] is not None:  # what this mount wrote of it is published: the others can see it
                 ckptfs_command("sync", os.path.join(mount, named[0]))
+            part("sync_s")
         dist.broadcast_object_list(named, src=0)
+        part("named_s")
         if named[0] is None:
-            log(event="resumed", step=0, path=None, reason=reason)
+            log(event="resumed", step=0, path=None, reason=reason, parts=parts)
             return
         deadline = time.monotonic() + 120
         while rank != 0 and not os.path.exists(os.path.join(mount, named[0], ".metadata")):
             ckptfs_command("refresh", mount)
             if time.monotonic() > deadline:
                 break
-            time.sleep(0.5)
+            time.sleep(0.1)
+        part("visible_s")
         state = {"model": model, "optim": optim, "step": torch.tensor(0)}
         loading = time.monotonic()
         dcp.load(state, checkpoint_id=os.path.join(mount, named[0]))
         step = int(state["step"])
-        log(event="resumed", step=step, path=named[0], reason=reason, load_s=time.monotonic() - loading)
+        part("load_s")
+        log(event="resumed", step=step, path=named[0], reason=reason, load_s=time.monotonic() - loading,
+            parts=parts)
 
     if args.resume:
         resume("job restarted")
@@ -579,7 +595,14 @@ class Soak:
                                        "seconds": round(max(e["t"] for e in after) - fault["start"], 2),
                                        "job_start_s": round(max(0.0, job_start), 2),
                                        "mount_s": round(max(mounts, default=0), 2),
-                                       "restore_s": round(max(e.get("load_s", 0) for e in after), 2)})
+                                       "restore_s": round(max(e.get("load_s", 0) for e in after), 2),
+                                       # the slowest rank's time in each part of resuming, and before it
+                                       # (the kill noticed: a save failing, or the job's start)
+                                       "parts": {name: max(e.get("parts", {}).get(name, 0) for e in after)
+                                                 for name in after[0].get("parts", {})},
+                                       "before_resume_s": round(max(
+                                           e["t"] - sum(e.get("parts", {}).values()) - fault["start"]
+                                           for e in after), 2)})
         requests = self.samples[-1].get("requests", {}) if self.samples else {}
         dollars = sum(PRICE_PER_1000.get(k, 0) * n / 1000 for k, n in requests.items())
         visible = {}
@@ -771,6 +794,8 @@ def main() -> int:
         print(f"  recovery, {r['fault']}: {r['seconds']} s from the kill to every rank resumed from what latest "
               f"named{own} (target ≤ mount {r['mount_s']} s + restore {r['restore_s']} s = "
               f"{r['mount_s'] + r['restore_s']:.2f} s)")
+        print(f"    {r['before_resume_s']} s until the ranks began resuming, then (slowest rank) "
+              + ", ".join(f"{name[:-2]} {seconds} s" for name, seconds in r["parts"].items()))
     print(f"  checkpoints latest named: {verified['named']}, loaded and equal: {verified['loaded_and_equal']}, "
           f"failed: {len(verified['failures'])} (target 0)")
     for failure in verified["failures"][:10]:
