@@ -18,6 +18,7 @@ or skipped with a clear message. Figures, not assertions: tests never time anyth
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import io
 import json
@@ -84,18 +85,30 @@ class GilSampler:
         self.process = subprocess.Popen(
             ["py-spy", "record", "--pid", str(pid), "--gil", "--nonblocking", "--rate", str(GIL_RATE),
              "--format", "raw", "--output", self.output], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._stacks: collections.Counter | None = None
         time.sleep(0.5)  # attached
 
     def stop(self) -> float:
-        self.process.send_signal(signal.SIGINT)
-        self.process.wait(timeout=60)
-        try:
-            with open(self.output) as samples:
-                count = sum(int(line.rsplit(" ", 1)[1]) for line in samples if line.strip())
-        except FileNotFoundError:
-            return float("nan")
-        os.unlink(self.output)
-        return count / GIL_RATE
+        stacks = self.stacks()
+        return sum(stacks.values()) / GIL_RATE if stacks is not None else float("nan")
+
+    def stacks(self) -> collections.Counter | None:
+        """The samples by stack ("thread;frame;frame": count), once py-spy has stopped; None if it wrote none."""
+        if self._stacks is None and self.process is not None:
+            self.process.send_signal(signal.SIGINT)
+            self.process.wait(timeout=60)
+            self.process = None
+            try:
+                with open(self.output) as samples:
+                    self._stacks = collections.Counter()
+                    for line in samples:
+                        if line.strip():
+                            stack, count = line.rsplit(" ", 1)
+                            self._stacks[stack] += int(count)
+                os.unlink(self.output)
+            except FileNotFoundError:
+                pass
+        return self._stacks
 
 
 class CostMeter:

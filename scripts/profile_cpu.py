@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Where the daemon's CPU and GIL go, per GiB, on the save and restore paths, against boto3's own.
+
+    python scripts/profile_cpu.py [--size-gib 0.5] [--endpoint-url URL] [--top 15]
+
+One mount on moto_server (plain: its CPU is counted apart and never in the daemon's figures) or on
+`--endpoint-url`. Phases, each measured on the daemon process alone:
+* save to durable: torch.save of a fresh state dict, until the lake has it;
+* identical re-save: the same state dict to another name, until durable;
+* cold restore: a new mount on an empty cache dir, page cache dropped, the file read to the end.
+For each: CPU seconds per GiB (user, system, /proc), seconds per GiB holding the GIL (py-spy
+`--gil --nonblocking`: only samples in which a thread holds it), the single-daemon ceiling
+(1 / GIL s per GiB), and the functions that held the GIL most (self samples, and with the functions
+they called). boto3's upload_file and download_file of the same bytes, in a process of their own,
+give the baseline. Figures, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+from bench import GIB, Bench, Boto3Direct, Ckptfs, CostMeter, boto3_cost, checkpoint, state_dict  # noqa: E402
+
+
+def top(stacks: collections.Counter, count: int) -> list[tuple[str, float, float]]:
+    """(function, share of GIL samples with it on top, share with it anywhere) of py-spy folded stacks."""
+    total = sum(stacks.values()) or 1
+    own: collections.Counter = collections.Counter()
+    anywhere: collections.Counter = collections.Counter()
+    for stack, samples in stacks.items():
+        frames = [frame.rsplit(" (", 1)[0] + " (" + frame.rsplit(" (", 1)[1].rsplit(":", 1)[0].split("/")[-1] + ")"
+                  if " (" in frame else frame for frame in stack.split(";")[1:]]  # [0] is the thread
+        if frames:
+            own[frames[-1]] += samples
+        for frame in set(frames):
+            anywhere[frame] += samples
+    return [(name, own[name] / total, anywhere[name] / total) for name, _ in own.most_common(count)]
+
+
+def phase(bench: Bench, pid: int, name: str, size: int, run, figures: dict, args) -> None:
+    meter = CostMeter(bench, pid)
+    started = time.perf_counter()
+    run()
+    elapsed = time.perf_counter() - started
+    stacks = meter.sampler.stacks() if meter.sampler is not None else collections.Counter()
+    meter.record("ckptfs", name, size)
+    figures[name] = {"seconds": elapsed, "top": top(stacks, args.top)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-gib", type=float, default=0.5)
+    parser.add_argument("--endpoint-url")
+    parser.add_argument("--bucket")
+    parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args()
+    if shutil.which("py-spy") is None:
+        print("profile_cpu: py-spy is not installed (pip install py-spy): no GIL figures")
+    bench = Bench(argparse.Namespace(endpoint_url=args.endpoint_url, plain_moto=not args.endpoint_url,
+                                     bucket=args.bucket, workdir=args.workdir))
+    sd = state_dict(args.size_gib, seed=1)
+    figures: dict = {}
+    try:
+        system = Ckptfs(bench)
+        system.start()
+        try:
+            def save(name: str):
+                def run() -> None:
+                    os.makedirs(os.path.dirname(system.path(name)), exist_ok=True)
+                    torch.save(checkpoint(sd, 1), system.path(name))
+                    system.wait_durable(name)
+                return run
+
+            save("warm-up/model.pt")()  # imports, connections and the first packs' buffers
+            size = os.path.getsize(system.path("warm-up/model.pt"))
+            sd = state_dict(args.size_gib, seed=2)
+            phase(bench, system.process.pid, "save to durable", size, save("fresh/model.pt"), figures, args)
+            phase(bench, system.process.pid, "identical re-save", size, save("again/model.pt"), figures, args)
+            system.make_cold()
+
+            def restore() -> None:
+                with open(system.path("fresh/model.pt"), "rb") as file:
+                    while file.readinto(buffer):
+                        pass
+
+            buffer = bytearray(1 << 20)
+            phase(bench, system.process.pid, "cold restore", size, restore, figures, args)
+        finally:
+            system.stop()
+            system.cleanup()
+        direct = Boto3Direct(bench)
+        direct.start()
+        try:
+            path = direct.path("model.pt")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            torch.save(checkpoint(sd, 1), path)
+            subprocess.run(["sync"], check=False)
+            boto3_cost(bench, "upload", f"{direct.prefix}/model.pt", path, size)
+            boto3_cost(bench, "download", f"{direct.prefix}/model.pt", path + ".down", size)
+        finally:
+            direct.cleanup()
+    finally:
+        bench.close()
+
+    def value(system: str, figure: str) -> float:
+        return bench.results.get(figure, {}).get(system, [float("nan")])[-1]
+
+    print(f"per GiB ({size / GIB:.2f} GiB)          user   sys   CPU   GIL  ceiling  wall")
+    rows = [("save to durable", "upload"), ("identical re-save", None), ("cold restore", "download")]
+    for name, baseline in rows:
+        user = value("ckptfs", f"{name}: CPU s per GiB (user)")
+        sys_ = value("ckptfs", f"{name}: CPU s per GiB (system)")
+        gil = value("ckptfs", f"{name}: GIL s per GiB")
+        print(f"ckptfs {name:<22} {user:5.2f} {sys_:5.2f} {user + sys_:5.2f} {gil:5.2f} "
+              f"{1 / gil if gil else float('inf'):5.2f} GiB/s {figures[name]['seconds']:5.2f} s")
+        if baseline:
+            b_user = value("boto3 direct", f"{baseline}: CPU s per GiB (user)")
+            b_sys = value("boto3 direct", f"{baseline}: CPU s per GiB (system)")
+            b_gil = value("boto3 direct", f"{baseline}: GIL s per GiB")
+            print(f"boto3 {baseline + '_file':<23} {b_user:5.2f} {b_sys:5.2f} {b_user + b_sys:5.2f} {b_gil:5.2f}"
+                  f"   daemon CPU {((user + sys_) / (b_user + b_sys)):.2f}x boto3's")
+    for name, entry in figures.items():
+        print(f"\n{name}: where the daemon held the GIL (share of GIL samples: on top, anywhere in the stack)")
+        for function, own, anywhere in entry["top"]:
+            print(f"  {own:6.1%} {anywhere:6.1%}  {function}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
