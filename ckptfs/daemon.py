@@ -45,7 +45,7 @@ from ckptfs.errors import ConfigError
 from ckptfs.files import FileSystem
 from ckptfs.fs.operations import KernelCaches, Operations
 from ckptfs.lake import Lake
-from ckptfs.libc import fix_mmap_threshold, syncfs
+from ckptfs.libc import set_heap_thresholds, syncfs
 from ckptfs.mount import Mount, Settings, assemble
 from ckptfs.store import ObjectStore, RetryingStore, open_store
 
@@ -300,7 +300,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
           store: ObjectStore | None = None) -> None:
     """Mount and serve until unmounted. Raises ConfigError before mounting if anything is wrong."""
     config.resolve()
-    fix_mmap_threshold()
+    set_heap_thresholds()
     check_mountpoint(config.mountpoint)
     check_cache_dir(config.cache_dir)
     lake = open_lake(config, store)

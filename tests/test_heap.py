@@ -1,13 +1,14 @@
-"""The daemon's heap gives freed packs back to the system (ckptfs/libc.py fix_mmap_threshold)."""
+"""The daemon's heap gives freed packs back to the system and keeps freed chunk buffers for the next
+chunk (ckptfs/libc.py set_heap_thresholds)."""
 
 import subprocess
 import sys
 
 PROBE = """
 import sys
-from ckptfs.libc import fix_mmap_threshold
+from ckptfs.libc import set_heap_thresholds
 if sys.argv[1] == "fixed":
-    assert fix_mmap_threshold()
+    assert set_heap_thresholds()
 
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096
@@ -24,10 +25,31 @@ print((rss() - before) >> 20)
 """
 
 
-def _retained_mib(mode: str) -> int:
-    env = {"PATH": "/usr/bin:/bin"}  # no MALLOC_MMAP_THRESHOLD_ from the caller's environment
-    return int(subprocess.run([sys.executable, "-c", PROBE, mode], env=env, check=True, capture_output=True,
+FAULTS = """
+import resource, sys
+from ckptfs.libc import libc, set_heap_thresholds
+if sys.argv[1] == "fixed":
+    assert set_heap_thresholds()
+else:
+    libc.mallopt(-3, 8 << 20)  # the mmap threshold alone: the trim threshold stays at 128 KiB
+
+source = memoryview(bytes(range(256)) * 4096)  # 1 MiB
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(64):
+    chunk = bytes(source)  # a chunk's copy, freed at the top of the heap
+    del chunk
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _probe(program: str, mode: str) -> int:
+    env = {"PATH": "/usr/bin:/bin"}  # no MALLOC_*_THRESHOLD_ from the caller's environment
+    return int(subprocess.run([sys.executable, "-c", program, mode], env=env, check=True, capture_output=True,
                               text=True).stdout)
+
+
+def _retained_mib(mode: str) -> int:
+    return _probe(PROBE, mode)
 
 
 def test_a_buffer_freed_after_a_pack_goes_back_to_the_system():
@@ -35,3 +57,11 @@ def test_a_buffer_freed_after_a_pack_goes_back_to_the_system():
     # the fixed threshold removes it; if glibc changes its default the first assertion says so.
     assert _retained_mib("default") >= 16
     assert _retained_mib("fixed") <= 1
+
+
+def test_a_chunk_buffer_freed_at_the_top_of_the_heap_is_kept_for_the_next():
+    # 64 copies of 1 MiB (256 pages each): with only the mmap threshold fixed, each freed copy was
+    # trimmed off the heap and the next faulted in again, page by page.
+    pages = 256
+    assert _probe(FAULTS, "mmap-only") >= 32 * pages
+    assert _probe(FAULTS, "fixed") <= 2 * pages
