@@ -419,6 +419,8 @@ class RcloneMount(System):
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        if args.workdir:
+            os.makedirs(args.workdir, exist_ok=True)  # a --workdir that does not exist yet is made
         self.workdir = tempfile.mkdtemp(prefix="ckptfs-bench-", dir=args.workdir)
         self.server = None
         self.model: S3Model | None = None
