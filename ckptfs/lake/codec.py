@@ -58,12 +58,19 @@ def encode(data: bytes | memoryview, identifier: bytes | None = None) -> tuple[b
     return identifier, b"".join((header, payload))  # one copy (`header + bytes(payload)` made two)
 
 
-def decode(blob: bytes, expected_id: bytes) -> bytes:
+def decode(blob: bytes | memoryview, expected_id: bytes) -> bytes:
     """Return the verified raw bytes of a chunk object, or raise CorruptObjectError."""
+    with memoryview(blob) as view:
+        return decode_parts(view[:HEADER_SIZE], view[HEADER_SIZE:], expected_id)
+
+
+def decode_parts(header: bytes | memoryview, payload: bytes | memoryview, expected_id: bytes) -> bytes:
+    """`decode` of a chunk object read as its header and its payload: a raw payload read into a
+    `bytes` of its own is returned as it is, verified, without a copy (lake.get_run)."""
     name = expected_id.hex()
-    if len(blob) < HEADER_SIZE:
-        raise CorruptObjectError(f"chunk {name}: object truncated ({len(blob)} bytes)")
-    magic, version, codec, _, raw_length, stored_id = _HEADER.unpack_from(blob)
+    if len(header) < HEADER_SIZE:
+        raise CorruptObjectError(f"chunk {name}: object truncated ({len(header) + len(payload)} bytes)")
+    magic, version, codec, _, raw_length, stored_id = _HEADER.unpack_from(header)
     if magic != MAGIC:
         raise CorruptObjectError(f"chunk {name}: bad magic")
     if version != FORMAT:
@@ -72,9 +79,8 @@ def decode(blob: bytes, expected_id: bytes) -> bytes:
         raise CorruptObjectError(f"chunk {name}: header names another chunk {stored_id.hex()}")
     if raw_length > MAX_CHUNK:
         raise CorruptObjectError(f"chunk {name}: absurd length {raw_length}")
-    payload = memoryview(blob)[HEADER_SIZE:]
     if codec == CODEC_RAW:
-        data = bytes(payload)
+        data = payload if isinstance(payload, bytes) else bytes(payload)
     elif codec == CODEC_LZ4:
         try:
             data = lz4.block.decompress(payload, uncompressed_size=raw_length)

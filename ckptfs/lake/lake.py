@@ -198,9 +198,11 @@ class Lake:
             except ObjectNotFound:
                 raise CorruptObjectError(f"chunk {identifier.hex()} is missing from the lake ({key})") from None
         key = packs.pack_key(first.pack)
-        end = max(where.end for _, where in run)  # a run may skip gaps (packs.runs), in pack order
+        # Each object once (packs.runs puts a chunk that a file holds twice in one run), in pack order.
+        objects = sorted({where.offset: where for _, where in run}.values(), key=lambda where: where.offset)
+        sizes = _object_parts(objects)
         try:
-            blob = self.store.get(key, first.offset, end)
+            parts = self.store.get_parts(key, objects[0].offset, sizes)
         except ObjectNotFound:
             moved = self.relocation(first.pack)
             if moved is None or any(identifier not in moved for identifier, _ in run):
@@ -208,17 +210,18 @@ class Lake:
             # Repacked by GC (lake/gc.py): the chunks are where the relocation says, perhaps in
             # several packs, perhaps moved again.
             return [self.get_chunk(identifier, moved[identifier]) for identifier, _ in run]
-        if len(blob) != end - first.offset:
-            raise CorruptObjectError(f"chunk {run[-1][0].hex()}: pack {first.pack.hex()} ends before byte {end} "
-                                     f"({key})")
-        datas = []
-        with memoryview(blob) as view:
-            for identifier, where in run:
+        if [len(part) for part in parts] != sizes:
+            raise CorruptObjectError(f"chunk {run[-1][0].hex()}: pack {first.pack.hex()} ends before byte "
+                                     f"{objects[-1].end} ({key})")
+        stored = {where.offset: (parts[3 * number + 1], parts[3 * number + 2]) for number, where in enumerate(objects)}
+        decoded: dict[tuple[int, bytes], bytes] = {}
+        for identifier, where in run:
+            if (where.offset, identifier) not in decoded:
                 try:
-                    datas.append(codec.decode(view[where.offset - first.offset:where.end - first.offset], identifier))
+                    decoded[where.offset, identifier] = codec.decode_parts(*stored[where.offset], identifier)
                 except CorruptObjectError as error:
                     raise CorruptObjectError(f"{error} ({key} at byte {where.offset})") from None
-        return datas
+        return [decoded[where.offset, identifier] for identifier, where in run]
 
     def relocation(self, pack: bytes) -> dict[bytes, Location] | None:
         """Where GC moved the live chunks of a repacked pack (`relocations/`), or None. Cached: a
@@ -448,3 +451,18 @@ class Lake:
     def mounts(self) -> list[str]:
         found = [key.rsplit("/", 1)[-1] for key in self.store.list("mounts/")]
         return [mount for mount in found if namespace.valid_mount_id(mount)]
+
+
+def _object_parts(objects: list[Location]) -> list[int]:
+    """The sizes in which to read a run of chunk objects of one pack (in pack order, each once)
+    from the first one's offset: for each, the gap before it (packs.runs may skip one), its header,
+    its payload. An object shorter than a header is read whole as its header (decode says it is
+    truncated); objects that overlap are a damaged manifest."""
+    sizes, at = [], objects[0].offset
+    for where in objects:
+        if where.offset < at:
+            raise CorruptObjectError(f"chunk objects overlap in pack {where.pack.hex()} at byte {where.offset}")
+        header = min(codec.HEADER_SIZE, where.stored)
+        sizes += [where.offset - at, header, where.stored - header]
+        at = where.end
+    return sizes

@@ -76,6 +76,18 @@ class ObjectStore(abc.ABC):
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         """Return the object's bytes, or bytes [start, end) of it. Raise ObjectNotFound."""
 
+    def get_parts(self, key: str, start: int, sizes: list[int]) -> list[bytes]:
+        """Bytes [start, start + sum(sizes)) of the object, as consecutive parts of these sizes,
+        each its own `bytes`: a store that streams (S3) reads each part straight into it, so a run
+        of chunk objects needs no copy out of one big buffer. Raise ObjectNotFound."""
+        blob = self.get(key, start, start + sum(sizes))
+        parts, at = [], 0
+        with memoryview(blob) as view:
+            for size in sizes:
+                parts.append(bytes(view[at:at + size]))
+                at += size
+        return parts
+
     @abc.abstractmethod
     def size(self, key: str) -> int | None:
         """Return the object's size, or None if it does not exist."""
@@ -175,6 +187,9 @@ class RetryingStore(ObjectStore):
 
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         return self._retry(f"GET {key}", lambda: self.inner.get(key, start, end))
+
+    def get_parts(self, key: str, start: int, sizes: list[int]) -> list[bytes]:
+        return self._retry(f"GET {key}", lambda: self.inner.get_parts(key, start, sizes))
 
     def size(self, key: str) -> int | None:
         return self._retry(f"HEAD {key}", lambda: self.inner.size(key))

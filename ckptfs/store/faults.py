@@ -59,8 +59,14 @@ class FaultyStore(ObjectStore):
             error = TemporaryStoreError if fault.kind == "temporary" else PermanentStoreError
             raise error(f"injected {fault.kind} failure of {operation.upper()} {key}")
         result = call()
-        if fault is not None and isinstance(result, bytes) and result:
-            return bytes([result[0] ^ 0xFF]) + result[1:]
+        if fault is None:
+            return result
+        if isinstance(result, bytes) and result:
+            return _flip_first_byte(result)
+        if operation == "get" and isinstance(result, list):  # get_parts: the first byte of the range
+            first = next((index for index, part in enumerate(result) if part), None)
+            if first is not None:
+                result[first] = _flip_first_byte(result[first])
         return result
 
     def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
@@ -68,6 +74,9 @@ class FaultyStore(ObjectStore):
 
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         return self._call("get", key, lambda: self.inner.get(key, start, end))
+
+    def get_parts(self, key: str, start: int, sizes: list[int]) -> list[bytes]:
+        return self._call("get", key, lambda: self.inner.get_parts(key, start, sizes))
 
     def size(self, key: str) -> int | None:
         return self._call("size", key, lambda: self.inner.size(key))
@@ -86,3 +95,7 @@ class FaultyStore(ObjectStore):
 
     def check_access(self, *, create: bool = True) -> None:
         self.inner.check_access(create=create)
+
+
+def _flip_first_byte(data: bytes) -> bytes:
+    return bytes([data[0] ^ 0xFF]) + data[1:]
