@@ -45,10 +45,14 @@ CALLS_AT_ONCE = 4  # calls filling packs at once (version uploads and upload-whi
 SMALL_CHUNK = 64 << 10
 
 
+# A chunk object as its pieces (codec.encode_parts: header, payload), copied once, into its pack.
+_Object = tuple[bytes, bytes | memoryview]
+
+
 @dataclass
 class _Pack:
     """A pack being filled by one call: (chunk id, raw length, chunk object) in file order."""
-    objects: list[tuple[bytes, int, bytes]] = field(default_factory=list)
+    objects: list[tuple[bytes, int, _Object]] = field(default_factory=list)
     size: int = 0
 
 
@@ -68,7 +72,7 @@ class _Upload:
 
 
 # A chunk ready for packing: (chunk id, raw length, chunk object), or None if it needs no packing.
-_Ready = tuple[bytes, int, bytes] | None
+_Ready = tuple[bytes, int, _Object] | None
 
 
 class ChunkUploads:
@@ -153,12 +157,12 @@ class ChunkUploads:
                 await send.send((index, await self._prepare_one(run, index, cut)))
 
     async def _prepare_one(self, run: _Upload, index: int, cut: Cut) -> _Ready:
-        data, identifier, blob = await trio.to_thread.run_sync(_read_chunk, run.fd, cut, limiter=self.cpu)
+        data, identifier, pieces = await trio.to_thread.run_sync(_read_chunk, run.fd, cut, limiter=self.cpu)
         if len(data) != cut.length:
             raise CkptfsError(f"staging file of version {run.version:x} changed under the uploader")
         run.entries[index] = (identifier, cut.length)
-        if blob is not None:
-            return identifier, cut.length, blob
+        if pieces is not None:
+            return identifier, cut.length, pieces
         # From here to the claim, no await: two calls never both pack one chunk.
         if self.known(identifier) is not None:
             self._deduplicated(run, cut.length)
@@ -169,8 +173,8 @@ class ChunkUploads:
             return None
         self._inflight_chunks[identifier] = trio.Event()
         run.claimed.add(identifier)
-        _, blob = await trio.to_thread.run_sync(codec.encode, data, identifier, limiter=self.cpu)
-        return identifier, cut.length, blob
+        pieces = await trio.to_thread.run_sync(codec.encode_parts, data, identifier, limiter=self.cpu)
+        return identifier, cut.length, pieces
 
     def known(self, identifier: bytes) -> Location | None:
         """Where the lake holds a chunk, unless that object is one garbage collection marked."""
@@ -198,7 +202,7 @@ class ChunkUploads:
                     if item is not None:
                         current = current or _Pack()
                         current.objects.append(item)
-                        current.size += len(item[2])
+                        current.size += sum(len(piece) for piece in item[2])
                     run.holding -= 1
                     run.slots.release()
                     if current is not None and current.size >= self.pack_bytes:
@@ -224,7 +228,7 @@ class ChunkUploads:
                 try:
                     pack_id = packs.new_pack_id()
                     data, locations = await trio.to_thread.run_sync(
-                        packs.encode, pack_id, [(identifier, blob) for identifier, _, blob in pack.objects],
+                        packs.encode, pack_id, [(identifier, pieces) for identifier, _, pieces in pack.objects],
                         limiter=self.cpu)
                     pack.objects = []  # the objects are in `data` now: hold them once
                     await trio.to_thread.run_sync(self.lake.put_pack, pack_id, data, limiter=self.network)
@@ -247,7 +251,7 @@ class ChunkUploads:
                 self._inflight_chunks.pop(identifier).set()
 
 
-def _read_chunk(fd: int, cut: Cut) -> tuple[bytes, bytes, bytes | None]:
+def _read_chunk(fd: int, cut: Cut) -> tuple[bytes, bytes, _Object | None]:
     """In a worker thread, one hand-off for what every chunk needs: its bytes, its id, and for a
     small chunk its object. A small chunk is always packed again next to its neighbours, even while
     another call packs it too: a torch.save record header is the same in every save, and naming
@@ -258,7 +262,7 @@ def _read_chunk(fd: int, cut: Cut) -> tuple[bytes, bytes, bytes | None]:
     data = os.pread(fd, cut.length, cut.offset)
     identifier = codec.chunk_id(data)
     if cut.length < SMALL_CHUNK and len(data) == cut.length:
-        return data, identifier, codec.encode(data, identifier)[1]
+        return data, identifier, codec.encode_parts(data, identifier)
     return data, identifier, None
 
 

@@ -49,13 +49,18 @@ def should_compress(data: bytes | memoryview) -> bool:
 def encode(data: bytes | memoryview, identifier: bytes | None = None) -> tuple[bytes, bytes]:
     """Return (id, object bytes) for raw chunk data, lz4-compressing only where it pays."""
     identifier = identifier or chunk_id(data)
+    return identifier, b"".join(encode_parts(data, identifier))
+
+
+def encode_parts(data: bytes | memoryview, identifier: bytes) -> tuple[bytes, bytes | memoryview]:
+    """The chunk object of raw chunk data as its two pieces, header and payload (the data itself
+    unless lz4 pays), for a pack to copy once (packs.encode)."""
     codec, payload = CODEC_RAW, data
     if should_compress(data):
         compressed = lz4.block.compress(data, store_size=False)
         if len(compressed) < _WORTH_IT * len(data):
             codec, payload = CODEC_LZ4, compressed
-    header = _HEADER.pack(MAGIC, FORMAT, codec, 0, len(data), identifier)
-    return identifier, b"".join((header, payload))  # one copy (`header + bytes(payload)` made two)
+    return _HEADER.pack(MAGIC, FORMAT, codec, 0, len(data), identifier), payload
 
 
 def decode(blob: bytes | memoryview, expected_id: bytes) -> bytes:

@@ -116,16 +116,22 @@ def parse_pack_key(key: str) -> bytes | None:
     return pack if len(pack) == 16 and key == pack_key(pack) else None
 
 
-def encode(pack: bytes, objects: list[tuple[bytes, bytes]]) -> tuple[bytes, list[Location]]:
-    """The bytes of a pack holding these (chunk id, chunk object) pairs, and where each one lies."""
+def encode(pack: bytes, objects: list[tuple[bytes, bytes | tuple[bytes, ...]]]) -> tuple[bytes, list[Location]]:
+    """The bytes of a pack holding these (chunk id, chunk object) pairs, and where each one lies.
+    An object may come as the pieces it is made of (codec.encode_parts: header, payload): they are
+    copied once, into the pack, rather than joined into an object first."""
+    pieces: list[bytes] = []
     locations, offset = [], 0
     for _, blob in objects:
-        locations.append(Location(pack, offset, len(blob)))
-        offset += len(blob)
+        parts = blob if isinstance(blob, tuple) else (blob,)
+        size = sum(len(part) for part in parts)
+        pieces += parts
+        locations.append(Location(pack, offset, size))
+        offset += size
     index = b"".join(_INDEX_ENTRY.pack(identifier, where.offset, where.stored)
                      for (identifier, _), where in zip(objects, locations, strict=True))
     trailer = _TRAILER.pack(offset, len(objects), MAGIC)
-    return b"".join([*(blob for _, blob in objects), index, trailer]), locations
+    return b"".join([*pieces, index, trailer]), locations
 
 
 def index_range(pack: bytes, trailer: bytes, size: int) -> tuple[int, int]:
