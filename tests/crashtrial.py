@@ -301,8 +301,12 @@ def run_trials(workdir: str, trials: int, *, seed: int = 0, store_url: str | Non
             return os.path.join(layer.mountpoint, "cache")
         return os.path.join(workdir, f"cache{index}")
 
+    live: list[Mount] = []  # this trial's mounts and processes: stopped however the run ends
+    running: list[subprocess.Popen] = []
+
     def start_mounts() -> list[Mount] | None:
-        mounts = []
+        mounts = live
+        mounts.clear()
         for index in range(shape.mounts):
             mount = Mount(store_url, os.path.join(workdir, f"mnt{index}"), cache_dir(index),
                           os.path.join(workdir, f"daemon{index}.log"), extra=extra)
@@ -334,7 +338,8 @@ def run_trials(workdir: str, trials: int, *, seed: int = 0, store_url: str | Non
                 result.torn_versions += [f"after trial {trial - 1}: {line}" for line in torn]
             if shape.gc and trial == 0:
                 mounts[0].cli("retention", "set", mounts[0].mountpoint, "--keep-last", "1")
-            processes = []
+            processes = running
+            processes.clear()
             for index, mount in enumerate(mounts):
                 for k in range(shape.writers):
                     processes.append(subprocess.Popen(
@@ -365,6 +370,7 @@ def run_trials(workdir: str, trials: int, *, seed: int = 0, store_url: str | Non
                 process.wait()
             for mount in mounts:
                 mount.kill()
+            live.clear()
             if layer is not None:
                 layer.revive()
             result.trials += 1
@@ -385,7 +391,16 @@ def run_trials(workdir: str, trials: int, *, seed: int = 0, store_url: str | Non
             finally:
                 for mount in final:
                     mount.unmount()
+                live.clear()
     finally:
+        # Stopped mid-trial (SIGTERM, an error): its writers and mounts go before the layer and the
+        # workdir do; a mount left behind kept the workdir from being removed.
+        for process in running:  # SIGKILL ends a stopped process too
+            _signal(process, signal.SIGKILL, group=shape.gc and process is running[-1])
+            process.wait()
+        running.clear()
+        for mount in live:
+            mount.kill()
         if layer is not None:
             layer.stop()
     result.recorded_files = checked
