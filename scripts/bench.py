@@ -522,6 +522,8 @@ def run_system(bench: Bench, kind: type[System], data: list[dict]) -> None:
             stall, durable = system.save(fresh, f"r{round_number}/step-{step}-again/model.pt")
             bench.record(system.name, "identical re-save: stall (s)", stall)
             bench.record(system.name, "identical re-save: time to durable (s)", durable)
+            # from close: the stall is the page-cache copy into staging, the rest is the daemon's own
+            bench.record(system.name, "identical re-save: close to durable (s)", durable - stall)
             bench.record(system.name, "identical re-save: new bytes (% of size)",
                          100 * (system.stored_bytes() - stored) / round_data["size"])
             stored = system.stored_bytes()
@@ -674,6 +676,9 @@ def ratios(bench: Bench, foot: dict[str, float],
     quick = r(m("identical re-save: time to durable (s)", "ckptfs"),
               m("time to durable (s)", "ckptfs"))
     rows.append(("identical re-save: durable vs fresh", f"{100 * quick:.0f}%", "≤ 10%", quick <= 0.10))
+    after_close = r(m("identical re-save: close to durable (s)", "ckptfs"), m("time to durable (s)", "ckptfs"))
+    rows.append(("identical re-save: close to durable vs fresh (stall aside)", f"{100 * after_close:.0f}%",
+                 "≤ 10%", after_close <= 0.10))
     changed = m("90%-unchanged re-save: new bytes (% of size)", "ckptfs")
     rows.append(("90%-unchanged re-save: new bytes", f"{changed:.1f}%", "≤ 15%", changed <= 15))
     cold = r(m("cold restore (MB/s)", "ckptfs"), m("cold restore (MB/s)", "boto3 direct"))

@@ -65,3 +65,49 @@ def test_a_chunk_buffer_freed_at_the_top_of_the_heap_is_kept_for_the_next():
     pages = 256
     assert _probe(FAULTS, "mmap-only") >= 32 * pages
     assert _probe(FAULTS, "fixed") <= 2 * pages
+
+
+
+HEAPS = """
+import ctypes, os, sys, tempfile, threading
+from ckptfs.libc import libc, set_heap_thresholds
+assert set_heap_thresholds()
+
+all_hold = threading.Barrier(8)
+
+def worker():
+    held = [b"x" * (1 << 20) for _ in range(4)]  # chunk buffers, all threads at once
+    all_hold.wait()
+    del held
+
+threads = [threading.Thread(target=worker) for _ in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+with tempfile.NamedTemporaryFile() as report:
+    stream = libc.fopen(report.name.encode(), b"w")
+    libc.malloc_info(0, stream)
+    libc.fclose(stream)
+    print(open(report.name).read().count("<heap nr="))
+"""
+
+
+def _heaps(arena_max: str | None) -> int:
+    env = {"PATH": "/usr/bin:/bin"}
+    if arena_max is not None:
+        env["MALLOC_ARENA_MAX"] = arena_max  # wins over the daemon's own setting
+    return int(subprocess.run([sys.executable, "-c", HEAPS], env=env, check=True, capture_output=True,
+                              text=True).stdout)
+
+
+def test_threads_that_allocate_at_once_share_two_heaps():
+    # Each heap keeps up to the trim threshold (16 MiB) free at its top, and glibc gives a thread that
+    # allocates while the others hold theirs a heap of its own (up to 8 per core): the daemon's worker
+    # threads come and go and the heaps, each keeping its 16 MiB, crept up over a soak.
+    assert _heaps("64") >= 8  # the main thread's heap and one per worker thread
+    assert _heaps(None) <= 2
