@@ -68,8 +68,8 @@ def set_heap_thresholds() -> bool:
 
     Each heap keeps that much, and glibc gives every thread that allocates while the others hold
     theirs a heap of its own, up to 8 per core: trio's worker threads come and go, each new one may
-    start another heap, and in a soak a daemon's RSS crept from 175 to 218 MiB in 37 minutes while
-    its thread heaps went from 105 to 127 MiB. The heaps are capped at two: nearly all of the
+    start another heap: in a soak a daemon's RSS crept from 175 to 218 MiB in 50 minutes, the last
+    30 MiB of it 22 MiB of thread heaps. The heaps are capped at two: nearly all of the
     daemon's allocations are made holding the GIL, so threads do not queue for a heap.
 
     MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or MALLOC_ARENA_MAX in the environment wins for its
