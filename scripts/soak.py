@@ -163,10 +163,15 @@ def rank_main(args: argparse.Namespace) -> int:
     # Every rank takes the same steps, and saves at the same ones: DCP's save is a collective.
     save_every = max(1, round(args.interval / STEP_S))
     stop = os.path.join(os.path.dirname(args.events), "stop")
+    syncing: list[threading.Thread] = []
     while True:
         stopping = [os.path.exists(stop)]
         dist.broadcast_object_list(stopping, src=0)  # every rank leaves at the same step
         if stopping[0]:
+            # a rank asked to stop leaves when its saves are durable: a `ckptfs sync` still waiting
+            # on the mount would keep it busy for the unmount that follows
+            for thread in syncing:
+                thread.join()
             break
         train_step(model, optim, rng)
         step += 1
@@ -199,7 +204,9 @@ def rank_main(args: argparse.Namespace) -> int:
             digests.update(digest_of(model))
         log(event="saved", kind=kind, step=step, path=relative, stall=stall, digests=digests)
         if kind == "dcp" or rank == 0:
-            threading.Thread(target=_durable, args=(log, mount, path, kind, step), daemon=True).start()
+            syncing = [thread for thread in syncing if thread.is_alive()]
+            syncing.append(threading.Thread(target=_durable, args=(log, mount, path, kind, step), daemon=True))
+            syncing[-1].start()
         if rank == 0:
             _rotate(os.path.dirname(path))
     return 0

@@ -119,9 +119,16 @@ class Mount:
         """Unmount the way a user does (fusermount3 -u) and wait for the daemon to drain and exit."""
         if self.process is None:
             return
-        subprocess.run([FUSERMOUNT, "-u", self.mountpoint], capture_output=True)
+        deadline = time.monotonic() + timeout
         try:
-            self.process.wait(timeout=timeout)
+            while True:
+                done = subprocess.run([FUSERMOUNT, "-u", self.mountpoint], capture_output=True, text=True)
+                if done.returncode == 0 or self.process.poll() is not None or "busy" not in done.stderr:
+                    break  # unmounted, or not mounted any more: the daemon is on its way out
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{FUSERMOUNT} -u {self.mountpoint}: {done.stderr.strip()}")
+                time.sleep(0.2)  # a process still has the mount in use (a file open, a call under way)
+            self.process.wait(timeout=max(1.0, deadline - time.monotonic()))
         finally:
             self.kill()
 
