@@ -782,6 +782,12 @@ def main() -> int:
         result = soak.run()
     finally:
         soak.close()
+        # the daemons' and ranks' logs outlive the work dir: where a figure went wrong, they say why
+        logs = os.path.join(args.out, "logs")
+        os.makedirs(logs, exist_ok=True)
+        for name in os.listdir(work):
+            if name.endswith((".log", ".jsonl")):
+                shutil.copy(os.path.join(work, name), logs)
     with open(os.path.join(args.out, "soak.json"), "w") as file:
         json.dump({k: v for k, v in result.items() if k != "events"} | {"saves": [
             e for e in result["events"] if e["event"] != "save_begin"]}, file, indent=1, default=str)
