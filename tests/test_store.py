@@ -43,6 +43,16 @@ def test_store_contract(store):
         store.get("a/c")
 
 
+def test_many_keys_go_in_one_call_and_missing_ones_are_no_error(store):
+    for index in range(5):
+        store.put(f"feed/{index}", b"")
+    store.delete_many(["feed/0", "feed/2", "feed/4", "feed/missing"])
+    assert list(store.list("feed/")) == ["feed/1", "feed/3"]
+    RetryingStore(store).delete_many(["feed/1", "feed/3"])
+    RetryingStore(store).delete_many([])
+    assert list(store.list("feed/")) == []
+
+
 def test_a_range_read_in_parts_gives_each_part_its_own_bytes(store):
     # lake.get_run reads a run of chunk objects as (gap, header, payload) parts of one ranged GET.
     data = bytes(range(256)) * 64

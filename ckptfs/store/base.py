@@ -106,6 +106,12 @@ class ObjectStore(abc.ABC):
     def delete(self, key: str) -> None:
         """Remove the key; removing a missing key is not an error."""
 
+    def delete_many(self, keys: list[str]) -> None:
+        """Remove every key (missing ones are not an error): one request per key by default, one
+        per 1,000 on S3 (DeleteObjects)."""
+        for key in keys:
+            self.delete(key)
+
     def set_storage_class(self, key: str, storage_class: str) -> None:
         """Move an object to another storage class (S3: a copy onto itself)."""
         raise PermanentStoreError(f"{self.url} has no storage classes: tiers need an S3 lake")
@@ -203,6 +209,10 @@ class RetryingStore(ObjectStore):
 
     def delete(self, key: str) -> None:
         self._retry(f"DELETE {key}", lambda: self.inner.delete(key))
+
+    def delete_many(self, keys: list[str]) -> None:
+        if keys:  # deleting again what a failed attempt deleted is no error
+            self._retry(f"DELETE {len(keys)} keys from {keys[0]}", lambda: self.inner.delete_many(keys))
 
     def set_storage_class(self, key: str, storage_class: str) -> None:
         self._retry(f"COPY {key}", lambda: self.inner.set_storage_class(key, storage_class))

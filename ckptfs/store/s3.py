@@ -188,3 +188,18 @@ class S3Store(ObjectStore):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         except Exception as error:  # noqa: BLE001
             raise classify(error, f"DELETE {key}") from None
+
+    def delete_many(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes up to 1,000 keys
+            batch = keys[start:start + 1000]
+            try:
+                answer = self.client.delete_objects(Bucket=self.bucket, Delete={
+                    "Objects": [{"Key": self._key(key)} for key in batch], "Quiet": True})
+            except Exception as error:  # noqa: BLE001
+                raise classify(error, f"DELETE {len(batch)} keys from {batch[0]}") from None
+            failed = answer.get("Errors") or []
+            if failed:  # per-key failures come in a 200 answer, classified as the same error would be
+                first = failed[0]
+                error = botocore.exceptions.ClientError(
+                    {"Error": {"Code": first.get("Code", ""), "Message": first.get("Message", "")}}, "DeleteObjects")
+                raise classify(error, f"DELETE {first.get('Key')} ({len(failed)} of {len(batch)} keys not deleted)")
