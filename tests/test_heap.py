@@ -67,7 +67,6 @@ def test_a_chunk_buffer_freed_at_the_top_of_the_heap_is_kept_for_the_next():
     assert _probe(FAULTS, "fixed") <= 2 * pages
 
 
-
 HEAPS = """
 import ctypes, os, sys, tempfile, threading
 from ckptfs.libc import libc, set_heap_thresholds

@@ -43,7 +43,7 @@ def test_store_contract(store):
         store.get("a/c")
 
 
-def test_many_keys_go_in_one_call_and_missing_ones_are_no_error(store):
+def test_many_keys_are_deleted_at_once_and_missing_ones_are_no_error(store):
     for index in range(5):
         store.put(f"feed/{index}", b"")
     store.delete_many(["feed/0", "feed/2", "feed/4", "feed/missing"])

@@ -74,6 +74,5 @@ class Snapshots:
 
     def _prune(self, existing: list[tuple[int, str, int, str]], horizon_ns: int) -> None:
         """Older snapshots beyond the newest KEEP_SNAPSHOTS, and feed markers before the horizon."""
-        for _, _, _, key in existing[:max(0, len(existing) + 1 - KEEP_SNAPSHOTS)]:
-            self.lake.store.delete(key)
+        self.lake.store.delete_many([key for _, _, _, key in existing[:max(0, len(existing) + 1 - KEEP_SNAPSHOTS)]])
         self.lake.prune_feed(horizon_ns)
