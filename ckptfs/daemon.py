@@ -39,7 +39,7 @@ from ckptfs.cache.journal import OPEN, SEALED, Journal
 from ckptfs.cache.rebuild import prepare_journal
 from ckptfs.cache.staging import Staging
 from ckptfs.engine.prefix import MIN_ROUND_BYTES, default_round_bytes
-from ckptfs.engine.snapshots import SNAPSHOT_SEGMENTS, Snapshots
+from ckptfs.engine.snapshots import SNAPSHOT_SEGMENTS
 from ckptfs.engine.uploader import Uploader
 from ckptfs.errors import ConfigError
 from ckptfs.files import FileSystem
@@ -359,13 +359,11 @@ async def _main(config: MountConfig, mount: Mount, kernel: KernelCaches, on_read
             log.info("caught up with the lake: %d events from %d segments", caught_up["events"],
                      caught_up["segments"])
         kernel.ready = True
-        # The reading at start counts as a sweep: fold what it makes foldable, and write a snapshot
-        # if the lake's newest is far behind (engine/snapshots.py), once the mount is serving: a
-        # snapshot of a large lake takes seconds to encode and upload.
-        nursery.start_soon(_fold_after_start, mount.snapshots, state["listed_at_ns"])
         if state["new_cache"]:
             nursery.start_soon(learn_known_chunks, mount.lake, mount.journal)
         await nursery.start(mount.following.run)
+        # The reading at start counts as a sweep: folded, and maybe a snapshot, once serving.
+        await mount.following.fold(state["listed_at_ns"])
         nursery.start_soon(_commit_periodically, files)
         if config.metrics_address:
             from ckptfs.metrics import start_metrics, update_metrics
@@ -399,13 +397,6 @@ async def _main(config: MountConfig, mount: Mount, kernel: KernelCaches, on_read
             log.info("not draining: %d events stay queued for the next mount on %s",
                      mount.journal.outbox_length(), config.cache_dir)
         nursery.cancel_scope.cancel()
-
-
-async def _fold_after_start(snapshots: Snapshots, listed_at_ns: int) -> None:
-    try:
-        await snapshots.swept(listed_at_ns)
-    except Exception as error:  # noqa: BLE001 - the next sweep (minutes away) does it again
-        log.warning("could not fold or snapshot the namespace after start: %s", error)
 
 
 async def _commit_periodically(files: FileSystem) -> None:

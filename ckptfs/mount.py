@@ -16,6 +16,7 @@ lake-level object below both.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -80,6 +81,9 @@ class Following:
         self._lock = trio.Lock()  # a refresh asked for while one runs waits for it and runs anew
         self.last_forced_snapshot: dict[str, Any] = {}  # the answer to the last `ckptfs snapshot`
         self._collected_records: set[str] = set()  # gc/collected/ records read (they never change)
+        # Sweeps whose fold and snapshot are still to do, for the writer `run` starts: the newest
+        # sweep's start covers the older ones. None while no writer runs (refresh does it inline).
+        self._to_fold: trio.MemorySendChannel[int] | None = None
 
     async def refresh(self, *, sweep: bool = False) -> dict[str, Any]:
         records: dict[str, Any] = {}
@@ -93,12 +97,22 @@ class Following:
             await self.forget(self.files.remote.take_invalidations())
             result = self.follower.advance(fetched)
         if result["swept_at_ns"] is not None:
-            await self.snapshots.swept(result["swept_at_ns"])
+            await self.fold(result["swept_at_ns"])
             if not records:
                 await self._read_records(records)
             self.files.tree.view.collected.update(records["collected"])
             self.files.tree.view.past.tags = {tag.name: (tag.root, dict(tag.entries)) for tag in records["tags"]}
         return result
+
+    async def fold(self, swept_at_ns: int) -> None:
+        """After a sweep that started at `swept_at_ns`: fold, and write a snapshot if the lake's
+        newest is far behind (engine/snapshots.py). Neither changes what this mount shows, and a
+        snapshot's PUT and the prune after it take seconds on a large lake (the soak's fresh mount
+        waited 66 s in `latest`): the writer task `run` starts does them; without one, here."""
+        if self._to_fold is not None:
+            self._to_fold.send_nowait(swept_at_ns)
+        else:
+            await self.snapshots.swept(swept_at_ns)
 
     async def _read_records(self, into: dict[str, Any]) -> None:
         """What GC collected (it leaves .versions) and the tags: read at start, on `ckptfs refresh`
@@ -125,9 +139,36 @@ class Following:
         return self.last_forced_snapshot
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+        """Refresh every `interval` seconds (never if 0), and fold and snapshot after each sweep
+        in a task of its own, until cancelled."""
+        send, receive = trio.open_memory_channel[int](math.inf)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._fold_swept, receive)
+            self._to_fold = send
+            try:
+                task_status.started()
+                await self._refresh_periodically()
+            finally:
+                self._to_fold = None
+
+    async def _fold_swept(self, receive: trio.MemoryReceiveChannel[int]) -> None:
+        async with receive:
+            async for swept_at_ns in receive:
+                while True:  # sweeps queued meanwhile: the newest covers them
+                    try:
+                        swept_at_ns = max(swept_at_ns, receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                try:
+                    await self.snapshots.swept(swept_at_ns)
+                except Exception as error:  # noqa: BLE001 - the next sweep folds and tries again
+                    if not isinstance(error, (StoreError, OSError)):
+                        log.exception("unexpected failure folding or writing a snapshot")
+                    log.warning("could not fold or snapshot the namespace: %s", error)
+
+    async def _refresh_periodically(self) -> None:
         if self.interval <= 0:
-            return
+            await trio.sleep_forever()
         while True:
             await trio.sleep(self.interval)
             try:

@@ -5,6 +5,7 @@ and nothing a mount is writing is lost. A randomized model drives three mounts a
 import json
 import os
 import stat
+import threading
 from contextlib import asynccontextmanager
 
 import trio
@@ -435,3 +436,46 @@ def test_a_path_set_answers_one_of_under_or_above_without_scanning():
     assert all(held.related(path) for path in related)
     assert not any(held.related(path) for path in unrelated)
     assert not PathSet().related(b"") and set(held) == {b"run/step-1/rank-0.distcp", b"run/last"}
+
+
+class HeldSnapshots(MemoryStore):
+    """A memory store whose snapshot PUTs wait until `release` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.waiting = threading.Event()
+
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+        if key.startswith("snapshots/"):
+            self.waiting.set()
+            assert self.release.wait(30), "never released"
+        super().put(key, data, if_absent=if_absent)
+
+
+def test_a_sweep_answers_before_the_snapshot_it_makes_due_is_written(tmp_path):
+    """`latest` and `ckptfs refresh` sweep, and a sweep can make a snapshot due. The snapshot's
+    PUT and the prune after it change nothing the mount shows, so a following mount writes it in
+    a task of its own: the sweep answers while the PUT hangs, and the snapshot lands after."""
+    store = HeldSnapshots()
+    lake = Lake(RetryingStore(store, first_delay=0.001, max_delay=0.01))
+    lake.open()
+
+    async def main():
+        async with mounts(tmp_path, lake, 1, snapshot_every=1) as (a,):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(a.mount.following.run)
+                await a.write(b"ckpt/model.pt", b"weights")
+                await a.sync()
+                with trio.fail_after(10):
+                    await a.follower.refresh(sweep=True)
+                    await trio.to_thread.run_sync(store.waiting.wait, 10)  # the writer is in its PUT
+                assert a.snapshots.written == 0 and not lake.snapshots()
+                store.release.set()
+                with trio.fail_after(10):
+                    while not a.snapshots.written:
+                        await trio.sleep(0.01)
+                assert len(lake.snapshots()) == 1
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
