@@ -173,6 +173,45 @@ def test_a_policy_and_two_runs_a_grace_apart_free_what_retention_drops_and_nothi
     trio.run(main)
 
 
+class DeletesRecorded(MemoryStore):
+    """A memory store that records each delete_many call's keys."""
+
+    def __init__(self, clock: WallClock) -> None:
+        super().__init__(clock=clock)
+        self.calls: list[list[str]] = []
+
+    def delete_many(self, keys: list[str]) -> None:
+        self.calls.append(list(keys))
+        super().delete_many(keys)
+
+
+def test_gc_deletes_in_runs_and_every_manifest_before_any_pack(tmp_path):
+    """On S3 a run of keys is one DeleteObjects; the order (manifests, then packs) is what keeps a
+    reader from finding a manifest whose pack is gone."""
+    clock = WallClock()
+    store = DeletesRecorded(clock)
+    lake, _, _ = new_lake(clock, store=store)
+
+    async def main():
+        mount = mount_on(tmp_path, "a" * 16, lake, clock=clock)
+        async with running(mount):
+            for _ in range(5):
+                await save(mount.files, b"model.pt", os.urandom(MIB))
+                await published(mount.files)
+        lake.set_retention(b"", Policy(keep_last=1))
+        for _ in range(3):
+            report = collect(lake, clock)
+            clock.advance(GRACE + 1)
+        assert report.deleted >= 8  # 4 manifests and their packs
+        deleted = [key for call in store.calls for key in call]
+        assert len(deleted) == report.deleted and len(store.calls) == 2
+        kinds = [key.split("/", 1)[0] for key in deleted]
+        assert kinds == ["manifests"] * 4 + ["packs"] * (report.deleted - 4)
+        assert not set(deleted) & set(store.list(""))
+
+    trio.run(main)
+
+
 async def _save_version(mount, name: bytes, data: bytes, saved: dict[str, bytes]) -> str:
     ino = await save(mount.files, name, data)
     await published(mount.files)
