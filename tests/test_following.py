@@ -463,16 +463,17 @@ def test_a_sweep_answers_before_the_snapshot_it_makes_due_is_written(tmp_path):
 
     async def main():
         async with mounts(tmp_path, lake, 1, snapshot_every=1) as (a,):
+            a.snapshots.threshold = 1  # due after one segment (drawn between 1 and 2 otherwise)
             async with trio.open_nursery() as nursery:
                 await nursery.start(a.mount.following.run)
                 await a.write(b"ckpt/model.pt", b"weights")
                 await a.sync()
-                with trio.fail_after(10):
+                with trio.fail_after(30):
                     await a.follower.refresh(sweep=True)
-                    await trio.to_thread.run_sync(store.waiting.wait, 10)  # the writer is in its PUT
+                assert await trio.to_thread.run_sync(store.waiting.wait, 30)  # the writer is in its PUT
                 assert a.snapshots.written == 0 and not lake.snapshots()
                 store.release.set()
-                with trio.fail_after(10):
+                with trio.fail_after(30):
                     while not a.snapshots.written:
                         await trio.sleep(0.01)
                 assert len(lake.snapshots()) == 1
