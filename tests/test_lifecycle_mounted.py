@@ -99,11 +99,14 @@ def test_a_rotating_run_a_policy_and_gc_free_the_rotated_checkpoints_and_keep_th
     tagged_dir = mount.path(".versions", "run", "checkpoint-3", "model.pt")
     (version,) = os.listdir(tagged_dir)
     assert torch.load(os.path.join(tagged_dir, version))["step"] == 3
+    time.sleep(2)  # the hold of what was just read is written within a second of the open
     history = json.loads(ok("log", run, "--json"))
     by_path = {(row["path"], row.get("deleted", False)): row for row in history}
     assert by_path[("run/checkpoint-3/model.pt", False)]["rules"] == ["tag best", "held"]  # read via .tags
     assert by_path[("run/checkpoint-1/model.pt", False)]["collected"]
-    assert by_path[("run/checkpoint-6/model.pt", False)]["rules"] == ["live"]
+    # Read back above: held too, though this mount wrote it (a job may resume on the node that saved).
+    assert by_path[("run/checkpoint-6/model.pt", False)]["rules"] == ["live", "held"]
+    assert by_path[("run/checkpoint-6/trainer_state.json", False)]["rules"] == ["live"]  # never read
     assert by_path[("run/checkpoint-6/model.pt", False)]["mount"]
     ok("refresh", mount.mountpoint)  # a sweep: the mount learns what GC collected
     assert os.listdir(mount.path(".versions", "run", "checkpoint-1", "model.pt")) == []
