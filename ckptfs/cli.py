@@ -532,9 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--refresh", type=float, default=5.0, metavar="SECONDS",
                        help="apply what other mounts publish every this many seconds (default 5; 0: only at "
                             "start and on `ckptfs refresh`)")
-    mount.add_argument("--snapshot-every", type=int, default=500, metavar="SEGMENTS",
+    mount.add_argument("--snapshot-every", type=int, default=100, metavar="SEGMENTS",
                        help="write a namespace snapshot when the newest one is this many log segments (up to "
-                            "twice that) behind; mounts starting later read it instead (default 500)")
+                            "twice that) behind; mounts starting later read it instead (default 100)")
     mount.add_argument("--lake-setting", action="append", type=parse_lake_setting, metavar="NAME=SECONDS",
                        help="a setting of the lake this mount creates (ignored for an existing lake): "
                             "gc_grace_s (default 86400), fold_s (10), late_publish_s (600), max_clock_skew_s (300)")

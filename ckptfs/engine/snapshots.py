@@ -25,7 +25,7 @@ from ckptfs.lake.replay import LakeReplay
 from ckptfs.lake.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
-SNAPSHOT_SEGMENTS = 500  # write a snapshot when the newest one is this many segments (or up to 2x) behind
+SNAPSHOT_SEGMENTS = 100  # write a snapshot when the newest one is this many segments (or up to 2x) behind
 KEEP_SNAPSHOTS = 2
 
 

@@ -4,9 +4,10 @@
   version, or every file of a directory as it is when tagged. Tagged versions are never collected,
   and a mount shows them read-only under `.tags/NAME/`.
 * A **hold** (`holds/<mount id>`) lists the manifests a mount has opened for reading (its own
-  writing too: a job may resume on the node that saved), with when it last opened each. A checkpoint a job resumed from is held for
-  HOLD_NS after its last open, even after rotation or retention dropped it from the history's
-  kept versions (the mount rewrites the object within a second of a new open; GC reads them all).
+  writing too: a job may resume on the node that saved), with when it last opened each. A
+  checkpoint a job resumed from is held for HOLD_NS after its last open, even after rotation or
+  retention dropped it from the history's kept versions (the mount rewrites the object within a
+  second of a new open; GC reads them all).
 """
 
 from __future__ import annotations
