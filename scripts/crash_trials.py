@@ -40,6 +40,9 @@ def main() -> int:
     parser.add_argument("--gc", action="store_true", help="`ckptfs gc` (keep-last 1, grace 2 s) throughout")
     parser.add_argument("--power-cut", action="store_true",
                         help="the first mount's cache disk loses what no fsync made durable at each kill")
+    parser.add_argument("--cache-size", default="2G",
+                        help="each mount's --cache-size: bounded, as on a node, so that staging files are "
+                             "evicted and a trial's start does not grow with every trial before it")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop by pid: the mounts and the layer are cleaned up
     shape = Shape(writers=args.writers, mounts=args.mounts, memmap=args.memmap, gc=args.gc, power_cut=args.power_cut)
@@ -47,9 +50,10 @@ def main() -> int:
 
     def progress(result) -> None:
         if result.trials % 50 == 0:
-            print(f"  {result.trials} trials, {len(result.lost_files)} lost, {len(result.torn_versions)} torn, "
-                  f"{len(result.start_failures)} failed starts", flush=True)
+            print(f"  {result.trials} trials in {time.monotonic() - started:.0f} s, {len(result.lost_files)} lost, "
+                  f"{len(result.torn_versions)} torn, {len(result.start_failures)} failed starts", flush=True)
 
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ckptfs-crash-") as workdir:
         store_url, extra = None, []
         if args.store == "s3":
@@ -62,7 +66,7 @@ def main() -> int:
             bucket = f"crash-{uuid.uuid4().hex[:8]}"
             boto3.client("s3", endpoint_url=server.endpoint).create_bucket(Bucket=bucket)
             store_url, extra = f"s3://{bucket}/lake", ["--endpoint-url", server.endpoint]
-        started = time.monotonic()
+        extra += ["--cache-size", args.cache_size]
         try:
             result = run_trials(workdir, args.trials, seed=args.seed, store_url=store_url, extra=extra,
                                 max_kill_delay=args.max_kill_delay, shape=shape, progress=progress)
