@@ -310,8 +310,9 @@ def run_trials(workdir: str, trials: int, *, seed: int = 0, store_url: str | Non
         for index in range(shape.mounts):
             mount = Mount(store_url, os.path.join(workdir, f"mnt{index}"), cache_dir(index),
                           os.path.join(workdir, f"daemon{index}.log"), extra=extra)
+            mounts.append(mount)  # in `live` while it starts: a stop then kills its daemon too
             try:
-                mounts.append(mount.start(timeout=120))
+                mount.start(timeout=120)
             except RuntimeError as error:
                 result.start_failures.append(f"mount {index}: {str(error).splitlines()[0]}")
                 for started in mounts:
