@@ -480,3 +480,56 @@ def test_a_sweep_answers_before_the_snapshot_it_makes_due_is_written(tmp_path):
                 nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+class HeldMountsListing(MemoryStore):
+    """A memory store whose LIST of `mounts/`, while `hold` is set, waits (up to 10 s) for a LIST
+    of some mount's log to begin, and records whether one did."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False
+        self.log_listed = threading.Event()
+        self.log_listed_during_mounts_listing: bool | None = None
+
+    def list(self, prefix: str, start_after: str | None = None):
+        if prefix.startswith("log/"):
+            self.log_listed.set()
+        if self.hold and prefix == "mounts/":
+            self.log_listed_during_mounts_listing = self.log_listed.wait(10)
+        return super().list(prefix, start_after)
+
+
+def test_a_sweep_lists_the_logs_it_knows_while_it_lists_the_mounts(tmp_path):
+    """A sweep (`ckptfs latest` waits for one) lists `mounts/` to find mounts it has never seen. It
+    lists the logs of the mounts it knows meanwhile, not after, and a mount the listing adds is
+    still read in the same sweep."""
+    store = HeldMountsListing()
+    lake = Lake(RetryingStore(store, first_delay=0.001, max_delay=0.01))
+    lake.open()
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            a = Node(mount_on(tmp_path, "a", lake))
+            await nursery.start(a.mount.run_engine)
+            await a.write(b"run/one.pt", b"1")
+            await a.sync()
+            b = Node(mount_on(tmp_path, "b", lake))  # knows a from its start
+            c = Node(mount_on(tmp_path, "c", lake))  # b has never seen c
+            for node in (b, c):
+                await nursery.start(node.mount.run_engine)
+            await a.write(b"run/two.pt", b"2")
+            await c.write(b"run/three.pt", b"3")
+            await a.sync()
+            await c.sync()
+            store.log_listed.clear()
+            store.hold = True
+            with trio.fail_after(30):
+                result = await b.follower.refresh(sweep=True)
+            store.hold = False
+            assert store.log_listed_during_mounts_listing is True
+            assert result["mounts"] == 3 and result["swept_at_ns"] is not None
+            assert await b.read(b"run/two.pt") == b"2" and await b.read(b"run/three.pt") == b"3"
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)

@@ -42,7 +42,7 @@ class Fetched:
 
 
 class Follower:
-    def __init__(self, lake: Lake, mount_id: str, replay: LakeReplay, *, network_threads: int = 8) -> None:
+    def __init__(self, lake: Lake, mount_id: str, replay: LakeReplay, *, network_threads: int = 32) -> None:
         self.lake = lake
         self.mount_id = mount_id
         self.replay = replay  # this mount's own segments reach it as they are published, not by reading
@@ -68,31 +68,30 @@ class Follower:
         """The last seq of a mount's log that needs no reading."""
         return max(self.cursors.get(mount, -1), self.replay.covered.get(mount, -1))
 
-    async def _mounts_to_read(self, sweep: bool) -> tuple[list[str], int | None]:
-        """The mounts whose logs may have new segments: all of them on a sweep (and the time it
-        started), else the ones the change feed names since the last look (one LIST)."""
-        now_ns = time.time_ns()
-        if sweep or self._last_sweep is None or time.monotonic() - self._last_sweep > SWEEP_SECONDS:
-            found = await trio.to_thread.run_sync(self.lake.mounts, limiter=self.network)
-            self.lists += 1
-            self._last_sweep = time.monotonic()
-            self._feed_from = max(self._feed_from, now_ns - FEED_LOOKBACK_NS)
-            return sorted(set(found) | set(self.cursors) | {self.mount_id}), now_ns
+    def _sweep_due(self, sweep: bool) -> bool:
+        return sweep or self._last_sweep is None or time.monotonic() - self._last_sweep > SWEEP_SECONDS
+
+    async def _mounts_in_feed(self) -> list[str]:
+        """The mounts the change feed names since the last look with segments not yet read (one LIST)."""
         markers = await trio.to_thread.run_sync(self.lake.feed_after, self._feed_from, limiter=self.network)
         self.lists += 1
         if markers:
             self._feed_from = max(self._feed_from, max(when for when, _, _ in markers) - FEED_LOOKBACK_NS)
-        return sorted({mount for _, mount, seq in markers if seq > self._after(mount)}), None
+        return sorted({mount for _, mount, seq in markers if seq > self._after(mount)})
 
     async def fetch(self, *, sweep: bool = False) -> Fetched:
         """What other mounts published since the last look. With `sweep` (what `ckptfs refresh` and a
         starting mount ask for), everything published before the call: every mount's log is listed.
         Without it (the periodic refresh), what the change feed shows, with a sweep every few minutes
         in case a writer's clock put its markers before the feed's look-back window. The caller
-        applies the events, then calls `advance`; one look at a time (the caller's lock)."""
+        applies the events, then calls `advance`; one look at a time (the caller's lock).
+
+        A sweep lists the logs of the mounts it knows while it lists `mounts/`, and the logs of the
+        mounts that listing adds after it: one round of requests, not two, unless a mount is new
+        (`ckptfs latest` sweeps first, and a restart waits for it)."""
         started = time.monotonic()
-        others, swept_at = await self._mounts_to_read(sweep)
         new: dict[str, list[tuple[int, str]]] = {}
+        listed: set[str] = set()
 
         async def list_one(mount: str) -> None:
             after = self._after(mount)
@@ -102,9 +101,25 @@ class Follower:
             if segments:
                 new[mount] = segments
 
-        async with trio.open_nursery() as nursery:
-            for mount in others:
-                nursery.start_soon(list_one, mount)
+        def list_each(nursery: trio.Nursery, mounts: list[str]) -> None:
+            for mount in mounts:
+                if mount not in listed:
+                    listed.add(mount)
+                    nursery.start_soon(list_one, mount)
+
+        swept_at = None
+        if self._sweep_due(sweep):
+            swept_at = time.time_ns()
+            async with trio.open_nursery() as nursery:
+                list_each(nursery, sorted(set(self.cursors) | {self.mount_id}))
+                found = await trio.to_thread.run_sync(self.lake.mounts, limiter=self.network)
+                self.lists += 1
+                list_each(nursery, sorted(found))
+            self._last_sweep = time.monotonic()
+            self._feed_from = max(self._feed_from, swept_at - FEED_LOOKBACK_NS)
+        else:
+            async with trio.open_nursery() as nursery:
+                list_each(nursery, await self._mounts_in_feed())
         fetched: list[Event] = []
 
         async def get_one(mount: str, seq: int, key: str) -> None:
@@ -117,7 +132,7 @@ class Follower:
                 for seq, key in segments:
                     nursery.start_soon(get_one, mount, seq, key)
         return Fetched(fetched, {mount: [seq for seq, _ in segments] for mount, segments in new.items()},
-                       len(others), swept_at, started)
+                       len(listed), swept_at, started)
 
     def failed(self, error: Exception) -> None:
         """A look at the lake failed; the next one tries again."""
