@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""What a restart waits for in `ckptfs latest`: a sweep of the lake, then a look at the checkpoints.
+
+On the S3 model (tests/s3model.py: moto behind a proxy with S3's first-byte latency), `--mounts`
+mounts of one lake each publish a file, one of them a DCP checkpoint; then a mount starts on a
+fresh cache dir, as a restarted job's does, and each of `ckptfs refresh` (the sweep alone),
+`ckptfs latest --no-refresh` (the look alone) and `ckptfs latest` (both) is timed `--repeats`
+times, run in this process as a restart script that imports ckptfs runs them. A sweep lists
+`mounts/` and every mount's log, so its time is rounds of requests at the first-byte latency:
+the figure that moves with the design, whatever the server's CPU.
+
+    python scripts/bench_latest.py --mounts 10 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from tests.helpers import Mount  # noqa: E402
+from tests.s3model import S3Model  # noqa: E402
+
+
+def timed(args: list[str]) -> tuple[float, str]:
+    from ckptfs import cli
+
+    out = io.StringIO()
+    started = time.monotonic()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        code = cli.main(args)
+    if code != 0:
+        raise RuntimeError(f"ckptfs {' '.join(args)} exited {code}")
+    return time.monotonic() - started, out.getvalue().strip()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mounts", type=int, default=10, help="mounts that published before the restart")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    model = S3Model()
+    mounts: list[Mount] = []
+    with tempfile.TemporaryDirectory(prefix="ckptfs-bench-latest-") as work:
+        try:
+            url = f"s3://{model.bucket()}/lake"
+            extra = ["--endpoint-url", model.endpoint, "--refresh", "0"]
+            for index in range(args.mounts):
+                mount = Mount(url, f"{work}/mnt{index}", f"{work}/cache{index}", f"{work}/daemon{index}.log",
+                              extra=extra).start(timeout=120)
+                mounts.append(mount)
+                os.makedirs(mount.path("run", "dcp"), exist_ok=True)
+                with open(mount.path("run", f"rank{index}.log"), "wb") as file:
+                    file.write(os.urandom(1000))
+                if index == 0:
+                    with contextlib.redirect_stderr(io.StringIO()):  # DCP warns it runs in one process
+                        dcp.save({"w": torch.randn(1000)}, checkpoint_id=mount.path("run", "dcp", "step-5"))
+                subprocess.run([sys.executable, "-m", "ckptfs", "sync", mount.path("run")], check=True,
+                               capture_output=True)
+            fresh = Mount(url, f"{work}/fresh", f"{work}/cache-fresh", f"{work}/daemon-fresh.log", extra=extra)
+            started = time.monotonic()
+            mounts.append(fresh.start(timeout=120))
+            print(f"{args.mounts} mounts published; a fresh mount started in {time.monotonic() - started:.2f} s")
+            top = fresh.path("run", "dcp")
+            times: dict[str, list[float]] = {"refresh (the sweep)": [], "latest --no-refresh": [], "latest": []}
+            for _ in range(args.repeats):
+                for name, command in (("refresh (the sweep)", ["refresh", fresh.mountpoint]),
+                                      ("latest --no-refresh", ["latest", "--no-refresh", top]),
+                                      ("latest", ["latest", top])):
+                    seconds, answer = timed(command)
+                    if name.startswith("latest") and not answer.endswith("step-5"):
+                        raise RuntimeError(f"latest named {answer!r}, not step-5")
+                    times[name].append(seconds)
+            for name, values in times.items():
+                print(f"  {name:22} median {statistics.median(values):.3f} s "
+                      f"(min {min(values):.3f}, max {max(values):.3f}, {len(values)} runs)")
+        finally:
+            for mount in mounts:  # before the directory goes
+                mount.unmount()
+            model.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
