@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 
 import boto3
@@ -8,6 +9,50 @@ import pytest
 
 from tests.helpers import MotoServer, Mount
 from tests.s3model import TEST_CREDENTIALS as AWS_TEST_ENV
+
+# A whole run writes tens of GB through its mounts and CI machines may have little disk to spare, while
+# pytest keeps every test's tmp_path until the run ends and moto keeps every object over 16 MiB in an
+# unlinked temporary file for as long as it runs. So a test gives back what it used once its teardown
+# is over (its mounts are stopped by then): the buckets it made are emptied and deleted, and its
+# tmp_path is removed if it passed. A failed test keeps its tmp_path to be read; a directory something
+# is still mounted under is left alone, since removing it would reach through the mount.
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        item.ckptfs_failed = True
+    if call.when == "teardown":
+        _give_back(item)
+    return report
+
+
+def _give_back(item) -> None:
+    for client, bucket in getattr(item, "ckptfs_buckets", ()):
+        try:
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                keys = [{"Key": entry["Key"]} for entry in page.get("Contents", [])]
+                if keys:
+                    client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+            client.delete_bucket(Bucket=bucket)
+        except Exception:  # the server stopped with the session: it took its objects with it
+            pass
+    path = getattr(item, "ckptfs_tmp_path", None)
+    if path is None or getattr(item, "ckptfs_failed", False) or _mounted_under(str(path)):
+        return
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _mounted_under(path: str) -> list[str]:
+    with open("/proc/mounts") as mounts:
+        points = [line.split()[1].replace("\\040", " ") for line in mounts]
+    return [point for point in points if point == path or point.startswith(path + os.sep)]
+
+
+@pytest.fixture(autouse=True)
+def _give_back_after_the_test(request, tmp_path):
+    request.node.ckptfs_tmp_path = tmp_path
 
 
 @pytest.fixture(scope="session")
@@ -21,10 +66,12 @@ def moto_server():
 
 
 @pytest.fixture
-def s3_url(moto_server):
+def s3_url(request, moto_server):
     """A fresh bucket on the moto server; returns (store URL, endpoint)."""
     bucket = f"lake-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=moto_server.endpoint).create_bucket(Bucket=bucket)
+    client = boto3.client("s3", endpoint_url=moto_server.endpoint)
+    client.create_bucket(Bucket=bucket)
+    request.node.__dict__.setdefault("ckptfs_buckets", []).append((client, bucket))
     return f"s3://{bucket}/ckpt", moto_server.endpoint
 
 
