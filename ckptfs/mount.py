@@ -244,7 +244,8 @@ def assemble(lake: Lake, journal: Journal, staging: Staging, chunks: ChunkCache,
     uploader = Uploader(journal, staging, lake, mount_id, round_bytes=settings.upload_round_bytes, spill=spill,
                         on_committed=evictor.committed if evictor is not None else lambda version: None,
                         on_uncommitted=evictor.uncommitted if evictor is not None else lambda version: None,
-                        on_published=replay.add_own, clock=settings.clock)
+                        on_published=lambda *segment: files.remote.own_published(*segment),  # made below
+                        clock=settings.clock)
     holds = Holds(lake, mount_id, uploader.network, clock=settings.clock)
     engine = Engine(uploader, fetcher, evictor=evictor, spill=spill, holds=holds)
     files = FileSystem(journal, staging, engine, replay, mount_id=mount_id, durability=settings.durability,

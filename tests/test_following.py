@@ -19,7 +19,7 @@ from ckptfs.lake import Lake, namespace
 from ckptfs.mount import Mount
 from ckptfs.store import RetryingStore
 from ckptfs.store.memory import MemoryStore
-from tests.layers import journal_tree, lake_tree, mount_on
+from tests.layers import journal_tree, lake_tree, mount_on, running
 
 ROOT = 1
 ME = Caller(uid=os.getuid(), gid=os.getgid())
@@ -247,6 +247,53 @@ def test_a_remount_on_its_cache_dir_catches_up(tmp_path):
             # It compared only what changed since it last reconciled: one entry made, no full pass.
             assert again.files.remote.changed == 1 and again.files.remote.compared <= 2, again.files.remote.compared
             nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def _history(node: Node, path: bytes) -> list[tuple[int, str | None]]:
+    """(time, manifest or None for a deletion) of every state of a path this mount's journal keeps."""
+    journal = node.files.journal
+    return [(time_ns, journal.version(version).manifest if version is not None else None)
+            for time_ns, version in journal.history(path)]
+
+
+def test_a_remount_compares_only_what_changed_while_away(tmp_path):
+    """A restart on an existing cache dir compares what the events it had not reconciled touch:
+    nothing for its own published changes (renames included), and for a directory another mount
+    renamed meanwhile, the old paths and the new; the tree and every path's history then match
+    those of a mount rebuilt from the lake."""
+    lake = new_lake()
+    shards = [b"run/step-1/shard-%d" % index for index in range(20)]
+    unrelated = [b"other/file-%d" % index for index in range(30)]
+
+    async def main():
+        async with mounts(tmp_path, lake, 2) as (a, b):
+            for path in shards + unrelated:
+                await a.write(path, path)
+            await a.write(b"last.ckpt.tmp", b"last")
+            a.files.tree.rename(ROOT, b"last.ckpt.tmp", ROOT, b"last.ckpt")
+            a.files.tree.rename(a.ino(b"run"), b"step-1", a.ino(b"run"), b"step-0")
+            a.files.tree.rename(a.ino(b"run"), b"step-0", a.ino(b"run"), b"step-1")
+            await settle([a, b])
+        again = Node(mount_on(tmp_path, "m0", lake))  # a restarts: it made all of that itself
+        async with running(again.mount):
+            await again.follower.refresh()
+            assert again.files.remote.compared == 0
+            again.files.tree.rename(again.ino(b"run"), b"step-1", again.ino(b"run"), b"step-2")
+            await again.write(b"run/step-2/extra", b"extra")
+            await again.sync()
+        back = Node(mount_on(tmp_path, "m1", lake))  # b was away meanwhile
+        async with running(back.mount):
+            await back.follower.refresh()
+        fresh = Node(mount_on(tmp_path, "fresh", lake))
+        assert back.tree() == fresh.tree() == lake_tree(lake)
+        moved = [path.replace(b"step-1", b"step-2") for path in shards]
+        for path in shards + moved + unrelated + [b"run/step-2/extra", b"last.ckpt"]:
+            assert _history(back, path) == _history(fresh, path), path
+        assert [manifest for _, manifest in _history(back, shards[0])][-1] is None  # renamed away
+        # run, its old and new directory, the shards under each, extra: not the 30 unrelated files
+        assert 0 < back.files.remote.compared <= 2 * len(shards) + 4, back.files.remote.compared
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 

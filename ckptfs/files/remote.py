@@ -19,6 +19,10 @@ below them, and the paths left alone last time because they were held) are compa
 a PathSet (files/paths.py), asked in O(depth). This mount's own published events join the replay and
 are never compared: the journal's tree made them. An event that sorts earlier (published late) makes
 the next reconciliation a full one: replay everything, compare everything. Nothing is done when idle.
+A restart on an existing cache dir compares only what the events published since the journal last
+agreed with the lake touch (`reconciled` in its meta, saved by each reconciliation and, in the same
+transaction that leaves the outbox, by each own segment published): a mount's own changes are not
+compared again, so a start does not grow with the namespace.
 Memory: a base tree (a snapshot's, lake/snapshot.py) and the events after it; the events placed
 before a horizon that no late event can reach any more are folded into the base.
 """
@@ -93,22 +97,32 @@ class RemoteChanges:
 
     def _changed_since(self, saved: dict, base_covers: dict[str, int]) -> set[bytes] | None:
         """The paths to compare after a restart: those the events read since the journal's last
-        reconciliation touch, and those it left alone then; None (all) if an event it had not
-        seen is folded into the base or sorts before one it had."""
+        reconciliation touch (before and after each: a renamed directory's old paths too), and
+        those it left alone then; None (all) if an event it had not seen is folded into the base
+        or sorts before one it had."""
         done: dict[str, int] = saved.get("cursors", {})
         if any(seq > done.get(mount, -1) for mount, seq in base_covers.items()):
             return None
+
+        def new(change: Event) -> bool:
+            return change.seq > done.get(change.mount, -1)
+
         events_read = self.replay.events
-        old = [change for change in events_read if change.seq <= done.get(change.mount, -1)]
-        new = [change for change in events_read if change.seq > done.get(change.mount, -1)]
-        if new and old and min(change.order for change in new) < max(change.order for change in old):
+        newest_old = max((change.order for change in events_read if not new(change)), default=None)
+        oldest_new = min((change.order for change in events_read if new(change)), default=None)
+        if newest_old is not None and oldest_new is not None and oldest_new < newest_old:
             return None
-        if any(change.op == "rename" for change in new):
-            return None  # the paths a renamed directory held are no longer in the replay to be found
         scope = {decode_path(path) for path in saved.get("deferred", [])}
-        for change in new:
-            scope |= self.replay.touched_by(change)
-        return scope
+        return scope | self.replay.replay_touching(new)
+
+    def own_published(self, seq: int, raw_events: list[dict], published_ns: int) -> None:
+        """This mount's segment `seq` has left its outbox (engine/publisher.py, in the transaction
+        that drops it from the outbox): its events join the replay, and unless that calls for a
+        comparison, the journal's tree agrees with the replay up to them (the tree made them), so a
+        restart does not compare them again."""
+        self.replay.add_own(seq, raw_events, published_ns)
+        if not self.replay.full_due and not self._scope:
+            self._save_reconciled()
 
     def _save_reconciled(self) -> None:
         """What the journal's tree now agrees with (committed with the tree's changes)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+from collections.abc import Callable
 
 from ckptfs.lake import events
 from ckptfs.lake.events import Event
@@ -99,10 +100,10 @@ class LakeReplay:
         paths: set[bytes] = set()
         for change in fresh:
             if touched:
-                paths |= self.touched_by(change)  # before: a renamed directory's old paths
+                paths |= _touched(tree, change)  # before: a renamed directory's old paths
             tree.apply(change)
             if touched:
-                paths |= self.touched_by(change)
+                paths |= _touched(tree, change)
         return paths
 
     def add_own(self, seq: int, raw_events: list[dict], published_ns: int | None = None) -> None:
@@ -112,16 +113,30 @@ class LakeReplay:
                                published_ns=published_ns, late_ns=self.late_ns)
                   for position, raw in enumerate(raw_events)], touched=False)
 
-    def touched_by(self, change: Event) -> set[bytes]:
-        """The paths an event changes in the replay: its path, its destination, every other name of
-        the inodes there (hard links) and everything under them."""
-        tree = self.tree()
-        touched = set()
-        for path in (change.path, change.dst):
-            if path is not None:
-                touched.add(path)
-                entry = tree.entries.get(path)
-                if entry is not None:
-                    touched.update(entry.names)
-                    touched.update(tree.subtree(path))
-        return touched
+    def replay_touching(self, wanted: Callable[[Event], bool]) -> set[bytes]:
+        """Replay the tree from the base (what `tree` does) and return the paths the wanted events
+        touch, each taken before and after it is applied, as `add` does: a renamed directory's old
+        paths are found only in the tree before the rename."""
+        tree = self.base.copy()
+        paths: set[bytes] = set()
+        for change in self.events:
+            chosen = wanted(change)
+            if chosen:
+                paths |= _touched(tree, change)
+            tree.apply(change)
+            if chosen:
+                paths |= _touched(tree, change)
+        self._tree = tree
+        return paths
+
+
+def _touched(tree: Namespace, change: Event) -> set[bytes]:
+    touched = set()
+    for path in (change.path, change.dst):
+        if path is not None:
+            touched.add(path)
+            entry = tree.entries.get(path)
+            if entry is not None:
+                touched.update(entry.names)
+                touched.update(tree.subtree(path))
+    return touched
