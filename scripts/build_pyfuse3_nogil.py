@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Build pyfuse3 with the GIL released around the byte work it does in C, into a Python of your choice.
+
+    python scripts/build_pyfuse3_nogil.py --venv DIR      # a venv that sees this Python's packages
+    python scripts/build_pyfuse3_nogil.py --into PYTHON   # replace pyfuse3 in that interpreter
+
+pyfuse3 (3.5.0) holds the GIL while it reads each request from /dev/fuse (up to 1 MiB for a write),
+while it copies a write's payload into a `bytes`, and while it writes a read's reply back: in
+`scripts/profile_cpu.py` that is 30% of the daemon's GIL-holding samples on a save and a quarter on
+a restore, time no other thread of the daemon (hashing, compressing, uploading) can run Python in.
+Those three calls touch no Python object. This script takes pyfuse3's source distribution at the
+version pinned below, wraps exactly those calls in `with nogil:` (failing if the source no longer
+reads as expected), regenerates the C with Cython and installs the result. ckptfs itself runs
+unchanged on either build; `profile_cpu.py` run under each interpreter compares them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+VERSION = "3.5.0"
+
+# (file under src/pyfuse3, text as released, text with the GIL released)
+EDITS = [
+    ("internal.pxi",  # the session loop: the read of the next request from /dev/fuse
+     "        res = fuse_session_receive_buf(session, &buf)\n",
+     "        with nogil:\n"
+     "            res = fuse_session_receive_buf(session, &buf)\n"),
+    ("internal.pxi",  # a write's payload copied into the new bytes object (write_buf)
+     "    res = fuse_buf_copy(&dst, src, 0)\n",
+     "    with nogil:\n"
+     "        res = fuse_buf_copy(&dst, src, 0)\n"),
+    ("handlers.pxi",  # a read's reply written to /dev/fuse
+     "async def fuse_read_async (_Container c):\n"
+     "    cdef int ret\n"
+     "    cdef Py_buffer pybuf\n",
+     "async def fuse_read_async (_Container c):\n"
+     "    cdef int ret\n"
+     "    cdef Py_buffer pybuf\n"
+     "    cdef fuse_req_t req\n"),
+    ("handlers.pxi",
+     "        ret = fuse_reply_buf(c.req, <const_char*> pybuf.buf, <size_t> pybuf.len)\n",
+     "        req = c.req\n"
+     "        with nogil:\n"
+     "            ret = fuse_reply_buf(req, <const_char*> pybuf.buf, <size_t> pybuf.len)\n"),
+]
+
+
+def patch(source: pathlib.Path) -> None:
+    package = source / "src" / "pyfuse3"
+    for name, released, changed in EDITS:
+        path = package / name
+        text = path.read_text()
+        if text.count(released) != 1:
+            raise SystemExit(f"pyfuse3 {VERSION}: {name} does not read as expected (looked for {released.strip()!r})")
+        path.write_text(text.replace(released, changed))
+    generated = package / "__init__.c"
+    if generated.exists():
+        generated.unlink()  # the released C: the build must cythonize the edited source
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--venv", type=pathlib.Path, help="make (or reuse) a venv here, with this Python's packages")
+    where.add_argument("--into", help="the Python interpreter whose pyfuse3 is replaced")
+    args = parser.parse_args()
+    python = args.into
+    if args.venv is not None:
+        if not (args.venv / "bin" / "python").exists():
+            subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(args.venv)], check=True)
+        python = str(args.venv / "bin" / "python")
+    with tempfile.TemporaryDirectory() as work:
+        subprocess.run([python, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                        f"pyfuse3=={VERSION}", "-d", work], check=True)
+        archive = next(pathlib.Path(work).glob("pyfuse3-*.tar.gz"))
+        subprocess.run(["tar", "xzf", str(archive), "-C", work], check=True)
+        source = pathlib.Path(work) / f"pyfuse3-{VERSION}"
+        patch(source)
+        subprocess.run([python, "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", str(source)],
+                       check=True)
+    print(f"pyfuse3 {VERSION} with the GIL released around /dev/fuse reads, replies and write copies: {python}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
