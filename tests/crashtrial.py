@@ -287,6 +287,14 @@ class PowerCutLayer:
         subprocess.run(["fusermount3", "-u", "-z", self.mountpoint], capture_output=True)
 
 
+def _wait_for_growth(path: str, size: int, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path) and os.path.getsize(path) > size:
+            return
+        time.sleep(0.01)
+
+
 def run_trials(workdir: str, trials: int, *, seed: int = 0, store_url: str | None = None,
                extra: list[str] | None = None, max_kill_delay: float = 2.5, shape: Shape | None = None,
                progress=None) -> TrialResult:
@@ -353,6 +361,7 @@ def run_trials(workdir: str, trials: int, *, seed: int = 0, store_url: str | Non
                 mounts[0].cli("retention", "set", mounts[0].mountpoint, "--keep-last", "1")
             processes = running
             processes.clear()
+            recorded = os.path.getsize(record.path) if os.path.exists(record.path) else 0
             for index, mount in enumerate(mounts):
                 for k in range(shape.writers):
                     processes.append(subprocess.Popen(
@@ -367,6 +376,10 @@ def run_trials(workdir: str, trials: int, *, seed: int = 0, store_url: str | Non
                 processes.append(subprocess.Popen(
                     ["bash", "-c", 'while true; do "$@" >/dev/null 2>&1; sleep 0.2; done', "gc", *gc_command],
                     start_new_session=True))
+            # The cut lands a random while after the writers have begun writing, not after a random
+            # wall time: on a loaded machine their interpreters can take longer to start than the
+            # longest delay, and a cut before any write tests nothing.
+            _wait_for_growth(record.path, recorded, timeout=30)
             delay = rng.uniform(0.05, max_kill_delay)
             result.kill_times.append(delay)
             time.sleep(delay)

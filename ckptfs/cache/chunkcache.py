@@ -28,8 +28,8 @@ class ChunkCache:
         for name in os.listdir(directory):
             try:
                 identifier = bytes.fromhex(name)
-                found.append((os.stat(os.path.join(directory, name)).st_atime_ns, identifier,
-                              os.path.getsize(os.path.join(directory, name))))
+                stat = os.stat(os.path.join(directory, name))
+                found.append((stat.st_atime_ns, identifier, stat.st_size))
             except (ValueError, OSError):
                 continue
         for _, identifier, size in sorted(found):

@@ -109,7 +109,7 @@ def prepare_journal(journal: Journal, staging: Staging, lake: Lake, view: LogVie
         # Its bytes are in the lake. The staging copy serves reads only if it is whole: a power cut
         # keeps of an unsynced file whatever part reached the disk (cache/check.py), and a reboot
         # after an unclean stop may have kept any part of it.
-        size = os.stat(staging.path(version.id)).st_size if staging.exists(version.id) else None
+        size = staging.sizes.get(version.id)  # as listed when the cache dir was opened: one stat a file
         if size is not None and (size != version.size or (rebooted and version.id not in synced)):
             log.info("not reading version %x from its staging copy (%d of %d bytes%s): from the lake instead",
                      version.id, size, version.size, ", unsynced before a reboot" if rebooted else "")
