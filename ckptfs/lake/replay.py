@@ -100,10 +100,9 @@ class LakeReplay:
         paths: set[bytes] = set()
         for change in fresh:
             if touched:
-                paths |= _touched(tree, change)  # before: a renamed directory's old paths
-            tree.apply(change)
-            if touched:
-                paths |= _touched(tree, change)
+                paths |= _apply_touching(tree, change)
+            else:
+                tree.apply(change)
         return paths
 
     def add_own(self, seq: int, raw_events: list[dict], published_ns: int | None = None) -> None:
@@ -120,14 +119,20 @@ class LakeReplay:
         tree = self.base.copy()
         paths: set[bytes] = set()
         for change in self.events:
-            chosen = wanted(change)
-            if chosen:
-                paths |= _touched(tree, change)
-            tree.apply(change)
-            if chosen:
-                paths |= _touched(tree, change)
+            if wanted(change):
+                paths |= _apply_touching(tree, change)
+            else:
+                tree.apply(change)
         self._tree = tree
         return paths
+
+
+def _apply_touching(tree: Namespace, change: Event) -> set[bytes]:
+    """Apply the event to the tree; the paths it touches, taken before (a renamed directory's old
+    paths) and after."""
+    touched = _touched(tree, change)
+    tree.apply(change)
+    return touched | _touched(tree, change)
 
 
 def _touched(tree: Namespace, change: Event) -> set[bytes]:
