@@ -9,6 +9,7 @@ exit; tracebacks are for bugs only.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -117,6 +118,20 @@ def answer(args: argparse.Namespace, done: dict, line: str) -> int:
 
 def status_of(root: str) -> dict:
     return read_xattr(root, "user.ckptfs.status")
+
+
+def progress_of(root: str) -> dict:
+    """How far the mount's publication has come (outbox_head, uploading_bytes, uploading_files,
+    events_pending, and `error` while one stands): what a wait for durability polls. A daemon
+    started before the progress attribute existed answers from its status."""
+    try:
+        return json.loads(os.getxattr(root, "user.ckptfs.progress"))
+    except OSError as error:
+        if error.errno != errno.ENODATA:
+            raise CkptfsError(f"{root} is not on a running ckptfs mount ({error.strerror})") from None
+    status = status_of(root)
+    return {name: status[name] for name in ("outbox_head", "uploading_bytes", "uploading_files", "events_pending")} | (
+        {"error": error} if (error := status.get("last_store_error") or status.get("last_error")) else {})
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -249,26 +264,23 @@ def wait_for_sync(path: str, timeout: float | None, quiet: bool = False) -> int:
         print(f"ckptfs: note: {barrier['open_count']} file(s) under {path} are still open for writing; "
               "they are covered once closed", file=sys.stderr)
     deadline = None if timeout is None else time.monotonic() + timeout
-    status = status_of(root)
-    total = max(1, status["uploading_bytes"])
+    publishing = progress_of(root)
+    total = max(1, publishing["uploading_bytes"])
     with Progress(TextColumn("[bold]sync[/]"), BarColumn(), DownloadColumn(), TextColumn("{task.description}"),
                   disable=quiet or not sys.stderr.isatty(), transient=True) as progress:
         task = progress.add_task("", total=total)
-        while status["outbox_head"] <= barrier["upto"]:
+        while publishing["outbox_head"] <= barrier["upto"]:
+            error = publishing.get("error")
             if deadline is not None and time.monotonic() > deadline:
-                message = f"not committed after {timeout:.0f}s: {status['events_pending']} events pending"
-                error = status.get("last_store_error") or status.get("last_error")
-                if error:
-                    message += f"; last error: {error}"
-                return fail(message)
-            pending = status["uploading_bytes"]
+                message = f"not committed after {timeout:.0f}s: {publishing['events_pending']} events pending"
+                return fail(message + (f"; last error: {error}" if error else ""))
+            pending = publishing["uploading_bytes"]
             total = max(total, pending)
             progress.update(task, total=total, completed=total - pending,
-                            description=f"{status['uploading_files']} files, {status['events_pending']} events"
-                            + (f" [red]retrying: {error}[/]" if (error := status.get("last_store_error")
-                                                                  or status.get("last_error")) else ""))
+                            description=f"{publishing['uploading_files']} files, "
+                            f"{publishing['events_pending']} events" + (f" [red]retrying: {error}[/]" if error else ""))
             time.sleep(0.1)
-            status = status_of(root)
+            publishing = progress_of(root)
     if not quiet:
         print(f"ckptfs: {path} is committed in the lake")
     return 0

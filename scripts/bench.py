@@ -41,6 +41,7 @@ sys.path.insert(0, REPO)
 import boto3  # noqa: E402
 import torch  # noqa: E402
 
+from ckptfs.cli import progress_of  # noqa: E402
 from tests.helpers import MotoServer, force_unmount, is_mounted  # noqa: E402
 from tests.s3model import S3Model, use_test_credentials  # noqa: E402
 
@@ -340,9 +341,9 @@ class Ckptfs(System):
         self.process.wait()
 
     def wait_durable(self, name: str) -> None:
-        # What `ckptfs sync` does, without timing a Python start-up: take the barrier, poll the status.
+        # What `ckptfs sync` does, without timing a Python start-up: take the barrier, poll progress.
         barrier = json.loads(os.getxattr(self.path(name), "user.ckptfs.barrier"))["upto"]
-        while self.status()["outbox_head"] <= barrier:
+        while progress_of(self.mountpoint)["outbox_head"] <= barrier:
             time.sleep(0.01)
 
     def status(self) -> dict:

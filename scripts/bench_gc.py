@@ -34,6 +34,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from ckptfs.cli import progress_of  # noqa: E402
 from ckptfs.lake import Lake  # noqa: E402
 from ckptfs.lake.manifest import Manifest, encode_path  # noqa: E402
 from ckptfs.lake.packs import Location, pack_key  # noqa: E402
@@ -127,7 +128,7 @@ def saves_during_gc(size_mib: int, repeat: int) -> None:
 
         def durable(path: str) -> None:
             barrier = json.loads(os.getxattr(path, "user.ckptfs.barrier"))["upto"]
-            while json.loads(os.getxattr(mountpoint, "user.ckptfs.status"))["outbox_head"] <= barrier:
+            while progress_of(mountpoint)["outbox_head"] <= barrier:
                 time.sleep(0.01)
 
         for _ in range(40):  # superseded versions for GC to mark and delete

@@ -130,7 +130,11 @@ def rank_main(args: argparse.Namespace) -> int:
         part("barrier_s")
         named = [None]
         if rank == 0:
-            code, out = ckptfs_command("latest", os.path.join(mount, "run", "dcp"))  # it refreshes first
+            # What `ckptfs latest` does, in its two steps, timed apart: the sweep of the lake, then
+            # the look at the checkpoints (on a fresh mount, a lake GET for the newest `.metadata`)
+            ckptfs_command("refresh", mount)
+            part("refresh_s")
+            code, out = ckptfs_command("latest", "--no-refresh", os.path.join(mount, "run", "dcp"))
             named = [os.path.relpath(out.strip(), mount) if code == 0 else None]
             part("latest_s")
             if named[0] is not None:  # what this mount wrote of it is published: the others can see it

@@ -3,6 +3,7 @@ lake on a MemoryStore, failures injected at the ObjectStore seam (FaultyStore), 
 MockClock where the code waits."""
 
 import errno
+import json
 import logging
 import os
 import threading
@@ -12,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 
+from ckptfs import cli
 from ckptfs.cache.journal import COMMITTED
 from ckptfs.engine import uploader as uploader_module
 from ckptfs.errors import CkptfsError, FsError
@@ -126,6 +128,53 @@ def test_backpressure_waits_for_uploads_and_never_fails_the_write(tmp_path):
                 assert await load(files, files.tree.lookup(ROOT, b"f%d" % index).ino) == data
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_progress_is_the_status_sync_polls_and_names_the_store_error(tmp_path):
+    """`user.ckptfs.progress` (what `ckptfs sync` polls): the status's outbox_head, uploading and
+    pending figures, the store's error while it retries, and small enough for one getxattr."""
+    faulty = FaultyStore(MemoryStore())
+    lake = lake_on(faulty)
+    fault = faulty.fail("put", "packs/", times=None)
+    fields = ("outbox_head", "uploading_bytes", "uploading_files", "events_pending")
+
+    async def main():
+        mount = mount_on(tmp_path, "only", lake)
+        files = mount.files
+        async with running(mount):
+            await save(files, b"model.pt", os.urandom(3 * MIB))
+            upto = files.journal.outbox_tail()
+            with trio.fail_after(60):
+                while "error" not in files.control.progress():  # the PUT fails, is retried
+                    await trio.sleep(0.01)
+            progress, status = files.control.progress(), files.control.status()
+            assert {name: progress[name] for name in fields} == {name: status[name] for name in fields}
+            assert progress["outbox_head"] <= upto and progress["events_pending"] >= 1
+            assert progress["error"] == status["last_store_error"]
+            fault.times = fault.fired  # the store heals
+            await published(files)
+            progress, status = files.control.progress(), files.control.status()
+            assert progress == {name: status[name] for name in fields} and progress["outbox_head"] > upto
+            assert len(json.dumps(progress, separators=(",", ":"))) <= 128
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_sync_reads_progress_from_the_status_of_a_daemon_without_it(monkeypatch):
+    """A daemon started before `user.ckptfs.progress` existed answers ENODATA: the figures come
+    from its status."""
+    status = {"outbox_head": 7, "uploading_bytes": 5, "uploading_files": 1, "events_pending": 2,
+              "last_store_error": "503 SlowDown", "last_error": None, "pid": 1}
+
+    def getxattr(path, name):
+        if name == "user.ckptfs.progress":
+            raise OSError(errno.ENODATA, "No data available")
+        assert name == "user.ckptfs.status"
+        return json.dumps(status).encode()
+
+    monkeypatch.setattr(os, "getxattr", getxattr)
+    assert cli.progress_of("/ckpt") == {"outbox_head": 7, "uploading_bytes": 5, "uploading_files": 1,
+                                        "events_pending": 2, "error": "503 SlowDown"}
 
 
 def test_requests_on_the_layer_answer_errno(tmp_path):

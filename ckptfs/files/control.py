@@ -64,6 +64,17 @@ class Control:
             return f"uploading pending_bytes={self.engine.pending_of(version)}"
         return f"{STATE_NAMES[OPEN]} pending_bytes={inode.size}"
 
+    def progress(self) -> dict[str, Any]:
+        """What `ckptfs sync` polls while it waits: how far publication has come and what is left.
+        A few fields, so that one getxattr answers it (the caller's first buffer is 128 bytes; the
+        status is kilobytes, computed twice per read) and cheap enough to ask ten times a second:
+        benchmarks polling the status at 100 Hz spent 9% of a save's GIL time answering them."""
+        sealed_count, _, _ = self.journal.versions_summary(SEALED)
+        answer = {"outbox_head": self.engine.outbox_head(), "uploading_bytes": self.engine.pending_bytes(),
+                  "uploading_files": sealed_count, "events_pending": self.journal.outbox_length()}
+        error = self.engine.store_health()["last_store_error"] or self.engine.last_error
+        return {**answer, "error": error} if error else answer
+
     def barrier(self, top: Inode) -> dict[str, Any]:
         """What `ckptfs sync PATH` waits for: every event queued so far, and which files are still open."""
         still_open = []

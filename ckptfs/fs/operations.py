@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 XATTR_STATE = b"user.ckptfs.state"
 XATTR_STATUS = b"user.ckptfs.status"
 XATTR_BARRIER = b"user.ckptfs.barrier"
+XATTR_PROGRESS = b"user.ckptfs.progress"
 XATTR_NO_DRAIN = b"user.ckptfs.no_drain"
 XATTR_REFRESH = b"user.ckptfs.refresh"
 XATTR_SNAPSHOT = b"user.ckptfs.snapshot"
@@ -267,6 +268,8 @@ class Operations(pyfuse3.Operations):
             return json.dumps(self.mount.status()).encode()
         if name == XATTR_BARRIER:
             return json.dumps(self.control.barrier(node)).encode()
+        if name == XATTR_PROGRESS and inode == ROOT_INODE:
+            return json.dumps(self.control.progress(), separators=(",", ":")).encode()
         if name == XATTR_REFRESH and inode == ROOT_INODE:
             return json.dumps(await self.following.refresh(sweep=True)).encode()
         if name == XATTR_PREFETCH and inode == ROOT_INODE:
