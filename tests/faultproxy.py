@@ -2,7 +2,9 @@
 
 It forwards every request to the upstream server and, on a chosen fraction of them, answers instead
 with 500 InternalError or 503 SlowDown, resets the connection, stalls past the client's read timeout,
-or dribbles the response body slowly. `outage` resets every connection; `deny` answers 403
+or dribbles the response body slowly; the kind `flip` (asked for by name) changes a byte of a PUT
+body on the way. It checks a body against its `x-amz-checksum-crc32c` as S3 does (moto does not),
+answering 400 BadDigest. `outage` resets every connection; `deny` answers 403
 AccessDenied and `bucket_missing` 404 NoSuchBucket to everything. Listens on 127.0.0.1 only.
 
 It also shapes traffic like a remote object store (tests/s3model.py sets it up): `delay_seconds`
@@ -12,6 +14,7 @@ before the first byte of every response, and `bandwidth` bytes per second per co
 
 from __future__ import annotations
 
+import base64
 import http.client
 import random
 import socket
@@ -21,6 +24,8 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import crc32c
 
 KINDS = ("500", "503", "reset", "stall", "slow")
 _ERROR_BODY = ('<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message>'
@@ -100,6 +105,13 @@ class FaultProxy:
                 with proxy._lock:
                     proxy.by_kind[self._kind()] += 1
                 fault = proxy._choose()
+                if fault == "flip" and body:  # a byte changed between the client and the store
+                    position = proxy._random.randrange(len(body))
+                    body = body[:position] + bytes([body[position] ^ 0x01]) + body[position + 1:]
+                claimed = self.headers.get("x-amz-checksum-crc32c")
+                if claimed is not None and base64.b64decode(claimed) != crc32c.crc32c(body).to_bytes(4, "big"):
+                    return self._error(400, "BadDigest", "The CRC32C you specified did not match the calculated "
+                                       "checksum.")
                 if fault == "reset":
                     return self._reset()
                 if fault == "500":

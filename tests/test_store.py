@@ -1,5 +1,7 @@
 """Both stores through one interface, and the classification of S3 failures."""
 
+import itertools
+
 import pytest
 
 from ckptfs.errors import ConfigError
@@ -114,6 +116,36 @@ def test_every_s3_request_is_one_attempt_and_every_retry_is_counted(s3_url):
         proxy._choose = choose_next
         assert retrying.get("k") == b"v"
         assert proxy.counts["requests"] == 4 and retrying.retries == 3
+    finally:
+        proxy.stop()
+
+
+def test_a_put_body_changed_on_the_way_is_refused_and_sent_again(s3_url):
+    """Every PUT carries its body's CRC32C (and no SHA-256 of it): S3 refuses a body that does not
+    match (400 BadDigest; the proxy checks as S3 does, moto does not), RetryingStore sends the bytes
+    again, and what lands is what was sent."""
+    from tests.faultproxy import FaultProxy
+
+    url, endpoint = s3_url
+    proxy = FaultProxy(int(endpoint.rsplit(":", 1)[1]))
+    try:
+        proxy.kinds = ("flip",)
+        store = open_store(url, endpoint_url=proxy.endpoint)
+        data = bytes(range(256)) * 4096
+        proxy.fault_rate = 1.0
+        with pytest.raises(TemporaryStoreError, match="BadDigest"):
+            store.put("pack", data)
+        flips = itertools.chain([True], itertools.repeat(False))
+
+        def choose_next(original=proxy._choose):
+            proxy.fault_rate = 1.0 if next(flips) else 0.0
+            return original()
+
+        proxy._choose = choose_next
+        retrying = RetryingStore(store, give_up_after=60, first_delay=0.001, max_delay=0.01)
+        retrying.put("pack", data)
+        assert retrying.retries == 1 and proxy.counts["flip"] == 2
+        assert store.get("pack") == data
     finally:
         proxy.stop()
 
