@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where the daemon's CPU and GIL go, per GiB, on the save and restore paths, against boto3's own.
 
-    python scripts/profile_cpu.py [--size-gib 0.5] [--endpoint-url URL] [--top 15]
+    python scripts/profile_cpu.py [--size-gib 0.5] [--repeat 3] [--endpoint-url URL] [--top 15]
 
 One mount on moto_server (plain: its CPU is counted apart and never in the daemon's figures) or on
 `--endpoint-url`. Phases, each measured on the daemon process alone:
@@ -12,7 +12,10 @@ For each: CPU seconds per GiB (user, system, /proc), seconds per GiB holding the
 `--gil --nonblocking`: only samples in which a thread holds it), the single-daemon ceiling
 (1 / GIL s per GiB), and the functions that held the GIL most (self samples, and with the functions
 they called). boto3's upload_file and download_file of the same bytes, in a process of their own,
-give the baseline. Figures, not assertions.
+give the baseline; upload_file twice: as configured by default (on plain http it SHA-256 signs every
+part, besides its CRC32) and with an unsigned payload (what it does on https, where the checksum
+stands in). `--repeat N` runs it all N times, interleaved, and prints medians (the stacks are
+every repeat's together). Figures, not assertions.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import collections
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -46,14 +50,61 @@ def top(stacks: collections.Counter, count: int) -> list[tuple[str, float, float
     return [(name, own[name] / total, anywhere[name] / total) for name, _ in own.most_common(count)]
 
 
-def phase(bench: Bench, pid: int, name: str, size: int, run, figures: dict, args) -> None:
+def phase(bench: Bench, pid: int, name: str, size: int, run, figures: dict, stacks: dict) -> None:
     meter = CostMeter(bench, pid)
     started = time.perf_counter()
     run()
     elapsed = time.perf_counter() - started
-    stacks = meter.sampler.stacks() if meter.sampler is not None else collections.Counter()
+    if meter.sampler is not None:
+        stacks[name].update(meter.sampler.stacks())
     meter.record("ckptfs", name, size)
-    figures[name] = {"seconds": elapsed, "top": top(stacks, args.top)}
+    figures.setdefault(name, {"seconds": []})["seconds"].append(elapsed)
+
+
+def once(bench: Bench, args, repeat: int, figures: dict, stacks: dict) -> int:
+    """One repeat: the three phases on a mount, then boto3's; returns the bytes of the checkpoint."""
+    sd = state_dict(args.size_gib, seed=1)
+    system = Ckptfs(bench)
+    system.start()
+    try:
+        def save(name: str):
+            def run() -> None:
+                os.makedirs(os.path.dirname(system.path(name)), exist_ok=True)
+                torch.save(checkpoint(sd, 1), system.path(name))
+                system.wait_durable(name)
+            return run
+
+        save(f"r{repeat}/warm-up/model.pt")()  # imports, connections and the first packs' buffers
+        size = os.path.getsize(system.path(f"r{repeat}/warm-up/model.pt"))
+        sd = state_dict(args.size_gib, seed=2 + repeat)
+        pid = system.process.pid
+        phase(bench, pid, "save to durable", size, save(f"r{repeat}/fresh/model.pt"), figures, stacks)
+        phase(bench, pid, "identical re-save", size, save(f"r{repeat}/again/model.pt"), figures, stacks)
+        system.make_cold()
+
+        def restore() -> None:
+            with open(system.path(f"r{repeat}/fresh/model.pt"), "rb") as file:
+                while file.readinto(buffer):
+                    pass
+
+        buffer = bytearray(1 << 20)
+        phase(bench, system.process.pid, "cold restore", size, restore, figures, stacks)
+    finally:
+        system.stop()
+        system.cleanup()
+    direct = Boto3Direct(bench)
+    direct.start()
+    try:
+        path = direct.path("model.pt")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torch.save(checkpoint(sd, 1), path)
+        subprocess.run(["sync"], check=False)
+        boto3_cost(bench, "upload", f"{direct.prefix}/model.pt", path, size)
+        boto3_cost(bench, "upload unsigned", f"{direct.prefix}/model-unsigned.pt", path, size)
+        boto3_cost(bench, "download", f"{direct.prefix}/model.pt", path + ".down", size)
+    finally:
+        direct.cleanup()
+    return size
 
 
 def main() -> int:
@@ -62,72 +113,42 @@ def main() -> int:
     parser.add_argument("--endpoint-url")
     parser.add_argument("--bucket")
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
     if shutil.which("py-spy") is None:
         print("profile_cpu: py-spy is not installed (pip install py-spy): no GIL figures")
     bench = Bench(argparse.Namespace(endpoint_url=args.endpoint_url, plain_moto=not args.endpoint_url,
                                      bucket=args.bucket, workdir=args.workdir))
-    sd = state_dict(args.size_gib, seed=1)
     figures: dict = {}
+    stacks: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     try:
-        system = Ckptfs(bench)
-        system.start()
-        try:
-            def save(name: str):
-                def run() -> None:
-                    os.makedirs(os.path.dirname(system.path(name)), exist_ok=True)
-                    torch.save(checkpoint(sd, 1), system.path(name))
-                    system.wait_durable(name)
-                return run
-
-            save("warm-up/model.pt")()  # imports, connections and the first packs' buffers
-            size = os.path.getsize(system.path("warm-up/model.pt"))
-            sd = state_dict(args.size_gib, seed=2)
-            phase(bench, system.process.pid, "save to durable", size, save("fresh/model.pt"), figures, args)
-            phase(bench, system.process.pid, "identical re-save", size, save("again/model.pt"), figures, args)
-            system.make_cold()
-
-            def restore() -> None:
-                with open(system.path("fresh/model.pt"), "rb") as file:
-                    while file.readinto(buffer):
-                        pass
-
-            buffer = bytearray(1 << 20)
-            phase(bench, system.process.pid, "cold restore", size, restore, figures, args)
-        finally:
-            system.stop()
-            system.cleanup()
-        direct = Boto3Direct(bench)
-        direct.start()
-        try:
-            path = direct.path("model.pt")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            torch.save(checkpoint(sd, 1), path)
-            subprocess.run(["sync"], check=False)
-            boto3_cost(bench, "upload", f"{direct.prefix}/model.pt", path, size)
-            boto3_cost(bench, "download", f"{direct.prefix}/model.pt", path + ".down", size)
-        finally:
-            direct.cleanup()
+        for repeat in range(args.repeat):
+            size = once(bench, args, repeat, figures, stacks)
     finally:
         bench.close()
+    for name in figures:
+        figures[name]["top"] = top(stacks[name], args.top)
 
     def value(system: str, figure: str) -> float:
-        return bench.results.get(figure, {}).get(system, [float("nan")])[-1]
+        return statistics.median(bench.results.get(figure, {}).get(system, [float("nan")]))
 
-    print(f"per GiB ({size / GIB:.2f} GiB)          user   sys   CPU   GIL  ceiling  wall")
-    rows = [("save to durable", "upload"), ("identical re-save", None), ("cold restore", "download")]
-    for name, baseline in rows:
+    medians = f", medians of {args.repeat}" if args.repeat > 1 else ""
+    print(f"per GiB ({size / GIB:.2f} GiB{medians})          user   sys   CPU   GIL  ceiling  wall")
+    rows = [("save to durable", ("upload", "upload unsigned")), ("identical re-save", ()),
+            ("cold restore", ("download",))]
+    for name, baselines in rows:
         user = value("ckptfs", f"{name}: CPU s per GiB (user)")
         sys_ = value("ckptfs", f"{name}: CPU s per GiB (system)")
         gil = value("ckptfs", f"{name}: GIL s per GiB")
         print(f"ckptfs {name:<22} {user:5.2f} {sys_:5.2f} {user + sys_:5.2f} {gil:5.2f} "
-              f"{1 / gil if gil else float('inf'):5.2f} GiB/s {figures[name]['seconds']:5.2f} s")
-        if baseline:
+              f"{1 / gil if gil else float('inf'):5.2f} GiB/s {statistics.median(figures[name]['seconds']):5.2f} s")
+        for baseline in baselines:
             b_user = value("boto3 direct", f"{baseline}: CPU s per GiB (user)")
             b_sys = value("boto3 direct", f"{baseline}: CPU s per GiB (system)")
             b_gil = value("boto3 direct", f"{baseline}: GIL s per GiB")
-            print(f"boto3 {baseline + '_file':<23} {b_user:5.2f} {b_sys:5.2f} {b_user + b_sys:5.2f} {b_gil:5.2f}"
+            label = baseline.replace("upload", "upload_file").replace("download", "download_file")
+            print(f"boto3 {label:<23} {b_user:5.2f} {b_sys:5.2f} {b_user + b_sys:5.2f} {b_gil:5.2f}"
                   f"   daemon CPU {((user + sys_) / (b_user + b_sys)):.2f}x boto3's")
     for name, entry in figures.items():
         print(f"\n{name}: where the daemon held the GIL (share of GIL samples: on top, anywhere in the stack)")
