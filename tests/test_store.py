@@ -150,6 +150,24 @@ def test_a_put_body_changed_on_the_way_is_refused_and_sent_again(s3_url):
         proxy.stop()
 
 
+def test_a_put_body_goes_out_whole_unsigned_with_its_crc32c(s3_url):
+    """What a PUT sends (issue 20): the body as bytes, sent in one call (botocore's BytesIO went out
+    16 KiB at a time through Python, behind a `100-continue`), its CRC32C, no SHA-256 of it."""
+    from ckptfs.store.s3 import crc32c_header
+
+    url, endpoint = s3_url
+    store = open_store(url, endpoint_url=endpoint)
+    sent = []
+    store.client.meta.events.register("before-send.s3.PutObject", lambda request, **_: sent.append(request))
+    data = b"checkpoint" * 300_000
+    store.put("pack", data)
+    (request,) = sent
+    assert isinstance(request.body, bytes) and "Expect" not in request.headers
+    assert request.headers["x-amz-checksum-crc32c"].decode() == crc32c_header(data)
+    assert request.headers["x-amz-content-sha256"] == b"UNSIGNED-PAYLOAD"
+    assert store.get("pack") == data
+
+
 def test_unknown_store_urls_are_rejected():
     for url in ("ftp://x/y", "s3:///nobucket", "file://remotehost/x"):
         with pytest.raises(ConfigError):

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.handlers
 import crc32c
 
 from ckptfs.errors import ConfigError
@@ -106,6 +107,12 @@ class S3Store(ObjectStore):
         )
         session = boto3.session.Session()
         self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        # A PUT's body stays bytes. botocore wraps bytes in a BytesIO, which urllib3 then sends 16 KiB
+        # at a time through Python (65,536 reads and sends per GiB, holding the GIL); bytes go out in
+        # one sendall, which releases it. (A file-like body also made botocore ask for
+        # `100-continue`: one more round trip per PUT.)
+        self.client.meta.events.unregister("before-parameter-build.s3.PutObject",
+                                           botocore.handlers.convert_body_to_file_like_object)
         self.max_connections = max_connections
 
     def _key(self, key: str) -> str:
