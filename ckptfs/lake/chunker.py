@@ -71,9 +71,12 @@ class Chunker:
         if end <= skip:
             return
         segment_start = skip
-        ends = record_boundaries(data, skip, end) if self.profile >= 2 else []
-        if self.profile >= 3:
-            ends = _with_payload_starts(data, ends, skip, end)
+        ends: list[int] = []
+        if self.profile >= 2:  # one search for the headers serves both rules (it is a third of the cut's time)
+            heads = list(_occurrences(data, RECORD_MAGIC, max(0, skip - LOOKBACK), end))
+            ends = record_boundaries(data, skip, end, heads)
+            if self.profile >= 3:
+                ends = _with_payload_starts(data, ends, skip, end, heads)
         with memoryview(data) as view:
             for segment_end in [*ends, end]:
                 with view[segment_start:segment_end] as segment:
@@ -82,12 +85,16 @@ class Chunker:
                 segment_start = segment_end
 
 
-def record_boundaries(data: Searchable, skip: int, end: int) -> list[int]:
+def record_boundaries(data: Searchable, skip: int, end: int, heads: list[int] | None = None) -> list[int]:
     """Offsets in (skip, end) where a zip record header starts, with no other one starting in the
-    LOOKBACK bytes before it. Headers that do not fit before `end` are not seen."""
+    LOOKBACK bytes before it. Headers that do not fit before `end` are not seen. `heads`: where the
+    header magic starts in [skip - LOOKBACK, end), if the caller has searched already."""
+    if heads is None:
+        heads = list(_occurrences(data, RECORD_MAGIC, max(0, skip - LOOKBACK), end))
     boundaries = []
-    previous = data.rfind(RECORD_MAGIC, max(0, skip - LOOKBACK), skip + len(RECORD_MAGIC) - 1)
-    for found in _occurrences(data, RECORD_MAGIC, skip, end):
+    before = [found for found in heads if found < skip]
+    previous = before[-1] if before else -1
+    for found in heads[len(before):]:
         if found > skip and (previous == -1 or found - previous > LOOKBACK):
             boundaries.append(found)
         previous = found
@@ -104,12 +111,12 @@ def payload_start(data: Searchable, header: int, end: int) -> int | None:
     return start if start < end else None
 
 
-def _with_payload_starts(data: Searchable, boundaries: list[int], skip: int, end: int) -> list[int]:
-    """The boundaries and the payload start of every record header, all in (skip, end). A payload
-    starts at most 30 + 2 * 65535 bytes after its header, well within LOOKBACK: cutting from `skip`
-    sees every header whose payload starts after it."""
+def _with_payload_starts(data: Searchable, boundaries: list[int], skip: int, end: int, heads: list[int]) -> list[int]:
+    """The boundaries and the payload start of every record header (`heads`: where one starts in
+    [skip - LOOKBACK, end)), all in (skip, end). A payload starts at most 30 + 2 * 65535 bytes after
+    its header, well within LOOKBACK: cutting from `skip` sees every header whose payload starts after it."""
     cuts = set(boundaries)
-    for head in _occurrences(data, RECORD_MAGIC, max(0, skip - LOOKBACK), end):
+    for head in heads:
         start = payload_start(data, head, end)
         if start is not None and start > skip:
             cuts.add(start)
