@@ -275,6 +275,21 @@ class LocalDisk(System):
         return 0
 
 
+def start_nullfs(mountpoint: str, python: str = sys.executable, timeout: float = 30) -> subprocess.Popen:
+    """scripts/nullfs.py serving `mountpoint` under the interpreter `python`, once it is mounted."""
+    os.makedirs(mountpoint, exist_ok=True)
+    process = subprocess.Popen([python, os.path.join(REPO, "scripts", "nullfs.py"), mountpoint])
+    deadline = time.monotonic() + timeout
+    while not is_mounted(mountpoint):
+        if process.poll() is not None or time.monotonic() > deadline:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            raise RuntimeError(f"the null file system did not mount on {mountpoint}")
+        time.sleep(0.05)
+    return process
+
+
 class NullFuse(LocalDisk):
     """scripts/nullfs.py: accepts writes and discards them; the floor of any pyfuse3 file system."""
     name = "null pyfuse3"
@@ -284,12 +299,7 @@ class NullFuse(LocalDisk):
         return os.path.join(self.root, "mnt")
 
     def start(self) -> None:
-        os.makedirs(self.mountpoint, exist_ok=True)
-        self.process = subprocess.Popen([sys.executable, os.path.join(REPO, "scripts", "nullfs.py"), self.mountpoint])
-        while not is_mounted(self.mountpoint):
-            if self.process.poll() is not None:
-                raise RuntimeError("the null file system did not mount")
-            time.sleep(0.05)
+        self.process = start_nullfs(self.mountpoint)
 
     def stop(self) -> None:
         subprocess.run(["fusermount3", "-u", self.mountpoint], check=False)

@@ -24,31 +24,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench import GilSampler, cpu_seconds  # noqa: E402
+from bench import GilSampler, cpu_seconds, start_nullfs  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 GIB = 1 << 30
-
-
-def wait_mounted(mountpoint: str, process: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not os.path.ismount(mountpoint):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"nullfs did not mount on {mountpoint}")
-        time.sleep(0.05)
 
 
 def one(python: str, size_gib: float, workdir: str) -> dict[str, tuple[float, float, float]]:
     """{"write"|"read": (user, system, GIL) seconds per GiB} for one interpreter."""
     mountpoint = tempfile.mkdtemp(dir=workdir)
-    server = subprocess.Popen([python, os.path.join(HERE, "nullfs.py"), mountpoint])
+    server = start_nullfs(mountpoint, python)
     figures = {}
     try:
-        wait_mounted(mountpoint, server)
         count = int(size_gib * 1024)
         path = os.path.join(mountpoint, "data")
         for name, command in (("write", ["dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={count}"]),
