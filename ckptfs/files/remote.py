@@ -107,9 +107,12 @@ class RemoteChanges:
         def new(change: Event) -> bool:
             return change.seq > done.get(change.mount, -1)
 
-        events_read = self.replay.events
-        newest_old = max((change.order for change in events_read if not new(change)), default=None)
-        oldest_new = min((change.order for change in events_read if new(change)), default=None)
+        newest_old = oldest_new = None
+        for change in self.replay.events:  # one pass: a restart reads every event since the snapshot
+            if new(change):
+                oldest_new = change.order if oldest_new is None else min(oldest_new, change.order)
+            else:
+                newest_old = change.order if newest_old is None else max(newest_old, change.order)
         if newest_old is not None and oldest_new is not None and oldest_new < newest_old:
             return None
         scope = {decode_path(path) for path in saved.get("deferred", [])}
