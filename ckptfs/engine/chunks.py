@@ -157,11 +157,12 @@ class ChunkUploads:
                 await send.send((index, await self._prepare_one(run, index, cut)))
 
     async def _prepare_one(self, run: _Upload, index: int, cut: Cut) -> _Ready:
-        data, identifier, pieces = await trio.to_thread.run_sync(_read_chunk, run.fd, cut, limiter=self.cpu)
+        data, identifier, pieces, small = await trio.to_thread.run_sync(_read_chunk, run.fd, cut, limiter=self.cpu)
         if len(data) != cut.length:
             raise CkptfsError(f"staging file of version {run.version:x} changed under the uploader")
         run.entries[index] = (identifier, cut.length)
-        if pieces is not None:
+        if small:
+            assert pieces is not None
             return identifier, cut.length, pieces
         # From here to the claim, no await: two calls never both pack one chunk.
         if self.known(identifier) is not None:
@@ -173,7 +174,8 @@ class ChunkUploads:
             return None
         self._inflight_chunks[identifier] = trio.Event()
         run.claimed.add(identifier)
-        pieces = await trio.to_thread.run_sync(codec.encode_parts, data, identifier, limiter=self.cpu)
+        if pieces is None:  # lz4 might pay: worth a thread of its own, only for a chunk to store
+            pieces = await trio.to_thread.run_sync(codec.encode_parts, data, identifier, limiter=self.cpu)
         return identifier, cut.length, pieces
 
     def known(self, identifier: bytes) -> Location | None:
@@ -251,19 +253,20 @@ class ChunkUploads:
                 self._inflight_chunks.pop(identifier).set()
 
 
-def _read_chunk(fd: int, cut: Cut) -> tuple[bytes, bytes, _Object | None]:
-    """In a worker thread, one hand-off for what every chunk needs: its bytes, its id, and for a
-    small chunk its object. A small chunk is always packed again next to its neighbours, even while
-    another call packs it too: a torch.save record header is the same in every save, and naming
-    another upload's copy broke this file's runs at every record (saves uploaded side by side: 59
-    GETs, not 10). This was three hand-offs per chunk (read, hash, encode); trio's hand-off to a
-    thread (ThreadCache.start_thread_soon) had 8% of the daemon's GIL samples in a save
-    (scripts/profile_cpu.py)."""
+def _read_chunk(fd: int, cut: Cut) -> tuple[bytes, bytes, _Object | None, bool]:
+    """In a worker thread, one hand-off for what every chunk needs: its bytes, its id, its object
+    when that takes no compressing (or it is small), and whether it is small. A small chunk is
+    always packed again next to its neighbours, even while another call packs it too: a torch.save
+    record header is the same in every save, and naming another upload's copy broke this file's
+    runs at every record (saves uploaded side by side: 59 GETs, not 10). This was three hand-offs
+    per chunk (read, hash, encode), then two (the object in a second one); trio's hand-off to a
+    thread (ThreadCache.start_thread_soon) had 8%, then 12% of the daemon's GIL samples in a save
+    (scripts/profile_cpu.py). Dense weights need no second: lz4's probe says no."""
     data = os.pread(fd, cut.length, cut.offset)
     identifier = codec.chunk_id(data)
     if cut.length < SMALL_CHUNK and len(data) == cut.length:
-        return data, identifier, codec.encode_parts(data, identifier)
-    return data, identifier, None
+        return data, identifier, codec.encode_parts(data, identifier), True
+    return data, identifier, codec.raw_parts(data, identifier), False
 
 
 async def _batches(cuts: list[Cut] | trio.MemoryReceiveChannel[list[Cut]]) -> AsyncIterator[list[Cut]]:

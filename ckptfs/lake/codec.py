@@ -52,6 +52,14 @@ def encode(data: bytes | memoryview, identifier: bytes | None = None) -> tuple[b
     return identifier, b"".join(encode_parts(data, identifier))
 
 
+def raw_parts(data: bytes | memoryview, identifier: bytes) -> tuple[bytes, bytes | memoryview] | None:
+    """The chunk object as `encode_parts` makes it when the probe says lz4 would not pay (dense
+    weights, most of a checkpoint), without compressing anything; None when it might pay."""
+    if should_compress(data):
+        return None
+    return _HEADER.pack(MAGIC, FORMAT, CODEC_RAW, 0, len(data), identifier), data
+
+
 def encode_parts(data: bytes | memoryview, identifier: bytes) -> tuple[bytes, bytes | memoryview]:
     """The chunk object of raw chunk data as its two pieces, header and payload (the data itself
     unless lz4 pays), for a pack to copy once (packs.encode)."""
