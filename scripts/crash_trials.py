@@ -3,6 +3,7 @@
 
     python scripts/crash_trials.py --trials 300 [--store s3] [--seed N] [--max-kill-delay 3]
     python scripts/crash_trials.py --trials 1000 --power-cut --writers 3 --memmap     # power cuts
+    python scripts/crash_trials.py --trials 1000 --power-cut --minutes 150 ...          # end checks in time
     python scripts/crash_trials.py --trials 200 --mounts 2 --writers 2 --memmap --gc  # a node of training
 
 Each trial: mount on the same cache dirs, start writers shaped like training (tests/crashtrial.py),
@@ -43,6 +44,8 @@ def main() -> int:
     parser.add_argument("--cache-size", default="2G",
                         help="each mount's --cache-size: bounded, as on a node, so that staging files are "
                              "evicted and a trial's start does not grow with every trial before it")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="start no trial after this many minutes; the end checks run after the last")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop by pid: the mounts and the layer are cleaned up
     shape = Shape(writers=args.writers, mounts=args.mounts, memmap=args.memmap, gc=args.gc, power_cut=args.power_cut)
@@ -69,7 +72,8 @@ def main() -> int:
         extra += ["--cache-size", args.cache_size]
         try:
             result = run_trials(workdir, args.trials, seed=args.seed, store_url=store_url, extra=extra,
-                                max_kill_delay=args.max_kill_delay, shape=shape, progress=progress)
+                                max_kill_delay=args.max_kill_delay, shape=shape, progress=progress,
+                                deadline=started + args.minutes * 60 if args.minutes else None)
         finally:
             if server is not None:
                 server.stop()

@@ -297,7 +297,9 @@ def _wait_for_growth(path: str, size: int, *, timeout: float) -> None:
 
 def run_trials(workdir: str, trials: int, *, seed: int = 0, store_url: str | None = None,
                extra: list[str] | None = None, max_kill_delay: float = 2.5, shape: Shape | None = None,
-               progress=None) -> TrialResult:
+               progress=None, deadline: float | None = None) -> TrialResult:
+    """`trials` trials, or as many as start before `deadline` (time.monotonic()), then the end
+    checks: every recorded file committed and whole, and the lake verified."""
     shape = shape or Shape()
     rng = random.Random(seed)
     store_url = store_url or f"file://{workdir}/lake"
@@ -347,6 +349,8 @@ def run_trials(workdir: str, trials: int, *, seed: int = 0, store_url: str | Non
     versions_seen: set[tuple[str, str]] = set()  # whole after a restart: not read after the next
     try:
         for trial in range(trials):
+            if deadline is not None and time.monotonic() >= deadline:
+                break  # the end checks always run: a run stopped by hand never reached them
             mounts = start_mounts()
             if mounts is None:
                 break
