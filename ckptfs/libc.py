@@ -1,20 +1,25 @@
 """The C library calls ckptfs makes through ctypes, on one handle: punching holes in staging files,
-syncfs of the cache dir, memmem for the chunker, and the heap setting below.
+syncfs of the cache dir, memmem for the chunker, memcpy for packs, and the heap setting below.
 
-A ctypes call lets go of the GIL for its duration, which is why memmem is here (lake/chunker.py).
+A ctypes call lets go of the GIL for its duration, which is why memmem and memcpy are here
+(lake/chunker.py, lake/packs.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
+from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 libc = ctypes.CDLL(None, use_errno=True)
 libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 libc.memmem.restype = ctypes.c_void_p
 libc.memmem.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
+libc.memcpy.restype = ctypes.c_void_p
+libc.memcpy.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -30,6 +35,54 @@ HEAP_TRIM_THRESHOLD = 2 * HEAP_MMAP_THRESHOLD
 # Heaps that threads allocate from (glibc's default: 8 per core). Each keeps up to the trim threshold
 # free at its top, so what the daemon can hold beyond its live memory is arenas x 16 MiB.
 HEAP_ARENAS = 2
+
+
+class _Buffer(ctypes.Structure):
+    """CPython's Py_buffer, to get the address of any object with the buffer protocol."""
+    _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
+                ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
+                ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
+                ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p)]
+
+
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_Buffer), ctypes.c_int]
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = [ctypes.POINTER(_Buffer)]
+_PyBUF_SIMPLE, _PyBUF_WRITABLE = 0, 1
+_resize_bytearray = ctypes.pythonapi.PyByteArray_Resize
+_resize_bytearray.argtypes = [ctypes.py_object, ctypes.c_ssize_t]
+
+
+@contextlib.contextmanager
+def buffer_of(data: object, *, writable: bool = False) -> Iterator[tuple[int, int]]:
+    """(address, length) of the bytes of any object with the buffer protocol (bytes, bytearray,
+    memoryview, mmap), held for the duration: a bytearray cannot be resized meanwhile."""
+    view = _Buffer()
+    if _get_buffer(data, ctypes.byref(view), _PyBUF_WRITABLE if writable else _PyBUF_SIMPLE) != 0:
+        raise BufferError("cannot read the buffer")
+    try:
+        yield view.buf or 0, view.len
+    finally:
+        _release_buffer(ctypes.byref(view))
+
+
+def copy_into(target: bytearray, pieces: list) -> int:
+    """Copy the pieces (anything with the buffer protocol) one after another into `target`, resized
+    to hold exactly them, with the GIL released for each copy; returns the size. A bytearray reused
+    for pack after pack keeps its memory (CPython shrinks one only below half its allocation), so
+    its pages are not faulted in again, and `b"".join` held the GIL for the whole copy."""
+    size = sum(len(piece) for piece in pieces)
+    if _resize_bytearray(target, size) != 0:
+        raise MemoryError(f"cannot resize a buffer to {size} bytes")
+    with buffer_of(target, writable=True) as (base, _):
+        position = 0
+        for piece in pieces:
+            with buffer_of(piece) as (address, length):
+                if length:
+                    libc.memcpy(base + position, address, length)
+                position += length
+    return size
 
 
 def punch_hole(fd: int, offset: int, length: int) -> None:

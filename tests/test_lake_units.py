@@ -269,6 +269,22 @@ def test_pack_round_trip_runs_and_index():
     assert packs.parse_pack_key("packs/999/" + "42" * 16) is None
 
 
+def test_a_pack_written_into_a_reused_buffer_is_the_joined_pack():
+    """packs.encode into a buffer the uploader reuses (libc.copy_into, without the GIL): the same
+    bytes as joining, whatever the buffer held before and whether the pack is larger or smaller;
+    pieces may be bytes, bytearrays or memoryviews, empty ones too."""
+    rng = random.Random(5)
+    buffer = bytearray()
+    for count in (40, 3, 25, 1, 40):
+        datas = [rng.randbytes(rng.randrange(1, 300_000)) for _ in range(count)]
+        objects = [(codec.chunk_id(data), codec.encode_parts(data, codec.chunk_id(data))) for data in datas]
+        objects[0] = (objects[0][0], (objects[0][1][0], memoryview(datas[0])))
+        objects[-1] = (objects[-1][0], (bytearray(objects[-1][1][0]), objects[-1][1][1], b""))
+        joined, locations = packs.encode(b"\x07" * 16, objects)
+        filled, same_locations = packs.encode(b"\x07" * 16, objects, buffer)
+        assert filled is buffer and bytes(buffer) == joined and same_locations == locations
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "absurd-size", "wrong-sum", "bad-json"])
 def test_manifest_rejects_damage(damage):
     import json

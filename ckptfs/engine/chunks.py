@@ -94,6 +94,9 @@ class ChunkUploads:
         self._calls = trio.CapacityLimiter(CALLS_AT_ONCE)
         self._pack_slots = trio.Semaphore(packs_in_flight)  # taken by a full pack until its PUT ends
         self._packs_in_flight = packs_in_flight
+        # Pack buffers whose PUT has ended, for the next packs: a fresh 32 MiB pack faulted in a page
+        # per 4 KiB it held. Let go of once no upload runs, so an idle daemon does not keep them.
+        self._pack_buffers: list[bytearray] = []
         self._hashers = 2 * max(1, os.cpu_count() or 1)  # reading, hashing, compressing: threads of `cpu`
         self.pack_bytes = pack_bytes
         self.sent: dict[int, int] = {}  # version id -> bytes of it in the lake so far
@@ -131,6 +134,8 @@ class ChunkUploads:
             for _ in range(run.holding):
                 run.slots.release()
             self._release(list(run.claimed), run.claimed)  # what never reached a pack that landed
+            if not self._calls.borrowed_tokens:
+                self._pack_buffers.clear()
         # Chunks another call was packing: theirs must land before a manifest names them.
         for identifier in run.elsewhere:
             while identifier in self._inflight_chunks:
@@ -227,11 +232,12 @@ class ChunkUploads:
             async for pack in receive:
                 identifiers = [identifier for identifier, _, _ in pack.objects]
                 raw = sum(length for _, length, _ in pack.objects)
+                buffer = self._pack_buffers.pop() if self._pack_buffers else bytearray()
                 try:
                     pack_id = packs.new_pack_id()
                     data, locations = await trio.to_thread.run_sync(
                         packs.encode, pack_id, [(identifier, pieces) for identifier, _, pieces in pack.objects],
-                        limiter=self.cpu)
+                        buffer, limiter=self.cpu)
                     pack.objects = []  # the objects are in `data` now: hold them once
                     await trio.to_thread.run_sync(self.lake.put_pack, pack_id, data, limiter=self.network)
                     self.written[packs.pack_key(pack_id)] = self.clock()
@@ -242,6 +248,7 @@ class ChunkUploads:
                     run.stored_bytes += len(data)
                     self.sent[run.version] = self.sent.get(run.version, 0) + raw
                 finally:
+                    self._pack_buffers.append(buffer)  # its PUT has ended, whatever the outcome
                     self._pack_slots.release()
                     self._release(identifiers, run.claimed)
 

@@ -19,14 +19,13 @@ chunks differ and every tensor's chunks dedup.
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyfastcdc
 
-from ckptfs.libc import libc
+from ckptfs.libc import buffer_of, libc
 
 # FastCDC parameters, chosen by scripts/measure_chunking.py: a mean chunk of ~1 MiB keeps S3 requests
 # large enough for throughput while a changed tensor drags in little of its neighbours.
@@ -128,28 +127,10 @@ def _with_payload_starts(data: Searchable, boundaries: list[int], skip: int, end
 # 2.2-2.5 s per GiB instead of 0.26 s, whatever the size of the pieces searched; beside memmem, 0.24 s.
 
 
-class _Buffer(ctypes.Structure):
-    """CPython's Py_buffer, to get the address of any object with the buffer protocol."""
-    _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
-                ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
-                ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
-                ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p)]
-
-
-_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
-_get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_Buffer), ctypes.c_int]
-_release_buffer = ctypes.pythonapi.PyBuffer_Release
-_release_buffer.argtypes = [ctypes.POINTER(_Buffer)]
-
-
 def _occurrences(data: Searchable, needle: bytes, start: int, end: int) -> Iterator[int]:
     """Every offset in [start, end - len(needle)] where `needle` starts in `data`."""
     end = min(end, len(data))
-    view = _Buffer()
-    if _get_buffer(data, ctypes.byref(view), 0) != 0:  # PyBUF_SIMPLE: read-only buffers will do
-        raise BufferError("cannot read the buffer to search")
-    try:
-        base = view.buf
+    with buffer_of(data) as (base, _):
         position = start
         while end - position >= len(needle):
             hit = libc.memmem(base + position, end - position, needle, len(needle))
@@ -157,5 +138,3 @@ def _occurrences(data: Searchable, needle: bytes, start: int, end: int) -> Itera
                 return
             yield hit - base
             position = hit - base + 1
-    finally:
-        _release_buffer(ctypes.byref(view))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from ckptfs.errors import CorruptObjectError
 from ckptfs.lake import codec
+from ckptfs.libc import copy_into
 
 MAGIC = b"CKPP"
 PREFIX = "packs/"
@@ -116,10 +117,13 @@ def parse_pack_key(key: str) -> bytes | None:
     return pack if len(pack) == 16 and key == pack_key(pack) else None
 
 
-def encode(pack: bytes, objects: list[tuple[bytes, bytes | tuple[bytes, ...]]]) -> tuple[bytes, list[Location]]:
+def encode(pack: bytes, objects: list[tuple[bytes, bytes | tuple[bytes, ...]]],
+           into: bytearray | None = None) -> tuple[bytes | bytearray, list[Location]]:
     """The bytes of a pack holding these (chunk id, chunk object) pairs, and where each one lies.
     An object may come as the pieces it is made of (codec.encode_parts: header, payload): they are
-    copied once, into the pack, rather than joined into an object first."""
+    copied once, into the pack, rather than joined into an object first. With `into`, the pack is
+    that buffer, resized to fit and filled without the GIL (libc.copy_into): a buffer reused pack
+    after pack is not faulted in again."""
     pieces: list[bytes] = []
     locations, offset = [], 0
     for _, blob in objects:
@@ -131,6 +135,9 @@ def encode(pack: bytes, objects: list[tuple[bytes, bytes | tuple[bytes, ...]]]) 
     index = b"".join(_INDEX_ENTRY.pack(identifier, where.offset, where.stored)
                      for (identifier, _), where in zip(objects, locations, strict=True))
     trailer = _TRAILER.pack(offset, len(objects), MAGIC)
+    if into is not None:
+        copy_into(into, [*pieces, index, trailer])
+        return into, locations
     return b"".join([*pieces, index, trailer]), locations
 
 
