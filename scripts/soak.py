@@ -11,7 +11,10 @@ little every step, an embedding that never does) and its shard of an optimizer s
 everywhere, and saves every `--interval` seconds, alternating a PyTorch Distributed Checkpoint that
 all ranks write (`run/dcp/step-N`) with a `torch.save` of the model by rank 0 (`run/export/step-N.pt`),
 keeping the last three of each as frameworks rotate. A save is followed by `ckptfs sync` of it in the
-background: the time from save to durable.
+background: the time from save to durable. Under the rotation, the lake has a policy (`ckptfs
+retention set`: the newest version of each live file and every version current within
+`--keep-within`) and every mount collects garbage every `--gc-every` (the lake's grace
+`--gc-grace`), so the lake stops growing once the policy lets go of what the rotation deleted.
 
 Phases, one after the other on the same lake:
 * baseline: no faults, `--baseline-saves` checkpoints;
@@ -23,10 +26,12 @@ Phases, one after the other on the same lake:
 
 Every second the coordinator samples each mount (bytes at risk and their age, store errors, daemon
 RSS, cache disk use), the lake (bytes and objects, every 10 s) and the requests the model counted;
-`ckptfs latest` is asked every few seconds and what it names is recorded. At the end every checkpoint
-`latest` ever named is loaded from the lake as it was then (`.at/<time>/`) and compared, tensor by
-tensor, with what the ranks saved. Writes `soak.json` and `soak.png` (one panel per figure, faults
-marked) to `--out`, and prints the acceptance figures.
+`ckptfs latest` is asked every few seconds and what it names is recorded. Every checkpoint `latest`
+ever named is loaded from the lake as it was then (`.at/<time>/`) and compared, tensor by tensor,
+with what the ranks saved: while the policy still keeps it (a check every quarter of
+`--keep-within`, as an evaluation job reads checkpoints during training), the rest at the end.
+Writes `soak.json` and `soak.png` (one panel per figure, faults marked) to `--out`, and prints the
+acceptance figures.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from ckptfs.lake.retention import parse_duration  # noqa: E402
 from tests.helpers import Mount, free_port  # noqa: E402
 
 PRICE_PER_1000 = {"PUT": 0.005, "POST": 0.005, "LIST": 0.005, "GET": 0.0004, "HEAD": 0.0004, "DELETE": 0.0}
@@ -275,6 +281,10 @@ class Soak:
         self.samples: list[dict] = []
         self.faults: list[dict] = []
         self.named: list[dict] = []  # what `ckptfs latest` named, and when
+        self.checked: dict[int, str | None] = {}  # index in named -> None (loaded and equal) or the last error
+        self.checked_during_run = 0
+        self.gc_seen: set[tuple[int, int]] = set()  # (daemon pid, its gc run count)
+        self.gc_reports: list[dict] = []
         self.phase = "baseline"
         self.started = time.time()
         self.stop_sampling = threading.Event()
@@ -291,12 +301,22 @@ class Soak:
                       os.path.join(self.work, f"cache{rank}-g{self.generation}"),
                       os.path.join(self.work, f"daemon{rank}.log"),
                       extra=["--endpoint-url", self.endpoint, "--cache-size", cache_size, "--refresh", "2",
-                             "--metrics-address", f"127.0.0.1:{self.metrics_ports[rank]}"])
+                             "--metrics-address", f"127.0.0.1:{self.metrics_ports[rank]}"] + self.gc_options())
         started = time.monotonic()
         self.mounts[rank] = mount.start(timeout=120)
         self.mount_times.append({"t": time.time(), "rank": rank, "seconds": time.monotonic() - started})
         self.cache_size[rank] = cache_size
         return mount
+
+    def gc_options(self) -> list[str]:
+        """Every mount collects garbage (the lake's lock lets one at a time); the lake's settings
+        count only for the mount that creates it: a grace of `--gc-grace` (all mounts are on one
+        clock here, so 1 s of skew), and a late publication keeps its place through the outage."""
+        args = self.args
+        if args.no_policy:
+            return []
+        return ["--gc-every", args.gc_every, "--lake-setting", f"gc_grace_s={args.gc_grace}",
+                "--lake-setting", "max_clock_skew_s=1", "--lake-setting", f"late_publish_s={int(args.outage) + 60}"]
 
     def start_ranks(self, *, resume: bool) -> None:
         port = free_port()
@@ -372,8 +392,11 @@ class Soak:
                     status = mount.status()
                     entry.update({key: status.get(key) for key in (
                         "at_risk_bytes", "at_risk_oldest_s", "store_retrying", "store_retries", "last_store_error",
-                        "staged_bytes", "spilled_bytes", "spilled_bytes_total")})
+                        "staged_bytes", "spilled_bytes", "spilled_bytes_total", "gc_runs")})
                     entry["store_errors"] = sum((status.get("store_errors") or {}).values())
+                    if status.get("gc_runs") and (mount.process.pid, status["gc_runs"]) not in self.gc_seen:
+                        self.gc_seen.add((mount.process.pid, status["gc_runs"]))
+                        self.gc_reports.append({"t": now, "rank": rank, **(status.get("gc_last") or {})})
                 entry.update(_scrape(self.metrics_ports[rank]))
                 sample["mounts"][rank] = entry
             if self.model is not None:
@@ -383,6 +406,15 @@ class Soak:
             sample["lake"] = self.lake
             self.samples.append(sample)
             self.stop_sampling.wait(max(0.0, 1.0 - (time.time() - now)))
+
+    def watch_named(self) -> None:
+        """Load what `latest` named while the policy keeps it: after `--keep-within` the versions
+        the rotation deleted are the garbage collector's."""
+        every = 30.0 if self.args.no_policy else max(5.0, parse_duration(self.args.keep_within) / 4)
+        while not self.stop_sampling.wait(every):
+            if self.mounts[0] is not None and self.mounts[0].process is not None:
+                with contextlib.suppress(OSError, AttributeError):
+                    self.verify(final=False)
 
     def ask_latest(self) -> None:
         mount = self.mounts[0]
@@ -414,10 +446,13 @@ class Soak:
         args = self.args
         for rank in range(args.ranks):
             self.mount(rank)
+        if not args.no_policy:
+            self.mounts[0].cli("retention", "set", self.mounts[0].mountpoint, "--keep-last", "1",
+                               "--keep-within", args.keep_within)
         self.set_interval(args.interval)
         self.start_ranks(resume=False)
         watchers = [threading.Thread(target=target, daemon=True)
-                    for target in (self.sample_forever, self.watch_lake, self.watch_latest)]
+                    for target in (self.sample_forever, self.watch_lake, self.watch_latest, self.watch_named)]
         for watcher in watchers:
             watcher.start()
         try:
@@ -451,7 +486,7 @@ class Soak:
             if mount is not None:
                 mount.cli("sync", "--timeout", "900", mount.mountpoint, check=False)
         self.ask_latest()
-        verified = self.verify()
+        verified = self.verify(final=True)
         for mount in self.mounts:
             if mount is not None:
                 mount.unmount()
@@ -528,8 +563,10 @@ class Soak:
         return False
 
     # the end
-    def verify(self) -> dict:
-        """Load every checkpoint `latest` named, from the lake as it was when named, and compare."""
+    def verify(self, *, final: bool) -> dict:
+        """Load each checkpoint `latest` named and not yet checked, from the lake as it was when named,
+        and compare. During the run only those named over 10 s ago (their ranks' `saved` events are
+        read by then); at the end, all that are left."""
         import torch
         import torch.distributed.checkpoint as dcp
 
@@ -540,9 +577,12 @@ class Soak:
             if event["event"] == "saved":
                 saves.setdefault(event["path"], {}).setdefault(event["rank"], []).append((event["t"], event["digests"]))
         mount = self.mounts[0]
+        pending = [(index, named) for index, named in enumerate(list(self.named))
+                   if self.checked.get(index, "") is not None and (final or named["t"] < time.time() - 10)]
+        if not pending:
+            return self.verified()
         mount.cli("refresh", mount.mountpoint, check=False)
-        checked, failures = 0, []
-        for named in self.named:
+        for index, named in pending:
             # `latest` saw it complete just before it answered at t; rotation may remove it soon after.
             when = datetime.datetime.fromtimestamp(named["t"], datetime.UTC).isoformat(timespec="microseconds")
             where = mount.path(".at", when, named["path"])
@@ -566,10 +606,17 @@ class Soak:
                     actual = digest_of(torch.load(where, weights_only=True)["model"])
                 if actual != expected:
                     raise ValueError(f"{sum(actual.get(k) != v for k, v in expected.items())} tensors differ")
-                checked += 1
-            except Exception as error:  # noqa: BLE001 - each failure is reported
-                failures.append(f"{named['path']} (named at {when}): {error}")
-        return {"named": len(self.named), "loaded_and_equal": checked, "failures": failures}
+                self.checked[index] = None
+                self.checked_during_run += not final
+            except Exception as error:  # noqa: BLE001 - each failure is reported; tried again until the end
+                self.checked[index] = f"{named['path']} (named at {when}): {error}"
+        return self.verified()
+
+    def verified(self) -> dict:
+        return {"named": len(self.named),
+                "loaded_and_equal": sum(1 for error in self.checked.values() if error is None),
+                "loaded_while_the_run_went_on": self.checked_during_run,
+                "failures": [error for error in self.checked.values() if error is not None]}
 
     def report(self, verified: dict) -> dict:
         saves = [e for e in self.events if e["event"] == "saved" and (e["kind"] == "dcp" or e["rank"] == 0)]
@@ -646,6 +693,16 @@ class Soak:
                 visible[fault["kind"]] = {"samples": len(during), "in_status": len(shown), "in_metrics": len(scraped)}
         spilled = {phase: max((m.get("spilled_bytes_total") or 0 for s in self.samples if s["phase"] == phase
                                for m in s["mounts"].values()), default=0) for phase in ("baseline", "stress", "soak")}
+        # The lake under the policy: what it held halfway through the soak and at the end (flat once
+        # the garbage collector keeps up with the rotation), and what the collector did.
+        lake = [(s["t"], s["lake"]["bytes"]) for s in self.samples if s["phase"] == "soak" and s["lake"].get("bytes")]
+        halfway = [b for t, b in lake if t >= (lake[0][0] + lake[-1][0]) / 2][:1] if lake else []
+        gc = {"runs": len([r for r in self.gc_reports if "error" not in r]),
+              "failed": [r["error"] for r in self.gc_reports if "error" in r],
+              "marked_objects": sum(r.get("marked", {}).get("objects", 0) for r in self.gc_reports),
+              "deleted_objects": sum(r.get("deleted", {}).get("objects", 0) for r in self.gc_reports),
+              "deleted_bytes": sum(r.get("deleted", {}).get("bytes", 0) for r in self.gc_reports),
+              "seconds_max": max((r.get("seconds", 0) for r in self.gc_reports), default=0)}
         figures = {
             "saves": len(saves), "durable": len(durable), "spilled_bytes_max": spilled,
             "stall_p50_s": p([e["stall"] for e in saves], 0.5), "stall_p99_s": p([e["stall"] for e in saves], 0.99),
@@ -658,6 +715,9 @@ class Soak:
             "requests": requests, "request_dollars": round(dollars, 4),
             "request_dollars_per_checkpoint": round(dollars / max(1, len([e for e in saves if e["rank"] == 0])), 6),
             "lake_bytes": (self.samples[-1]["lake"] or {}).get("bytes") if self.samples else None,
+            "lake_bytes_soak_halfway": halfway[0] if halfway else None,
+            "lake_bytes_soak_max": max((b for _, b in lake), default=None),
+            "gc": gc,
             "faults_visible_share_of_samples": visible,
             "verified": verified,
         }
@@ -670,6 +730,10 @@ class Soak:
                 mount.kill()
         if self.model is not None:
             self.model.stop()
+
+
+def _gb(size: int | None) -> str:
+    return "n/a" if size is None else f"{size / 1e9:.2f} GB"
 
 
 def _scrape(port: int) -> dict:
@@ -774,6 +838,10 @@ def main() -> int:
                         help="rank 0's cache in the stress phase: smaller than what it saves, so it spills")
     parser.add_argument("--outage", type=float, default=60, help="seconds of the full outage")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--keep-within", default="10m", help="the lake policy: every version current within this long")
+    parser.add_argument("--gc-every", default="5m", help="each mount's --gc-every")
+    parser.add_argument("--gc-grace", type=int, default=60, help="the lake's gc_grace_s, seconds")
+    parser.add_argument("--no-policy", action="store_true", help="no lake policy and no GC: rotation only")
     parser.add_argument("--endpoint-url", help="a real S3 endpoint instead of the model")
     parser.add_argument("--bucket", help="with --endpoint-url: the bucket to use")
     parser.add_argument("--out", default=".", help="directory for soak.json and soak.png")
@@ -829,6 +897,13 @@ def main() -> int:
     for failure in verified["failures"][:10]:
         print("    " + failure)
     print(f"  request cost per checkpoint: ${figures['request_dollars_per_checkpoint']:.6f}")
+    gc = figures["gc"]
+    if not args.no_policy:
+        print(f"  lake under the policy (keep-within {args.keep_within}): {_gb(figures['lake_bytes_soak_halfway'])} "
+              f"halfway through the soak, {_gb(figures['lake_bytes'])} at the end, "
+              f"{_gb(figures['lake_bytes_soak_max'])} at most; gc: {gc['runs']} runs "
+              f"({len(gc['failed'])} failed), {gc['deleted_objects']} objects deleted ({_gb(gc['deleted_bytes'])}), "
+              f"longest run {gc['seconds_max']} s")
     print("  faults visible in status while they lasted (share of samples):",
           figures["faults_visible_share_of_samples"])
     shutil.rmtree(work, ignore_errors=True)
