@@ -7,6 +7,7 @@ import os
 import trio
 
 from ckptfs.cache.chunkcache import ChunkCache
+from ckptfs.engine import fetcher as fetcher_module
 from ckptfs.engine.fetcher import Fetcher
 from ckptfs.lake import Lake, codec, packs
 from ckptfs.lake.manifest import Manifest
@@ -146,3 +147,47 @@ def test_a_sequential_reader_of_cached_chunks_finds_the_next_ones_in_memory(tmp_
 
     trio.run(main)
     assert store.requests["GET"] == gets + 1  # the manifest; every chunk came from the cache
+
+
+def test_a_cold_sequential_reader_takes_what_was_read_ahead_from_memory_not_the_chunk_cache(tmp_path):
+    lake, _, manifest, data = lake_with_a_packed_file(per_pack=20)
+    # Runs of up to 20 chunks, only 4 of the last read kept: without the chunks held for the
+    # reader, most of each run was written to the chunk cache and read back from it.
+    fetcher = Fetcher(lake, ChunkCache(str(tmp_path / "chunks"), 1 << 30), readahead_chunks=8,
+                      readahead_max_chunks=32, memory_chunks=4)
+    read_sequentially(fetcher, manifest, data)
+    assert fetcher.fetched_bytes == COUNT * CHUNK
+    assert fetcher.cache_loads == 0
+
+    # Room for 3 chunks only: the rest waits in the chunk cache and is read from there, and no more
+    # than the room is ever held.
+    held = []
+    small = Fetcher(lake, ChunkCache(str(tmp_path / "chunks2"), 1 << 30), readahead_chunks=8,
+                    readahead_max_chunks=32, memory_chunks=4, ahead_bytes=3 * CHUNK)
+    hold = small._hold
+    small._hold = lambda identifier, chunk: (hold(identifier, chunk), held.append(small._held_bytes))
+    read_sequentially(small, manifest, data)
+    assert small.fetched_bytes == COUNT * CHUNK
+    assert 0 < max(held) <= 3 * CHUNK
+    assert small.cache_loads > 0
+
+
+def test_what_a_reader_left_read_ahead_is_let_go_of(tmp_path, monkeypatch):
+    monkeypatch.setattr(fetcher_module, "AHEAD_STALE_S", 0.2)
+    lake, _, manifest, data = lake_with_a_packed_file(per_pack=60)
+    fetcher = Fetcher(lake, ChunkCache(str(tmp_path / "chunks"), 1 << 30), readahead_chunks=16)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fetcher.run)
+            await fetcher.read(manifest, 0, CHUNK)
+            await fetcher.read(manifest, CHUNK, CHUNK, sequential=True)  # then the reader goes away
+            with trio.fail_after(30):  # the read-ahead has come, and nothing is on its way
+                while not fetcher._held or fetcher._inflight:
+                    await trio.sleep(0.01)
+            assert fetcher._held_bytes == sum(len(chunk) for chunk, _ in fetcher._held.values())
+            await trio.sleep(3 * fetcher_module.AHEAD_STALE_S)
+            assert not fetcher._held and fetcher._held_bytes == 0
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)

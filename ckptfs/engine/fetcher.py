@@ -5,8 +5,10 @@ Chunks that lie end to end in one pack (lake/packs.py) are fetched together as a
 ranged GET, each verified against its id (codec.decode) and kept in the shared chunk cache.
 Sequential readers get read-ahead: a window of chunks ahead of the reader that doubles with every
 sequential read, requested in runs of at least half the window, so a restore costs tens of GETs per
-GiB with several in flight. Two readers asking for the same chunk share one GET. A damaged or missing
-chunk raises CorruptObjectError; it is never replaced by other bytes.
+GiB with several in flight; what a run read ahead is held in memory until it is read (up to
+`ahead_bytes`), so a cold restore does not read it back from the chunk cache. Two readers asking
+for the same chunk share one GET. A damaged or missing chunk raises CorruptObjectError; it is never
+replaced by other bytes.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ from ckptfs.lake.packs import LOOSE, Location
 
 log = logging.getLogger(__name__)
 
+AHEAD_STALE_S = 30.0  # read ahead and not read for this long: the reader has gone elsewhere
+
 
 class Fetcher:
     def __init__(self, lake: Lake, chunk_cache: ChunkCache, *, network_threads: int = 32,
                  readahead_chunks: int = 8, readahead_max_chunks: int = 128, memory_chunks: int = 16,
-                 run_bytes: int = packs.RUN_BYTES,
+                 ahead_bytes: int = 64 << 20, run_bytes: int = packs.RUN_BYTES,
                  on_manifest: Callable[[Manifest], None] | None = None) -> None:
         self.lake = lake
         self.chunk_cache = chunk_cache
@@ -51,6 +55,14 @@ class Fetcher:
         self._manifests: OrderedDict[str, tuple[Manifest, list[int]]] = OrderedDict()
         self._memory: OrderedDict[bytes, bytes] = OrderedDict()
         self._memory_chunks = memory_chunks
+        # Chunks a read-ahead run brought and no reader has taken yet: (bytes, when it came). A run
+        # is up to 40 MiB while only the last 16 chunks read stay above, so without this most of
+        # a cold restore was written to the chunk cache and read back from it, a thread hand-off,
+        # a read and a hash per chunk. What does not fit is in the chunk cache.
+        self._held: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
+        self._held_bytes = 0
+        self.ahead_bytes = ahead_bytes
+        self.cache_loads = 0  # chunks read from the chunk cache
         self._inflight: dict[bytes, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
         self.fetched_bytes = 0
@@ -59,7 +71,9 @@ class Fetcher:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
-            await trio.sleep_forever()
+            while True:  # what a reader left behind read ahead is let go of
+                await trio.sleep(AHEAD_STALE_S)
+                self._drop_held(older_than=trio.current_time() - AHEAD_STALE_S)
 
     async def manifest(self, identifier: str) -> tuple[Manifest, list[int]]:
         cached = self._manifests.get(identifier)
@@ -77,9 +91,8 @@ class Fetcher:
     async def chunk(self, identifier: bytes, where: Location = LOOSE) -> bytes:
         """A chunk's verified bytes: from memory, the chunk cache, or the lake (at `where`)."""
         while True:
-            data = self._memory.get(identifier)
+            data = self._take(identifier)
             if data is not None:
-                self._memory.move_to_end(identifier)
                 return data
             waiting = self._inflight.get(identifier)
             if waiting is None:
@@ -94,6 +107,7 @@ class Fetcher:
                 # other request (and the read-ahead) would wait behind it.
                 data = self.chunk_cache.loaded(identifier, await trio.to_thread.run_sync(
                     self.chunk_cache.load, identifier, limiter=self.disk))
+                self.cache_loads += 1
                 if data is not None:
                     self._remember(identifier, data)
                     return data
@@ -102,24 +116,25 @@ class Fetcher:
                 done.set()
         return (await self._fetch_run([(identifier, where, where.stored)]))[identifier]
 
-    async def _fetch_run(self, run: list[tuple[bytes, Location, int]]) -> dict[bytes, bytes]:
+    async def _fetch_run(self, run: list[tuple[bytes, Location, int]], *, ahead: bool = False) -> dict[bytes, bytes]:
         """The bytes of chunks (id, location, raw length) that lie end to end in one pack, or of one
         loose chunk: one ranged GET, unless some are in flight for another reader meanwhile (every
-        await lets others run); then the rest is fetched in the runs left, and those waited for."""
+        await lets others run); then the rest is fetched in the runs left, and those waited for.
+        `ahead`: a read-ahead, whose chunks are held until a reader takes them."""
         mine = [item for item in run if item[0] not in self._inflight]
         if len(mine) == len(run):
-            return await self._get_run(run)
+            return await self._get_run(run, ahead=ahead)
         found: dict[bytes, bytes] = {}
         for indices in packs.runs([where for _, where, _ in mine], self.run_bytes, packs.RUN_GAP):
             fresh = [mine[position] for position in indices if mine[position][0] not in self._inflight]
             if fresh:
-                found.update(await self._fetch_run(fresh))
+                found.update(await self._fetch_run(fresh, ahead=ahead))
         for identifier, where, _ in run:
             if identifier not in found:
                 found[identifier] = await self.chunk(identifier, where)
         return found
 
-    async def _get_run(self, run: list[tuple[bytes, Location, int]]) -> dict[bytes, bytes]:
+    async def _get_run(self, run: list[tuple[bytes, Location, int]], *, ahead: bool = False) -> dict[bytes, bytes]:
         """GET chunks (id, location, raw length) that lie end to end in one pack, or one loose chunk,
         verify them and keep them in the chunk cache, room made for them first. None is in flight."""
         events = {}
@@ -145,7 +160,10 @@ class Fetcher:
                 if identifier not in found:
                     found[identifier] = data
                     self.fetched_bytes += len(data)
-                    self._remember(identifier, data)
+                    if not ahead:
+                        self._remember(identifier, data)
+                    elif identifier not in self._memory:
+                        self._hold(identifier, data)
                 if fresh:
                     self.chunk_cache.added(identifier, len(data))
             self.requests += 1
@@ -161,6 +179,39 @@ class Fetcher:
         while len(self._memory) > self._memory_chunks:
             self._memory.popitem(last=False)
 
+    def _take(self, identifier: bytes) -> bytes | None:
+        """A chunk in memory: among the last read, or held since a read-ahead brought it (it joins
+        the last read: the kernel reads a chunk a slice at a time)."""
+        data = self._memory.get(identifier)
+        if data is not None:
+            self._memory.move_to_end(identifier)
+            return data
+        held = self._held.pop(identifier, None)
+        if held is None:
+            return None
+        self._held_bytes -= len(held[0])
+        self._remember(identifier, held[0])
+        return held[0]
+
+    def _hold(self, identifier: bytes, data: bytes) -> None:
+        """Keep a chunk read ahead until a reader takes it, if there is room: what came first is
+        read first, so a chunk that does not fit waits in the chunk cache instead, unless what
+        fills the room has waited so long that its reader has gone."""
+        now = trio.current_time()
+        if self._held_bytes + len(data) > self.ahead_bytes:
+            self._drop_held(older_than=now - AHEAD_STALE_S)
+        if identifier not in self._held and self._held_bytes + len(data) <= self.ahead_bytes:
+            self._held[identifier] = (data, now)
+            self._held_bytes += len(data)
+
+    def _drop_held(self, *, older_than: float) -> None:
+        while self._held:
+            identifier, (data, when) = next(iter(self._held.items()))
+            if when > older_than:
+                break
+            del self._held[identifier]
+            self._held_bytes -= len(data)
+
     def _remote_runs(self, chunks: list[tuple[bytes, int]], indices: list[int],
                      where: Callable[[int], Location]) -> tuple[list[int], list[list[int]]]:
         """Split chunk indices into those read one by one (in memory, in the chunk cache, or in
@@ -168,7 +219,8 @@ class Fetcher:
         single, remote, seen = [], [], set()
         for index in indices:
             identifier = chunks[index][0]
-            if identifier in self._memory or identifier in self._inflight or identifier in self.chunk_cache:
+            if (identifier in self._memory or identifier in self._held or identifier in self._inflight
+                    or identifier in self.chunk_cache):
                 single.append(index)
             elif identifier in seen:
                 single.append(index)  # the same chunk again: read once, by its first place
@@ -201,9 +253,8 @@ class Fetcher:
         wanted = range(first, last + 1)
         pieces: dict[int, bytes] = {}
         for index in wanted:  # the usual case when warm: no task, no thread
-            data = self._memory.get(chunks[index][0])
+            data = self._take(chunks[index][0])
             if data is not None:
-                self._memory.move_to_end(chunks[index][0])
                 pieces[index] = data
         async def one(index: int) -> None:
             pieces[index] = await self.chunk(chunks[index][0], where(index))
@@ -261,13 +312,14 @@ class Fetcher:
             for indices in grouped:
                 assert self._nursery is not None
                 self._nursery.start_soon(self._prefetch_run, [(chunks[index][0], where(index), chunks[index][1])
-                                                              for index in indices])
+                                                              for index in indices], True)
             requested = stop
         # Chunks already in the chunk cache are loaded into memory a few ahead, so a warm restore
         # reads its next chunk from memory instead of waiting for the disk.
         for index in range(last + 1, min(len(chunks), last + 1 + self._memory_chunks // 2)):
             identifier = chunks[index][0]
-            if identifier in self.chunk_cache and identifier not in self._memory and identifier not in self._inflight:
+            if (identifier in self.chunk_cache and identifier not in self._memory and identifier not in self._held
+                    and identifier not in self._inflight):
                 assert self._nursery is not None
                 self._nursery.start_soon(self._preload, identifier, where(index))
         self._ahead[key] = (depth, requested)
@@ -275,17 +327,18 @@ class Fetcher:
             self._ahead.pop(next(iter(self._ahead)))
 
     async def _preload(self, identifier: bytes, where: Location) -> None:
-        if identifier in self._memory or identifier in self._inflight:
+        if identifier in self._memory or identifier in self._held or identifier in self._inflight:
             return
         try:
             await self.chunk(identifier, where)
         except Exception as error:  # noqa: BLE001 - the real read tries again and reports
             log.debug("preload of %s failed: %s", identifier.hex(), error)
 
-    async def _prefetch_run(self, run: list[tuple[bytes, Location, int]]) -> None:
-        """Fetch (chunk id, location, raw length) into the chunk cache in the background."""
+    async def _prefetch_run(self, run: list[tuple[bytes, Location, int]], ahead: bool = False) -> None:
+        """Fetch (chunk id, location, raw length) into the chunk cache in the background; `ahead`:
+        for a sequential reader, held in memory for it too while there is room."""
         try:
-            await self._fetch_run(run)
+            await self._fetch_run(run, ahead=ahead)
         except Exception as error:  # noqa: BLE001 - a failed prefetch is retried by the real read
             log.debug("read-ahead of %d chunks failed: %s", len(run), error)
 
