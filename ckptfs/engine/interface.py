@@ -103,7 +103,7 @@ class Engine:
             self.backpressure_seconds += time.monotonic() - started
 
     # -- reads --------------------------------------------------------------------------------
-    async def read(self, manifest: str, offset: int, size: int, *, sequential: bool) -> bytes:
+    async def read(self, manifest: str, offset: int, size: int, *, sequential: bool) -> bytes | memoryview:
         data = await self._fetcher.read(manifest, offset, size, sequential=sequential)
         self.remote_read_bytes += len(data)
         return data
@@ -123,7 +123,7 @@ class Engine:
     def spills(self) -> bool:
         return self._spill is not None
 
-    async def read_spilled(self, version: Version, offset: int, size: int, *, sequential: bool) -> bytes:
+    async def read_spilled(self, version: Version, offset: int, size: int, *, sequential: bool) -> bytes | memoryview:
         assert self._spill is not None
         return await self._spill.read(version, offset, size, sequential=sequential)
 

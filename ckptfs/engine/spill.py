@@ -110,7 +110,7 @@ class Spill:
                                              locations)
         return cached
 
-    async def read(self, version: Version, offset: int, size: int, *, sequential: bool) -> bytes:
+    async def read(self, version: Version, offset: int, size: int, *, sequential: bool) -> bytes | memoryview:
         """Bytes of a version whose staging file has its prefix punched out."""
         hole = version.hole_end
         # The staged tail is read first, before any await can let the version be evicted.
@@ -123,7 +123,7 @@ class Spill:
         chunks, offsets, total, locations = self._chunks(version.id)
         head = await self.fetcher.read_chunks(chunks, offsets, min(total, hole), offset, min(size, hole - offset),
                                               sequential=sequential, locations=locations)
-        return head + tail
+        return b"".join((head, tail)) if tail else head
 
     async def fill(self, version: Version, fd: int) -> None:
         """Write the punched bytes [0, hole_end) of `version` into `fd` (its staging file or a copy)."""

@@ -136,7 +136,7 @@ class Handles:
             self.engine.read_opened(version.manifest)
 
     # -- data ---------------------------------------------------------------------------------
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         handle = self._get(fh)
         # The kernel's read-ahead sends several READs at once, which can arrive out of order: a read
         # near where the last one ended still counts as sequential, or the fetcher's window would

@@ -167,7 +167,7 @@ class Lifecycle:
         return sealed
 
     # -- reads --------------------------------------------------------------------------------
-    async def read_version(self, version_id: int, offset: int, size: int, *, sequential: bool) -> bytes:
+    async def read_version(self, version_id: int, offset: int, size: int, *, sequential: bool) -> bytes | memoryview:
         version = self.journal.version(version_id)
         if version is None:
             raise FsError(f"version {version_id:x} is gone", errno=errno.ENOENT)

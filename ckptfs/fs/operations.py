@@ -230,7 +230,7 @@ class Operations(pyfuse3.Operations):
         opened = await self.handles.open(inode, flags)
         return pyfuse3.FileInfo(fh=opened.fh, keep_cache=opened.keep_cache, direct_io=opened.direct_io)
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         return await self.handles.read(fh, off, size)
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
