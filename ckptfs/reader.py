@@ -48,9 +48,10 @@ def open_lake_at(url: str, endpoint_url: str | None = None) -> tuple[Lake, bytes
     raise CkptfsError(f"no lake at or above {url}")
 
 
-def tree_at(lake: Lake, at_ns: int | None = None) -> dict[bytes, Found]:
-    """Every file of the lake (now, or as it was at `at_ns`) -> what it is."""
-    namespace: Namespace = lake.read_namespace()
+def tree_at(lake: Lake, at_ns: int | None = None, namespace: Namespace | None = None) -> dict[bytes, Found]:
+    """Every file of the lake (now, or as it was at `at_ns`) -> what it is; `namespace`: the lake's,
+    read once for several looks at it."""
+    namespace = namespace or lake.read_namespace()
     found: dict[bytes, Found] = {}
     if at_ns is None:
         for path, entry in namespace.entries.items():

@@ -27,9 +27,10 @@ Phases, one after the other on the same lake:
 Every second the coordinator samples each mount (bytes at risk and their age, store errors, daemon
 RSS, cache disk use), the lake (bytes and objects, every 10 s) and the requests the model counted;
 `ckptfs latest` is asked every few seconds and what it names is recorded. Every checkpoint `latest`
-ever named is loaded from the lake as it was then (`.at/<time>/`) and compared, tensor by tensor,
-with what the ranks saved: while the policy still keeps it (a check every quarter of
-`--keep-within`, as an evaluation job reads checkpoints during training), the rest at the end.
+ever named is loaded from the lake as it was then and compared, tensor by tensor, with what the
+ranks saved: while the policy still keeps it, from the lake without a mount (every quarter of
+`--keep-within`, as an evaluation job reads checkpoints during training: a read through a mount
+would hold the version for 7 days), and the rest at the end through a mount (`.at/<time>/`).
 Writes `soak.json` and `soak.png` (one panel per figure, faults marked) to `--out`, and prints the
 acceptance figures.
 """
@@ -581,19 +582,32 @@ class Soak:
                    if self.checked.get(index, "") is not None and (final or named["t"] < time.time() - 10)]
         if not pending:
             return self.verified()
-        mount.cli("refresh", mount.mountpoint, check=False)
+        if final:
+            mount.cli("refresh", mount.mountpoint, check=False)
+        else:
+            # While the run goes on, from the lake itself (ckptfs/reader.py, as `ckptfs cp --at`
+            # reads it): a read through a mount holds the version for 7 days (a job that resumed
+            # from it keeps it), so checking every checkpoint through one kept them all from GC.
+            from ckptfs.reader import open_lake_at
+
+            direct = self.model.direct if self.model is not None else self.endpoint  # not counted as the mounts'
+            lake, _ = open_lake_at(self.url, endpoint_url=direct)
+            namespace = lake.read_namespace()
         for index, named in pending:
             # `latest` saw it complete just before it answered at t; rotation may remove it soon after.
             when = datetime.datetime.fromtimestamp(named["t"], datetime.UTC).isoformat(timespec="microseconds")
-            where = mount.path(".at", when, named["path"])
+            where = mount.path(".at", when, named["path"]) if final else None
             expected = {}
             for history in saves.get(named["path"], {}).values():
                 before = [digests for t, digests in history if t <= named["t"]]
                 if before:
                     expected.update(before[-1])
+            copy = None
             try:
                 if not expected:
                     raise ValueError("no rank recorded saving it")
+                if where is None:
+                    copy = where = _copy_out(lake, namespace, named, os.path.join(self.work, "verify"))
                 if named["kind"] == "dcp":
                     model, _ = make_state(0, self.args.ranks, self.args.mib)
                     optim = {}
@@ -610,6 +624,9 @@ class Soak:
                 self.checked_during_run += not final
             except Exception as error:  # noqa: BLE001 - each failure is reported; tried again until the end
                 self.checked[index] = f"{named['path']} (named at {when}): {error}"
+            finally:
+                if copy is not None:
+                    shutil.rmtree(os.path.join(self.work, "verify"), ignore_errors=True)
         return self.verified()
 
     def verified(self) -> dict:
@@ -730,6 +747,22 @@ class Soak:
                 mount.kill()
         if self.model is not None:
             self.model.stop()
+
+
+def _copy_out(lake, namespace, named: dict, directory: str) -> str:
+    """What `named` was in the lake when `latest` named it, copied into `directory`: its path there."""
+    from ckptfs.reader import copy_to, tree_at
+
+    files = tree_at(lake, int(named["t"] * 1e9), namespace)
+    top = named["path"].encode()
+    wanted = [found for path, found in files.items() if path == top or path.startswith(top + b"/")]
+    if not wanted:
+        raise ValueError("not in the lake")
+    for found in wanted:
+        destination = os.path.join(directory, found.path.decode())
+        os.makedirs(os.path.dirname(destination), exist_ok=True)
+        copy_to(lake, lake.get_manifest(found.manifest), destination)
+    return os.path.join(directory, named["path"])
 
 
 def _gb(size: int | None) -> str:
