@@ -9,6 +9,7 @@ import trio
 
 from ckptfs.cache.journal import Journal
 from ckptfs.cache.staging import Staging
+from ckptfs.engine import chunks as chunks_module
 from ckptfs.engine.chunks import SMALL_CHUNK, ChunkUploads
 from ckptfs.engine.progress import Progress
 from ckptfs.lake import Lake
@@ -125,3 +126,32 @@ def test_more_calls_at_once_than_pack_slots_all_finish(tmp_path):
 
     trio.run(main)
     assert chunks._inflight_chunks == {} and chunks._chunk_slots.value == 4 and chunks._pack_slots.value == 2
+
+
+@pytest.mark.parametrize("slots", [1, 2, 64])
+def test_chunks_are_read_a_few_per_thread_hand_off_with_as_many_slots_as_there_are(tmp_path, monkeypatch, slots):
+    # A call given one slot, or two, gets through (it never holds some slots while waiting for
+    # more), and with slots to spare a hand-off reads up to BATCH_CHUNKS chunks.
+    _, lake, journal, staging, chunks = chunk_path(tmp_path)
+    data = random.Random(9).randbytes(12 * MIB)
+    fd, cuts = staged(staging, 1, data)
+    handed: list[int] = []
+    read = chunks_module._read_chunks
+
+    def counted(fd, batch):
+        handed.append(len(batch))
+        return read(fd, batch)
+
+    monkeypatch.setattr(chunks_module, "_read_chunks", counted)
+
+    async def main():
+        with trio.fail_after(60):
+            return await chunks.upload_chunks(1, fd, cuts, trio.Semaphore(slots))
+
+    entries, _, _ = trio.run(main)
+    assert [length for _, length in entries] == [cut.length for cut in cuts]
+    assert sum(handed) == len(cuts) and max(handed) <= min(slots, chunks_module.BATCH_CHUNKS)
+    if slots >= 2 * chunks_module.BATCH_CHUNKS:
+        assert len(handed) < len(cuts) / 2  # most hand-offs carried several chunks
+    assert b"".join(lake.get_run([(identifier, journal.chunk_location(identifier))])[0]
+                    for identifier, _ in entries) == data

@@ -43,6 +43,9 @@ CALLS_AT_ONCE = 4  # calls filling packs at once (version uploads and upload-whi
 # torch.save output (chunker profile 3) are the same in every save, and naming their old copies
 # broke every run of a fresh file's chunks at every record (a 1 GiB restore: 519 GETs, not 37).
 SMALL_CHUNK = 64 << 10
+# Chunks read and hashed in one hand-off to a thread: trio's hand-off costs ~130 µs of CPU holding
+# the GIL (ThreadCache.start_thread_soon: 10% of a save's GIL samples at one per chunk).
+BATCH_CHUNKS = 4
 
 
 # A chunk object as its pieces (codec.encode_parts: header, payload), copied once, into its pack.
@@ -112,12 +115,12 @@ class ChunkUploads:
         `cuts` is a list, or a channel of lists still being cut. `slots` bounds the chunks in hand at
         once (default: shared by all versions).
 
-        A pipeline of stages over memory channels: feed (a slot per cut) -> prepare (read, hash,
-        dedup, compress; several at once) -> pack (in file order; a full pack takes a pack slot)
+        A pipeline of stages over memory channels: feed (a slot per cut, a few cuts at a time) ->
+        prepare (read, hash, dedup, compress; several at once) -> pack (in file order; a full pack takes a pack slot)
         -> put (PACKS_IN_FLIGHT at once, giving the slot back). The first failure stops every stage.
         """
         run = _Upload(version, fd, slots or self._chunk_slots)
-        to_prepare_send, to_prepare = trio.open_memory_channel[tuple[int, Cut]](0)
+        to_prepare_send, to_prepare = trio.open_memory_channel[tuple[int, list[Cut]]](0)
         # Unbounded, and bounded all the same: every chunk in it holds one of `run.slots`.
         to_pack_send, to_pack = trio.open_memory_channel[tuple[int, _Ready]](math.inf)
         to_put_send, to_put = trio.open_memory_channel[_Pack](0)
@@ -146,23 +149,38 @@ class ChunkUploads:
 
     # -- the stages ---------------------------------------------------------------------------
     async def _feed(self, run: _Upload, cuts: list[Cut] | trio.MemoryReceiveChannel[list[Cut]],
-                    send: trio.MemorySendChannel[tuple[int, Cut]]) -> None:
+                    send: trio.MemorySendChannel[tuple[int, list[Cut]]]) -> None:
+        """Hand on the cuts a few at a time (one thread hand-off reads and hashes them all), each
+        with a slot: the first waited for, the others only if free at once, so a call given few
+        slots never holds some while it waits for more."""
         async with send:
             async for batch in _batches(cuts):
-                for cut in batch:
+                position = 0
+                while position < len(batch):
                     await run.slots.acquire()
-                    run.holding += 1
-                    await send.send((run.count, cut))
-                    run.count += 1
+                    taken = 1
+                    while taken < BATCH_CHUNKS and position + taken < len(batch):
+                        try:
+                            run.slots.acquire_nowait()
+                        except trio.WouldBlock:
+                            break
+                        taken += 1
+                    run.holding += taken
+                    await send.send((run.count, batch[position:position + taken]))
+                    run.count += taken
+                    position += taken
 
-    async def _prepare(self, run: _Upload, receive: trio.MemoryReceiveChannel[tuple[int, Cut]],
+    async def _prepare(self, run: _Upload, receive: trio.MemoryReceiveChannel[tuple[int, list[Cut]]],
                        send: trio.MemorySendChannel[tuple[int, _Ready]]) -> None:
         async with receive, send:
-            async for index, cut in receive:
-                await send.send((index, await self._prepare_one(run, index, cut)))
+            async for first, cuts in receive:
+                read = await trio.to_thread.run_sync(_read_chunks, run.fd, cuts, limiter=self.cpu)
+                for offset, (cut, chunk) in enumerate(zip(cuts, read, strict=True)):
+                    await send.send((first + offset, await self._prepare_one(run, first + offset, cut, chunk)))
 
-    async def _prepare_one(self, run: _Upload, index: int, cut: Cut) -> _Ready:
-        data, identifier, pieces, small = await trio.to_thread.run_sync(_read_chunk, run.fd, cut, limiter=self.cpu)
+    async def _prepare_one(self, run: _Upload, index: int, cut: Cut,
+                           chunk: tuple[bytes, bytes, _Object | None, bool]) -> _Ready:
+        data, identifier, pieces, small = chunk
         if len(data) != cut.length:
             raise CkptfsError(f"staging file of version {run.version:x} changed under the uploader")
         run.entries[index] = (identifier, cut.length)
@@ -260,6 +278,11 @@ class ChunkUploads:
                 self._inflight_chunks.pop(identifier).set()
 
 
+def _read_chunks(fd: int, cuts: list[Cut]) -> list[tuple[bytes, bytes, _Object | None, bool]]:
+    """In a worker thread, one hand-off for a few chunks (BATCH_CHUNKS)."""
+    return [_read_chunk(fd, cut) for cut in cuts]
+
+
 def _read_chunk(fd: int, cut: Cut) -> tuple[bytes, bytes, _Object | None, bool]:
     """In a worker thread, one hand-off for what every chunk needs: its bytes, its id, its object
     when that takes no compressing (or it is small), and whether it is small. A small chunk is
@@ -268,7 +291,8 @@ def _read_chunk(fd: int, cut: Cut) -> tuple[bytes, bytes, _Object | None, bool]:
     runs at every record (saves uploaded side by side: 59 GETs, not 10). This was three hand-offs
     per chunk (read, hash, encode), then two (the object in a second one); trio's hand-off to a
     thread (ThreadCache.start_thread_soon) had 8%, then 12% of the daemon's GIL samples in a save
-    (scripts/profile_cpu.py). Dense weights need no second: lz4's probe says no."""
+    (scripts/profile_cpu.py). Dense weights need no second: lz4's probe says no. A few chunks now
+    share one hand-off (_read_chunks)."""
     data = os.pread(fd, cut.length, cut.offset)
     identifier = codec.chunk_id(data)
     if cut.length < SMALL_CHUNK and len(data) == cut.length:
