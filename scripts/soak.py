@@ -679,7 +679,9 @@ class Soak:
                                        # the slowest rank's time in each part of resuming, and before it
                                        # (the kill noticed: a save failing, or the job's start)
                                        "parts": {name: max(e.get("parts", {}).get(name, 0) for e in after)
-                                                 for name in after[0].get("parts", {})},
+                                                 for name in dict.fromkeys(
+                                                     name for e in sorted(after, key=lambda e: e["rank"])
+                                                     for name in e.get("parts", {}))},
                                        "before_resume_s": round(max(
                                            e["t"] - sum(e.get("parts", {}).values()) - fault["start"]
                                            for e in after), 2)})
