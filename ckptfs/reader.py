@@ -68,9 +68,9 @@ def tree_at(lake: Lake, at_ns: int | None = None, namespace: Namespace | None = 
     return found
 
 
-def listing(lake: Lake, top: bytes, at_ns: int | None = None) -> list[Found]:
+def listing(lake: Lake, top: bytes, at_ns: int | None = None, namespace: Namespace | None = None) -> list[Found]:
     """The files at or under `top` (a file, or a directory: everything below it)."""
-    files = tree_at(lake, at_ns)
+    files = tree_at(lake, at_ns, namespace)
     if top in files:
         return [files[top]]
     prefix = top + b"/" if top else b""

@@ -596,18 +596,17 @@ class Soak:
         for index, named in pending:
             # `latest` saw it complete just before it answered at t; rotation may remove it soon after.
             when = datetime.datetime.fromtimestamp(named["t"], datetime.UTC).isoformat(timespec="microseconds")
-            where = mount.path(".at", when, named["path"]) if final else None
             expected = {}
             for history in saves.get(named["path"], {}).values():
                 before = [digests for t, digests in history if t <= named["t"]]
                 if before:
                     expected.update(before[-1])
-            copy = None
+            scratch = os.path.join(self.work, "verify")
             try:
                 if not expected:
                     raise ValueError("no rank recorded saving it")
-                if where is None:
-                    copy = where = _copy_out(lake, namespace, named, os.path.join(self.work, "verify"))
+                where = (mount.path(".at", when, named["path"]) if final
+                         else _copy_out(lake, namespace, named, scratch))
                 if named["kind"] == "dcp":
                     model, _ = make_state(0, self.args.ranks, self.args.mib)
                     optim = {}
@@ -625,8 +624,7 @@ class Soak:
             except Exception as error:  # noqa: BLE001 - each failure is reported; tried again until the end
                 self.checked[index] = f"{named['path']} (named at {when}): {error}"
             finally:
-                if copy is not None:
-                    shutil.rmtree(os.path.join(self.work, "verify"), ignore_errors=True)
+                shutil.rmtree(scratch, ignore_errors=True)
         return self.verified()
 
     def verified(self) -> dict:
@@ -753,11 +751,9 @@ class Soak:
 
 def _copy_out(lake, namespace, named: dict, directory: str) -> str:
     """What `named` was in the lake when `latest` named it, copied into `directory`: its path there."""
-    from ckptfs.reader import copy_to, tree_at
+    from ckptfs.reader import copy_to, listing
 
-    files = tree_at(lake, int(named["t"] * 1e9), namespace)
-    top = named["path"].encode()
-    wanted = [found for path, found in files.items() if path == top or path.startswith(top + b"/")]
+    wanted = listing(lake, named["path"].encode(), int(named["t"] * 1e9), namespace)
     if not wanted:
         raise ValueError("not in the lake")
     for found in wanted:
