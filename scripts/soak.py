@@ -22,7 +22,8 @@ Phases, one after the other on the same lake:
   with a cache smaller than what it saves (it spills), for `--stress-saves` checkpoints;
 * soak: `--minutes` with faults injected throughout: a share of failing S3 requests, a full outage of
   `--outage` seconds, a rank's mount SIGKILLed mid-save and restarted (the job resumes from `ckptfs
-  latest`), and the whole job killed and started again on fresh mounts (empty cache dirs).
+  latest`), and the whole job killed and started again on fresh mounts (empty cache dirs and new
+  mountpoints: new nodes, which do not wait for the dead ones to be cleared).
 
 Every second the coordinator samples each mount (bytes at risk and their age, store errors, daemon
 RSS, cache disk use), the lake (bytes and objects, every 10 s) and the requests the model counted;
@@ -298,14 +299,17 @@ class Soak:
     def mount(self, rank: int, *, cache_size: str | None = None) -> Mount:
         cache_size = cache_size or self.args.cache_size
         self.metrics_ports[rank] = free_port()
-        mount = Mount(self.url, os.path.join(self.work, f"mnt{rank}"),
+        # A job restarted on fresh mounts is on new nodes: new mountpoints, not waiting for the old ones
+        mountpoint = f"mnt{rank}" + (f"-g{self.generation}" if self.generation else "")
+        mount = Mount(self.url, os.path.join(self.work, mountpoint),
                       os.path.join(self.work, f"cache{rank}-g{self.generation}"),
                       os.path.join(self.work, f"daemon{rank}.log"),
                       extra=["--endpoint-url", self.endpoint, "--cache-size", cache_size, "--refresh", "2",
                              "--metrics-address", f"127.0.0.1:{self.metrics_ports[rank]}"] + self.gc_options())
-        started = time.monotonic()
+        started, started_t = time.monotonic(), time.time()
         self.mounts[rank] = mount.start(timeout=120)
-        self.mount_times.append({"t": time.time(), "rank": rank, "seconds": time.monotonic() - started})
+        self.mount_times.append({"t": time.time(), "started_t": started_t, "rank": rank,
+                                 "seconds": time.monotonic() - started})
         self.cache_size[rank] = cache_size
         return mount
 
@@ -520,13 +524,17 @@ class Soak:
             elif kind == "restart_job":
                 fault = self.fault("job killed, restarted on fresh mounts")
                 self.stop_ranks(kill=True)
-                for mount in self.mounts:
-                    mount.kill()
+                old = list(self.mounts)
+                for mount in old:  # the nodes die: every daemon at once
+                    if mount.process is not None and mount.process.poll() is None:
+                        os.kill(mount.process.pid, signal.SIGKILL)
                 self.generation += 1
-                starting = [threading.Thread(target=self.mount, args=(rank,)) for rank in range(args.ranks)]
-                for thread in starting:  # nodes come back side by side
+                # New nodes come up side by side while the dead mounts are cleared
+                threads = [threading.Thread(target=mount.kill) for mount in old]
+                threads += [threading.Thread(target=self.mount, args=(rank,)) for rank in range(args.ranks)]
+                for thread in threads:
                     thread.start()
-                for thread in starting:
+                for thread in threads:
                     thread.join()
                 self.start_ranks(resume=True)
                 self.wait_resumed(after=fault["start"])
@@ -664,7 +672,8 @@ class Soak:
                 after = [e for e in self.events if e["event"] == "resumed" and e.get("path")
                          and fault["start"] < e["t"] <= fault["end"] + 1]
                 if after:
-                    mounts = [m["seconds"] for m in self.mount_times if fault["start"] <= m["t"] <= fault["end"]]
+                    restarted = [m for m in self.mount_times if fault["start"] <= m["t"] <= fault["end"]]
+                    mounts = [m["seconds"] for m in restarted]
                     started = [e["t"] for e in self.events if e["event"] == "started"
                                and fault["start"] < e["t"] <= fault["end"] + 1]
                     job_start = (max(started) - min(m["t"] for m in self.mount_times if m["t"] >= fault["start"])
@@ -673,6 +682,10 @@ class Soak:
                                        "seconds": round(max(e["t"] for e in after) - fault["start"], 2),
                                        "job_start_s": round(max(0.0, job_start), 2),
                                        "mount_s": round(max(mounts, default=0), 2),
+                                       # the harness: the old processes killed before a mount starts
+                                       "until_mounts_start_s": round(min(
+                                           (m["started_t"] for m in restarted), default=fault["start"])
+                                           - fault["start"], 2),
                                        "restore_s": round(max(e.get("load_s", 0) for e in after), 2),
                                        # the slowest rank's time in each part of resuming, and before it
                                        # (the kill noticed: a save failing, or the job's start)
@@ -921,7 +934,8 @@ def main() -> int:
         print(f"  recovery, {r['fault']}: {r['seconds']} s from the kill to every rank resumed from what latest "
               f"named{own} (target ≤ mount {r['mount_s']} s + restore {r['restore_s']} s = "
               f"{r['mount_s'] + r['restore_s']:.2f} s)")
-        print(f"    {r['before_resume_s']} s until the ranks began resuming, then (slowest rank) "
+        print(f"    {r['until_mounts_start_s']} s until the new mounts started (killing the old processes), "
+              f"{r['before_resume_s']} s until the ranks began resuming, then (slowest rank) "
               + ", ".join(f"{name[:-2]} {seconds} s" for name, seconds in r["parts"].items()))
     print(f"  checkpoints latest named: {verified['named']}, loaded and equal: {verified['loaded_and_equal']}, "
           f"failed: {len(verified['failures'])} (target 0)")

@@ -34,6 +34,8 @@ def test_a_short_soak_loses_nothing_and_every_fault_is_seen(tmp_path):
     assert kinds == ["failing requests", "outage", "mount SIGKILLed mid-save", "job killed, restarted on fresh mounts"]
     restarted = [r for r in figures["recoveries"] if r["fault"] == "job killed, restarted on fresh mounts"]
     assert restarted, figures["recoveries"]  # training resumed from what latest named, on empty cache dirs
+    # the new mounts (new mountpoints, as on new nodes) started after the kill, not before it
+    assert restarted[0]["until_mounts_start_s"] >= 0, restarted
     outage = figures["faults_visible_share_of_samples"]["outage"]
     assert outage["in_status"] > 0 and outage["in_metrics"] > 0, outage  # both said the store was failing
     assert figures["durable"] > 0 and figures["saves"] > 10
