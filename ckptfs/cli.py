@@ -515,11 +515,22 @@ def fsck_lake(args: argparse.Namespace, output: dict) -> int:
     return len(report.problems)
 
 
+def _pyfuse3_version() -> str:
+    """Which pyfuse3 runs: `3.5.0+ckptfs.nogil` is the build scripts/install.sh makes (the GIL let go of
+    around its byte work), a plain version the released one."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("pyfuse3")
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ckptfs import __version__
 
     parser = argparse.ArgumentParser(prog="ckptfs", description="Mount an S3 checkpoint lake as a directory.")
-    parser.add_argument("--version", action="version", version=f"ckptfs {__version__}")
+    parser.add_argument("--version", action="version", version=f"ckptfs {__version__} (pyfuse3 {_pyfuse3_version()})")
     commands = parser.add_subparsers(dest="command", required=True)
 
     mount = commands.add_parser("mount", help="mount a lake (s3://bucket/prefix, file:///dir; default: embedded)")

@@ -3,6 +3,7 @@
 
     python scripts/build_pyfuse3_nogil.py --venv DIR      # a venv that sees this Python's packages
     python scripts/build_pyfuse3_nogil.py --into PYTHON   # replace pyfuse3 in that interpreter
+    python scripts/build_pyfuse3_nogil.py --into PYTHON --if-needed   # what scripts/install.sh runs
 
 pyfuse3 (3.5.0) holds the GIL while it reads each request from /dev/fuse (up to 1 MiB for a write),
 while it copies a write's payload into a `bytes`, and while it writes a read's reply back: in
@@ -10,19 +11,23 @@ while it copies a write's payload into a `bytes`, and while it writes a read's r
 a restore, time no other thread of the daemon (hashing, compressing, uploading) can run Python in.
 Those three calls touch no Python object. This script takes pyfuse3's source distribution at the
 version pinned below, wraps exactly those calls in `with nogil:` (failing if the source no longer
-reads as expected), regenerates the C with Cython and installs the result. ckptfs itself runs
+reads as expected), regenerates the C with Cython and installs the result as version
+`3.5.0+ckptfs.nogil` (`pip list` and `ckptfs --version` say which build runs). ckptfs itself runs
 unchanged on either build; `profile_cpu.py` run under each interpreter compares them.
+scripts/install.sh builds it unless CKPTFS_STOCK_PYFUSE3=1 (docs/DESIGN.md, "pyfuse3 without the GIL").
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import subprocess
 import sys
 import tempfile
 
 VERSION = "3.5.0"
+LABEL = f"{VERSION}+ckptfs.nogil"  # the installed build's version: what --if-needed looks for
 
 # (file under src/pyfuse3, text as released, text with the GIL released)
 EDITS = [
@@ -68,12 +73,17 @@ def main() -> int:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--venv", type=pathlib.Path, help="make (or reuse) a venv here, with this Python's packages")
     where.add_argument("--into", help="the Python interpreter whose pyfuse3 is replaced")
+    parser.add_argument("--if-needed", action="store_true", help="do nothing if that Python has this build already")
     args = parser.parse_args()
     python = args.into
     if args.venv is not None:
         if not (args.venv / "bin" / "python").exists():
             subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(args.venv)], check=True)
         python = str(args.venv / "bin" / "python")
+    if args.if_needed and installed(python) == LABEL:
+        return 0
+    # pyfuse3 takes its version from setuptools_scm, which takes this one instead of the release's
+    environment = dict(os.environ, SETUPTOOLS_SCM_PRETEND_VERSION_FOR_PYFUSE3=LABEL)
     with tempfile.TemporaryDirectory() as work:
         subprocess.run([python, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
                         f"pyfuse3=={VERSION}", "-d", work], check=True)
@@ -81,10 +91,19 @@ def main() -> int:
         subprocess.run(["tar", "xzf", str(archive), "-C", work], check=True)
         source = pathlib.Path(work) / f"pyfuse3-{VERSION}"
         patch(source)
-        subprocess.run([python, "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", str(source)],
-                       check=True)
-    print(f"pyfuse3 {VERSION} with the GIL released around /dev/fuse reads, replies and write copies: {python}")
+        subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--force-reinstall",
+                        "--no-deps", str(source)], check=True, env=environment)
+    if installed(python) != LABEL:
+        raise SystemExit(f"pyfuse3 built, but {python} reports version {installed(python)}, not {LABEL}")
+    print(f"pyfuse3 {LABEL}: the GIL released around /dev/fuse reads, replies and write copies ({python})")
     return 0
+
+
+def installed(python: str) -> str | None:
+    """The version of pyfuse3 that `python` has, or None."""
+    done = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('pyfuse3'))"],
+                          capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNA
   managed=1
 fi
 
-packages=(fuse3 libfuse3-dev pkg-config attr)  # attr: getfattr, which the README uses
-[ "$managed" -eq 1 ] && packages+=(python3-venv python3-dev gcc)  # Debian splits venv out; pyfuse3 builds
+packages=(fuse3 libfuse3-dev pkg-config gcc attr)  # pyfuse3 builds from source; attr: getfattr, for the README
+[ "$managed" -eq 1 ] && packages+=(python3-venv python3-dev)  # Debian splits venv and headers out
 "$here/scripts/apt_install.sh" "${packages[@]}"
 
 if [ "$managed" -eq 1 ]; then
@@ -38,6 +38,11 @@ if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ] || ! "$PYTHON" -
   "$PYTHON" -m pip install -q --disable-pip-version-check "torch==2.13.0"
   "$PYTHON" -m pip install -q --disable-pip-version-check -e "$here[$extras]"
   touch "$stamp"
+fi
+# pyfuse3 rebuilt with the GIL let go of around its byte work (the read of each request from
+# /dev/fuse, a write's copy, a read's reply): docs/DESIGN.md, "pyfuse3 without the GIL". Once.
+if [ "${CKPTFS_STOCK_PYFUSE3:-0}" != 1 ]; then
+  "$PYTHON" "$here/scripts/build_pyfuse3_nogil.py" --into "$PYTHON" --if-needed
 fi
 echo "$PYTHON" > "$here/.ckptfs-python"
 if [ "$managed" -eq 1 ]; then  # put ckptfs on PATH

@@ -80,3 +80,21 @@ def test_the_readmes_figures_are_those_of_the_benchmark_run():
             low_high = figure.rstrip("x").split("-")
             wanted = f"{low_high[0]}-{low_high[1]}" if len(low_high) == 2 else low_high[0]
             assert wanted in benchmarks, f"README says {figure}, docs/BENCHMARKS.md does not"
+
+
+@pytest.mark.skipif(os.environ.get("CKPTFS_STOCK_PYFUSE3") == "1", reason="the released pyfuse3 was asked for")
+def test_the_suite_runs_on_the_pyfuse3_build_the_install_makes():
+    """scripts/install.sh rebuilds pyfuse3 with the GIL let go of around its byte work
+    (scripts/build_pyfuse3_nogil.py, docs/DESIGN.md "pyfuse3 without the GIL"), and `ckptfs --version`
+    says which build runs. A suite run without scripts/install.sh first fails here, not later."""
+    import importlib.metadata
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from build_pyfuse3_nogil import LABEL
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    assert importlib.metadata.version("pyfuse3") == LABEL, "run scripts/install.sh (or set CKPTFS_STOCK_PYFUSE3=1)"
+    shown = subprocess.run([sys.executable, "-m", "ckptfs", "--version"], capture_output=True, text=True)
+    assert shown.returncode == 0 and f"(pyfuse3 {LABEL})" in shown.stdout, shown
