@@ -10,8 +10,9 @@ One mount on moto_server (plain: its CPU is counted apart and never in the daemo
 * cold restore: a new mount on an empty cache dir, page cache dropped, the file read to the end.
 For each: CPU seconds per GiB (user, system, /proc), seconds per GiB holding the GIL (py-spy
 `--gil --nonblocking`: only samples in which a thread holds it), the single-daemon ceiling
-(1 / GIL s per GiB), and the functions that held the GIL most (self samples, and with the functions
-they called). boto3's upload_file and download_file of the same bytes, in a process of their own,
+(1 / GIL s per GiB), the GIL seconds per GiB by part (pyfuse3's C, the S3 client, ckptfs, trio) on
+the event loop and on worker threads, and the functions that held the GIL most (self samples, and
+with the functions they called). boto3's upload_file and download_file of the same bytes, in a process of their own,
 give the baseline; upload_file twice: as configured by default (on plain http it SHA-256 signs every
 part, besides its CRC32) and with an unsigned payload (what it does on https, where the checksum
 stands in). `--repeat N` runs it all N times, interleaved, and prints medians (the stacks are
@@ -48,6 +49,37 @@ def top(stacks: collections.Counter, count: int) -> list[tuple[str, float, float
         for frame in set(frames):
             anywhere[frame] += samples
     return [(name, own[name] / total, anywhere[name] / total) for name, _ in own.most_common(count)]
+
+
+# Where a GIL sample's time belongs: the innermost frame of a family named here (a standard-library
+# frame counts for whoever called it). pyfuse3's session loop is Cython run under one Python wrapper:
+# samples on top in it are its C (the /dev/fuse read, a write's copy, a read's reply, handler set-up).
+PARTS = (("pyfuse3", ("pyfuse3/", "_pyfuse3.py")),
+         ("S3 client", ("botocore/", "urllib3/", "s3transfer/", "http/", "ssl.py", "socket.py")),
+         ("ckptfs", ("ckptfs/",)),
+         ("trio", ("trio/", "outcome/", "sniffio/")))
+
+
+def _part(frame: str) -> str | None:
+    """The family of a py-spy frame, "function (path/to/file.py:line)", by where its file lies."""
+    path = frame.rsplit(" (", 1)[-1]
+    for name, marks in PARTS:
+        if any(path.startswith(mark) or "/" + mark in path for mark in marks):
+            return name
+    return None
+
+
+def parts(stacks: collections.Counter) -> dict[tuple[str, str], float]:
+    """Share of GIL samples by (thread, part): the thread is trio's (the event loop: FUSE requests,
+    steering) or a worker (trio's threads: reading, hashing, packing, S3 requests)."""
+    total = sum(stacks.values()) or 1
+    shares: collections.Counter = collections.Counter()
+    for stack, samples in stacks.items():
+        frames = stack.split(";")
+        thread = "worker" if any("_thread_cache.py" in frame for frame in frames) else "event loop"
+        part = next((found for found in map(_part, reversed(frames)) if found is not None), "other")
+        shares[thread, part] += samples
+    return {key: count / total for key, count in shares.items()}
 
 
 def phase(bench: Bench, pid: int, name: str, size: int, run, figures: dict, stacks: dict) -> None:
@@ -129,6 +161,7 @@ def main() -> int:
         bench.close()
     for name in figures:
         figures[name]["top"] = top(stacks[name], args.top)
+        figures[name]["parts"] = parts(stacks[name])
 
     def value(system: str, figure: str) -> float:
         return statistics.median(bench.results.get(figure, {}).get(system, [float("nan")]))
@@ -150,6 +183,15 @@ def main() -> int:
             label = baseline.replace("upload", "upload_file").replace("download", "download_file")
             print(f"boto3 {label:<23} {b_user:5.2f} {b_sys:5.2f} {b_user + b_sys:5.2f} {b_gil:5.2f}"
                   f"   daemon CPU {((user + sys_) / (b_user + b_sys)):.2f}x boto3's")
+    print("\nGIL s per GiB by part (event loop / worker threads)")
+    names = [name for name, _ in PARTS] + ["other"]
+    print(f"{'':22}" + "".join(f"{name:>18}" for name in names))
+    for name, entry in figures.items():
+        gil = value("ckptfs", f"{name}: GIL s per GiB")
+        share = entry["parts"]
+        cells = [f"{gil * share.get(('event loop', part), 0):.2f} / {gil * share.get(('worker', part), 0):.2f}"
+                 for part in names]
+        print(f"{name:22}" + "".join(f"{cell:>18}" for cell in cells))
     for name, entry in figures.items():
         print(f"\n{name}: where the daemon held the GIL (share of GIL samples: on top, anywhere in the stack)")
         for function, own, anywhere in entry["top"]:
