@@ -295,3 +295,41 @@ def test_large_files_sealed_at_once_upload_side_by_side_without_stalling(tmp_pat
                 assert await load(files, files.tree.lookup(ROOT, b"shard-%d" % index).ino) == payload
 
     trio.run(main)
+
+
+def test_a_read_reply_is_never_a_buffer_the_daemon_reuses(tmp_path):
+    """The released pyfuse3 build (scripts/build_pyfuse3_nogil.py) writes a read's reply to the
+    kernel without the GIL: every reply must be immutable bytes, or a read-only view of them, so
+    that no thread can change it meanwhile (docs/DESIGN.md, "pyfuse3 without the GIL"). Checked for
+    a version still staged and for one read back from the lake, within a chunk and across chunks."""
+    lake = lake_on(MemoryStore())
+    payload = os.urandom(9 * MIB + 12345)
+
+    def immutable(reply) -> bool:
+        return type(reply) is bytes or (isinstance(reply, memoryview) and reply.readonly
+                                        and type(reply.obj) is bytes)
+
+    async def read_everywhere(files, ino) -> int:
+        opened = await files.handles.open(ino, os.O_RDONLY)
+        replies = 0
+        try:
+            for offset, size in [(0, MIB), (MIB, MIB), (100, 4096), (3 * MIB - 10, 2 * MIB), (0, len(payload))]:
+                reply = await files.handles.read(opened.fh, offset, size)
+                assert immutable(reply), (offset, size, type(reply), type(getattr(reply, "obj", None)))
+                assert bytes(reply) == payload[offset:offset + size]
+                replies += 1
+        finally:
+            files.handles.release(opened.fh)
+        return replies
+
+    async def main():
+        mount = mount_on(tmp_path, "writer", lake)
+        async with running(mount):
+            ino = await save(mount.files, b"model.pt", payload)
+            assert await read_everywhere(mount.files, ino) == 5  # the staged version
+            await published(mount.files)
+        reader = mount_on(tmp_path, "reader", lake)
+        async with running(reader):
+            assert await read_everywhere(reader.files, reader.files.tree.lookup(ROOT, b"model.pt").ino) == 5
+
+    trio.run(main)
