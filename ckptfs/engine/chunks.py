@@ -122,7 +122,7 @@ class ChunkUploads:
         run = _Upload(version, fd, slots or self._chunk_slots)
         to_prepare_send, to_prepare = trio.open_memory_channel[tuple[int, list[Cut]]](0)
         # Unbounded, and bounded all the same: every chunk in it holds one of `run.slots`.
-        to_pack_send, to_pack = trio.open_memory_channel[tuple[int, _Ready]](math.inf)
+        to_pack_send, to_pack = trio.open_memory_channel[list[tuple[int, _Ready]]](math.inf)
         to_put_send, to_put = trio.open_memory_channel[_Pack](0)
         try:
             async with self._calls, first_failure_wins() as tasks:
@@ -171,12 +171,14 @@ class ChunkUploads:
                     position += taken
 
     async def _prepare(self, run: _Upload, receive: trio.MemoryReceiveChannel[tuple[int, list[Cut]]],
-                       send: trio.MemorySendChannel[tuple[int, _Ready]]) -> None:
+                       send: trio.MemorySendChannel[list[tuple[int, _Ready]]]) -> None:
+        """A batch of cuts read and hashed in one hand-off to a thread, handed on as one message: each
+        message costs the event loop a pass of trio's scheduler (two tasks woken), per batch, not per chunk."""
         async with receive, send:
             async for first, cuts in receive:
                 read = await trio.to_thread.run_sync(_read_chunks, run.fd, cuts, limiter=self.cpu)
-                for offset, (cut, chunk) in enumerate(zip(cuts, read, strict=True)):
-                    await send.send((first + offset, await self._prepare_one(run, first + offset, cut, chunk)))
+                await send.send([(first + offset, await self._prepare_one(run, first + offset, cut, chunk))
+                                 for offset, (cut, chunk) in enumerate(zip(cuts, read, strict=True))])
 
     async def _prepare_one(self, run: _Upload, index: int, cut: Cut,
                            chunk: tuple[bytes, bytes, _Object | None, bool]) -> _Ready:
@@ -212,15 +214,15 @@ class ChunkUploads:
         self.journal.add_counter("dedup_bytes", length)
         self.sent[run.version] = self.sent.get(run.version, 0) + length
 
-    async def _pack(self, run: _Upload, receive: trio.MemoryReceiveChannel[tuple[int, _Ready]],
+    async def _pack(self, run: _Upload, receive: trio.MemoryReceiveChannel[list[tuple[int, _Ready]]],
                     send: trio.MemorySendChannel[_Pack]) -> None:
         """Take the chunks in file order into packs; hand each pack on as it fills, and the last."""
         waiting: dict[int, _Ready] = {}  # prepared out of order
         following = 0  # the index whose chunk goes next
         current: _Pack | None = None
         async with receive, send:
-            async for index, item in receive:
-                waiting[index] = item
+            async for prepared in receive:
+                waiting.update(prepared)
                 while following in waiting:
                     item = waiting.pop(following)
                     following += 1
