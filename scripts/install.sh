@@ -29,6 +29,13 @@ if [ "$managed" -eq 1 ]; then
   PYTHON="$venv/bin/python"
 fi
 
+# pyfuse3 rebuilt with the GIL let go of around its byte work (the read of each request from
+# /dev/fuse, a write's copy, a read's reply): docs/DESIGN.md, "pyfuse3 without the GIL". Once, and
+# before the package, whose dependency on pyfuse3 it then satisfies (no released build compiled first).
+if [ "${CKPTFS_STOCK_PYFUSE3:-0}" != 1 ]; then
+  "$PYTHON" "$here/scripts/build_pyfuse3_nogil.py" --into "$PYTHON" --if-needed
+fi
+
 # torch is pinned to the CPU build that lies on this machine; installing it first keeps pip from
 # resolving a CUDA build for anything that depends on torch.
 extras="${CKPTFS_EXTRAS:-test,bench}"
@@ -38,11 +45,6 @@ if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ] || ! "$PYTHON" -
   "$PYTHON" -m pip install -q --disable-pip-version-check "torch==2.13.0"
   "$PYTHON" -m pip install -q --disable-pip-version-check -e "$here[$extras]"
   touch "$stamp"
-fi
-# pyfuse3 rebuilt with the GIL let go of around its byte work (the read of each request from
-# /dev/fuse, a write's copy, a read's reply): docs/DESIGN.md, "pyfuse3 without the GIL". Once.
-if [ "${CKPTFS_STOCK_PYFUSE3:-0}" != 1 ]; then
-  "$PYTHON" "$here/scripts/build_pyfuse3_nogil.py" --into "$PYTHON" --if-needed
 fi
 echo "$PYTHON" > "$here/.ckptfs-python"
 if [ "$managed" -eq 1 ]; then  # put ckptfs on PATH
