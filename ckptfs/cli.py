@@ -516,7 +516,7 @@ def fsck_lake(args: argparse.Namespace, output: dict) -> int:
 
 
 def _pyfuse3_version() -> str:
-    """Which pyfuse3 runs: `3.5.0+ckptfs.nogil` is the build scripts/install.sh makes (the GIL let go of
+    """Which pyfuse3 runs: `3.5.0+ckptfs.nogil.2` is the build scripts/install.sh makes (the GIL let go of
     around its byte work), a plain version the released one."""
     import importlib.metadata
 

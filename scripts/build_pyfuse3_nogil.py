@@ -6,14 +6,17 @@
     python scripts/build_pyfuse3_nogil.py --into PYTHON --if-needed   # what scripts/install.sh runs
 
 pyfuse3 (3.5.0) holds the GIL while it reads each request from /dev/fuse (up to 1 MiB for a write),
-while it copies a write's payload into a `bytes`, and while it writes a read's reply back: in
-`scripts/profile_cpu.py` that is 30% of the daemon's GIL-holding samples on a save and a quarter on
-a restore, time no other thread of the daemon (hashing, compressing, uploading) can run Python in.
-Those three calls touch no Python object. This script takes pyfuse3's source distribution at the
+while it copies a write's payload into a `bytes`, while it writes a read's reply back and while it
+answers a write: in `scripts/profile_cpu.py` that is 30% of the daemon's GIL-holding samples on a
+save and a quarter on a restore, time no other thread of the daemon (hashing, compressing,
+uploading) can run Python in. A write's answer is a small write to /dev/fuse, but it wakes the
+writer, which can take the CPU at once while the daemon's thread, descheduled, still holds the GIL.
+Those four calls touch no Python object. This script takes pyfuse3's source distribution at the
 version pinned below, wraps exactly those calls in `with nogil:` (failing if the source no longer
-reads as expected), regenerates the C with Cython and installs the result as version
-`3.5.0+ckptfs.nogil` (`pip list` and `ckptfs --version` say which build runs). ckptfs itself runs
-unchanged on either build; `profile_cpu.py` run under each interpreter compares them.
+reads as expected), regenerates the C with Cython and installs the result as version LABEL below
+(`pip list` and `ckptfs --version` say which build runs; the number after `nogil` counts the patch
+set, so a machine with an older one builds again). ckptfs itself runs unchanged on either build;
+`profile_cpu.py` run under each interpreter compares them.
 scripts/install.sh builds it unless CKPTFS_STOCK_PYFUSE3=1 (docs/DESIGN.md, "pyfuse3 without the GIL").
 """
 
@@ -27,7 +30,7 @@ import sys
 import tempfile
 
 VERSION = "3.5.0"
-LABEL = f"{VERSION}+ckptfs.nogil"  # the installed build's version: what --if-needed looks for
+LABEL = f"{VERSION}+ckptfs.nogil.2"  # the installed build's version: what --if-needed looks for
 
 # (file under src/pyfuse3, text as released, text with the GIL released)
 EDITS = [
@@ -47,6 +50,33 @@ EDITS = [
      "    cdef int ret\n"
      "    cdef Py_buffer pybuf\n"
      "    cdef fuse_req_t req\n"),
+    ("handlers.pxi",  # a write's reply: it wakes the writer, who may take the CPU at once
+     "async def fuse_write_buf_async (_Container c, buf):\n"
+     "    cdef int ret\n"
+     "    cdef size_t len_\n",
+     "async def fuse_write_buf_async (_Container c, buf):\n"
+     "    cdef int ret\n"
+     "    cdef size_t len_\n"
+     "    cdef fuse_req_t wreq\n"),
+    ("handlers.pxi",
+     "        len_ = await operations.write(c.fh, c.off, buf)\n"
+     "    except FUSEError as e:\n"
+     "        ret = fuse_reply_err(c.req, e.errno)\n"
+     "    else:\n"
+     "        ret = fuse_reply_write(c.req, len_)\n"
+     "\n"
+     "    if ret != 0:\n"
+     "        log.error('fuse_write_buf(): fuse_reply_* failed with %s', strerror(-ret))\n",
+     "        len_ = await operations.write(c.fh, c.off, buf)\n"
+     "    except FUSEError as e:\n"
+     "        ret = fuse_reply_err(c.req, e.errno)\n"
+     "    else:\n"
+     "        wreq = c.req\n"
+     "        with nogil:\n"
+     "            ret = fuse_reply_write(wreq, len_)\n"
+     "\n"
+     "    if ret != 0:\n"
+     "        log.error('fuse_write_buf(): fuse_reply_* failed with %s', strerror(-ret))\n"),
     ("handlers.pxi",
      "        ret = fuse_reply_buf(c.req, <const_char*> pybuf.buf, <size_t> pybuf.len)\n",
      "        req = c.req\n"
@@ -95,7 +125,7 @@ def main() -> int:
                         "--no-deps", str(source)], check=True, env=environment)
     if installed(python) != LABEL:
         raise SystemExit(f"pyfuse3 built, but {python} reports version {installed(python)}, not {LABEL}")
-    print(f"pyfuse3 {LABEL}: the GIL released around /dev/fuse reads, replies and write copies ({python})")
+    print(f"pyfuse3 {LABEL}: the GIL let go of around /dev/fuse reads, write copies, replies ({python})")
     return 0
 
 
