@@ -106,21 +106,22 @@ def read_marks(store: ObjectStore) -> tuple[str, Marks] | None:
 
 def read_collected(store: ObjectStore, skip: set[str] | None = None) -> dict[str, int]:
     """Manifest id -> when garbage collection deleted it; records in `skip` (keys already read:
-    records never change) are not read again, and the keys read are added to it."""
+    records never change) are not read again, and the keys read are added to it. The records are
+    read side by side: one after the other, a fresh mount's `ckptfs refresh` waited 1.9 s for ~30
+    of them on the S3 model (the soak's job restart, a GC run every 5 minutes)."""
+    keys = [key for key in store.list(COLLECTED) if skip is None or key not in skip]
+    found = store.get_each(keys)
     collected: dict[str, int] = {}
-    for key in store.list(COLLECTED):
-        if skip is not None:
-            if key in skip:
-                continue
+    for key in keys:
+        if key in found:
+            try:
+                value = json.loads(found[key])
+            except ValueError as error:
+                raise CkptfsError(f"{key} is not a collection record ({error})") from None
+            for identifier in value.get("manifests", ()):
+                collected[identifier] = int(value["collected_ns"])
+        if skip is not None:  # read, or gone: either way never to read again
             skip.add(key)
-        try:
-            value = json.loads(store.get(key))
-        except ObjectNotFound:
-            continue
-        except ValueError as error:
-            raise CkptfsError(f"{key} is not a collection record ({error})") from None
-        for identifier in value.get("manifests", ()):
-            collected[identifier] = int(value["collected_ns"])
     return collected
 
 

@@ -59,13 +59,8 @@ def put_tag(store: ObjectStore, tag: Tag) -> None:
 
 
 def read_tags(store: ObjectStore) -> list[Tag]:
-    tags = []
-    for key in store.list(TAGS):
-        try:
-            tags.append(decode_tag(store.get(key), key))
-        except ObjectNotFound:
-            continue  # untagged meanwhile
-    return sorted(tags, key=lambda tag: tag.name)
+    found = store.get_each(list(store.list(TAGS)))  # one untagged meanwhile is not there
+    return sorted((decode_tag(blob, key) for key, blob in found.items()), key=lambda tag: tag.name)
 
 
 def decode_tag(blob: bytes, key: str) -> Tag:

@@ -8,6 +8,7 @@ files. Backends classify every failure as temporary (worth retrying) or permanen
 from __future__ import annotations
 
 import abc
+import concurrent.futures
 import logging
 import random
 import threading
@@ -87,6 +88,22 @@ class ObjectStore(abc.ABC):
                 parts.append(bytes(view[at:at + size]))
                 at += size
         return parts
+
+    def get_each(self, keys: list[str], threads: int = 16) -> dict[str, bytes]:
+        """Every object of `keys` that exists, read side by side: many small objects (records of
+        garbage collection, tags) in one round of GETs rather than one round each."""
+        def one(key: str) -> bytes | None:
+            try:
+                return self.get(key)
+            except ObjectNotFound:
+                return None
+
+        if len(keys) <= 1:
+            found = [one(key) for key in keys]
+        else:
+            with concurrent.futures.ThreadPoolExecutor(min(threads, len(keys))) as pool:
+                found = list(pool.map(one, keys))
+        return {key: blob for key, blob in zip(keys, found, strict=True) if blob is not None}
 
     @abc.abstractmethod
     def size(self, key: str) -> int | None:
