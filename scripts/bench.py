@@ -275,10 +275,13 @@ class LocalDisk(System):
         return 0
 
 
-def start_nullfs(mountpoint: str, python: str = sys.executable, timeout: float = 30) -> subprocess.Popen:
-    """scripts/nullfs.py serving `mountpoint` under the interpreter `python`, once it is mounted."""
+def start_nullfs(mountpoint: str, python: str = sys.executable, timeout: float = 30,
+                 stage: str | None = None) -> subprocess.Popen:
+    """scripts/nullfs.py serving `mountpoint` under the interpreter `python`, once it is mounted
+    (`stage`: a file every write also goes into, as ckptfs's staging)."""
     os.makedirs(mountpoint, exist_ok=True)
-    process = subprocess.Popen([python, os.path.join(REPO, "scripts", "nullfs.py"), mountpoint])
+    process = subprocess.Popen([python, os.path.join(REPO, "scripts", "nullfs.py"), mountpoint]
+                               + (["--stage", stage] if stage else []))
     deadline = time.monotonic() + timeout
     while not is_mounted(mountpoint):
         if process.poll() is not None or time.monotonic() > deadline:

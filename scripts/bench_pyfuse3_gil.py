@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What pyfuse3 itself costs per GiB in CPU and GIL time, under one or more Python interpreters.
 
-    python scripts/bench_pyfuse3_gil.py [--size-gib 1] [--repeat 3] [--python PY ...]
+    python scripts/bench_pyfuse3_gil.py [--size-gib 1] [--repeat 3] [--python PY ...] [--stage]
 
 Each interpreter serves the null file system (scripts/nullfs.py: writes discarded, reads zeros),
 so what is measured is the binding's floor, no ckptfs in it: `dd` writes a new file of
@@ -10,6 +10,7 @@ so what is measured is the binding's floor, no ckptfs in it: `dd` writes a new f
 per GiB (user, system, from /proc) and the seconds per GiB a thread of it held the GIL (py-spy
 `--gil --nonblocking`), and the ceiling that sets (1 / GIL s per GiB). Interpreters are
 interleaved in each repeat; medians are printed, and the ratio to the first interpreter.
+`--stage`: every write also goes into a staging file (`pwrite`), as ckptfs's write handler does.
 Compare stock pyfuse3 with scripts/build_pyfuse3_nogil.py's build:
 
     python scripts/build_pyfuse3_nogil.py --venv /tmp/nogil
@@ -32,10 +33,11 @@ from bench import GilSampler, cpu_seconds, start_nullfs  # noqa: E402
 GIB = 1 << 30
 
 
-def one(python: str, size_gib: float, workdir: str) -> dict[str, tuple[float, float, float]]:
+def one(python: str, size_gib: float, workdir: str, stage: bool = False) -> dict[str, tuple[float, float, float]]:
     """{"write"|"read": (user, system, GIL) seconds per GiB} for one interpreter."""
     mountpoint = tempfile.mkdtemp(dir=workdir)
-    server = start_nullfs(mountpoint, python)
+    staging = os.path.join(workdir, "staging") if stage else None
+    server = start_nullfs(mountpoint, python, stage=staging)
     figures = {}
     try:
         count = int(size_gib * 1024)
@@ -53,6 +55,8 @@ def one(python: str, size_gib: float, workdir: str) -> dict[str, tuple[float, fl
         subprocess.run(["fusermount3", "-u", mountpoint], check=False)
         server.wait(timeout=30)
         os.rmdir(mountpoint)
+        if staging:
+            os.unlink(staging)
     return figures
 
 
@@ -61,12 +65,14 @@ def main() -> int:
     parser.add_argument("--size-gib", type=float, default=1.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--python", nargs="+", default=[sys.executable])
+    parser.add_argument("--stage", action="store_true",
+                        help="the null file system also writes every write into a staging file, as ckptfs does")
     args = parser.parse_args()
     runs: dict[str, list[dict]] = {python: [] for python in args.python}
     with tempfile.TemporaryDirectory() as workdir:
         for _ in range(args.repeat):
             for python in args.python:
-                runs[python].append(one(python, args.size_gib, workdir))
+                runs[python].append(one(python, args.size_gib, workdir, args.stage))
     print(f"per GiB, medians of {args.repeat}      user    sys    CPU    GIL  ceiling GiB/s  GIL vs first")
     first: dict[str, float] = {}
     for python, results in runs.items():

@@ -6,9 +6,12 @@ that creates or truncates a file uses direct_io (the page cache is skipped), and
 ahead 1 MiB at a time (ckptfs/daemon.py `set_read_ahead`; the default, 128 KiB, made reading back
 cost three times the CPU here).
 
-    python scripts/nullfs.py MOUNTPOINT      # serves until unmounted (fusermount3 -u MOUNTPOINT)
+    python scripts/nullfs.py MOUNTPOINT [--stage FILE]   # serves until unmounted (fusermount3 -u)
 
-Names, directories and sizes are kept in memory; reads return zeros.
+Names, directories and sizes are kept in memory; reads return zeros. With `--stage FILE`, every
+write is also `pwrite` into FILE at its offset, as ckptfs's write handler writes into its staging
+file: what that does to pyfuse3's own cost (the dirtied page cache, the writer woken by each answer)
+shows apart from the rest of ckptfs.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from ckptfs.daemon import READ_AHEAD_KB, set_read_ahead  # noqa: E402
 
 
 class NullFs(pyfuse3.Operations):
+    stage: int | None = None  # a file every write also goes into (--stage)
+
     def __init__(self) -> None:
         super().__init__()
         now = time.time_ns()
@@ -94,6 +99,8 @@ class NullFs(pyfuse3.Operations):
     async def write(self, fh, offset, buf):
         entry = self.entries[fh]
         entry["size"] = max(entry["size"], offset + len(buf))
+        if self.stage is not None:
+            os.pwrite(self.stage, buf, offset)
         return len(buf)
 
     async def read(self, fh, offset, size):
@@ -117,7 +124,10 @@ class NullFs(pyfuse3.Operations):
 
 def main() -> int:
     mountpoint = os.path.abspath(sys.argv[1])
-    pyfuse3.init(NullFs(), mountpoint, set(pyfuse3.default_options) | {"fsname=nullfs"})
+    null = NullFs()
+    if sys.argv[2:3] == ["--stage"]:
+        null.stage = os.open(sys.argv[3], os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    pyfuse3.init(null, mountpoint, set(pyfuse3.default_options) | {"fsname=nullfs"})
 
     async def serve() -> None:
         async with trio.open_nursery() as nursery:
