@@ -63,20 +63,14 @@ EDITS = [
      "    except FUSEError as e:\n"
      "        ret = fuse_reply_err(c.req, e.errno)\n"
      "    else:\n"
-     "        ret = fuse_reply_write(c.req, len_)\n"
-     "\n"
-     "    if ret != 0:\n"
-     "        log.error('fuse_write_buf(): fuse_reply_* failed with %s', strerror(-ret))\n",
+     "        ret = fuse_reply_write(c.req, len_)\n",  # `buf`: the write_buf handler, not the other one
      "        len_ = await operations.write(c.fh, c.off, buf)\n"
      "    except FUSEError as e:\n"
      "        ret = fuse_reply_err(c.req, e.errno)\n"
      "    else:\n"
      "        wreq = c.req\n"
      "        with nogil:\n"
-     "            ret = fuse_reply_write(wreq, len_)\n"
-     "\n"
-     "    if ret != 0:\n"
-     "        log.error('fuse_write_buf(): fuse_reply_* failed with %s', strerror(-ret))\n"),
+     "            ret = fuse_reply_write(wreq, len_)\n"),
     ("handlers.pxi",
      "        ret = fuse_reply_buf(c.req, <const_char*> pybuf.buf, <size_t> pybuf.len)\n",
      "        req = c.req\n"
@@ -125,7 +119,7 @@ def main() -> int:
                         "--no-deps", str(source)], check=True, env=environment)
     if installed(python) != LABEL:
         raise SystemExit(f"pyfuse3 built, but {python} reports version {installed(python)}, not {LABEL}")
-    print(f"pyfuse3 {LABEL}: the GIL let go of around /dev/fuse reads, write copies, replies ({python})")
+    print(f"pyfuse3 {LABEL}: the GIL let go of around /dev/fuse reads, write copies and replies ({python})")
     return 0
 
 

@@ -30,7 +30,8 @@ if [ "$managed" -eq 1 ]; then
 fi
 
 # pyfuse3 rebuilt with the GIL let go of around its byte work (the read of each request from
-# /dev/fuse, a write's copy, a read's reply): docs/DESIGN.md, "pyfuse3 without the GIL". Once, and
+# /dev/fuse, a write's copy, a read's reply, a write's answer): docs/DESIGN.md, "pyfuse3 without
+# the GIL". Once, and
 # before the package, whose dependency on pyfuse3 it then satisfies (no released build compiled first).
 if [ "${CKPTFS_STOCK_PYFUSE3:-0}" != 1 ]; then
   "$PYTHON" "$here/scripts/build_pyfuse3_nogil.py" --into "$PYTHON" --if-needed
