@@ -120,10 +120,25 @@ def status_of(root: str) -> dict:
     return read_xattr(root, "user.ckptfs.status")
 
 
-def progress_of(root: str) -> dict:
+def progress_of(root: str, after: int | None = None) -> dict:
     """How far the mount's publication has come (outbox_head, uploading_bytes, uploading_files,
-    events_pending, and `error` while one stands): what a wait for durability polls. A daemon
-    started before the progress attribute existed answers from its status."""
+    events_pending, and `error` while one stands): what a wait for durability asks. With `after` (an
+    outbox seq), the daemon answers once every event up to it is published, or after half a second,
+    or at once while an error stands, which this then paces to ten a second. A daemon started before
+    that existed is polled ten times a second; one started before the progress attribute existed
+    answers from its status."""
+    if after is not None:
+        started = time.monotonic()
+        try:
+            answer = json.loads(os.getxattr(root, f"user.ckptfs.progress.after.{after}"))
+        except OSError as error:
+            if error.errno != errno.ENODATA:
+                raise CkptfsError(f"{root} is not on a running ckptfs mount ({error.strerror})") from None
+        else:
+            if "error" in answer:
+                time.sleep(max(0.0, 0.1 - (time.monotonic() - started)))
+            return answer
+        time.sleep(0.1)
     try:
         return json.loads(os.getxattr(root, "user.ckptfs.progress"))
     except OSError as error:
@@ -279,8 +294,7 @@ def wait_for_sync(path: str, timeout: float | None, quiet: bool = False) -> int:
             progress.update(task, total=total, completed=total - pending,
                             description=f"{publishing['uploading_files']} files, "
                             f"{publishing['events_pending']} events" + (f" [red]retrying: {error}[/]" if error else ""))
-            time.sleep(0.1)
-            publishing = progress_of(root)
+            publishing = progress_of(root, after=barrier["upto"])
     if not quiet:
         print(f"ckptfs: {path} is committed in the lake")
     return 0

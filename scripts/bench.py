@@ -356,10 +356,10 @@ class Ckptfs(System):
         self.process.wait()
 
     def wait_durable(self, name: str) -> None:
-        # What `ckptfs sync` does, without timing a Python start-up: take the barrier, poll progress.
+        # What `ckptfs sync` does, without timing a Python start-up: take the barrier, wait for it.
         barrier = json.loads(os.getxattr(self.path(name), "user.ckptfs.barrier"))["upto"]
-        while progress_of(self.mountpoint)["outbox_head"] <= barrier:
-            time.sleep(0.01)
+        while progress_of(self.mountpoint, after=barrier)["outbox_head"] <= barrier:
+            pass
 
     def status(self) -> dict:
         return json.loads(os.getxattr(self.mountpoint, "user.ckptfs.status"))

@@ -12,7 +12,9 @@ For each: CPU seconds per GiB (user, system, /proc), seconds per GiB holding the
 `--gil --nonblocking`: only samples in which a thread holds it), the single-daemon ceiling
 (1 / GIL s per GiB), the GIL seconds per GiB by part (pyfuse3's C, the S3 client, ckptfs, trio) on
 the event loop and on worker threads, and the functions that held the GIL most (self samples, and
-with the functions they called). boto3's upload_file and download_file of the same bytes, in a process of their own,
+with the functions they called), and what asked trio for the time it held the GIL (the nearest
+frame outside trio: a thread hand-off, a channel, pyfuse3's loop). `--stacks DIR` keeps the folded
+stacks. boto3's upload_file and download_file of the same bytes, in a process of their own,
 give the baseline; upload_file twice: as configured by default (on plain http it SHA-256 signs every
 part, besides its CRC32) and with an unsigned payload (what it does on https, where the checksum
 stands in). `--repeat N` runs it all N times, interleaved, and prints medians (the stacks are
@@ -42,8 +44,7 @@ def top(stacks: collections.Counter, count: int) -> list[tuple[str, float, float
     own: collections.Counter = collections.Counter()
     anywhere: collections.Counter = collections.Counter()
     for stack, samples in stacks.items():
-        frames = [frame.rsplit(" (", 1)[0] + " (" + frame.rsplit(" (", 1)[1].rsplit(":", 1)[0].split("/")[-1] + ")"
-                  if " (" in frame else frame for frame in stack.split(";")[1:]]  # [0] is the thread
+        frames = [_short(frame) for frame in stack.split(";")[1:]]  # [0] is the thread
         if frames:
             own[frames[-1]] += samples
         for frame in set(frames):
@@ -80,6 +81,30 @@ def parts(stacks: collections.Counter) -> dict[tuple[str, str], float]:
         part = next((found for found in map(_part, reversed(frames)) if found is not None), "other")
         shares[thread, part] += samples
     return {key: count / total for key, count in shares.items()}
+
+
+def callers_of(stacks: collections.Counter, part: str, count: int) -> list[tuple[str, float]]:
+    """(function, share of all GIL samples) for samples whose time is `part`'s, by the nearest frame
+    of another family below it: what asked trio (or the S3 client) for the work it held the GIL for."""
+    total = sum(stacks.values()) or 1
+    asked: collections.Counter = collections.Counter()
+    for stack, samples in stacks.items():
+        frames = stack.split(";")[1:]
+        families = [_part(frame) for frame in frames]
+        inner = next((i for i in reversed(range(len(frames))) if families[i] is not None), None)
+        if inner is None or families[inner] != part:
+            continue
+        below = next((frames[i] for i in reversed(range(inner)) if families[i] not in (None, part)), "(none)")
+        asked[_short(below)] += samples
+    return [(name, samples / total) for name, samples in asked.most_common(count)]
+
+
+def _short(frame: str) -> str:
+    """ "function (path/to/file.py:line)" -> "function (file.py)" """
+    if " (" not in frame:
+        return frame
+    name, where = frame.rsplit(" (", 1)
+    return f"{name} ({where.rsplit(':', 1)[0].split('/')[-1]})"
 
 
 def phase(bench: Bench, pid: int, name: str, size: int, run, figures: dict, stacks: dict) -> None:
@@ -147,6 +172,7 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--stacks", metavar="DIR", help="also write each phase's GIL stacks, folded, to DIR")
     args = parser.parse_args()
     if shutil.which("py-spy") is None:
         print("profile_cpu: py-spy is not installed (pip install py-spy): no GIL figures")
@@ -162,6 +188,12 @@ def main() -> int:
     for name in figures:
         figures[name]["top"] = top(stacks[name], args.top)
         figures[name]["parts"] = parts(stacks[name])
+        figures[name]["trio callers"] = callers_of(stacks[name], "trio", args.top)
+    if args.stacks:
+        os.makedirs(args.stacks, exist_ok=True)
+        for name, counter in stacks.items():
+            with open(os.path.join(args.stacks, name.replace(" ", "-") + ".folded"), "w") as file:
+                file.writelines(f"{stack} {samples}\n" for stack, samples in counter.most_common())
 
     def value(system: str, figure: str) -> float:
         return statistics.median(bench.results.get(figure, {}).get(system, [float("nan")]))
@@ -196,6 +228,9 @@ def main() -> int:
         print(f"\n{name}: where the daemon held the GIL (share of GIL samples: on top, anywhere in the stack)")
         for function, own, anywhere in entry["top"]:
             print(f"  {own:6.1%} {anywhere:6.1%}  {function}")
+        print(f"\n{name}: trio's share, by the function outside trio that asked for the work")
+        for function, share in entry["trio callers"]:
+            print(f"  {share:6.1%}  {function}")
     return 0
 
 

@@ -18,6 +18,7 @@ from ckptfs.cache.journal import COMMITTED
 from ckptfs.engine import uploader as uploader_module
 from ckptfs.errors import CkptfsError, FsError
 from ckptfs.files import Caller
+from ckptfs.files import control as control_module
 from ckptfs.lake import Lake
 from ckptfs.store import RetryingStore
 from ckptfs.store.faults import FaultyStore
@@ -158,6 +159,77 @@ def test_progress_is_the_status_sync_polls_and_names_the_store_error(tmp_path):
             assert len(json.dumps(progress, separators=(",", ":"))) <= 128
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_progress_after_answers_when_published_at_once_on_an_error_and_else_after_its_wait(tmp_path):
+    """`user.ckptfs.progress.after.N` (what `ckptfs sync` asks): the daemon holds the request until
+    every event up to N is published, so the waiter learns of it when it happens, not at its next
+    poll; at once while an error stands (the caller paces itself); else after PROGRESS_WAIT."""
+    faulty = FaultyStore(MemoryStore())
+    lake = lake_on(faulty)
+    fault = faulty.fail("put", "packs/", times=None)
+
+    async def main():
+        mount = mount_on(tmp_path, "only", lake)
+        files = mount.files
+        async with running(mount):
+            await save(files, b"model.pt", os.urandom(3 * MIB))
+            upto = files.journal.outbox_tail()
+            with trio.fail_after(60):
+                while "error" not in files.control.progress():
+                    await trio.sleep(0.01)
+            started = trio.current_time()
+            answer = await files.control.progress_after(upto)
+            assert "error" in answer and answer["outbox_head"] <= upto
+            assert trio.current_time() == started  # at once: an error stands
+
+            fault.times = fault.fired  # the store heals
+            answers, elapsed = [], []
+            with trio.fail_after(120):
+                while not answers or answers[-1]["outbox_head"] <= upto:
+                    started = trio.current_time()
+                    answers.append(await files.control.progress_after(upto))
+                    elapsed.append(trio.current_time() - started)
+            assert all(took <= control_module.PROGRESS_WAIT for took in elapsed)
+            # the answer that saw the publication came when it happened, not at the end of its wait
+            assert "error" not in answers[-1] and elapsed[-1] < control_module.PROGRESS_WAIT
+
+            started = trio.current_time()  # published already: at once
+            assert (await files.control.progress_after(upto))["outbox_head"] > upto
+            assert trio.current_time() == started
+            started = trio.current_time()  # an event nobody queued: the whole wait, then the figures
+            answer = await files.control.progress_after(upto + 5)
+            assert trio.current_time() - started == pytest.approx(control_module.PROGRESS_WAIT)
+            assert answer == files.control.progress()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_sync_waits_on_the_daemon_and_paces_itself_on_an_error_or_an_older_daemon(monkeypatch):
+    """`progress_of(root, after=N)` asks the daemon to hold the answer until N is published; while
+    an error stands, or from a daemon without that attribute (ENODATA), it asks ten times a second."""
+    answers = {"user.ckptfs.progress.after.7": [{"outbox_head": 7, "uploading_bytes": 5, "uploading_files": 1,
+                                                 "events_pending": 2, "error": "503 SlowDown"},
+                                                {"outbox_head": 8, "uploading_bytes": 0, "uploading_files": 0,
+                                                 "events_pending": 0}]}
+    asked, slept = [], []
+
+    def getxattr(path, name):
+        asked.append(name)
+        if name not in answers:
+            raise OSError(errno.ENODATA, "No data available")
+        return json.dumps(answers[name].pop(0)).encode()
+
+    monkeypatch.setattr(os, "getxattr", getxattr)
+    monkeypatch.setattr(time, "sleep", slept.append)
+    assert cli.progress_of("/ckpt", after=7)["error"] == "503 SlowDown"
+    assert len(slept) == 1 and 0 < slept[0] <= 0.1  # an error: paced
+    assert cli.progress_of("/ckpt", after=7)["outbox_head"] == 8
+    assert len(slept) == 1  # the daemon held it: no pause of ours
+    answers["user.ckptfs.progress"] = [{"outbox_head": 9, "uploading_bytes": 0, "uploading_files": 0,
+                                        "events_pending": 0}]
+    assert cli.progress_of("/ckpt", after=8)["outbox_head"] == 9  # an older daemon: polled
+    assert asked[-2:] == ["user.ckptfs.progress.after.8", "user.ckptfs.progress"] and slept[-1] == 0.1
 
 
 def test_sync_reads_progress_from_the_status_of_a_daemon_without_it(monkeypatch):

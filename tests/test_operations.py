@@ -1,6 +1,7 @@
 """The Operations object called directly, without a kernel mount: fast checks of the fs layer logic."""
 
 import errno
+import json
 import os
 import sqlite3
 from dataclasses import dataclass
@@ -130,6 +131,22 @@ def test_bad_names_are_rejected(tmp_path, lake):
             with pytest.raises(pyfuse3.FUSEError) as error:
                 await ops.mkdir(ROOT, name, 0o755, Context())
             assert error.value.errno == code
+
+    trio.run(main)
+
+
+def test_progress_after_names_an_outbox_seq_and_answers_progress(tmp_path, lake):
+    """`user.ckptfs.progress.after.N` on the root: the progress figures (compact JSON: one 128-byte
+    getxattr), once N is published; a name whose N is not a number is EINVAL."""
+
+    async def main():
+        ops = build(tmp_path, "only", lake)
+        answer = json.loads(await ops.getxattr(ROOT, b"user.ckptfs.progress.after.0"))
+        assert answer == ops.control.progress() and answer["outbox_head"] > 0
+        for bad in (b"user.ckptfs.progress.after.", b"user.ckptfs.progress.after.-1", b"user.ckptfs.progress.after.x"):
+            with pytest.raises(pyfuse3.FUSEError) as error:
+                await ops.getxattr(ROOT, bad)
+            assert error.value.errno == errno.EINVAL
 
     trio.run(main)
 

@@ -8,6 +8,8 @@ import os
 import time
 from typing import Any
 
+import trio
+
 from ckptfs.cache.journal import COMMITTED, OPEN, SEALED, STATE_NAMES, Inode, Journal
 from ckptfs.cache.staging import Staging
 from ckptfs.engine.interface import Engine
@@ -15,6 +17,8 @@ from ckptfs.errors import CkptfsError
 from ckptfs.lake.lake import writer_identity
 from ckptfs.lake.manifest import encode_path
 
+# The longest `progress_after` holds a request: what a waiting `ckptfs sync` updates its bar at.
+PROGRESS_WAIT = 0.5
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -74,6 +78,18 @@ class Control:
                   "uploading_files": sealed_count, "events_pending": self.journal.outbox_length()}
         error = self.engine.store_health()["last_store_error"] or self.engine.last_error
         return {**answer, "error": error} if error else answer
+
+    async def progress_after(self, upto: int, wait: float = PROGRESS_WAIT) -> dict[str, Any]:
+        """progress(), answered once every outbox event up to `upto` is published, or after `wait`
+        seconds, or at once while an error stands (the caller then paces itself): what `ckptfs sync`
+        asks, so that it learns of publication when it happens, from a request or two a second. A
+        benchmark polling progress at 100 Hz cost the daemon ~0.15 s of GIL per GiB saved."""
+        answer = self.progress()
+        if "error" in answer or answer["outbox_head"] > upto:
+            return answer
+        with trio.move_on_after(wait):
+            await self.engine.wait_published(upto)
+        return self.progress()
 
     def barrier(self, top: Inode) -> dict[str, Any]:
         """What `ckptfs sync PATH` waits for: every event queued so far, and which files are still open."""

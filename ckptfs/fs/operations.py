@@ -33,6 +33,7 @@ XATTR_STATE = b"user.ckptfs.state"
 XATTR_STATUS = b"user.ckptfs.status"
 XATTR_BARRIER = b"user.ckptfs.barrier"
 XATTR_PROGRESS = b"user.ckptfs.progress"
+XATTR_PROGRESS_AFTER = b"user.ckptfs.progress.after."  # + the outbox seq a `ckptfs sync` waits for
 XATTR_NO_DRAIN = b"user.ckptfs.no_drain"
 XATTR_REFRESH = b"user.ckptfs.refresh"
 XATTR_SNAPSHOT = b"user.ckptfs.snapshot"
@@ -270,6 +271,11 @@ class Operations(pyfuse3.Operations):
             return json.dumps(self.control.barrier(node)).encode()
         if name == XATTR_PROGRESS and inode == ROOT_INODE:
             return json.dumps(self.control.progress(), separators=(",", ":")).encode()
+        if name.startswith(XATTR_PROGRESS_AFTER) and inode == ROOT_INODE:
+            upto = name[len(XATTR_PROGRESS_AFTER):]
+            if not upto.isdigit():
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            return json.dumps(await self.control.progress_after(int(upto)), separators=(",", ":")).encode()
         if name == XATTR_REFRESH and inode == ROOT_INODE:
             return json.dumps(await self.following.refresh(sweep=True)).encode()
         if name == XATTR_PREFETCH and inode == ROOT_INODE:
