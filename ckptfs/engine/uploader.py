@@ -30,7 +30,7 @@ from ckptfs.engine.publisher import Publisher
 from ckptfs.engine.spill import Spill
 from ckptfs.engine.tasks import first_failure_wins
 from ckptfs.errors import CkptfsError
-from ckptfs.lake import Lake
+from ckptfs.lake import Lake, codec
 from ckptfs.lake.chunker import Chunker, Cut
 from ckptfs.lake.manifest import INLINE_LIMIT, Manifest
 from ckptfs.store import StoreError
@@ -290,21 +290,27 @@ CUT_BATCH = 16
 
 def _cut_file_into(send: trio.MemorySendChannel[list[Cut]], fd: int, size: int, start: int, profile: int) -> None:
     """In a worker thread: send the cuts of a sealed staging file from `start` (one of its cuts) to
-    its end, a batch at a time. Stops quietly if the receiver has gone (its upload failed)."""
+    its end, a batch at a time, each with its chunk's id: hashed here while the chunker has just
+    brought its pages in, so that a chunk the lake already holds is never read again (an identical
+    re-save read, hashed and handed to threads every byte a second time). Stops quietly if the
+    receiver has gone (its upload failed)."""
     if size <= start:
         return
     batch: list[Cut] = []
     try:
         with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
             cuts = Chunker(profile).cut(mapped, skip=start)
+            whole = memoryview(mapped)
             try:
                 for cut in cuts:
-                    batch.append(cut)
+                    with whole[cut.offset:cut.offset + cut.length] as piece:
+                        batch.append(Cut(cut.offset, cut.length, codec.chunk_id(piece)))
                     if len(batch) == CUT_BATCH:
                         trio.from_thread.run(send.send, batch)
                         batch = []
             finally:
-                cuts.close()  # release its views of the mapping before the mapping closes
+                cuts.close()  # release the views of the mapping before the mapping closes
+                whole.release()
         if batch:
             trio.from_thread.run(send.send, batch)
     except (trio.BrokenResourceError, trio.ClosedResourceError, trio.Cancelled):

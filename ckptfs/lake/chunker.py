@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import mmap
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyfastcdc
 
@@ -48,6 +48,9 @@ Searchable = bytes | bytearray | mmap.mmap
 class Cut:
     offset: int
     length: int
+    # The chunk's content id, when whoever cut it also hashed it (engine/uploader.py: the thread
+    # that cuts a sealed file hashes each chunk while its bytes are at hand); not part of equality.
+    identifier: bytes | None = field(default=None, compare=False)
 
 
 class Chunker:
