@@ -14,6 +14,7 @@ import trio
 
 from ckptfs.errors import CkptfsError
 from ckptfs.lake import Lake, keeps, retention
+from ckptfs.lake import gc as gc_module
 from ckptfs.lake.check import check_lake
 from ckptfs.lake.gc import GarbageCollector, GcBusy, read_collected, read_marks
 from ckptfs.lake.retention import Policy, Retention
@@ -624,3 +625,66 @@ def test_collection_records_and_tags_are_read_side_by_side_and_a_failed_read_is_
     for name in ("c", "a", "b"):
         keeps.put_tag(tags, keeps.Tag(name, 1, b"run", ()))
     assert [tag.name for tag in keeps.read_tags(tags)] == ["a", "b", "c"]
+
+
+def test_collection_records_are_folded_into_one_once_they_pile_up(tmp_path, monkeypatch):
+    """Each run that deletes manifests leaves a record, and every fresh mount reads them all (a run
+    every 5 minutes: 288 a day). Past FOLD_RECORDS, the run that adds one writes them all as one
+    record and deletes them: what readers learn is the same, from one GET; fsck still counts the
+    history states naming those manifests as collected, and a fresh mount still leaves them out."""
+    monkeypatch.setattr(gc_module, "FOLD_RECORDS", 2)
+    clock = WallClock()
+    lake, store, _ = new_lake(clock)
+    lake.set_retention(b"", Policy(keep_last=1))
+
+    async def main():
+        mount = mount_on(tmp_path, "a" * 16, lake, clock=clock)
+        async with running(mount):
+            for _ in range(4):  # each round: a version retention drops, marked, then deleted
+                for _ in range(2):
+                    await save(mount.files, b"model.pt", os.urandom(MIB))
+                    await published(mount.files)
+                collect(lake, clock)
+                clock.advance(GRACE + 1)
+                collect(lake, clock)
+                clock.advance(GRACE + 1)
+        collect(lake, clock)  # the last round's drop, marked, is deleted a grace later
+        records = list(store.list(gc_module.COLLECTED))
+        assert len(records) <= 2, records  # folded: never more than FOLD_RECORDS
+        collected = read_collected(store)
+        assert len(collected) == 7  # 8 versions saved, the newest kept
+        assert check_lake(lake).collected == 7
+        fresh = mount_on(tmp_path, "b" * 16, lake, clock=clock)
+        async with running(fresh):
+            await fresh.following.refresh(sweep=True)  # what a daemon does as it starts
+            assert len(fresh.files.tree.view.collected) == 7
+
+    trio.run(main)
+
+
+class FoldsWhileRead(MemoryStore):
+    """A store on which a fold lands between a reader's LIST of the records and its GET of one."""
+
+    def __init__(self, folded_key: str, fold_key: str, fold: bytes) -> None:
+        super().__init__()
+        self.folded_key, self.fold_key, self.fold = folded_key, fold_key, fold
+
+    def get(self, key: str) -> bytes:
+        if key == self.folded_key and self.fold is not None:
+            self.put(self.fold_key, self.fold)  # the fold is written first, then what it folds goes
+            self.delete(key)
+            self.fold = None
+        return super().get(key)
+
+
+def test_a_record_folded_while_it_is_read_is_read_from_the_fold():
+    record = json.dumps({"format": 1, "collected_ns": 5, "manifests": ["m5"]}).encode()
+    fold = json.dumps({"format": 1, "collected_ns": 9, "manifests": ["m5", "m6"]}).encode()
+    store = FoldsWhileRead("gc/collected/0000000000000005-aaaaaaaa", "gc/collected/0000000000000009-bbbbbbbb", fold)
+    store.put("gc/collected/0000000000000005-aaaaaaaa", record)
+    store.put("gc/collected/0000000000000006-cccccccc",
+              json.dumps({"format": 1, "collected_ns": 6, "manifests": ["m6"]}).encode())
+    seen: set[str] = set()
+    assert read_collected(store, seen) == {"m5": 9, "m6": 9}
+    assert seen == {"gc/collected/0000000000000005-aaaaaaaa", "gc/collected/0000000000000006-cccccccc",
+                    "gc/collected/0000000000000009-bbbbbbbb"}

@@ -57,6 +57,9 @@ REPACK_BUDGET = 4 << 30
 MARKS = "gc/marks/"
 log = logging.getLogger(__name__)
 COLLECTED = "gc/collected/"
+# Collection records a lake keeps before a run folds them into one (GarbageCollector._fold_collected):
+# a fresh mount reads at most this many and the fold, in one round of GETs or a few.
+FOLD_RECORDS = 64
 LOCK = "gc/lock"
 LOCK_REFRESH_NS = 60 * 10**9
 LOCK_STALE_NS = 10 * 60 * 10**9
@@ -108,20 +111,27 @@ def read_collected(store: ObjectStore, skip: set[str] | None = None) -> dict[str
     """Manifest id -> when garbage collection deleted it; records in `skip` (keys already read:
     records never change) are not read again, and the keys read are added to it. The records are
     read side by side: one after the other, a fresh mount's `ckptfs refresh` waited 1.9 s for ~30
-    of them on the S3 model (the soak's job restart, a GC run every 5 minutes)."""
-    keys = [key for key in store.list(COLLECTED) if skip is None or key not in skip]
-    found = store.get_each(keys)
+    of them on the S3 model (the soak's job restart, a GC run every 5 minutes). A record listed but
+    gone when read was folded into a newer one (GarbageCollector._fold_collected writes the fold
+    before it deletes what it folded): the records are listed once more and the new ones read."""
     collected: dict[str, int] = {}
-    for key in keys:
-        if key in found:
-            try:
-                value = json.loads(found[key])
-            except ValueError as error:
-                raise CkptfsError(f"{key} is not a collection record ({error})") from None
-            for identifier in value.get("manifests", ()):
-                collected[identifier] = int(value["collected_ns"])
-        if skip is not None:  # read, or gone: either way never to read again
-            skip.add(key)
+    seen: set[str] = set()
+    for _ in range(2):
+        keys = [key for key in store.list(COLLECTED) if key not in seen and (skip is None or key not in skip)]
+        found = store.get_each(keys)
+        for key in keys:
+            seen.add(key)
+            if key in found:
+                try:
+                    value = json.loads(found[key])
+                except ValueError as error:
+                    raise CkptfsError(f"{key} is not a collection record ({error})") from None
+                for identifier in value.get("manifests", ()):
+                    collected[identifier] = max(collected.get(identifier, 0), int(value["collected_ns"]))
+            if skip is not None:  # read, or gone: either way never to read again
+                skip.add(key)
+        if len(found) == len(keys):
+            break
     return collected
 
 
@@ -328,6 +338,7 @@ class GarbageCollector:
         if manifests_due:
             self.store.put(f"{COLLECTED}{marked_at:016x}-{self.run_id}",
                            json.dumps({"format": 1, "collected_ns": marked_at, "manifests": manifests_due}).encode())
+            self._fold_collected(marked_at)
         # Manifests first, all of them: no manifest ever names a pack that is gone while it is
         # still there.
         manifests = sorted(key for key in due if key.startswith("manifests/"))
@@ -340,6 +351,26 @@ class GarbageCollector:
         for key in self.store.list(MARKS):
             if key != new_key:
                 self.store.delete(key)
+
+    def _fold_collected(self, marked_at: int) -> None:
+        """Once more than FOLD_RECORDS collection records have piled up (a run every 5 minutes
+        leaves 288 a day, and every fresh mount reads them all), write them as one record under a
+        key of its own, then delete them. The fold is a record like the others: a reader, of any
+        version, takes its manifests as collected when the fold was written."""
+        keys = list(self.store.list(COLLECTED))
+        if len(keys) <= FOLD_RECORDS:
+            return
+        found = self.store.get_each(keys)
+        manifests: set[str] = set()
+        for key, blob in found.items():
+            try:
+                manifests.update(json.loads(blob).get("manifests", ()))
+            except ValueError as error:
+                raise CkptfsError(f"{key} is not a collection record ({error})") from None
+        fold = f"{COLLECTED}{marked_at:016x}-{secrets.token_hex(4)}"
+        self.store.put(fold, json.dumps({"format": 1, "collected_ns": marked_at,
+                                         "manifests": sorted(manifests)}).encode())
+        self.store.delete_many(sorted(found))
 
     def _kept_manifests(self, report: Report, start: int) -> set[str]:
         self.progress("reading the history", 0, 0)
