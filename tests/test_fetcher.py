@@ -2,9 +2,12 @@
 the file is on its way; a reader that jumps around fetches only what it reads; chunks of a pack are
 fetched in runs, within the chunk cache's budget."""
 
+import itertools
 import os
 
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ckptfs.cache.chunkcache import ChunkCache
 from ckptfs.engine import fetcher as fetcher_module
@@ -191,3 +194,18 @@ def test_what_a_reader_left_read_ahead_is_let_go_of(tmp_path, monkeypatch):
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+@given(st.lists(st.integers(1, 50), min_size=1, max_size=40), st.data())
+def test_the_read_ahead_window_fits_the_room_as_a_walk_over_its_chunks_would(lengths, data):
+    """fetcher.fit finds by bisection the chunks from `first` that fit in `room`: the same end and
+    room left as adding their lengths one by one (what it replaced)."""
+    offsets, total = list(itertools.accumulate([0, *lengths[:-1]])), sum(lengths)
+    first = data.draw(st.integers(0, len(lengths)))
+    stop = data.draw(st.integers(first, len(lengths)))
+    room = data.draw(st.integers(0, total + 10))
+    end, left = first, room
+    while end < stop and left >= lengths[end]:
+        left -= lengths[end]
+        end += 1
+    assert fetcher_module.fit(offsets, total, first, stop, room) == (end, left)
