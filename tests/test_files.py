@@ -131,6 +131,17 @@ def test_backpressure_waits_for_uploads_and_never_fails_the_write(tmp_path):
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+async def save_while_puts_fail(files) -> int:
+    """Save a file while the store fails its pack PUTs; returns the outbox seq of its events once
+    the progress figures name the store's error (the PUT fails, is retried)."""
+    await save(files, b"model.pt", os.urandom(3 * MIB))
+    upto = files.journal.outbox_tail()
+    with trio.fail_after(60):
+        while "error" not in files.control.progress():
+            await trio.sleep(0.01)
+    return upto
+
+
 def test_progress_is_the_status_sync_polls_and_names_the_store_error(tmp_path):
     """`user.ckptfs.progress` (what `ckptfs sync` polls): the status's outbox_head, uploading and
     pending figures, the store's error while it retries, and small enough for one getxattr."""
@@ -143,11 +154,7 @@ def test_progress_is_the_status_sync_polls_and_names_the_store_error(tmp_path):
         mount = mount_on(tmp_path, "only", lake)
         files = mount.files
         async with running(mount):
-            await save(files, b"model.pt", os.urandom(3 * MIB))
-            upto = files.journal.outbox_tail()
-            with trio.fail_after(60):
-                while "error" not in files.control.progress():  # the PUT fails, is retried
-                    await trio.sleep(0.01)
+            upto = await save_while_puts_fail(files)
             progress, status = files.control.progress(), files.control.status()
             assert {name: progress[name] for name in fields} == {name: status[name] for name in fields}
             assert progress["outbox_head"] <= upto and progress["events_pending"] >= 1
@@ -173,11 +180,7 @@ def test_progress_after_answers_when_published_at_once_on_an_error_and_else_afte
         mount = mount_on(tmp_path, "only", lake)
         files = mount.files
         async with running(mount):
-            await save(files, b"model.pt", os.urandom(3 * MIB))
-            upto = files.journal.outbox_tail()
-            with trio.fail_after(60):
-                while "error" not in files.control.progress():
-                    await trio.sleep(0.01)
+            upto = await save_while_puts_fail(files)
             started = trio.current_time()
             answer = await files.control.progress_after(upto)
             assert "error" in answer and answer["outbox_head"] <= upto

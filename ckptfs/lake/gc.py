@@ -122,10 +122,7 @@ def read_collected(store: ObjectStore, skip: set[str] | None = None) -> dict[str
         for key in keys:
             seen.add(key)
             if key in found:
-                try:
-                    value = json.loads(found[key])
-                except ValueError as error:
-                    raise CkptfsError(f"{key} is not a collection record ({error})") from None
+                value = decode_collected(key, found[key])
                 for identifier in value.get("manifests", ()):
                     collected[identifier] = max(collected.get(identifier, 0), int(value["collected_ns"]))
             if skip is not None:  # read, or gone: either way never to read again
@@ -133,6 +130,14 @@ def read_collected(store: ObjectStore, skip: set[str] | None = None) -> dict[str
         if len(found) == len(keys):
             break
     return collected
+
+
+def decode_collected(key: str, blob: bytes) -> dict[str, Any]:
+    """A collection record: {"format", "collected_ns", "manifests"}."""
+    try:
+        return json.loads(blob)
+    except ValueError as error:
+        raise CkptfsError(f"{key} is not a collection record ({error})") from None
 
 
 @dataclass
@@ -363,10 +368,7 @@ class GarbageCollector:
         found = self.store.get_each(keys)
         manifests: set[str] = set()
         for key, blob in found.items():
-            try:
-                manifests.update(json.loads(blob).get("manifests", ()))
-            except ValueError as error:
-                raise CkptfsError(f"{key} is not a collection record ({error})") from None
+            manifests.update(decode_collected(key, blob).get("manifests", ()))
         fold = f"{COLLECTED}{marked_at:016x}-{secrets.token_hex(4)}"
         self.store.put(fold, json.dumps({"format": 1, "collected_ns": marked_at,
                                          "manifests": sorted(manifests)}).encode())
