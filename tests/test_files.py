@@ -209,6 +209,33 @@ def test_progress_after_answers_when_published_at_once_on_an_error_and_else_afte
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+def test_several_progress_waiters_at_once_beside_writes_each_learn_of_their_publication(tmp_path):
+    """The kernel sends requests concurrently: several `ckptfs sync`s wait on progress.after at
+    once while files are still being written; each returns with its own events published."""
+    lake = lake_on(MemoryStore())
+
+    async def main():
+        mount = mount_on(tmp_path, "only", lake)
+        files = mount.files
+        answers: dict[int, dict] = {}
+
+        async def waiter(index: int, upto: int) -> None:
+            answer = {"outbox_head": 0}
+            while answer["outbox_head"] <= upto:
+                answer = await files.control.progress_after(upto)
+            answers[index] = answer
+
+        async with running(mount):
+            with trio.fail_after(120):
+                async with trio.open_nursery() as nursery:
+                    for index in range(3):
+                        await save(files, b"f%d" % index, os.urandom(2 * MIB))
+                        nursery.start_soon(waiter, index, files.journal.outbox_tail())
+        assert sorted(answers) == [0, 1, 2] and all("error" not in answer for answer in answers.values())
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
 def test_sync_waits_on_the_daemon_and_paces_itself_on_an_error_or_an_older_daemon(monkeypatch):
     """`progress_of(root, after=N)` asks the daemon to hold the answer until N is published; while
     an error stands, or from a daemon without that attribute (ENODATA), it asks ten times a second."""
