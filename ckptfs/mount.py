@@ -66,10 +66,15 @@ async def _kernel_forgets_nothing(stale: Invalidations) -> None:
 
 
 class Following:
-    """How the mount follows the lake: one look at a time, the follower fetches what other mounts
-    published, the file system brings its tree in line, the kernel forgets what changed
-    (`forget`, given by the FUSE adapter), then the cursors move; after a sweep, snapshots fold
-    and maybe write one."""
+    """How the mount follows the lake: the follower fetches what other mounts published, the file
+    system brings its tree in line, the kernel forgets what changed (`forget`, given by the FUSE
+    adapter), then the cursors move; after a sweep, snapshots fold and maybe write one.
+
+    Looks at the lake run side by side; what they found is applied one look at a time. A refresh
+    asked for while another look is out (the periodic refresh, a second `ckptfs latest`) starts its
+    own listing at once: waiting for the other look to end first cost up to a whole sweep more (a
+    sweep is rounds of requests at the store's first-byte latency). A segment both looks read is
+    applied once (LakeReplay.add skips the segments it knows) and the cursors only move forward."""
 
     def __init__(self, follower: Follower, snapshots: Snapshots, files: FileSystem, *, interval: float,
                  forget: Callable[[Invalidations], Awaitable[None]] = _kernel_forgets_nothing) -> None:
@@ -78,30 +83,28 @@ class Following:
         self.files = files
         self.interval = interval
         self.forget = forget
-        self._lock = trio.Lock()  # a refresh asked for while one runs waits for it and runs anew
+        self._lock = trio.Lock()  # what a look found is applied one look at a time
         self.last_forced_snapshot: dict[str, Any] = {}  # the answer to the last `ckptfs snapshot`
         self._collected_records: set[str] = set()  # gc/collected/ records read (they never change)
+        self._tags_asked = self._tags_shown = 0  # reads of the tags begun, and the newest one shown
         # Sweeps whose fold and snapshot are still to do, for the writer `run` starts: the newest
         # sweep's start covers the older ones. None while no writer runs (refresh does it inline).
         self._to_fold: trio.MemorySendChannel[int] | None = None
 
     async def refresh(self, *, sweep: bool = False) -> dict[str, Any]:
-        records: dict[str, Any] = {}
+        async with trio.open_nursery() as nursery:
+            if sweep:  # asked for (`ckptfs refresh`, `latest`: a restart waits): read them meanwhile
+                nursery.start_soon(self._read_records)
+            fetched = await self.follower.fetch(sweep=sweep)
         async with self._lock:
-            async with trio.open_nursery() as nursery:
-                if sweep:  # asked for (`ckptfs refresh`, `latest`: a restart waits): read them meanwhile
-                    nursery.start_soon(self._read_records, records)
-                fetched = await self.follower.fetch(sweep=sweep)
             self.files.remote.apply(fetched.events)
             self.files.commit(durable=True)
             await self.forget(self.files.remote.take_invalidations())
             result = self.follower.advance(fetched)
         if result["swept_at_ns"] is not None:
             await self.fold(result["swept_at_ns"])
-            if not records:
-                await self._read_records(records)
-            self.files.tree.view.collected.update(records["collected"])
-            self.files.tree.view.past.tags = {tag.name: (tag.root, dict(tag.entries)) for tag in records["tags"]}
+            if not sweep:  # the periodic refresh's sweep every few minutes: the records after it
+                await self._read_records()
         return result
 
     async def fold(self, swept_at_ns: int) -> None:
@@ -114,19 +117,27 @@ class Following:
         else:
             await self.snapshots.swept(swept_at_ns)
 
-    async def _read_records(self, into: dict[str, Any]) -> None:
+    async def _read_records(self) -> None:
         """What GC collected (it leaves .versions) and the tags: read at start, on `ckptfs refresh`
-        and every 5 minutes, both at once. Each is a LIST and GETs; read one after the other and
-        after the logs, they made `ckptfs refresh` (and `latest`, which refreshes first) six rounds
-        of requests at S3's first-byte latency, ~1 s on the S3 model."""
+        and every 5 minutes, both at once, and shown as soon as read (they do not depend on the log).
+        Each is a LIST and GETs; read one after the other and after the logs, they made `ckptfs
+        refresh` (and `latest`, which refreshes first) six rounds of requests at S3's first-byte
+        latency, ~1 s on the S3 model. A record read is never read again (they never change), so
+        what it says is shown even if the look it was read beside fails."""
         store = self.follower.lake.store
+        view = self.files.tree.view
 
         async def collected() -> None:
-            into["collected"] = await trio.to_thread.run_sync(read_collected, store, self._collected_records,
-                                                              limiter=self.follower.network)
+            view.collected.update(await trio.to_thread.run_sync(
+                read_collected, store, self._collected_records, limiter=self.follower.network))
 
         async def tags() -> None:
-            into["tags"] = await trio.to_thread.run_sync(read_tags, store, limiter=self.follower.network)
+            self._tags_asked += 1
+            asked = self._tags_asked
+            found = await trio.to_thread.run_sync(read_tags, store, limiter=self.follower.network)
+            if asked > self._tags_shown:  # a read that began after this one may have answered first
+                self._tags_shown = asked
+                view.past.tags = {tag.name: (tag.root, dict(tag.entries)) for tag in found}
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(collected)

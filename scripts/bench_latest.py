@@ -10,7 +10,12 @@ restart script that imports ckptfs runs them. A sweep lists
 `mounts/` and every mount's log, so its time is rounds of requests at the first-byte latency:
 the figure that moves with the design, whatever the server's CPU.
 
-    python scripts/bench_latest.py --mounts 10 --repeats 5
+With `--beside-sweeps`, another client sweeps the fresh mount over and over meanwhile (a second
+`ckptfs latest`, as the soak's watcher runs every 3 s; the periodic refresh does the same with a
+feed look), with a random pause of up to 0.5 s between: what a restart's `latest` waits for when
+it comes while another look is out.
+
+    python scripts/bench_latest.py --mounts 10 --repeats 5 [--beside-sweeps]
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ import argparse
 import contextlib
 import io
 import os
+import random
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -43,10 +50,18 @@ def timed(args: list[str]) -> tuple[float, str]:
     return time.monotonic() - started, out.getvalue().strip()
 
 
+def sweep_until(mountpoint: str, stop: threading.Event) -> None:
+    """Another client's sweeps of a mount (what `ckptfs refresh` asks the daemon for), until `stop`."""
+    while not stop.wait(random.uniform(0, 0.5)):
+        os.getxattr(mountpoint, "user.ckptfs.refresh")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mounts", type=int, default=10, help="mounts that published before the restart")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--beside-sweeps", action="store_true",
+                        help="another client sweeps the fresh mount over and over meanwhile")
     args = parser.parse_args()
     import torch
     import torch.distributed.checkpoint as dcp
@@ -81,6 +96,10 @@ def main() -> int:
                 mounts.append(fresh.start(timeout=120))
                 times["mount start"].append(time.monotonic() - started)
                 top = fresh.path("run", "dcp")
+                stop = threading.Event()
+                beside = threading.Thread(target=sweep_until, args=(fresh.mountpoint, stop), daemon=True)
+                if args.beside_sweeps:
+                    beside.start()
                 for name, command in (("refresh (the sweep)", ["refresh", fresh.mountpoint]),
                                       ("latest --no-refresh, first", ["latest", "--no-refresh", top]),
                                       ("latest, again", ["latest", top])):
@@ -88,8 +107,12 @@ def main() -> int:
                     if name.startswith("latest") and not answer.endswith("step-5"):
                         raise RuntimeError(f"latest named {answer!r}, not step-5")
                     times[name].append(seconds)
+                stop.set()
+                if beside.is_alive():
+                    beside.join()
                 mounts.pop().unmount()
-            print(f"{args.mounts} mounts published; then {args.repeats} fresh mounts, one after another:")
+            print(f"{args.mounts} mounts published; then {args.repeats} fresh mounts, one after another"
+                  + (", each swept over and over by another client meanwhile:" if args.beside_sweeps else ":"))
             for name, values in times.items():
                 print(f"  {name:28} median {statistics.median(values):.3f} s "
                       f"(min {min(values):.3f}, max {max(values):.3f}, {len(values)} runs)")

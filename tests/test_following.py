@@ -580,3 +580,58 @@ def test_a_sweep_lists_the_logs_it_knows_while_it_lists_the_mounts(tmp_path):
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+class FirstMountsListingHeld(MemoryStore):
+    """A memory store whose first LIST of `mounts/` after `hold()` waits until `release` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = threading.Event()  # set: the next LIST of mounts/ is the one to hold
+        self.waiting = threading.Event()
+        self.release = threading.Event()
+
+    def list(self, prefix: str, start_after: str | None = None):
+        if prefix == "mounts/" and self.held.is_set():
+            self.held.clear()
+            self.waiting.set()
+            assert self.release.wait(30), "never released"
+        return super().list(prefix, start_after)
+
+
+def test_a_sweep_asked_for_while_another_look_is_out_does_not_wait_for_it(tmp_path):
+    """A restart's `ckptfs latest` sweeps; a refresh already out (the periodic one, another
+    `latest`) must not make it wait: it lists at once and answers with what is published, while
+    the other look still hangs on the store. The other look, applied after, changes nothing (its
+    segments are known) and the cursors never go back."""
+    store = FirstMountsListingHeld()
+    lake = Lake(RetryingStore(store, first_delay=0.001, max_delay=0.01))
+    lake.open()
+
+    async def main():
+        async with mounts(tmp_path, lake, 2) as (a, b):
+            await a.write(b"run/one.pt", b"1")
+            await a.sync()
+            results = []
+
+            async def held_look():
+                results.append(await b.follower.refresh(sweep=True))
+
+            async with trio.open_nursery() as nursery:
+                store.held.set()
+                nursery.start_soon(held_look)
+                assert await trio.to_thread.run_sync(store.waiting.wait, 30)
+                await a.write(b"run/two.pt", b"2")
+                await a.sync()
+                with trio.fail_after(10):
+                    second = await b.follower.refresh(sweep=True)
+                assert not results  # the first look still hangs
+                assert second["segments"] >= 2 and await b.read(b"run/two.pt") == b"2"
+                cursors = dict(b.follower.follower.cursors)
+                store.release.set()
+            assert results and results[0]["swept_at_ns"] < second["swept_at_ns"]
+            assert b.follower.follower.cursors == cursors
+            assert await b.read(b"run/one.pt") == b"1" and await b.read(b"run/two.pt") == b"2"
+            assert b.tree() == a.tree()
+
+    trio.run(main)

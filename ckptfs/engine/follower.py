@@ -84,7 +84,8 @@ class Follower:
         starting mount ask for), everything published before the call: every mount's log is listed.
         Without it (the periodic refresh), what the change feed shows, with a sweep every few minutes
         in case a writer's clock put its markers before the feed's look-back window. The caller
-        applies the events, then calls `advance`; one look at a time (the caller's lock).
+        applies the events, then calls `advance`. Looks may run side by side (each lists from the
+        cursors as they are when it starts); the caller applies what they found one at a time.
 
         A sweep lists the logs of the mounts it knows while it lists `mounts/`, and the logs of the
         mounts that listing adds after it: one round of requests, not two, unless a mount is new
