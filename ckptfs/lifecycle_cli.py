@@ -270,7 +270,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                     help="S3-compatible endpoint (default: AWS_ENDPOINT_URL or AWS)")
     gc.add_argument("--dry-run", action="store_true", help="report what a run would mark and delete; change nothing")
     gc.add_argument("--break-lock", action="store_true",
-                    help="take the lake's gc lock from a run that died (only if it is dead)")
+                    help="take the lake's gc lock from a run that died on another machine (only if it is dead; "
+                    "one that died on this machine is taken over without it)")
     gc.add_argument("--json", action="store_true", help="print the report as JSON")
     gc.set_defaults(handler=command_gc)
 

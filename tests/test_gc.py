@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -13,10 +15,11 @@ import pytest
 import trio
 
 from ckptfs.errors import CkptfsError
-from ckptfs.lake import Lake, keeps, retention
+from ckptfs.lake import Lake, gclock, keeps, retention
 from ckptfs.lake import gc as gc_module
 from ckptfs.lake.check import check_lake
-from ckptfs.lake.gc import GarbageCollector, GcBusy, read_collected, read_marks
+from ckptfs.lake.gc import GarbageCollector, read_collected, read_marks
+from ckptfs.lake.gclock import GcBusy
 from ckptfs.lake.retention import Policy, Retention
 from ckptfs.store import PermanentStoreError, RetryingStore, open_store
 from ckptfs.store.faults import FaultyStore
@@ -688,3 +691,49 @@ def test_a_record_folded_while_it_is_read_is_read_from_the_fold():
     assert read_collected(store, seen) == {"m5": 9, "m6": 9}
     assert seen == {"gc/collected/0000000000000005-aaaaaaaa", "gc/collected/0000000000000006-cccccccc",
                     "gc/collected/0000000000000009-bbbbbbbb"}
+
+
+def test_a_lock_whose_holder_on_this_machine_is_gone_is_taken_over_at_once(tmp_path, monkeypatch):
+    """A job killed on a node leaves the lock of the GC run its mount was making. The next run on
+    that node sees the holder gone (same boot and pid namespace, no process with that pid and start
+    time) and takes the lock at once, where it used to wait 10 minutes or for `--break-lock`. A
+    holder that still runs, one on another machine, and a lock that names no process are waited
+    for as before."""
+    clock = WallClock()
+    lake, store, _ = new_lake(clock)
+
+    def lock(**holder) -> None:
+        store.put("gc/lock", json.dumps({"run": "old", "refreshed_ns": clock(), **holder}).encode())
+
+    me = gclock.this_process()
+    assert me["boot"] and me["pidns"] and me["pid_start"] is not None
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock(**{**me, "pid": child.pid, "pid_start": gclock.start_ticks(child.pid)})
+        with pytest.raises(GcBusy, match="--break-lock"):
+            collect(lake, clock)  # it still runs
+    finally:
+        child.kill()
+        child.wait()
+    collect(lake, clock)  # it is gone: taken over at once
+    assert not list(store.list("gc/lock"))
+    lock(**{**me, "pid_start": me["pid_start"] + 1})  # this pid, but another process's start
+    collect(lake, clock)
+    lock(**{**me, "pidns": "pid:[1]", "pid": child.pid})  # a pid of another namespace: cannot tell
+    with pytest.raises(GcBusy):
+        collect(lake, clock)
+    lock(run="old", host=me["host"], pid=child.pid)  # a lock that names no boot: cannot tell
+    with pytest.raises(GcBusy):
+        collect(lake, clock)
+    # Another boot: this machine restarted (same name, last rewritten before this boot and over two
+    # rewrites ago), or another machine of its own (or of the same name, rewritten lately).
+    monkeypatch.setattr(gclock, "booted_ns", lambda: time.time_ns() - 60 * 10**9)
+    three_minutes_ago = clock() - 180 * 10**9
+    lock(**{**me, "boot": "another", "refreshed_ns": three_minutes_ago})
+    collect(lake, clock)
+    lock(**{**me, "boot": "another", "host": "elsewhere", "refreshed_ns": three_minutes_ago})
+    with pytest.raises(GcBusy):
+        collect(lake, clock)
+    lock(**{**me, "boot": "another"})  # rewritten just now: a live machine that shares the name
+    with pytest.raises(GcBusy):
+        collect(lake, clock)

@@ -12,7 +12,8 @@ import trio
 
 from ckptfs.errors import CkptfsError
 from ckptfs.lake import Lake
-from ckptfs.lake.gc import GarbageCollector, GcBusy
+from ckptfs.lake.gc import GarbageCollector
+from ckptfs.lake.gclock import GcBusy
 
 log = logging.getLogger(__name__)
 

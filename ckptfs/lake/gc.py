@@ -28,9 +28,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
-import os
 import secrets
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -39,10 +37,11 @@ from typing import Any
 
 from ckptfs.errors import CkptfsError
 from ckptfs.lake import codec, keeps, packs
+from ckptfs.lake.gclock import GcLock
 from ckptfs.lake.lake import Lake
 from ckptfs.lake.packs import Location
 from ckptfs.lake.retention import Retention, governing
-from ckptfs.store import ObjectNotFound, ObjectStore, PreconditionFailed
+from ckptfs.store import ObjectNotFound, ObjectStore
 
 # Repacking: a pack whose live bytes have fallen below REPACK_BELOW of its size has its live chunks
 # copied into a new pack and a relocation written (docs/DESIGN.md "Repacking", measured by
@@ -60,15 +59,8 @@ COLLECTED = "gc/collected/"
 # Collection records a lake keeps before a run folds them into one (GarbageCollector._fold_collected):
 # a fresh mount reads at most this many and the fold, in one round of GETs or a few.
 FOLD_RECORDS = 64
-LOCK = "gc/lock"
-LOCK_REFRESH_NS = 60 * 10**9
-LOCK_STALE_NS = 10 * 60 * 10**9
 STANDARD_GB_MONTH = 0.023  # S3 Standard, first 50 TB, us-east-1
 _DATA_PREFIXES = ("packs/", "chunks/")
-
-
-class GcBusy(CkptfsError):
-    """Another garbage collection holds the lake's gc lock."""
 
 
 @dataclass
@@ -217,39 +209,7 @@ class GarbageCollector:
         self.threads = threads
         self.progress = progress
         self.run_id = secrets.token_hex(4)
-        self._lock_touched = 0
-
-    # -- the lock (between runs only) ---------------------------------------------------------
-    def _lock_body(self, started_ns: int) -> bytes:
-        return json.dumps({"run": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
-                           "started_ns": started_ns, "refreshed_ns": self.now()}).encode()
-
-    def _acquire(self, started_ns: int, break_lock: bool) -> None:
-        for _ in range(2):
-            try:
-                self.store.put(LOCK, self._lock_body(started_ns), if_absent=True)
-                self._lock_touched = self.now()
-                return
-            except PreconditionFailed:
-                try:
-                    holder = json.loads(self.store.get(LOCK))
-                except ObjectNotFound:
-                    continue
-                except ValueError:
-                    holder = {}
-                refreshed = int(holder.get("refreshed_ns", 0))
-                if not break_lock and refreshed > self.now() - LOCK_STALE_NS:
-                    raise GcBusy(f"another gc is running on {self.store.url} (run {holder.get('run')} on "
-                                 f"{holder.get('host')}, pid {holder.get('pid')}, refreshed "
-                                 f"{(self.now() - refreshed) / 1e9:.0f} s ago); pass --break-lock only if "
-                                 "that run is dead") from None
-                self.store.delete(LOCK)
-        raise GcBusy(f"could not take {self.store.url}{LOCK}: another run took it meanwhile")
-
-    def _touch(self, started_ns: int) -> None:
-        if self.now() - self._lock_touched >= LOCK_REFRESH_NS:
-            self.store.put(LOCK, self._lock_body(started_ns))
-            self._lock_touched = self.now()
+        self.lock = GcLock(self.store, self.run_id, now)
 
     # -- a run --------------------------------------------------------------------------------
     def run(self, *, dry_run: bool = False, break_lock: bool = False) -> Report:
@@ -258,12 +218,12 @@ class GarbageCollector:
         grace, skew = self.lake.grace_ns, self.lake.skew_ns
         report = Report(start, dry_run, grace // 10**9)
         if not dry_run:
-            self._acquire(start, break_lock)
+            self.lock.acquire(start, break_lock)
         try:
             self._run(report, start, grace, skew, dry_run)
         finally:
             if not dry_run:
-                self.store.delete(LOCK)
+                self.lock.release()
         report.seconds = time.monotonic() - began
         return report
 
@@ -304,7 +264,7 @@ class GarbageCollector:
                     sizes[info.key] = (info.size, info.modified_ns)
                 else:
                     candidates[info.key] = info.size
-            self._touch(start)
+            self.lock.touch(start)
         # Decide: due (marked a grace ago by an earlier run, still unreferenced) or marked now.
         # A tombstone whose object is still there is a sweep that was interrupted: it was due then.
         due = {key: size for key, size in candidates.items()
@@ -352,7 +312,7 @@ class GarbageCollector:
             self.store.set_storage_class(key, cls)
             report.archived += 1
             report.archived_bytes += sizes[key][0]
-            self._touch(start)
+            self.lock.touch(start)
         for key in self.store.list(MARKS):
             if key != new_key:
                 self.store.delete(key)
@@ -436,7 +396,7 @@ class GarbageCollector:
                                 cold_packs.setdefault(key, cls)
                 done += len(batch)
                 self.progress("reading manifests", done, len(todo))
-                self._touch(start)
+                self.lock.touch(start)
         return named, ranges, {key: cls for key, cls in cold_packs.items() if key not in hot}
 
     def _resolve(self, chunk: bytes, where: Location, relocated: set[bytes]) -> Location:
@@ -487,7 +447,7 @@ class GarbageCollector:
                 self._write_repacked(group)
                 group, filled = [], 0
             self.progress("repacking", report.repacked, len(chosen))
-            self._touch(start)
+            self.lock.touch(start)
         if group:
             self._write_repacked(group)
 
@@ -528,7 +488,7 @@ class GarbageCollector:
                     list(pool.map(self.store.delete_many, _batches(batch, DELETE_RUN)))
                     done += len(batch)
                     self.progress("deleting", done, total)
-                    self._touch(start)
+                    self.lock.touch(start)
 
 
 def _batches(items: list[str], size: int) -> Iterator[list[str]]:
