@@ -552,6 +552,9 @@ class Soak:
             "lake_bytes": (self.samples[-1]["lake"] or {}).get("bytes") if self.samples else None,
             "lake_bytes_soak_halfway": halfway[0] if halfway else None,
             "lake_bytes_soak_max": max((b for _, b in lake), default=None),
+            # objects by kind at the soak's start, halfway and end: what grows while the bytes do not
+            "lake_objects_by_kind": _kinds_over(
+                [(s["t"], s["lake"]) for s in self.samples if s["phase"] == "soak" and s["lake"].get("kinds")]),
             "gc": gc,
             "faults_visible_share_of_samples": visible,
             "verified": verified,
@@ -618,17 +621,31 @@ def _disk_mib(path: str) -> float:
     return total / (1 << 20)
 
 
+def _kinds_over(lake: list[tuple[float, dict]]) -> dict[str, dict[str, int]]:
+    """The lake's objects by kind at the first sample, the one halfway and the last."""
+    if not lake:
+        return {}
+    middle = (lake[0][0] + lake[-1][0]) / 2
+    halfway = next(value for t, value in lake if t >= middle)
+    return {"start": lake[0][1]["kinds"], "halfway": halfway["kinds"], "end": lake[-1][1]["kinds"]}
+
+
 def _lake_size(endpoint: str, bucket: str, prefix: str) -> dict:
+    """Objects and bytes in the lake, and objects by kind (the key's first part: packs, manifests,
+    log, feed, ...), so that a count that keeps growing under the policy names what grows."""
     import boto3
 
     client = boto3.client("s3", endpoint_url=endpoint)
     count = size = 0
+    kinds: dict[str, int] = {}
     with contextlib.suppress(Exception):
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
             for item in page.get("Contents", []):
                 count += 1
                 size += item["Size"]
-    return {"objects": count, "bytes": size}
+                kind = item["Key"][len(prefix) + 1:].split("/", 1)[0]
+                kinds[kind] = kinds.get(kind, 0) + 1
+    return {"objects": count, "bytes": size, "kinds": kinds}
 
 
 def chart(result: dict, path: str) -> None:
@@ -658,6 +675,10 @@ def chart(result: dict, path: str) -> None:
     lake = [(s["t"] - start, s["lake"]) for s in result["samples"] if s.get("lake")]
     axes[4].plot([t for t, _ in lake], [v["bytes"] / 2**20 for _, v in lake], label="lake MiB")
     axes[4].plot([t for t, _ in lake], [v["objects"] for _, v in lake], label="lake objects")
+    for kind in sorted({kind for _, v in lake for kind in v.get("kinds", {})}):
+        counts = [v.get("kinds", {}).get(kind, 0) for _, v in lake]
+        if max(counts) >= 50:  # the kinds that count; lake.json, gc/lock and the like do not
+            axes[4].plot([t for t, _ in lake], counts, ":", label=f"{kind}/ objects")
     axes[4].legend()
     requests = [(s["t"] - start, s.get("requests") or {}) for s in result["samples"]]
     dollars = [sum(PRICE_PER_1000.get(k, 0) * n / 1000 for k, n in r.items()) for _, r in requests]
@@ -745,6 +766,11 @@ def main() -> int:
               f"{_gb(figures['lake_bytes_soak_max'])} at most; gc: {gc['runs']} runs "
               f"({len(gc['failed'])} failed), {gc['deleted_objects']} objects deleted ({_gb(gc['deleted_bytes'])}), "
               f"longest run {gc['seconds_max']} s")
+    kinds = figures.get("lake_objects_by_kind") or {}
+    if kinds:
+        print("  lake objects by kind, soak start / halfway / end: " + ", ".join(
+            f"{kind} {kinds['start'].get(kind, 0)}/{kinds['halfway'].get(kind, 0)}/{kinds['end'].get(kind, 0)}"
+            for kind in sorted(set(kinds["start"]) | set(kinds["end"]))))
     print("  faults visible in status while they lasted (share of samples):",
           figures["faults_visible_share_of_samples"])
     shutil.rmtree(work, ignore_errors=True)

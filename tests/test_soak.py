@@ -41,3 +41,7 @@ def test_a_short_soak_loses_nothing_and_every_fault_is_seen(tmp_path):
     assert figures["durable"] > 0 and figures["saves"] > 10
     assert figures["spilled_bytes_max"]["stress"] > 0  # the stress phase's small cache did spill
     assert os.path.getsize(tmp_path / "soak.png") > 10_000
+    by_kind = figures["lake_objects_by_kind"]  # what the lake's object count is made of
+    assert by_kind["end"].get("packs", 0) > 0 and by_kind["end"].get("log", 0) > 0, by_kind
+    last = [s["lake"] for s in report["samples"] if s["phase"] == "soak" and s["lake"].get("kinds")][-1]
+    assert by_kind["end"] == last["kinds"] and sum(last["kinds"].values()) == last["objects"], last
