@@ -20,9 +20,12 @@ libc.memmem.restype = ctypes.c_void_p
 libc.memmem.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
 libc.memcpy.restype = ctypes.c_void_p
 libc.memcpy.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
+_MADV_DONTNEED = 4
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
@@ -83,6 +86,19 @@ def copy_into(target: bytearray, pieces: list) -> int:
                     libc.memcpy(base + position, address, length)
                 position += length
     return size
+
+
+def release_pages(buffers: list[bytearray]) -> None:
+    """Give the whole pages of big buffers back to the system (madvise MADV_DONTNEED: they read as
+    zeros after), with the GIL released: a buffer above the mmap threshold is unmapped when freed, and
+    freeing it unmapped its pages holding the GIL (8 packs of 32 MiB: 16-20 ms here, during which
+    neither the event loop nor any other thread ran). Freed after this, it unmaps nothing (~0.01 ms)."""
+    for buffer in buffers:
+        with buffer_of(buffer, writable=True) as (base, length):
+            start = -(-base // _PAGE) * _PAGE
+            end = (base + length) // _PAGE * _PAGE
+            if end > start:
+                libc.madvise(start, end - start, _MADV_DONTNEED)
 
 
 def punch_hole(fd: int, offset: int, length: int) -> None:

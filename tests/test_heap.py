@@ -110,3 +110,28 @@ def test_threads_that_allocate_at_once_share_two_heaps():
     # threads come and go and the heaps, each keeping its 16 MiB, crept up over a soak.
     assert _heaps("64") >= 8  # the main thread's heap and one per worker thread
     assert _heaps(None) <= 2
+
+
+RELEASE = """
+from ckptfs.libc import copy_into, release_pages, set_heap_thresholds
+assert set_heap_thresholds()
+
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+
+packs = [bytearray() for _ in range(2)]
+for pack in packs:
+    copy_into(pack, [b"x" * (1 << 20)] * 32)  # a 32 MiB pack, every page touched
+before = rss()
+release_pages(packs)
+after = rss()
+# the whole pages in them read as zeros now (the first and last may be partly outside the buffer)
+assert all(len(pack) == 32 << 20 and pack.count(0) >= len(pack) - 2 * 4096 for pack in packs)
+print((before - after) >> 20)
+"""
+
+
+def test_pack_buffers_give_their_pages_back_before_they_are_freed():
+    # What the uploader does with its pack buffers once no upload runs (engine/chunks.py), in a
+    # thread, with the GIL released: the pages go, so freeing the buffers after unmaps nothing.
+    assert _probe(RELEASE, "fixed") >= 60

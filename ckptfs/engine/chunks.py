@@ -21,9 +21,11 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
+from ckptfs import libc
 from ckptfs.cache.journal import Journal
 from ckptfs.cache.staging import Staging
 from ckptfs.engine.progress import Progress
@@ -145,8 +147,11 @@ class ChunkUploads:
             for _ in range(run.holding):
                 run.slots.release()
             self._release(list(run.claimed), run.claimed)  # what never reached a pack that landed
-            if not self._calls.borrowed_tokens:
-                self._pack_buffers.clear()
+            if not self._calls.borrowed_tokens and self._pack_buffers:
+                # let go of them in a thread of their own: their pages are given back without the
+                # GIL, so neither this loop nor the other threads wait for the unmapping
+                idle, self._pack_buffers = self._pack_buffers, []
+                trio.lowlevel.start_thread_soon(partial(libc.release_pages, idle), lambda _: None)
         # Chunks another call was packing: theirs must land before a manifest names them.
         for identifier in run.elsewhere:
             while identifier in self._inflight_chunks:
