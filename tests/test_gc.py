@@ -501,6 +501,24 @@ def test_a_mostly_dead_pack_is_repacked_and_readers_follow_the_relocation(tmp_pa
         fresh = mount_on(tmp_path, "b" * 16, lake, clock=clock)
         async with running(fresh):
             assert await load(fresh.files, fresh.files.tree.lookup(ROOT, b"model.pt").ino) == second
+        # The relocation stays while a manifest names the old pack (the second version reads its
+        # first chunks through it), and goes once none does: relocations no longer pile up.
+        relocation, = store.list("relocations/")
+        third = rng.randbytes(2 * MIB)
+        async with running(fresh):
+            await _save_version(fresh, b"model.pt", third, saved)
+        for _ in range(2):  # the second version is unkept now: marked, then collected
+            clock.advance(GRACE + 1)
+            report = collect(lake, clock)
+            assert store.size(relocation) is not None and report.relocations_deleted == 0
+            assert_whole(lake, clock, saved)
+        clock.advance(GRACE + 1)
+        report = collect(lake, clock)  # nothing in the lake names the old pack any more
+        assert report.relocations_deleted == 1 and not list(store.list("relocations/"))
+        assert_whole(lake, clock, saved)
+        another = mount_on(tmp_path, "c" * 16, lake, clock=clock)
+        async with running(another):
+            assert await load(another.files, another.files.tree.lookup(ROOT, b"model.pt").ino) == third
 
     trio.run(main)
 

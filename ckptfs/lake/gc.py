@@ -155,6 +155,7 @@ class Report:
     repacked: int = 0  # packs whose live chunks were copied (the old ones go at a later sweep)
     repacked_bytes: int = 0  # live bytes copied
     repack_frees: int = 0  # bytes of those packs that were dead
+    relocations_deleted: int = 0  # relocations of packs gone that no manifest names any more
     archived: int = 0  # packs moved to a colder storage class by this run
     archived_bytes: int = 0
     stored_bytes: int = 0
@@ -179,7 +180,7 @@ class Report:
                 "deleted": {"objects": self.deleted, "bytes": self.deleted_bytes},
                 "archived": {"packs": self.archived, "bytes": self.archived_bytes},
                 "repacked": {"packs": self.repacked, "bytes_copied": self.repacked_bytes,
-                             "dead_bytes": self.repack_frees},
+                             "dead_bytes": self.repack_frees, "relocations_deleted": self.relocations_deleted},
                 "stored_bytes": {"before": self.stored_bytes, "after": after},
                 "dollars_per_month": {"before": round(dollars_per_month(self.stored_bytes), 4),
                                       "after": round(dollars_per_month(after), 4)},
@@ -247,8 +248,11 @@ class GarbageCollector:
                 candidates[info.key] = info.size
         report.manifests_live = len(live_manifests)
         report.missing = sorted(kept - live_manifests)
+        unkept_manifests = [key.rsplit("/", 1)[-1] for key in candidates]  # in the lake until they are due
         relocated = {packs.parse_relocation_key(key) for key in self.store.list(packs.RELOCATIONS)} - {None}
-        live_objects, live_ranges, cold_packs = self._objects_named(live_manifests, start, relocated, cold)
+        followed: set[bytes] = set()  # relocated packs some manifest in the lake names, at any hop
+        live_objects, live_ranges, cold_packs = self._objects_named(live_manifests, start, relocated, cold,
+                                                                    followed)
         self.progress("listing packs", 0, 0)
         sizes: dict[str, tuple[int, int]] = {}
         archived: dict[str, str] = {}
@@ -296,6 +300,13 @@ class GarbageCollector:
         report.deleted_bytes = sum(due.values())
         if dry_run:
             return
+        # Relocations no manifest needs any more: their old pack is gone (writers never name a
+        # deleted pack, and every manifest naming it was in the lake before it went), and no
+        # manifest in the lake, kept or not yet collected, names it at any hop.
+        self._objects_named(unkept_manifests, start, relocated, {}, followed)
+        unneeded = sorted(packs.relocation_key(pack) for pack in relocated
+                          if pack not in followed and packs.pack_key(pack) not in listed)
+        report.relocations_deleted = len(unneeded)
         self._repack(report, live_ranges, sizes, young, start)
         new_key = marks_key(marked_at, self.run_id)
         self.store.put(new_key, encode_marks(marks))
@@ -307,7 +318,7 @@ class GarbageCollector:
         # Manifests first, all of them: no manifest ever names a pack that is gone while it is
         # still there.
         manifests = sorted(key for key in due if key.startswith("manifests/"))
-        self._delete([manifests, sorted(due.keys() - set(manifests))], start)
+        self._delete([manifests, sorted(due.keys() - set(manifests)), unneeded], start)
         for key, cls in sorted(moving.items()):
             self.store.set_storage_class(key, cls)
             report.archived += 1
@@ -360,10 +371,12 @@ class GarbageCollector:
         return kept, {identifier: cls for identifier, cls in cold.items() if cls and identifier not in held}
 
     def _objects_named(self, identifiers: Iterable[str], start: int, relocated: set[bytes],
-                       cold: dict[str, str]) -> tuple[set[str], dict[bytes, set[int]], dict[str, str]]:
+                       cold: dict[str, str], followed: set[bytes]) -> tuple[set[str], dict[bytes, set[int]],
+                                                                           dict[str, str]]:
         """The packs and loose chunks named by these manifests, through relocations (GETs in
         parallel, streamed); each pack's live chunk objects as offset << 32 | stored length; and
-        the packs only `cold` manifests name, with the class they may move to."""
+        the packs only `cold` manifests name, with the class they may move to. The relocated packs
+        they name on the way, directly or through another relocation, are added to `followed`."""
         named: set[str] = set()
         ranges: dict[bytes, set[int]] = {}
         hot: set[str] = set()
@@ -378,7 +391,7 @@ class GarbageCollector:
                 if "missing" in str(error):
                     return identifier, []  # deleted meanwhile: a manifest nothing keeps and a grace old
                 raise
-            return identifier, [(chunk, self._resolve(chunk, value.location(index), relocated))
+            return identifier, [(chunk, self._resolve(chunk, value.location(index), relocated, followed))
                                 for index, (chunk, _) in enumerate(value.chunks)]
 
         with concurrent.futures.ThreadPoolExecutor(self.threads) as pool:
@@ -399,10 +412,12 @@ class GarbageCollector:
                 self.lock.touch(start)
         return named, ranges, {key: cls for key, cls in cold_packs.items() if key not in hot}
 
-    def _resolve(self, chunk: bytes, where: Location, relocated: set[bytes]) -> Location:
+    def _resolve(self, chunk: bytes, where: Location, relocated: set[bytes], followed: set[bytes]) -> Location:
         """Where a chunk is now: a repacked pack's chunks are where its relocation says (a chunk the
-        relocation lacks was named again after the repack: its old pack stays)."""
+        relocation lacks was named again after the repack: its old pack stays). The relocated packs
+        on the way go into `followed` (set.add holds the GIL: threads may share it)."""
         while not where.loose and where.pack in relocated:
+            followed.add(where.pack)
             moved = self.lake.relocation(where.pack)
             if moved is None or chunk not in moved:
                 break
