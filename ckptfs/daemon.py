@@ -145,10 +145,9 @@ def open_lake(config: MountConfig, store: ObjectStore | None = None) -> Lake:
     starting = RetryingStore(inner, give_up_after=START_RETRY_SECONDS, max_delay=2, retry_log_level=logging.DEBUG)
     if store is None:
         starting.check_access()
-    Lake(starting).open(create=True, settings=config.lake_settings)
-    lake = Lake(RetryingStore(inner, max_delay=10))
-    lake.open(create=False)
-    return lake
+    opened = Lake(starting)
+    opened.open(create=True, settings=config.lake_settings)
+    return opened.through(RetryingStore(inner, max_delay=10))
 
 
 def bind_cache_dir(cache: CacheDir, lake: Lake, config: MountConfig) -> CacheDir:

@@ -418,3 +418,24 @@ def test_a_lake_is_cut_with_the_profile_its_descriptor_names(tmp_path, recorded,
     else:
         lake.open()
         assert lake.chunking_profile == expected
+
+
+def test_a_lake_opened_through_another_store_keeps_every_setting_its_descriptor_gave():
+    """A mount reads the descriptor once, through the store that retries briefly at start, and goes
+    on through the one that retries for as long as it runs (daemon.open_lake): nothing read from the
+    descriptor may be left at its default on the way."""
+    from ckptfs.lake import Lake
+    from ckptfs.store.memory import MemoryStore
+
+    store = MemoryStore()
+    opened = Lake(store)
+    opened.open(create=True, settings={"late_publish_s": 77, "max_clock_skew_s": 5, "gc_grace_s": 999,
+                                       "fold_s": 13})
+    other = MemoryStore()
+    through = opened.through(other)
+    fresh = Lake(MemoryStore())
+    differ = {name for name, value in vars(opened).items() if value != vars(fresh)[name]} - {"store"}
+    assert {"late_ns", "skew_ns", "grace_ns", "fold_ns", "created_ns"} <= differ  # the test sets them
+    assert through.store is other
+    assert {name: value for name, value in vars(through).items() if name != "store"} == \
+        {name: value for name, value in vars(opened).items() if name != "store"}

@@ -172,6 +172,14 @@ class Lake:
             log.info("upgraded %s from lake format v%d to v%d", self.store.url, version, FORMAT_VERSION)
         return descriptor
 
+    def through(self, store: ObjectStore) -> Lake:
+        """This lake, opened, through another store of the same objects (another retry policy): its
+        descriptor is not read again (a round of requests at a mount's start)."""
+        other = Lake(store)
+        for name in ("chunking_profile", "late_ns", "skew_ns", "grace_ns", "fold_ns", "created_ns"):
+            setattr(other, name, getattr(self, name))
+        return other
+
     # -- chunks -------------------------------------------------------------------------------
     def chunk_ids(self) -> Iterator[bytes]:
         """The ids of every chunk in the lake (one LIST per thousand chunks)."""
