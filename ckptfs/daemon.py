@@ -17,6 +17,7 @@ Start-up repair (every crash state; docs/DESIGN.md has the reasoning):
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import logging
 import math
@@ -25,6 +26,7 @@ import shutil
 import signal
 import stat
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -304,12 +306,21 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
     check_cache_dir(config.cache_dir)
     lake = open_lake(config, store)
     cache = bind_cache_dir(CacheDir(config.cache_dir, config.cache_size), lake, config)
+    # The mount announces itself (mounts/, before its first segment) while it reads the lake: two
+    # rounds of requests off every start.
+    mount_id = cache.journal.get_meta("mount_id") or uuid.uuid4().hex[:16]
+    announcing = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="register")
+    registered = announcing.submit(lake.register_mount, mount_id)
+    announcing.shutdown(wait=False)
     try:
         started, listed_at_ns = time.monotonic(), time.time_ns()
         view = lake.read_log()  # a snapshot and the segments after it (lake/snapshot.py)
         log.info("read the lake in %.1f s: %s and %d segments after it", time.monotonic() - started,
                  view.snapshot_key or "no snapshot", view.segments_read)
-        mount_id, rebuilt = prepare_journal(cache.journal, cache.staging, lake, view, rebooted=cache.rebooted)
+        prepared_id, rebuilt = prepare_journal(cache.journal, cache.staging, lake, view, new_mount_id=mount_id,
+                                               rebooted=cache.rebooted)
+        if prepared_id != mount_id:  # the journal's id, or the new one given: never another
+            raise RuntimeError(f"cache dir {config.cache_dir}: mount id {prepared_id}, announced {mount_id}")
         kernel = KernelCaches()
         settings = Settings(durability=config.durability, upload_round_bytes=config.upload_round_bytes or 0,
                             staging_budget=cache.staging_budget, refresh_interval=config.refresh_interval,
@@ -326,7 +337,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
         mount.files.remote.start_from(view.base, view.events, view.cursors, view.horizon_ns, replayed=rebuilt,
                                       base_covers=view.base_covers)
         mount.follower.start_from(view.cursors, listed_at_ns)
-        lake.register_mount(mount_id)
+        registered.result()
         ops = Operations(mount)
         state = {"closed": False, "new_cache": rebuilt is not None, "listed_at_ns": listed_at_ns}
         # nosuid, nodev: set-id bits and device nodes come from a lake other clients write to; they

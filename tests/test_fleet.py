@@ -133,6 +133,8 @@ def test_the_lake_records_who_wrote_each_version(tmp_path):
         (mountpoint / "model.pt").write_bytes(b"weights" * 1000)
         assert ckptfs("sync", str(mountpoint)).returncode == 0
         assert status(str(mountpoint))["writer"]["job"]["slurm_job_id"] == "4242"
+        # announced under the id it publishes with (it registers while it reads the lake at start)
+        assert os.listdir(tmp_path / "lake" / "mounts") == [status(str(mountpoint))["mount_id"]]
         rows = json.loads(ckptfs("log", str(mountpoint / "model.pt"), "--json").stdout)
         writer = rows[0]["writer"]
         assert writer["host"] == socket.gethostname() and writer["job"] == {"slurm_job_id": "4242"}
