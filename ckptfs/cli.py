@@ -171,7 +171,7 @@ def command_mount(args: argparse.Namespace) -> int:
     created = not os.path.exists(config.cache_dir)
     try:
         daemon.check_cache_dir(config.cache_dir)
-        daemon.open_lake(config)  # fail here, on the terminal, for a bad URL, bucket or credentials
+        lake = daemon.open_lake(config)  # fail here, on the terminal, for a bad URL, bucket or credentials
         room = cache_disk_room(config.cache_dir, DEFAULT_CACHE_SIZE * 5 // 4 if args.cache_size is None
                                else config.cache_size)
         if args.cache_size is None:
@@ -180,7 +180,7 @@ def command_mount(args: argparse.Namespace) -> int:
             print(f"ckptfs: warning: --cache-size {human(config.cache_size)} but the cache disk has room for "
                   f"{human(room)} ({config.cache_dir}); writes fail with ENOSPC before the cache is full",
                   file=sys.stderr)
-        code = _mount(args, config)
+        code = _mount(args, config, lake)
     except BaseException:
         _remove_if_unused(config.cache_dir, created)
         raise
@@ -207,13 +207,15 @@ def _remove_if_unused(cache_dir: str, created: bool) -> None:
         shutil.rmtree(cache_dir, ignore_errors=True)
 
 
-def _mount(args: argparse.Namespace, config) -> int:
+def _mount(args: argparse.Namespace, config, lake) -> int:
+    """Serve in this process (`--foreground`: on the lake already opened), or in a child that opens
+    its own (a store's client and connections are not shared across fork)."""
     from ckptfs import daemon
 
     log_file = args.log_file or (None if args.foreground else os.path.join(config.cache_dir, "daemon.log"))
     if args.foreground:
         configure_logging(log_file, args.verbose)
-        daemon.serve(config)
+        daemon.serve(config, lake=lake)
         return 0
     read_end, write_end = os.pipe()
     pid = os.fork()

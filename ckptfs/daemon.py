@@ -298,13 +298,15 @@ async def drain(uploader: Uploader, journal: Journal) -> None:
 
 
 def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None, *,
-          store: ObjectStore | None = None) -> None:
-    """Mount and serve until unmounted. Raises ConfigError before mounting if anything is wrong."""
+          store: ObjectStore | None = None, lake: Lake | None = None) -> None:
+    """Mount and serve until unmounted. Raises ConfigError before mounting if anything is wrong.
+    `lake`: one `open_lake` already opened in this process (`ckptfs mount --foreground` checks the
+    store on the terminal first), not opened again: a HEAD and a GET fewer at every start."""
     config.resolve()
     set_heap_thresholds()
     check_mountpoint(config.mountpoint)
     check_cache_dir(config.cache_dir)
-    lake = open_lake(config, store)
+    lake = lake or open_lake(config, store)
     cache = bind_cache_dir(CacheDir(config.cache_dir, config.cache_size), lake, config)
     # The mount announces itself (mounts/, before its first segment) while it reads the lake: two
     # rounds of requests off every start.
