@@ -303,7 +303,8 @@ class GarbageCollector:
         # Relocations no manifest needs any more: their old pack is gone (writers never name a
         # deleted pack, and every manifest naming it was in the lake before it went), and no
         # manifest in the lake, kept or not yet collected, names it at any hop.
-        self._objects_named(unkept_manifests, start, relocated, {}, followed)
+        if relocated:  # the manifests awaiting collection are read for this alone
+            self._objects_named(unkept_manifests, start, relocated, {}, followed)
         unneeded = sorted(packs.relocation_key(pack) for pack in relocated
                           if pack not in followed and packs.pack_key(pack) not in listed)
         report.relocations_deleted = len(unneeded)
