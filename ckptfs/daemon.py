@@ -47,6 +47,7 @@ from ckptfs.errors import ConfigError
 from ckptfs.files import FileSystem
 from ckptfs.fs.operations import KernelCaches, Operations
 from ckptfs.lake import Lake
+from ckptfs.lake.gclock import boot_id
 from ckptfs.libc import set_heap_thresholds, syncfs
 from ckptfs.mount import Mount, Settings, assemble
 from ckptfs.store import ObjectStore, RetryingStore, open_store
@@ -201,7 +202,7 @@ class CacheDir:
         # "running" holds the boot of the daemon using the cache dir, and goes at a clean close. Left
         # there by another boot, the machine lost power (or rebooted) with unsynced data on the cache
         # disk: prepare_journal then distrusts staging copies no fsync made durable.
-        running, this_boot = self.journal.get_meta("running"), boot_id()
+        running, this_boot = self.journal.get_meta("running"), boot_id() or "unknown"
         self.rebooted = running is not None and running != this_boot
         self.journal.set_meta("running", this_boot)
         self.journal.commit(durable=True)
@@ -219,15 +220,6 @@ class CacheDir:
         self.journal.delete_meta("running")
         self.journal.close()
         self._lock.close()
-
-
-def boot_id() -> str:
-    """This boot of the machine (changes at every restart, a power cut's included)."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as file:
-            return file.read().strip()
-    except OSError:
-        return "unknown"
 
 
 READ_AHEAD_KB = 1024

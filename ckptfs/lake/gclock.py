@@ -42,7 +42,8 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _boot_id() -> str | None:
+def boot_id() -> str | None:
+    """This boot of the machine (changes at every restart, a power cut's included); None if unknown."""
     return _read("/proc/sys/kernel/random/boot_id")
 
 
@@ -72,7 +73,7 @@ def start_ticks(pid: int) -> int | None:
 
 def this_process() -> dict[str, Any]:
     """This process as a lock names it."""
-    return {"host": socket.gethostname(), "boot": _boot_id(), "pidns": _pid_namespace(), "pid": os.getpid(),
+    return {"host": socket.gethostname(), "boot": boot_id(), "pidns": _pid_namespace(), "pid": os.getpid(),
             "pid_start": start_ticks(os.getpid())}
 
 
@@ -83,7 +84,7 @@ def holder_gone(holder: dict[str, Any], now_ns: int) -> str | None:
     the holder still runs. Another boot of a machine of the same name is taken for this machine
     restarted only if the lock was last rewritten before this boot and over two rewrites ago (a
     live holder rewrites it every minute; two machines may share a name)."""
-    boot = _boot_id()
+    boot = boot_id()
     if not boot or not holder.get("boot") or not isinstance(holder.get("refreshed_ns"), int):
         return None
     if holder["boot"] != boot:
