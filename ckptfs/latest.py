@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 
 STATE_XATTR = "user.ckptfs.state"
@@ -66,13 +67,30 @@ def _files_under(directory: str) -> list[str]:
     return sorted(found)
 
 
+def read_inspecting(path: str) -> bytes:
+    """A file's bytes, read as an inspection: opened with O_NOATIME, which a mount takes as a look,
+    not a use, and does not hold (engine/holds.py: a read holds the version for 7 days, and `latest`
+    reads every DCP checkpoint's `.metadata` it considers). The kernel allows O_NOATIME only to the
+    file's owner (or CAP_FOWNER); anyone else reads it plainly."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOATIME)
+    except PermissionError:
+        descriptor = os.open(path, os.O_RDONLY)
+    with os.fdopen(descriptor, "rb") as file:
+        return file.read()
+
+
 def dcp_files(directory: str) -> list[str] | None:
-    """The files a DCP checkpoint's `.metadata` names (relative), or None without torch."""
+    """The files a DCP checkpoint's `.metadata` names (relative), or None without torch. Torch
+    decodes a copy of the metadata, read as an inspection (read_inspecting)."""
     try:
         from torch.distributed.checkpoint import FileSystemReader
     except ImportError:
         return None
-    metadata = FileSystemReader(directory).read_metadata()
+    with tempfile.TemporaryDirectory(prefix="ckptfs-latest-") as copy:
+        with open(os.path.join(copy, ".metadata"), "wb") as file:
+            file.write(read_inspecting(os.path.join(directory, ".metadata")))
+        metadata = FileSystemReader(copy).read_metadata()
     return sorted({info.relative_path for info in (metadata.storage_data or {}).values()})
 
 

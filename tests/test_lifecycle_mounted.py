@@ -140,3 +140,29 @@ def test_a_checkpoint_a_job_resumed_from_is_held_after_rotation(mounter, tmp_pat
     report = gc(url, [])
     assert report["versions"]["kept_by_rule"].get("held") == 1
     assert fsck_clean(url, [])["collected"] == 0
+
+
+def test_a_look_holds_nothing_a_read_holds_the_version(mounter, tmp_path):
+    """`ckptfs latest` reads the `.metadata` of every DCP checkpoint it considers, and asked every few
+    seconds it held them all for 7 days: soak run 8's lake kept 544 manifests where its policy kept
+    ~200. Opens with O_NOATIME (how `latest` reads) are looks and hold nothing; a plain read holds."""
+    import torch.distributed.checkpoint as dcp
+
+    url = f"file://{tmp_path}/lake"
+    writer = mounter(url, [], cache="c1", name="m1")
+    for step in (1, 2):
+        dcp.save({"w": torch.full((64,), float(step))}, checkpoint_id=writer.path("run", f"step-{step}"))
+    writer.sync()
+    reader = mounter(url, [], cache="c2", name="m2")  # a restarting job's node
+    named = json.loads(ok("latest", reader.path("run"), "--json"))["latest"]
+    assert named["path"] == reader.path("run", "step-2") and named["complete"]
+    descriptor = os.open(reader.path("run", "step-1", ".metadata"), os.O_RDONLY | os.O_NOATIME)
+    assert os.read(descriptor, 1 << 20)  # a look through the mount: bytes, no hold
+    os.close(descriptor)
+    distcp = sorted(name for name in os.listdir(reader.path("run", "step-2")) if name.endswith(".distcp"))
+    assert read(reader.path("run", "step-2", distcp[0]))  # the job resumes: a use
+    time.sleep(2)  # the hold of what was read is written within a second of the open
+    rules = {row["path"]: row["rules"] for row in json.loads(ok("log", reader.path("run"), "--json")) if "rules" in row}
+    assert rules[f"run/step-2/{distcp[0]}"] == ["live", "held"]
+    assert rules["run/step-2/.metadata"] == ["live"]
+    assert rules["run/step-1/.metadata"] == ["live"]

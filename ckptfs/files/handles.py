@@ -107,7 +107,7 @@ class Handles:
                 raise fail(errno.EISDIR if node else errno.ENOENT)
             if writable or flags & os.O_TRUNC:
                 raise fail(errno.EROFS)
-            self._hold(node.version)
+            self._hold(node.version, flags)
             return Opened(self._new(Handle(ino, False, fixed_version=node.version)), keep_cache=True)
         inode = self.tree.inode(ino)
         if inode.is_dir:
@@ -120,7 +120,7 @@ class Handles:
         keep_cache = inode.version is not None and self.tree.page_cache_version.get(ino) == inode.version
         self.tree.page_cache_version[ino] = inode.version
         if not writable and inode.version is not None:
-            self._hold(inode.version)
+            self._hold(inode.version, flags)
         if writable and flags & os.O_TRUNC:
             version = await self.lifecycle.writable_version(inode, None, empty=True)
             self.lifecycle.truncate_staged(version, 0)
@@ -129,8 +129,12 @@ class Handles:
             handle.touched = True
         return Opened(number, keep_cache=keep_cache, direct_io=direct)
 
-    def _hold(self, version_id: int) -> None:
-        """A read of a committed version (a job resuming from a checkpoint): GC keeps it a while."""
+    def _hold(self, version_id: int, flags: int) -> None:
+        """A read of a committed version (a job resuming from a checkpoint): GC keeps it a while.
+        An open with O_NOATIME is a look, not a use (`ckptfs latest` reading DCP metadata, `tar
+        --atime-preserve=system`): it holds nothing, or every look would keep a version 7 days."""
+        if flags & os.O_NOATIME:
+            return
         version = self.journal.version(version_id)
         if version is not None and version.manifest is not None:
             self.engine.read_opened(version.manifest)
