@@ -5,8 +5,8 @@ left half-uploaded. A checkpoint is complete when every file it needs exists her
 files exist once they are published) and is `committed` (`user.ckptfs.state`). The layouts known:
 
 * PyTorch Distributed Checkpoint: a directory with `.metadata` or `.distcp` files; it needs `.metadata`
-  (written last, once every rank's files are) and every file the metadata names (read with torch
-  when torch is installed; without it, every file present).
+  (written last, once every rank's files are) and every file the metadata names (read without
+  importing torch: dcp_metadata.py).
 * Hugging Face: `checkpoint-N` with `trainer_state.json` (the Trainer writes it last).
 * Lightning and plain `torch.save`: a file (`.ckpt`, `.pt`, `.pth`, `.bin`, `.safetensors`).
 * Anything else: a directory with files of its own, all committed. A directory whose files all lie in
@@ -81,15 +81,24 @@ def read_inspecting(path: str) -> bytes:
 
 
 def dcp_files(directory: str) -> list[str] | None:
-    """The files a DCP checkpoint's `.metadata` names (relative), or None without torch. Torch
-    decodes a copy of the metadata, read as an inspection (read_inspecting)."""
+    """The files a DCP checkpoint's `.metadata` names (relative), read as an inspection
+    (read_inspecting) and decoded without torch (dcp_metadata.py: importing torch was most of what
+    `ckptfs latest` cost as a command); a pickle that decoding does not know is decoded with torch,
+    from a copy. None if neither can: then every file present is what the checkpoint needs."""
+    from ckptfs import dcp_metadata
+
+    blob = read_inspecting(os.path.join(directory, ".metadata"))
+    try:
+        return dcp_metadata.named_files(blob)
+    except dcp_metadata.MetadataError:
+        pass
     try:
         from torch.distributed.checkpoint import FileSystemReader
     except ImportError:
         return None
     with tempfile.TemporaryDirectory(prefix="ckptfs-latest-") as copy:
         with open(os.path.join(copy, ".metadata"), "wb") as file:
-            file.write(read_inspecting(os.path.join(directory, ".metadata")))
+            file.write(blob)
         metadata = FileSystemReader(copy).read_metadata()
     return sorted({info.relative_path for info in (metadata.storage_data or {}).values()})
 

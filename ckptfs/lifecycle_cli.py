@@ -18,7 +18,6 @@ from typing import Any
 
 from ckptfs.cli import EXIT_USAGE, fail, human, mount_root, status_of, wait_for_sync
 from ckptfs.errors import CkptfsError
-from ckptfs.lake.manifest import decode_path
 
 _VIRTUAL = (b".versions", b".tags", b".at")
 
@@ -185,6 +184,7 @@ def command_untag(args: argparse.Namespace) -> int:
 # -- log and du ---------------------------------------------------------------------------------
 def command_log(args: argparse.Namespace) -> int:
     from ckptfs.lake.accounting import history_log
+    from ckptfs.lake.manifest import decode_path
 
     lake, inside, _ = lake_at(args.path)
     rows = history_log(lake, lake.read_namespace(), inside, time.time_ns())
@@ -220,6 +220,7 @@ def command_log(args: argparse.Namespace) -> int:
 
 def command_du(args: argparse.Namespace) -> int:
     from ckptfs.lake.accounting import disk_usage
+    from ckptfs.lake.manifest import decode_path
 
     lake, inside, _ = lake_at(args.path)
     usage = disk_usage(lake, lake.read_namespace(), inside, time.time_ns())
