@@ -117,11 +117,10 @@ class CostMeter:
 
     def __init__(self, bench: Bench, pid: int, *, gil: bool = True) -> None:
         self.bench, self.pid = bench, pid
-        self.server = bench.model.moto.process.pid if bench.model is not None else (
-            bench.server.process.pid if bench.server is not None else None)
+        self.servers = bench.server_pids()
         self.sampler = GilSampler(pid, bench.workdir) if gil and shutil.which("py-spy") else None
         self.cpu = cpu_seconds(pid)
-        self.server_cpu = cpu_seconds(self.server) if self.server else (0.0, 0.0)
+        self.server_cpu = sum(sum(cpu_seconds(server)) for server in self.servers)
 
     def record(self, system: str, phase: str, size: int) -> None:
         user, sys_ = (after - before for after, before in zip(cpu_seconds(self.pid), self.cpu, strict=True))
@@ -130,8 +129,8 @@ class CostMeter:
         self.bench.record(system, f"{phase}: CPU s per GiB (user)", user / gib)
         self.bench.record(system, f"{phase}: CPU s per GiB (system)", sys_ / gib)
         self.bench.record(system, f"{phase}: GIL s per GiB", gil / gib)
-        if self.server:
-            server = sum(cpu_seconds(self.server)) - sum(self.server_cpu)
+        if self.servers:
+            server = sum(sum(cpu_seconds(server)) for server in self.servers) - self.server_cpu
             self.bench.record(system, f"{phase}: server CPU s per GiB", server / gib)
 
 
@@ -472,6 +471,15 @@ class Bench:
         if not self.args.bucket:
             self.s3.create_bucket(Bucket=self.bucket)
 
+    def server_pids(self) -> list[int]:
+        """The server's processes on this machine, whose CPU is counted apart: moto, or what
+        --server-pid names (scripts/local_ceph.py: its monitor, OSD and gateway)."""
+        if self.model is not None:
+            return [self.model.moto.process.pid]
+        if self.server is not None:
+            return [self.server.process.pid]
+        return list(self.args.server_pid or ())
+
     def record(self, system: str, figure: str, value: float) -> None:
         self.results.setdefault(figure, {}).setdefault(system, []).append(value)
 
@@ -772,6 +780,8 @@ def main() -> int:
     parser.add_argument("--endpoint-url", help="an S3 endpoint to use instead of the S3 model on 127.0.0.1")
     parser.add_argument("--plain-moto", action="store_true", help="moto_server without the latency model")
     parser.add_argument("--bucket", help="an existing bucket (default: a new one)")
+    parser.add_argument("--server-pid", type=int, action="append",
+                        help="a process of the --endpoint-url server on this machine, whose CPU is counted apart")
     parser.add_argument("--size-gib", type=float, default=1.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--raw-gib", type=float, default=4.0)

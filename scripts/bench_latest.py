@@ -6,7 +6,8 @@ mounts of one lake each publish a file, one of them a DCP checkpoint; then `--re
 mount starts on a fresh cache dir, as a restarted job's does, and on it `ckptfs refresh` (the
 sweep alone), `ckptfs latest --no-refresh` (the look alone, the first: it reads the checkpoint's
 `.metadata` from the lake) and `ckptfs latest` (both, again) are timed, run in this process as a
-restart script that imports ckptfs runs them. A sweep lists
+restart script that imports ckptfs runs them (with `--as-command`, each as a command of its own,
+as a shell script runs them: an interpreter and its imports each). A sweep lists
 `mounts/` and every mount's log, so its time is rounds of requests at the first-byte latency:
 the figure that moves with the design, whatever the server's CPU.
 
@@ -15,7 +16,7 @@ With `--beside-sweeps`, another client sweeps the fresh mount over and over mean
 feed look), with a random pause of up to 0.5 s between: what a restart's `latest` waits for when
 it comes while another look is out.
 
-    python scripts/bench_latest.py --mounts 10 --repeats 5 [--beside-sweeps]
+    python scripts/bench_latest.py --mounts 10 --repeats 5 [--beside-sweeps] [--as-command]
 """
 
 from __future__ import annotations
@@ -38,9 +39,15 @@ from tests.helpers import Mount  # noqa: E402
 from tests.s3model import S3Model  # noqa: E402
 
 
-def timed(args: list[str]) -> tuple[float, str]:
+def timed(args: list[str], *, as_command: bool = False) -> tuple[float, str]:
     from ckptfs import cli
 
+    if as_command:  # what a shell script's `$(ckptfs latest ...)` pays: an interpreter and its imports
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "ckptfs", *args], capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise RuntimeError(f"ckptfs {' '.join(args)} exited {done.returncode}: {done.stderr[-500:]}")
+        return time.monotonic() - started, done.stdout.strip()
     out = io.StringIO()
     started = time.monotonic()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
@@ -62,6 +69,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--beside-sweeps", action="store_true",
                         help="another client sweeps the fresh mount over and over meanwhile")
+    parser.add_argument("--as-command", action="store_true",
+                        help="run each ckptfs command as a process of its own, as a shell script does")
     args = parser.parse_args()
     import torch
     import torch.distributed.checkpoint as dcp
@@ -103,7 +112,7 @@ def main() -> int:
                 for name, command in (("refresh (the sweep)", ["refresh", fresh.mountpoint]),
                                       ("latest --no-refresh, first", ["latest", "--no-refresh", top]),
                                       ("latest, again", ["latest", top])):
-                    seconds, answer = timed(command)
+                    seconds, answer = timed(command, as_command=args.as_command)
                     if name.startswith("latest") and not answer.endswith("step-5"):
                         raise RuntimeError(f"latest named {answer!r}, not step-5")
                     times[name].append(seconds)
