@@ -3,7 +3,7 @@
 S3 gateway, radosgw, from Debian's packages. For benchmarks against a server used in production
 (`scripts/bench.py --endpoint-url`), never for tests (moto is theirs).
 
-    python scripts/local_ceph.py start [--dir DIR] [--port 7480] [--memory-gib 12]
+    python scripts/local_ceph.py start [--dir DIR] [--port 7480] [--memory-gib 10]
     . DIR/env                      # AWS_ENDPOINT_URL, the user's keys, checksums as the server takes them
     python scripts/bench.py --endpoint-url "$AWS_ENDPOINT_URL" $(cat DIR/server-pids-args)
     python scripts/local_ceph.py stop [--dir DIR]
@@ -11,8 +11,10 @@ S3 gateway, radosgw, from Debian's packages. For benchmarks against a server use
 `start` installs ceph-mon, ceph-osd and radosgw when missing (as root, scripts/apt_install.sh), writes
 a cluster of its own under DIR (a config, keys, the monitor's store; no /etc/ceph, no systemd), starts
 the three daemons in the foreground of their own sessions with their pids in DIR/pids, and makes an
-S3 user. The OSD keeps objects in memory (memstore, at most --memory-gib): the figures are the
-gateway's and the client's, not a disk's. One copy of each object (pool size 1), as on one node.
+S3 user. The OSD keeps objects in memory (memstore, at most --memory-gib; it takes ~1.6x that in
+RSS when full, and refuses writes once full): the figures are the gateway's and the client's, not a
+disk's. The gateway frees what was deleted or overwritten within seconds, not after its default two
+hours, so a benchmark's cleanup makes room. One copy of each object (pool size 1), as on one node.
 `stop` stops those pids (TERM, then KILL) and removes DIR.
 
 Ceph 16 (Debian 12) predates S3's trailing checksums, so DIR/env sets
@@ -80,6 +82,8 @@ memstore device bytes = {memory}
 rgw frontends = beast endpoint=127.0.0.1:{port}
 rgw data = {directory}/rgw
 rgw enable usage log = false
+rgw gc obj min wait = 0
+rgw gc processor period = 5
 """
 
 
@@ -200,7 +204,7 @@ def main() -> None:
     parser.add_argument("action", choices=("start", "stop"))
     parser.add_argument("--dir", default="/tmp/ckptfs-ceph", help="where the cluster lives")
     parser.add_argument("--port", type=int, default=7480, help="radosgw's port on 127.0.0.1")
-    parser.add_argument("--memory-gib", type=int, default=12, help="the OSD's memstore size")
+    parser.add_argument("--memory-gib", type=int, default=10, help="the OSD's memstore size")
     args = parser.parse_args()
     (start if args.action == "start" else stop)(args)
 
