@@ -54,8 +54,6 @@ def named_files(blob: bytes) -> list[str]:
     """The relative paths `storage_data` names, sorted, once each."""
     try:
         metadata = _Unpickler(io.BytesIO(blob)).load()
-    except MetadataError:
-        raise
     except Exception as error:  # a truncated or foreign pickle fails in many ways
         raise MetadataError(f"not a pickle ({type(error).__name__}: {error})") from None
     kind = type(metadata)

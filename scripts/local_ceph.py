@@ -98,13 +98,12 @@ def keyring(directory: str) -> None:
         run("ceph-authtool", path, "--gen-key", "-n", name, *arguments)
 
 
-def start_daemon(directory: str, name: str, command: list[str]) -> int:
+def start_daemon(directory: str, name: str, command: list[str]) -> None:
     log = open(os.path.join(directory, "log", f"{name}.out"), "ab")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                start_new_session=True)
     with open(os.path.join(directory, "pids"), "a") as pids:
         pids.write(f"{name} {process.pid}\n")
-    return process.pid
 
 
 def wait_for(what: str, check, timeout: float = 120) -> None:
@@ -113,7 +112,7 @@ def wait_for(what: str, check, timeout: float = 120) -> None:
         try:
             if check():
                 return
-        except (subprocess.CalledProcessError, OSError):
+        except (subprocess.SubprocessError, OSError):  # a command failed or timed out: not up yet
             pass
         time.sleep(1)
     sys.exit(f"local_ceph: {what} did not come up within {timeout:.0f} s (logs in the cluster's log/)")
@@ -143,7 +142,7 @@ def start(args: argparse.Namespace) -> None:
         "--keyring", os.path.join(directory, "keyring"))
     start_daemon(directory, "mon.a", ["ceph-mon", "-c", conf, "-f", "-i", "a"])
     ceph = ("ceph", "-c", conf, "--connect-timeout", "5")
-    wait_for("the monitor", lambda: run(*ceph, "mon", "stat", timeout=15).returncode == 0)
+    wait_for("the monitor", lambda: bool(run(*ceph, "mon", "stat", timeout=15)))
     osd_uuid = str(uuid.uuid4())
     number = run(*ceph, "osd", "new", osd_uuid, timeout=30).stdout.strip()
     run("ceph-osd", "-c", conf, "-i", number, "--mkfs", "--osd-uuid", osd_uuid)
